@@ -1,0 +1,84 @@
+# Reproducible study of DoITPoMS micrographs with CLIP and VLMs.
+# `make` alone prints this help. Each target below with a `##` comment is documented.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SETUP_STAMP := $(VENV)/.setup-$(shell cat pyproject.toml 2>/dev/null | cksum | cut -d' ' -f1)
+NB_OUT := build/notebooks
+NOTEBOOKS := 01_scrape_doitpoms 02_eda_class_imbalance 03_clip_zero_shot 04_vlm_qa 05_comparison
+PROFILE ?= full
+# Where the scraper looks for the library; point it at a mirror with DOITPOMS_URL=http://...
+DOITPOMS_URL ?=
+export DOITPOMS_URL
+PAPERMILL = $(PY) -m papermill --no-progress-bar --log-output --cwd notebooks -p profile $(PROFILE)
+
+.PHONY: help setup reproduce smoke test test-slow bench lab lint sample clean
+
+help: ## show this help
+	@echo "Targets:"
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-12s %s\n", $$1, $$2}'
+	@echo "Variables: PROFILE=full|smoke  DOITPOMS_URL=<mirror or site>  STRICT=1 (no offline substitutes)"
+
+setup: $(SETUP_STAMP) ## create .venv and install the package with its pinned dependencies (idempotent)
+
+$(SETUP_STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@rm -f $(VENV)/.setup-*
+	@touch $@
+
+# Notebook -> library-module dependencies, computed from the imports (see lib/microqa/notebook_deps.py):
+# touching a module re-executes exactly the notebooks that import it, directly or indirectly.
+build/notebook-deps.mk: lib/microqa/notebook_deps.py $(wildcard notebooks/*.ipynb) $(shell find lib/microqa -name '*.py' 2>/dev/null)
+	@mkdir -p build
+	@$(PYTHON) lib/microqa/notebook_deps.py --out-dir $(NB_OUT) > $@
+
+ifneq ($(filter reproduce $(NB_OUT)/%,$(MAKECMDGOALS)),)
+-include build/notebook-deps.mk
+endif
+
+# Each executed notebook also depends on the ones whose outputs it reads.
+$(NB_OUT)/02_eda_class_imbalance.ipynb: $(NB_OUT)/01_scrape_doitpoms.ipynb
+$(NB_OUT)/03_clip_zero_shot.ipynb: $(NB_OUT)/01_scrape_doitpoms.ipynb
+$(NB_OUT)/04_vlm_qa.ipynb: $(NB_OUT)/01_scrape_doitpoms.ipynb $(NB_OUT)/03_clip_zero_shot.ipynb
+$(NB_OUT)/05_comparison.ipynb: $(NB_OUT)/03_clip_zero_shot.ipynb $(NB_OUT)/04_vlm_qa.ipynb
+
+$(NB_OUT)/%.ipynb: notebooks/%.ipynb $(SETUP_STAMP)
+	@mkdir -p $(NB_OUT)
+	$(PAPERMILL) $< $@.partial
+	@mv $@.partial $@
+
+reproduce: setup $(NB_OUT)/05_comparison.ipynb ## run notebooks 01-05, regenerating figures/ and tables/ (only what changed)
+
+smoke: setup ## run every notebook in the fast smoke profile into build/smoke/ (figures/ untouched)
+	@mkdir -p build/smoke/notebooks
+	@for nb in $(NOTEBOOKS); do \
+	  MICROQA_BUILD=build/smoke MICROQA_FIGURES=build/smoke/figures MICROQA_TABLES=build/smoke/tables \
+	  $(PY) -m papermill --no-progress-bar --cwd notebooks -p profile smoke notebooks/$$nb.ipynb build/smoke/notebooks/$$nb.ipynb || exit 1; \
+	done
+
+lint: setup ## ruff over the library, tests, benchmarks and notebooks
+	$(PY) -m ruff check lib tests bench notebooks
+
+test: setup lint ## lint + the test suite (unit, mirror integration, notebooks in the smoke profile)
+	$(PY) -m pytest -m "not slow" -q
+
+test-slow: setup ## the slow tests (full-mirror scrape, full pipeline on the mirror)
+	$(PY) -m pytest -m slow -q
+
+bench: setup ## speed benchmarks (CLIP embedding, VLM answering); prints images/s and ratios
+	$(PY) bench/run.py
+
+lab: setup ## start JupyterLab on the notebooks
+	$(VENV)/bin/jupyter lab notebooks
+
+sample: setup ## rebuild the embedded sample data/sample/ from the mirror in ../shared/doitpoms
+	$(PY) -m microqa sample --mirror ../shared/doitpoms --out data/sample
+
+clean: ## remove build outputs (keeps .venv, data/ and the committed figures/tables)
+	rm -rf build

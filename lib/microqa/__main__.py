@@ -1,0 +1,3 @@
+from microqa.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,111 @@
+"""Every path the study uses, the environment overrides, and the run profiles.
+
+Environment variables (all optional):
+  MICROQA_ROOT      repository root (default: found from this file)
+  MICROQA_DATA      data directory (default: <root>/data)
+  MICROQA_BUILD     build directory (default: <root>/build)
+  MICROQA_PROFILE   "full" (default) or "smoke" (tiny, fast; used by the tests)
+  DOITPOMS_URL      base URL of the micrograph library (default: the live site)
+  STRICT            "1" turns every offline substitution (sample data, random weights) into an error
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_DOITPOMS_URL = "https://www.doitpoms.ac.uk/miclib/"
+PROJECT_URL = "https://github.com/microqa/microqa"
+USER_AGENT = f"microqa/0.1 (research study of micrographs; +{PROJECT_URL})"
+
+
+def _env_path(name: str, default: Path) -> Path:
+    value = os.environ.get(name)
+    return Path(value).expanduser().resolve() if value else default
+
+
+def repo_root() -> Path:
+    return _env_path("MICROQA_ROOT", Path(__file__).resolve().parents[2])
+
+
+def data_dir() -> Path:
+    return _env_path("MICROQA_DATA", repo_root() / "data")
+
+
+def build_dir() -> Path:
+    return _env_path("MICROQA_BUILD", repo_root() / "build")
+
+
+def figures_dir() -> Path:
+    return _env_path("MICROQA_FIGURES", repo_root() / "figures")
+
+
+def tables_dir() -> Path:
+    return _env_path("MICROQA_TABLES", repo_root() / "tables")
+
+
+def scraped_dir() -> Path:
+    """Where `make reproduce` keeps (and looks for) a scraped copy of the library."""
+    return data_dir() / "doitpoms"
+
+
+def sample_dir() -> Path:
+    """The embedded offline sample, committed with the repository."""
+    return repo_root() / "data" / "sample"
+
+
+def models_dir() -> Path:
+    """Locally built model files (random-weight substitutes, tiny test models)."""
+    return data_dir() / "models"
+
+
+def cache_dir() -> Path:
+    return data_dir() / "cache"
+
+
+def shared_dir() -> Path:
+    """The offline mirror and reference features beside the checkout (absent for most users)."""
+    return _env_path("MICROQA_SHARED", repo_root().parent / "shared")
+
+
+def doitpoms_url() -> str:
+    return os.environ.get("DOITPOMS_URL") or DEFAULT_DOITPOMS_URL
+
+
+def strict() -> bool:
+    return os.environ.get("STRICT", "0").strip().lower() in {"1", "true", "yes"}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How much work a run does. `smoke` keeps every code path but shrinks the sizes."""
+
+    name: str
+    vlm_sample_size: int | None  # None: all images
+    clip_models: tuple[str, ...]
+    max_images: int | None  # None: all images
+
+
+PROFILES = {
+    "full": Profile(
+        name="full",
+        vlm_sample_size=150,
+        clip_models=("ViT-B-32:openai", "ViT-L-14:openai"),
+        max_images=None,
+    ),
+    "smoke": Profile(
+        name="smoke",
+        vlm_sample_size=12,
+        clip_models=("ViT-B-32:openai",),
+        max_images=40,
+    ),
+}
+
+
+def profile(name: str | None = None) -> Profile:
+    name = name or os.environ.get("MICROQA_PROFILE", "full")
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}") from None

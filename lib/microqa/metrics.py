@@ -1,0 +1,154 @@
+"""Classification metrics with n and seeded bootstrap CIs (scikit-learn underneath).
+
+A missing prediction (None: a VLM answer that committed to no option) counts as wrong in
+every metric and is never replaced by a guess. Macro metrics average over the classes
+present in y_true, so a class that never occurs cannot inflate or deflate them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from sklearn import metrics as skm
+
+NO_ANSWER = "<no answer>"
+
+
+def _clean(y_pred: Sequence) -> np.ndarray:
+    return np.array([NO_ANSWER if p is None or p != p else p for p in y_pred], dtype=object)
+
+
+def _classes(y_true: Sequence) -> list:
+    return sorted(set(y_true), key=str)
+
+
+def accuracy(y_true: Sequence, y_pred: Sequence) -> float:
+    return float(np.mean(np.asarray(y_true, dtype=object) == _clean(y_pred)))
+
+
+def balanced_accuracy(y_true: Sequence, y_pred: Sequence) -> float:
+    """Mean recall over the classes present in y_true."""
+    return float(
+        skm.recall_score(
+            np.asarray(y_true, dtype=object), _clean(y_pred), labels=_classes(y_true),
+            average="macro", zero_division=0,
+        )
+    )
+
+
+def macro_prf(y_true: Sequence, y_pred: Sequence) -> tuple[float, float, float]:
+    p, r, f, _ = skm.precision_recall_fscore_support(
+        np.asarray(y_true, dtype=object), _clean(y_pred), labels=_classes(y_true),
+        average="macro", zero_division=0,
+    )
+    return float(p), float(r), float(f)
+
+
+def macro_f1(y_true: Sequence, y_pred: Sequence) -> float:
+    return macro_prf(y_true, y_pred)[2]
+
+
+def top_k_accuracy(y_true: Sequence, scores: np.ndarray, classes: Sequence, k: int) -> float:
+    """Fraction whose true class is among the k highest-scoring of `classes` (ties: lower index)."""
+    scores = np.asarray(scores, dtype=float)
+    index = {c: i for i, c in enumerate(classes)}
+    true_idx = np.array([index[t] for t in y_true])
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return float(np.mean([t in row for t, row in zip(true_idx, order, strict=True)]))
+
+
+def multilabel_hit_at_1(true_sets: Sequence[set], y_pred: Sequence) -> float:
+    """Multi-label *hit* rate: the prediction is one of the record's labels. Not an accuracy."""
+    return float(np.mean([p in s for s, p in zip(true_sets, y_pred, strict=True)]))
+
+
+def bootstrap_ci(
+    metric: Callable[[np.ndarray], float],
+    n: int,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile CI of `metric(indices)` over `n_boot` resamples of range(n) (seeded)."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    values = np.array([metric(rng.integers(0, n, n)) for _ in range(n_boot)])
+    alpha = (1 - level) / 2
+    return float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
+
+
+def summarise(
+    y_true: Sequence,
+    y_pred: Sequence,
+    *,
+    scores: np.ndarray | None = None,
+    classes: Sequence | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, float | int]:
+    """One row: accuracy, balanced accuracy, macro P/R/F1, unanswered rate, Top-2, n, 95% CIs."""
+    y_true = np.asarray(y_true, dtype=object)
+    y_pred = _clean(y_pred)
+    n = len(y_true)
+    p, r, f = macro_prf(y_true, y_pred) if n else (np.nan,) * 3
+    row: dict[str, float | int] = {
+        "n": n,
+        "accuracy": accuracy(y_true, y_pred) if n else np.nan,
+        "balanced_accuracy": balanced_accuracy(y_true, y_pred) if n else np.nan,
+        "macro_precision": p,
+        "macro_recall": r,
+        "macro_f1": f,
+        "unanswered_rate": float(np.mean(y_pred == NO_ANSWER)) if n else np.nan,
+    }
+    if scores is not None and classes is not None and n:
+        row["top2_accuracy"] = top_k_accuracy(y_true, scores, classes, 2)
+    cis = {
+        "accuracy": lambda i: accuracy(y_true[i], y_pred[i]),
+        "balanced_accuracy": lambda i: balanced_accuracy(y_true[i], y_pred[i]),
+        "macro_f1": lambda i: macro_f1(y_true[i], y_pred[i]),
+    }
+    for name, fn in cis.items():
+        low, high = bootstrap_ci(fn, n, n_boot=n_boot, seed=seed)
+        row[f"{name}_ci_low"], row[f"{name}_ci_high"] = low, high
+    return row
+
+
+def per_class_table(y_true: Sequence, y_pred: Sequence) -> pd.DataFrame:
+    classes = _classes(y_true)
+    p, r, f, s = skm.precision_recall_fscore_support(
+        np.asarray(y_true, dtype=object), _clean(y_pred), labels=classes, zero_division=0
+    )
+    return pd.DataFrame(
+        {"class": classes, "precision": p, "recall": r, "f1": f, "n": s.astype(int)}
+    )
+
+
+def confusion(y_true: Sequence, y_pred: Sequence, classes: Sequence) -> pd.DataFrame:
+    """Confusion counts (rows: truth, columns: prediction, plus a no-answer column if any)."""
+    y_pred = _clean(y_pred)
+    columns = list(classes) + ([NO_ANSWER] if (y_pred == NO_ANSWER).any() else [])
+    matrix = skm.confusion_matrix(np.asarray(y_true, dtype=object), y_pred, labels=columns)
+    return pd.DataFrame(matrix[: len(classes)], index=list(classes), columns=columns)
+
+
+def mcnemar(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> dict[str, float | int]:
+    """Exact McNemar test on paired correctness of two methods on the same images."""
+    a, b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
+    only_a, only_b = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    discordant = only_a + only_b
+    p = 1.0 if discordant == 0 else stats.binomtest(only_a, discordant, 0.5).pvalue
+    return {"n": len(a), "only_a_correct": only_a, "only_b_correct": only_b, "p_value": float(p)}
+
+
+def paired_bootstrap_difference(
+    correct_a: Sequence[bool], correct_b: Sequence[bool], *, n_boot: int = 2000, seed: int = 0
+) -> dict[str, float]:
+    """Accuracy difference a - b with a 95% paired-bootstrap CI (same resampled images)."""
+    a, b = np.asarray(correct_a, float), np.asarray(correct_b, float)
+    low, high = bootstrap_ci(lambda i: a[i].mean() - b[i].mean(), len(a), n_boot=n_boot, seed=seed)
+    return {"difference": float(a.mean() - b.mean()), "ci_low": low, "ci_high": high}
