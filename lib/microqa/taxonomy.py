@@ -101,6 +101,15 @@ METAL, CERAMIC, POLYMER, COMPOSITE = "Metal or alloy", "Ceramic", "Polymer", "Co
 PRIMARY_CATEGORIES = (METAL, CERAMIC, POLYMER, COMPOSITE)
 
 
+# The single-label tasks: name -> (column of the tidy DataFrame, classes in a fixed order).
+# "category_multi" (a hit view over the full category sets) is scored separately.
+TASKS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "technique": ("technique_family", TECHNIQUE_FAMILIES),
+    "technique_coarse": ("technique_coarse", COARSE_CLASSES),
+    "category": ("primary_category", PRIMARY_CATEGORIES),
+}
+
+
 class UnmappedLabelError(ValueError):
     """A label string that the taxonomy cannot place; never silently dropped."""
 
