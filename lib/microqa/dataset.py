@@ -117,3 +117,16 @@ def stratified_sample(
         g.iloc[rng.permutation(len(g))[: quota[k]]] for k, g in strata.items() if quota[k] > 0
     ]
     return pd.concat(picked).sort_values("micrograph_no").reset_index(drop=True)
+
+
+def selection_split(df: pd.DataFrame, *, seed: int = 0) -> pd.Series:
+    """Seeded half split by specimen: "select" (choose prompts, thresholds, weights) or "evaluate".
+
+    Every choice the study makes (best prompt set, cascade threshold, fusion weight) is made on
+    the "select" half and reported on the "evaluate" half; whole specimens stay on one side so
+    near-duplicate images cannot leak a choice. Returns a Series aligned with `df`.
+    """
+    groups = np.array(sorted(df["specimen_group"].unique()))
+    rng = np.random.default_rng(seed)
+    chosen = set(rng.permutation(groups)[: len(groups) // 2])
+    return df["specimen_group"].map(lambda g: "select" if g in chosen else "evaluate")
