@@ -1,0 +1,1 @@
+"""VLM question answering: questions and prompts, strict parsing, backends, answer cache."""

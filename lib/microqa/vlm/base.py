@@ -1,0 +1,56 @@
+"""What every VLM backend takes and returns (the contract between questions/runner and backends)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class VLMRequest:
+    """One question about one image. `prompt` is the user text; the backend applies the chat
+    template of its model and places the image where that model expects it."""
+
+    image: Image.Image
+    prompt: str
+    system: str | None = None
+
+
+@dataclass
+class GenerateResult:
+    text: str
+    latency_s: float  # wall seconds attributed to this request (batch time / batch size)
+    visual_tokens: int | None = None
+
+
+@dataclass
+class ScoreResult:
+    """Probability over the option letters from the next-token logits (renormalised over the
+    letters), plus the raw log-probabilities for inspection."""
+
+    probabilities: dict[str, float]
+    latency_s: float
+    logprobs: dict[str, float] = field(default_factory=dict)
+    visual_tokens: int | None = None
+
+
+class Backend(Protocol):
+    name: str  # "hf" or "openai"
+    model_id: str  # Hugging Face id, local directory, or the server's model name
+    revision: str  # weights identity for the answer cache (commit, file hash, "random:<hash>")
+    weights: str  # "pretrained" or "random" (offline tiny / random substitutes)
+
+    def generate(self, requests: list[VLMRequest], *, max_new_tokens: int) -> list[GenerateResult]:
+        """Greedy generation, batched where the backend can."""
+        ...
+
+    def score(self, requests: list[VLMRequest], letters: list[str]) -> list[ScoreResult]:
+        """One forward pass per request: next-token distribution over `letters` after the prompt
+        (which ends by asking for the letter). Raises NotImplementedError where impossible."""
+        ...
+
+    def visual_tokens(self, image: Image.Image) -> int:
+        """How many tokens this image costs the model at its configured resolution budget."""
+        ...
