@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+
 from microqa import comparison, dataset, taxonomy
 
 CLASSES = taxonomy.TASKS["technique"][1]

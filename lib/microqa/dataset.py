@@ -56,7 +56,8 @@ def load_records(dataset_dir: Path | str, *, with_images_only: bool = True) -> p
     df["category_set"] = df["categories"].map(lambda v: tuple(taxonomy.split_multi(v)))
     df["keyword_list"] = df["keywords"].map(lambda v: tuple(taxonomy.split_multi(v)))
     df["technique_family"] = [
-        taxonomy.technique_family(t, cats) for t, cats in zip(df["technique"], df["category_set"])
+        taxonomy.technique_family(t, cats)
+        for t, cats in zip(df["technique"], df["category_set"], strict=True)
     ]
     df["technique_coarse"] = df["technique_family"].map(taxonomy.coarse_class)
     df["technique_mode"] = df["technique"].map(taxonomy.technique_mode)

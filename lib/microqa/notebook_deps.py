@@ -82,7 +82,8 @@ def notebook_source(path: Path) -> str:
         if cell["cell_type"] == "code":
             text = "".join(cell["source"])
             # IPython magics and shell escapes are not Python
-            code.append("\n".join(line for line in text.splitlines() if not line.lstrip().startswith(("%", "!"))))
+            lines = text.splitlines()
+            code.append("\n".join(ln for ln in lines if not ln.lstrip().startswith(("%", "!"))))
     return "\n".join(code)
 
 

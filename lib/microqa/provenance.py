@@ -1,4 +1,4 @@
-"""What each number came from: data source, model and weights source, fallbacks, git sha, parameters.
+"""What each number came from: data source, model and weights, fallbacks, git sha, parameters.
 
 The run record lives in `build/provenance.json`, one section per stage. Every offline
 substitution (sample data instead of the site, random weights instead of pretrained ones)

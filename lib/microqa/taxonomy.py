@@ -12,7 +12,7 @@ Families (the 5-class task uses the first five; "Other" is not a microscopy tech
 | SEM | SEM, SEI / BEI modes, FEGSEM, FIB secondary-electron images |
 | TEM | TEM, bright-field TEM, HREM, carbon replicas |
 | AFM | atomic force microscopy |
-| Optical (reflected) | reflected light incl. polarised, cross-polarised, Nomarski / DIC, interference contrast |
+| Optical (reflected) | reflected light incl. polarised, cross-polarised, Nomarski/DIC, interference |
 | Optical (transmitted) | transmitted light incl. polarised, sensitive tint; birefringent polymers |
 | Other | photography without a microscope, X-ray tomography |
 
@@ -157,7 +157,9 @@ def technique_family(technique: str, categories: Iterable[str] = ()) -> str | No
     if "polari" in key or "light" in key or "optical" in key:
         # Light microscopy with no side given: reflected is the metallographic default.
         return OPTICAL_REFLECTED
-    raise UnmappedLabelError(f"technique {technique!r} maps to no family; add it to TECHNIQUE_TABLE")
+    raise UnmappedLabelError(
+        f"technique {technique!r} maps to no family; add it to TECHNIQUE_TABLE"
+    )
 
 
 def coarse_class(family: str | None) -> str | None:
@@ -173,7 +175,7 @@ def primary_category(categories: Iterable[str]) -> str | None:
     """One material class per record, for the single-label category task.
 
     Rule (documented in the README taxonomy table):
-    1. "Composite" anywhere in the set (incl. Polymer composite, Metal matrix composite) -> Composite.
+    1. "Composite" in the set (incl. Polymer composite, Metal matrix composite) -> Composite.
     2. Otherwise the base material: Metal or alloy, then Ceramic, then Polymer. "Fracture" and
        "Foam" describe a feature, not a material, and are ignored here. "Oxide" is a ceramic.
        "Ceramic, Polymer" (8 carbon records: nanotubes, fibres) -> Ceramic: carbon is an
