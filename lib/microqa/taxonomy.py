@@ -12,7 +12,7 @@ Families (the 5-class task uses the first five; "Other" is not a microscopy tech
 | SEM | SEM, SEI / BEI modes, FEGSEM, FIB secondary-electron images |
 | TEM | TEM, bright-field TEM, HREM, carbon replicas |
 | AFM | atomic force microscopy |
-| Optical (reflected) | reflected light incl. polarised, cross-polarised, Nomarski/DIC, interference |
+| Optical (reflected) | reflected light incl. polarised, cross-polarised, DIC, interference |
 | Optical (transmitted) | transmitted light incl. polarised, sensitive tint; birefringent polymers |
 | Other | photography without a microscope, X-ray tomography |
 
