@@ -373,3 +373,27 @@ def compare(
 
 def _read_csv(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, keep_default_na=True) if path.exists() else pd.DataFrame()
+
+
+def plot_cascade(curves: pd.DataFrame, title: str):
+    """Accuracy and balanced accuracy against the fraction of images sent to the VLM."""
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(curves["task"]))
+    fig, axes = plt.subplots(
+        2, len(tasks), figsize=(6 * len(tasks), 7), squeeze=False, sharex=True, sharey="row"
+    )
+    for col, task in enumerate(tasks):
+        for (base, vlm), curve in curves[curves["task"] == task].groupby(["base", "vlm"]):
+            label = f"{base}\n  -> {vlm}"
+            for row, metric in enumerate(("accuracy", "balanced_accuracy")):
+                axes[row, col].plot(curve["fraction_to_vlm"], curve[metric], label=label)
+        axes[0, col].set_title(task)
+        axes[1, col].set_xlabel("fraction of images sent to the VLM (cost)")
+    axes[0, 0].set_ylabel("accuracy")
+    axes[1, 0].set_ylabel("balanced accuracy")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", fontsize=7, ncol=2, bbox_to_anchor=(0.5, -0.02))
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    return fig
