@@ -82,10 +82,33 @@ def test_missing_or_broken_inputs_are_named(tmp_path):
     (tmp_path / "records.csv").write_text("micrograph_no,brief_description\n1,x\n")
     with pytest.raises(dataset.DatasetError, match="lacks columns"):
         dataset.load_records(tmp_path)
+    (tmp_path / "records.csv").write_text(
+        "micrograph_no,technique,categories,keywords,brief_description\n7x,SEM,Ceramic,,a\n"
+    )
+    with pytest.raises(dataset.DatasetError, match="7x"):
+        dataset.load_records(tmp_path)
+    (tmp_path / "records.csv").write_text(
+        "micrograph_no,technique,categories,keywords,brief_description\n7,Raman,Ceramic,,a\n"
+    )
+    with pytest.raises(taxonomy.UnmappedLabelError, match=r"records.csv, record 7: .*Raman"):
+        dataset.load_records(tmp_path)
     broken = tmp_path / "000001.jpg"
     broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     info = dataset.image_info(broken)
     assert info["image_error"] and info["image_format"] == ""
+
+
+def test_records_with_an_image_error_have_no_usable_image(tmp_path):
+    shutil.copytree(SAMPLE, tmp_path / "d")
+    raw = pd.read_csv(tmp_path / "d" / "records.csv", dtype=str, keep_default_na=False)
+    raw.loc[0, "image_error"] = "OSError: image file is truncated"
+    raw.to_csv(tmp_path / "d" / "records.csv", index=False)
+    everything = dataset.load_records(tmp_path / "d", with_images_only=False)
+    assert everything.loc[0, "image_path"] == "" and len(everything) == len(raw)
+    assert len(dataset.load_records(tmp_path / "d")) == len(raw) - 1
+    raw.drop(columns=["image_mode"]).to_csv(tmp_path / "d" / "records.csv", index=False)
+    with pytest.raises(dataset.DatasetError, match="image_mode"):
+        dataset.load_records(tmp_path / "d")
 
 
 def test_with_image_metadata_finds_a_gif_named_jpg(tmp_path):

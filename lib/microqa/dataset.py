@@ -67,12 +67,18 @@ def load_records(dataset_dir: Path | str, *, with_images_only: bool = True) -> p
     missing = [c for c in ("micrograph_no", "technique", "categories") if c not in df.columns]
     if missing:
         raise DatasetError(f"{csv_path} lacks columns {missing}")
+    partial = [c for c in IMAGE_COLUMNS if c not in df.columns]
+    if partial and len(partial) < len(IMAGE_COLUMNS):
+        raise DatasetError(f"{csv_path} has some image columns but lacks {partial}")
+    bad_ids = df.loc[~df["micrograph_no"].str.strip().str.fullmatch(r"\d+"), "micrograph_no"]
+    if len(bad_ids):
+        raise DatasetError(f"{csv_path}: micrograph_no not an integer: {bad_ids.tolist()[:5]}")
     df["micrograph_no"] = df["micrograph_no"].astype(int)
     df["category_set"] = df["categories"].map(lambda v: tuple(taxonomy.split_multi(v)))
     df["keyword_list"] = df["keywords"].map(lambda v: tuple(taxonomy.split_multi(v)))
     df["technique_family"] = [
-        taxonomy.technique_family(t, cats)
-        for t, cats in zip(df["technique"], df["category_set"], strict=True)
+        _family(t, cats, n, csv_path)
+        for t, cats, n in zip(df["technique"], df["category_set"], df["micrograph_no"], strict=True)
     ]
     df["technique_coarse"] = df["technique_family"].map(taxonomy.coarse_class)
     df["technique_mode"] = df["technique"].map(taxonomy.technique_mode)
@@ -89,11 +95,23 @@ def load_records(dataset_dir: Path | str, *, with_images_only: bool = True) -> p
     return df.sort_values("micrograph_no").reset_index(drop=True)
 
 
+def _family(technique: str, categories: tuple[str, ...], number: int, csv_path: Path) -> str | None:
+    try:
+        return taxonomy.technique_family(technique, categories)
+    except taxonomy.UnmappedLabelError as error:  # same type, now naming file and record
+        raise taxonomy.UnmappedLabelError(f"{csv_path}, record {number}: {error}") from None
+
+
 def _image_paths(dataset_dir: Path, df: pd.DataFrame) -> list[str]:
-    """Each record's image: the scraper's `image_file` when given, else `images/NNNNNN.*`."""
+    """Each record's usable image: the scraper's `image_file` when given, else
+    `images/NNNNNN.*`; "" when the file is absent or the scraper recorded an image_error."""
+    scraped = "image_file" in df.columns
     paths = []
     for i, number in enumerate(df["micrograph_no"]):
-        relative = df["image_file"].iat[i] if "image_file" in df.columns else ""
+        if scraped and df["image_error"].iat[i].strip():
+            paths.append("")
+            continue
+        relative = df["image_file"].iat[i] if scraped else ""
         path = dataset_dir / relative if relative else find_image(dataset_dir, number)
         paths.append(str(path) if path is not None and path.is_file() else "")
     return paths
