@@ -216,9 +216,9 @@ def _training_corpus() -> list[str]:
     ]
     lines = []
     for options in option_sets:
-        listed = " ".join(f"{letter}) {option}" for letter, option in zip(letters, options))
-        lines.append(listed)
-        lines.append("\n".join(f"({letter}) {option}" for letter, option in zip(letters, options)))
+        lettered = list(zip(letters[: len(options)], options, strict=True))
+        lines.append(" ".join(f"{letter}) {option}" for letter, option in lettered))
+        lines.append("\n".join(f"({letter}) {option}" for letter, option in lettered))
     lines += [
         "What imaging technique was used to capture this image?",
         "Which class of material is shown in this micrograph?",
@@ -229,6 +229,7 @@ def _training_corpus() -> list[str]:
         "The answer is D. Answer: C. **B** (A) b) The image shows grains, phases, dendrites, "
         "twins, precipitates, pores, cracks, fibres, spherulites and lamellae.",
         "You are a helpful assistant. I cannot tell. It could be A or B.",
+        "system user assistant",
         "0 1 2 3 4 5 6 7 8 9 10 25 50 100 0.5 0.25 um nm mm %",
         " ".join(taxonomy.TECHNIQUE_TABLE),
     ]
@@ -253,8 +254,15 @@ def build_tokenizer(family: str):
     pad <|endoftext|>. llava_next: sentencepiece-style Metaspace BPE (like Mistral's, so "A"
     after a space is the token "▁A"), BOS <s> added to every sequence, EOS </s>.
     """
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
-    from tokenizers import trainers
+    from tokenizers import (
+        AddedToken,
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     corpus = _training_corpus()

@@ -140,8 +140,10 @@ class HFBackend:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         # bf16 halves memory and is the checkpoints' own dtype on GPUs; CPUs get fp32
         # (bf16 matmuls on CPU are slow and less exact).
-        self.dtype = getattr(torch, dtype) if dtype else (
-            torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        self.dtype = (
+            getattr(torch, dtype)
+            if dtype
+            else (torch.bfloat16 if self.device.startswith("cuda") else torch.float32)
         )
         config = AutoConfig.from_pretrained(self.model_id, revision=revision)
         self.model_type = config.model_type
@@ -196,7 +198,8 @@ class HFBackend:
     def _prompt_text(self, request: VLMRequest) -> str:
         messages = []
         if request.system:
-            messages.append({"role": "system", "content": [{"type": "text", "text": request.system}]})
+            system = [{"type": "text", "text": request.system}]
+            messages.append({"role": "system", "content": system})
         messages.append(
             {
                 "role": "user",
@@ -245,7 +248,7 @@ class HFBackend:
             counts = self._visual_counts(inputs)
             results += [
                 GenerateResult(text=text, latency_s=latency, visual_tokens=count)
-                for text, count in zip(texts, counts)
+                for text, count in zip(texts, counts, strict=True)
             ]
         return results
 
@@ -420,7 +423,8 @@ def real_processor_visual_tokens(
         if budget is not None:
             grid = restrict_grid(grid, budget)
         processor = _real_llava_processor(tuple(tuple(pair) for pair in grid))
-        return processor._get_num_multimodal_tokens(image_sizes=[(height, width)]).num_image_tokens[0]
+        counted = processor._get_num_multimodal_tokens(image_sizes=[(height, width)])
+        return counted.num_image_tokens[0]
     raise ValueError(f"unknown family {family!r}; choose one of {sorted(REAL_PROCESSORS)}")
 
 
