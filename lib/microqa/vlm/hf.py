@@ -14,6 +14,11 @@ like real checkpoints). Model-family specifics:
   the checkpoint's own anyres grid; an explicit `image_budget` keeps only the grid resolutions
   with height*width <= budget (in both the processor and the model config, which must agree).
 
+Running with real weights (GPU): `HFBackend("Qwen/Qwen3-VL-8B-Instruct")` or
+`HFBackend("llava-hf/llava-v1.6-mistral-7b-hf")` (or `load_backend("hf", ...)`, or a local
+snapshot directory) picks CUDA and bf16 by itself; about 18 GB of GPU memory for the 8B model.
+Pass `revision=` to pin a hub commit; the answer cache keys on the resolved commit hash.
+
 `score` reads the next-token logits after the chat-templated prompt (one forward pass, as the
 prefill of a 1-token greedy `generate`, so each architecture computes its own position ids
 under left padding). A letter can be a token in several spellings ("A" and "▁A" / "ĠA"); its
@@ -150,11 +155,11 @@ class HFBackend:
         check_model_class(self.model_id, config)
         self.processor = AutoProcessor.from_pretrained(self.model_id, revision=revision)
         self.processor.tokenizer.padding_side = "left"  # batched generation continues at the end
+        # device_map loads the weights straight onto the device (no full copy in CPU memory)
         self.model = AutoModelForImageTextToText.from_pretrained(
-            self.model_id, revision=revision, dtype=self.dtype
-        )
+            self.model_id, revision=revision, dtype=self.dtype, device_map=self.device
+        ).eval()
         check_model_class(self.model_id, self.model.config, type(self.model).__name__)
-        self.model.to(self.device).eval()
         self.revision = resolve_revision(self.model_id, self.model.config, revision)
         self.weights = "random" if tiny.is_tiny(Path(self.model_id)) else "pretrained"
         self.image_budget = self._apply_budget(image_budget)
