@@ -331,3 +331,15 @@ def test_offline_dir_maps_hub_ids_and_declares_the_substitute(tmp_path, monkeypa
     assert (target / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not rebuilt
     [entry] = provenance.fallbacks("vlm")
     assert "RANDOM weights" in entry["what"] and "llava-v1.6" in entry["what"]
+
+
+def test_build_refuses_to_overwrite_other_directories(tmp_path):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not a tiny model directory"):
+        tiny.build_tiny_vlm("llava_next", precious)
+    assert (precious / "notes.txt").read_text() == "keep me"
+    assert [p.name for p in tmp_path.iterdir()] == ["precious"]  # no temporary left behind
+    with pytest.raises(ValueError, match="unknown tiny VLM family"):
+        tiny.build_tiny_vlm("gpt4v", tmp_path / "x")

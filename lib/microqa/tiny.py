@@ -450,13 +450,18 @@ def build_tiny_vlm(family: str, out_dir: str | Path, seed: int = 0) -> Path:
     """Build the tiny random `family` model and save model + processor to `out_dir`.
 
     Written to a temporary sibling first and renamed, so a killed build never leaves a
-    directory that looks complete. Returns `out_dir`.
+    directory that looks complete. Replaces an earlier tiny build in `out_dir`; refuses to
+    overwrite any other non-empty directory. Returns `out_dir`.
     """
     import transformers
 
     if family not in FAMILIES:
         raise ValueError(f"unknown tiny VLM family {family!r}; choose one of {FAMILIES}")
     out_dir = Path(out_dir)
+    if out_dir.exists() and not is_tiny(out_dir) and any(out_dir.iterdir()):
+        raise FileExistsError(
+            f"{out_dir} exists and is not a tiny model directory; not overwriting"
+        )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(family)
     builder = _qwen3_vl if family == "qwen3_vl" else _llava_next
@@ -475,8 +480,12 @@ def build_tiny_vlm(family: str, out_dir: str | Path, seed: int = 0) -> Path:
         }
         (tmp / MARKER).write_text(json.dumps(marker, indent=2), encoding="utf-8")
         if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+            shutil.rmtree(out_dir)  # an earlier tiny build (or an empty directory)
+        try:
+            os.replace(tmp, out_dir)
+        except OSError:
+            if not is_tiny(out_dir):  # a concurrent build that finished first is as good
+                raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
