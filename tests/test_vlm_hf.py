@@ -224,6 +224,8 @@ def test_llava_budget_restricts_the_anyres_grid(tiny_dirs, backends):
     assert result.visual_tokens == small.visual_tokens(image)
     with pytest.raises(ValueError, match="smallest LLaVA-NeXT grid"):
         hf.HFBackend(tiny_dirs["llava_next"], image_budget=56 * 56)
+    with pytest.raises(ValueError, match="unknown dtype 'float33'"):
+        hf.HFBackend(tiny_dirs["llava_next"], dtype="float33")
 
 
 def test_real_visual_token_counts_match_hand_computation():

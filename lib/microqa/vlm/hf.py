@@ -145,6 +145,8 @@ class HFBackend:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         # bf16 halves memory and is the checkpoints' own dtype on GPUs; CPUs get fp32
         # (bf16 matmuls on CPU are slow and less exact).
+        if dtype and not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ValueError(f"unknown dtype {dtype!r}; use e.g. 'bfloat16', 'float16', 'float32'")
         self.dtype = (
             getattr(torch, dtype)
             if dtype
