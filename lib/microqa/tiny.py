@@ -1,0 +1,527 @@
+"""Tiny same-family VLMs with random weights, for offline runs and tests.
+
+Pretrained VLM weights cannot be downloaded here, so the offline path builds a miniature of
+each model family from its real configuration classes: same architecture code, same processor
+classes, same chat template, same special tokens, but a hidden size of 64, two layers and a
+tokenizer trained locally on a few hundred sentences. The result is saved with
+`save_pretrained` and loaded back through exactly the `from_pretrained` path a user takes with
+the real hub id, so the backend code under test is the code that runs with real weights.
+
+Every answer from these models is noise: the directory carries a marker file
+(`microqa_tiny.json`) from which the backend reports `weights="random"`, and
+`offline_vlm_dir` declares the substitution (an error under STRICT=1).
+
+Families:
+  qwen3_vl    Qwen3VLForConditionalGeneration + Qwen3VLProcessor (Qwen2VLImageProcessor with
+              the real Qwen3-VL geometry: 16 px patches, 2x2 merge), so visual-token counts at
+              a given pixel budget equal the real model's.
+  llava_next  LlavaNextForConditionalGeneration (tiny CLIP vision tower + tiny Mistral) +
+              LlavaNextProcessor; the llava-v1.6-mistral anyres grid scaled down 6x (336 -> 56),
+              the Mistral [INST] chat template and a sentencepiece-style ("▁A") tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from microqa import config, provenance, taxonomy
+
+FAMILIES = ("qwen3_vl", "llava_next")
+MARKER = "microqa_tiny.json"
+
+# Qwen3-VL-Instruct's chat template (system / user with images and videos / assistant with tool
+# calls / tool responses), as published with the model.
+QWEN3_VL_CHAT_TEMPLATE = """\
+{%- if tools %}
+    {{- '<|im_start|>system\\n' }}
+    {%- if messages[0].role == 'system' %}
+        {%- if messages[0].content is string %}
+            {{- messages[0].content }}
+        {%- else %}
+            {%- for content in messages[0].content %}
+                {%- if 'text' in content %}
+                    {{- content.text }}
+                {%- endif %}
+            {%- endfor %}
+        {%- endif %}
+        {{- '\\n\\n' }}
+    {%- endif %}
+    {{- "# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\n\
+You are provided with function signatures within <tools></tools> XML tags:\\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\\n</tools>\\n\\nFor each function call, return a json object with function name and \
+arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\"name\\": <function-name>, \
+\\"arguments\\": <args-json-object>}\\n</tool_call><|im_end|>\\n" }}
+{%- else %}
+    {%- if messages[0].role == 'system' %}
+        {{- '<|im_start|>system\\n' }}
+        {%- if messages[0].content is string %}
+            {{- messages[0].content }}
+        {%- else %}
+            {%- for content in messages[0].content %}
+                {%- if 'text' in content %}
+                    {{- content.text }}
+                {%- endif %}
+            {%- endfor %}
+        {%- endif %}
+        {{- '<|im_end|>\\n' }}
+    {%- endif %}
+{%- endif %}
+{%- set image_count = namespace(value=0) %}
+{%- set video_count = namespace(value=0) %}
+{%- for message in messages %}
+    {%- if message.role == "user" %}
+        {{- '<|im_start|>' + message.role + '\\n' }}
+        {%- if message.content is string %}
+            {{- message.content }}
+        {%- else %}
+            {%- for content in message.content %}
+                {%- if content.type == 'image' or 'image' in content or 'image_url' in content %}
+                    {%- set image_count.value = image_count.value + 1 %}
+                    {%- if add_vision_id %}Picture {{ image_count.value }}: {% endif -%}
+                    <|vision_start|><|image_pad|><|vision_end|>
+                {%- elif content.type == 'video' or 'video' in content %}
+                    {%- set video_count.value = video_count.value + 1 %}
+                    {%- if add_vision_id %}Video {{ video_count.value }}: {% endif -%}
+                    <|vision_start|><|video_pad|><|vision_end|>
+                {%- elif 'text' in content %}
+                    {{- content.text }}
+                {%- endif %}
+            {%- endfor %}
+        {%- endif %}
+        {{- '<|im_end|>\\n' }}
+    {%- elif message.role == "assistant" %}
+        {{- '<|im_start|>' + message.role + '\\n' }}
+        {%- if message.content is string %}
+            {{- message.content }}
+        {%- else %}
+            {%- for content_item in message.content %}
+                {%- if 'text' in content_item %}
+                    {{- content_item.text }}
+                {%- endif %}
+            {%- endfor %}
+        {%- endif %}
+        {%- if message.tool_calls %}
+            {%- for tool_call in message.tool_calls %}
+                {%- if (loop.first and message.content) or (not loop.first) %}
+                    {{- '\\n' }}
+                {%- endif %}
+                {%- if tool_call.function %}
+                    {%- set tool_call = tool_call.function %}
+                {%- endif %}
+                {{- '<tool_call>\\n{"name": "' }}
+                {{- tool_call.name }}
+                {{- '", "arguments": ' }}
+                {%- if tool_call.arguments is string %}
+                    {{- tool_call.arguments }}
+                {%- else %}
+                    {{- tool_call.arguments | tojson }}
+                {%- endif %}
+                {{- '}\\n</tool_call>' }}
+            {%- endfor %}
+        {%- endif %}
+        {{- '<|im_end|>\\n' }}
+    {%- elif message.role == "tool" %}
+        {%- if loop.first or (messages[loop.index0 - 1].role != "tool") %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\\n<tool_response>\\n' }}
+        {%- if message.content is string %}
+            {{- message.content }}
+        {%- else %}
+            {%- for content in message.content %}
+                {%- if 'text' in content %}
+                    {{- content.text }}
+                {%- endif %}
+            {%- endfor %}
+        {%- endif %}
+        {{- '\\n</tool_response>' }}
+        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
+            {{- '<|im_end|>\\n' }}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\\n' }}
+{%- endif %}
+"""
+
+# llava-hf/llava-v1.6-mistral-7b-hf's chat template: images first, then text, inside [INST].
+# (The tokenizer adds <s>; the prompt ends with " [/INST]", so no generation prompt is needed.)
+LLAVA_NEXT_MISTRAL_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}"
+    "{{ '<<SYS>>\\n' + message['content'][0]['text'] + '\\n<</SYS>>\\n\\n' }}"
+    "{% elif message['role'] == 'user' %}"
+    "{{ '[INST] ' }}"
+    "{# Render all images first #}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>\\n' }}"
+    "{% endfor %}"
+    "{# Render all text next #}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] }}"
+    "{% endfor %}"
+    "{{' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{{ ' ' + message['content'][0]['text'] + '</s> '}}"
+    "{% else %}"
+    "{{ raise_exception('Only user and assistant roles are supported!') }}"
+    "{% endif %}"
+    "{% endfor %}"
+)
+
+QWEN_SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+LLAVA_SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "[INST]", "[/INST]", "<image>")
+
+# The real llava-v1.6-mistral anyres grid (height, width), tile 336; the tiny model uses it /6.
+LLAVA_V16_GRID = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+LLAVA_TINY_SCALE = 6
+LLAVA_TINY_TILE = 336 // LLAVA_TINY_SCALE  # 56 px tiles of 14 px patches: 4x4 per tile
+# Real Qwen3-VL image processor geometry and pixel limits (preprocessor_config.json).
+QWEN3_VL_PATCH, QWEN3_VL_MERGE = 16, 2
+QWEN3_VL_MIN_PIXELS, QWEN3_VL_MAX_PIXELS = 65536, 16777216
+
+
+def _training_corpus() -> list[str]:
+    """Sentences like the ones the study sends and the answers models give back."""
+    letters = "ABCDEF"
+    option_sets = [
+        taxonomy.TECHNIQUE_FAMILIES,
+        taxonomy.COARSE_CLASSES,
+        taxonomy.PRIMARY_CATEGORIES,
+        ("SEM", "TEM", "AFM", "Optical microscopy"),
+    ]
+    lines = []
+    for options in option_sets:
+        lettered = list(zip(letters[: len(options)], options, strict=True))
+        lines.append(" ".join(f"{letter}) {option}" for letter, option in lettered))
+        lines.append("\n".join(f"({letter}) {option}" for letter, option in lettered))
+    lines += [
+        "What imaging technique was used to capture this image?",
+        "Which class of material is shown in this micrograph?",
+        "Answer with the letter only.",
+        "Describe the imaging technique, the kind of material and the visible microstructural "
+        "features.",
+        "Context: the nearest library images are labelled with these keywords.",
+        "The answer is D. Answer: C. **B** (A) b) The image shows grains, phases, dendrites, "
+        "twins, precipitates, pores, cracks, fibres, spherulites and lamellae.",
+        "You are a helpful assistant. I cannot tell. It could be A or B.",
+        "system user assistant",
+        "0 1 2 3 4 5 6 7 8 9 10 25 50 100 0.5 0.25 um nm mm %",
+        " ".join(taxonomy.TECHNIQUE_TABLE),
+    ]
+    lines += [f"{letter} {letter}) ({letter}) {letter}." for letter in letters]
+    return lines * 4
+
+
+def _alphabet() -> list[str]:
+    """Printable ASCII, Latin-1 letters, Greek and a few symbols found in micrograph records;
+    anything else becomes <unk> in the sentencepiece-style (LLaVA) tokenizer."""
+    chars = [chr(c) for c in range(32, 127)] + ["\n", "\t"]
+    chars += [chr(c) for c in range(0xC0, 0x100)]
+    chars += [chr(c) for c in range(0x391, 0x3CA)]
+    chars += list("μ°–—±×·²³½")
+    return chars
+
+
+def build_tokenizer(family: str):
+    """A small BPE tokenizer trained here, wrapped as a transformers fast tokenizer.
+
+    qwen3_vl: byte-level BPE (like Qwen's), the Qwen special tokens, no BOS, EOS <|im_end|>,
+    pad <|endoftext|>. llava_next: sentencepiece-style Metaspace BPE (like Mistral's, so "A"
+    after a space is the token "▁A"), BOS <s> added to every sequence, EOS </s>.
+    """
+    from tokenizers import (
+        AddedToken,
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = _training_corpus()
+    if family == "qwen3_vl":
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=1024,
+            special_tokens=[],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        tok.train_from_iterator(corpus, trainer)
+        tok.add_special_tokens([AddedToken(t, special=True) for t in QWEN_SPECIAL_TOKENS])
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok,
+            eos_token="<|im_end|>",
+            pad_token="<|endoftext|>",
+            padding_side="left",
+        )
+    if family == "llava_next":
+        tok = Tokenizer(models.BPE(unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+        tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+        trainer = trainers.BpeTrainer(
+            vocab_size=1024,
+            special_tokens=["<unk>", "<s>", "</s>"],
+            initial_alphabet=["▁"] + _alphabet(),
+            show_progress=False,
+        )
+        tok.train_from_iterator(corpus, trainer)
+        tok.add_special_tokens([AddedToken(t, special=True) for t in LLAVA_SPECIAL_TOKENS[3:]])
+        bos = tok.token_to_id("<s>")
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+        )
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok,
+            bos_token="<s>",
+            eos_token="</s>",
+            unk_token="<unk>",
+            pad_token="<unk>",  # as llava-hf's checkpoint does
+            padding_side="left",
+        )
+    raise ValueError(f"unknown tiny VLM family {family!r}; choose one of {FAMILIES}")
+
+
+def _qwen3_vl(tokenizer, seed: int):
+    from transformers import (
+        Qwen2VLImageProcessor,
+        Qwen3VLConfig,
+        Qwen3VLForConditionalGeneration,
+        Qwen3VLProcessor,
+        Qwen3VLVideoProcessor,
+    )
+
+    ids = tokenizer.convert_tokens_to_ids
+    cfg = Qwen3VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 16,
+            "max_position_embeddings": 8192,
+            # real: mrope_section [24, 20, 20] over head_dim 128; here the same split over 16
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 5_000_000.0,
+                "mrope_section": [4, 2, 2],
+                "mrope_interleaved": True,
+            },
+            "pad_token_id": ids("<|endoftext|>"),
+        },
+        vision_config={
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "patch_size": QWEN3_VL_PATCH,
+            "spatial_merge_size": QWEN3_VL_MERGE,
+            "temporal_patch_size": 2,
+            "out_hidden_size": 64,
+            "num_position_embeddings": 2304,
+            "deepstack_visual_indexes": [0, 1],
+        },
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+    )
+    image_processor = Qwen2VLImageProcessor(
+        size={"shortest_edge": QWEN3_VL_MIN_PIXELS, "longest_edge": QWEN3_VL_MAX_PIXELS},
+        patch_size=QWEN3_VL_PATCH,
+        merge_size=QWEN3_VL_MERGE,
+        temporal_patch_size=2,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
+    video_processor = Qwen3VLVideoProcessor(
+        patch_size=QWEN3_VL_PATCH, merge_size=QWEN3_VL_MERGE, temporal_patch_size=2
+    )
+    processor = Qwen3VLProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=video_processor,
+        chat_template=QWEN3_VL_CHAT_TEMPLATE,
+    )
+    model = _seeded(Qwen3VLForConditionalGeneration, cfg, seed)
+    model.generation_config.eos_token_id = [ids("<|im_end|>"), ids("<|endoftext|>")]
+    model.generation_config.pad_token_id = ids("<|endoftext|>")
+    return model, processor
+
+
+def _llava_next(tokenizer, seed: int):
+    from transformers import (
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessor,
+        LlavaNextProcessor,
+    )
+
+    ids = tokenizer.convert_tokens_to_ids
+    grid = [[h // LLAVA_TINY_SCALE, w // LLAVA_TINY_SCALE] for h, w in LLAVA_V16_GRID]
+    cfg = LlavaNextConfig(
+        text_config={
+            "model_type": "mistral",
+            "vocab_size": len(tokenizer),
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 8192,
+            "bos_token_id": ids("<s>"),
+            "eos_token_id": ids("</s>"),
+            "pad_token_id": ids("<unk>"),
+        },
+        vision_config={
+            "model_type": "clip_vision_model",
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,  # vision_feature_layer -2 (as llava-1.6) needs >= 2
+            "num_attention_heads": 2,
+            "image_size": LLAVA_TINY_TILE,
+            "patch_size": 14,
+            "projection_dim": 32,
+        },
+        image_token_index=ids("<image>"),
+        image_grid_pinpoints=grid,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+        image_seq_length=(LLAVA_TINY_TILE // 14) ** 2,
+    )
+    image_processor = LlavaNextImageProcessor(
+        size={"shortest_edge": LLAVA_TINY_TILE},
+        crop_size={"height": LLAVA_TINY_TILE, "width": LLAVA_TINY_TILE},
+        image_grid_pinpoints=grid,
+    )
+    processor = LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # the CLIP CLS token, as in llava-hf's processor config
+        chat_template=LLAVA_NEXT_MISTRAL_CHAT_TEMPLATE,
+    )
+    model = _seeded(LlavaNextForConditionalGeneration, cfg, seed)
+    model.generation_config.eos_token_id = ids("</s>")
+    model.generation_config.pad_token_id = ids("<unk>")
+    return model, processor
+
+
+def _seeded(model_class, cfg, seed: int):
+    import torch
+
+    torch.manual_seed(seed)
+    return model_class(cfg).eval()
+
+
+def build_tiny_vlm(family: str, out_dir: str | Path, seed: int = 0) -> Path:
+    """Build the tiny random `family` model and save model + processor to `out_dir`.
+
+    Written to a temporary sibling first and renamed, so a killed build never leaves a
+    directory that looks complete. Replaces an earlier tiny build in `out_dir`; refuses to
+    overwrite any other non-empty directory. Returns `out_dir`.
+    """
+    import transformers
+
+    if family not in FAMILIES:
+        raise ValueError(f"unknown tiny VLM family {family!r}; choose one of {FAMILIES}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not is_tiny(out_dir) and any(out_dir.iterdir()):
+        raise FileExistsError(
+            f"{out_dir} exists and is not a tiny model directory; not overwriting"
+        )
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(family)
+    builder = _qwen3_vl if family == "qwen3_vl" else _llava_next
+    model, processor = builder(tokenizer, seed)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        marker = {
+            "built_by": "microqa.tiny.build_tiny_vlm",
+            "family": family,
+            "seed": seed,
+            "weights": "random",
+            "transformers": transformers.__version__,
+            "note": "tiny same-family model with RANDOM weights; its answers are noise",
+        }
+        (tmp / MARKER).write_text(json.dumps(marker, indent=2), encoding="utf-8")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)  # an earlier tiny build (or an empty directory)
+        try:
+            os.replace(tmp, out_dir)
+        except OSError:
+            if not is_tiny(out_dir):  # a concurrent build that finished first is as good
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def is_tiny(model_dir: str | Path) -> bool:
+    return (Path(model_dir) / MARKER).is_file()
+
+
+def family_for_model(model_id: str) -> str:
+    """Map a hub id (or a name containing one) to the tiny family that stands in for it."""
+    name = model_id.lower().replace("_", "-")
+    if "qwen3-vl" in name or "qwen2.5-vl" in name or "qwen2-vl" in name:
+        return "qwen3_vl"
+    if "llava-v1.6" in name or "llava-next" in name:
+        return "llava_next"
+    raise ValueError(
+        f"no offline stand-in for VLM {model_id!r}: known families are Qwen3-VL / Qwen2.5-VL "
+        "(-> qwen3_vl) and LLaVA-v1.6 / LLaVA-NeXT (-> llava_next)"
+    )
+
+
+def offline_vlm_dir(model_id: str, stage: str = "vlm") -> Path:
+    """The local tiny stand-in for `model_id`, built on first use under models_dir()/tiny/.
+
+    Declares the substitution in the provenance record of `stage` (raises StrictModeError under
+    STRICT=1), so a run can never use it quietly.
+    """
+    family = family_for_model(model_id)
+    provenance.substitute(
+        stage,
+        f"VLM {model_id} -> tiny {family} model with RANDOM weights",
+        "pretrained VLM weights are not available offline",
+    )
+    out_dir = config.models_dir() / "tiny" / family
+    if not is_tiny(out_dir):
+        build_tiny_vlm(family, out_dir)
+    return out_dir
