@@ -24,10 +24,11 @@ import sys
 import time
 from pathlib import Path
 
+from PIL import Image
+
 from microqa import config, tiny
 from microqa.vlm.base import VLMRequest
 from microqa.vlm.hf import HFBackend
-from PIL import Image
 
 PROMPT = (
     "What imaging technique was used to capture this image? A) SEM B) TEM C) AFM "

@@ -14,11 +14,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from microqa import provenance, tiny
 from microqa.vlm import hf
 from microqa.vlm.base import VLMRequest
-from PIL import Image
-
 from tests.conftest import MIRROR, needs_mirror
 
 LETTERS = ["A", "B", "C", "D"]
