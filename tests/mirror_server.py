@@ -57,7 +57,7 @@ PAGE = """<!DOCTYPE html>
 <html lang="en">
 <head><meta charset="utf-8"><title>DoITPoMS - Micrograph Library - {title}</title></head>
 <body>
-<nav class="navbar"><a href="index.php">Micrograph Library</a> | <a href="browse.php">Browse</a></nav>
+<nav class="navbar"><a href="index.php">Micrograph Library</a> <a href="browse.php">Browse</a></nav>
 <div class="container"><div class="row">
 <div class="col-md-4"><h3>Search</h3><dl><dd>Search the library by keyword</dd></dl></div>
 {content}
@@ -126,7 +126,9 @@ def render_record(record_id: int, row: dict | None, *, messy: bool = False) -> s
         content = f'<DIV CLASS="record col-md-8">{image}<dl class=dl-horizontal>{"".join(items)}'
     else:
         body = "\n".join(items)
-        content = f'<div class="col-md-8">\n{image}\n<dl class="dl-horizontal">\n{body}\n</dl>\n</div>'
+        content = (
+            f'<div class="col-md-8">\n{image}\n<dl class="dl-horizontal">\n{body}\n</dl>\n</div>'
+        )
     return PAGE.format(title=f"Micrograph {record_id}", content=content)
 
 

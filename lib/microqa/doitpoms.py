@@ -40,7 +40,8 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 from lxml import html as lxml_html
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+from PIL.Image import DecompressionBombError
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
@@ -214,7 +215,8 @@ def inspect_image(data: bytes) -> ImageInfo:
             image.load()
             width, height = image.size
             mode = image.mode
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except (OSError, SyntaxError, ValueError, DecompressionBombError) as exc:
+        # UnidentifiedImageError is an OSError; truncation shows as OSError from load()
         raise CorruptImage(f"image does not decode ({type(exc).__name__}: {exc})") from exc
     if image_format not in EXTENSIONS:
         raise CorruptImage(f"unsupported image format {image_format!r}")
