@@ -45,7 +45,7 @@ from PIL.Image import DecompressionBombError
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from microqa import config
+from microqa import config, provenance
 
 # The mirror's columns (same names and order as dataset.RECORD_COLUMNS), then the scraper's.
 RECORD_COLUMNS = [
@@ -282,7 +282,9 @@ class Fetcher:
         self.session.headers["User-Agent"] = config.USER_AGENT
         retry = Retry(
             total=retries,
-            connect=retries,
+            # A refused connection or unknown host rarely heals within seconds, and an
+            # offline run should fall back quickly; longer outages are left to the resume.
+            connect=min(retries, 2),
             read=retries,
             status=retries,
             other=0,
@@ -706,6 +708,115 @@ def _scrape_one(
     state = {"id": record_id, "status": "record", "row": row}
     store.save_state(record_id, state)
     return state
+
+
+# ----------------------------------------------------------------------------- data source
+
+SMOKE_IDS = "1-40"  # the smoke profile scrapes only these, into build/, never into data/
+
+
+@dataclass
+class DatasetChoice:
+    """Which dataset this run uses and why (notebook 01 shows it; provenance records it)."""
+
+    source: str  # "existing", "scraped" or "sample"
+    dataset_dir: Path
+    base_url: str
+    n_records: int
+    n_images: int
+    failures: list[Failure] = field(default_factory=list)
+    complete: bool = True
+    reason: str = ""  # why the sample stands in, when it does
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "source": self.source,
+            "base_url": self.base_url,
+            "n_records": self.n_records,
+            "n_images": self.n_images,
+            "n_failures": len(self.failures),
+            "complete": self.complete,
+        }
+
+
+def count_dataset(dataset_dir: Path | str) -> tuple[int, int]:
+    """(records, records with an image file) of a dataset directory."""
+    dataset_dir = Path(dataset_dir)
+    csv_path = dataset_dir / "records.csv"
+    if not csv_path.is_file():
+        raise ScrapeError(f"no records.csv in dataset directory {dataset_dir}")
+    with open(csv_path, encoding="utf-8", newline="") as fh:
+        rows = [row for row in csv.DictReader(fh) if any(row.get(c) for c in FIELD_COLUMNS)]
+    stems = {path.stem for path in (dataset_dir / "images").glob("*.*")}
+    n_images = sum(1 for row in rows if f"{int(row['micrograph_no']):06d}" in stems)
+    return len(rows), n_images
+
+
+def resolve_dataset(
+    profile: str | None = None,
+    base_url: str = "",
+    *,
+    delay: float = DEFAULT_DELAY,
+    ids: str = "",
+    log: Callable[[str], None] | None = None,
+) -> DatasetChoice:
+    """Choose this run's dataset and record the choice in provenance (stage "data").
+
+    1. a complete earlier scrape in config.scraped_dir() -> "existing" (no network);
+    2. else scrape config.doitpoms_url() into it, resuming what is there -> "scraped";
+    3. else, when the site is unreachable, the embedded sample -> "sample", declared as an
+       offline substitute (an error under STRICT=1).
+    The smoke profile scrapes only SMOKE_IDS into build/doitpoms-smoke, so a partial scrape
+    never passes for the full library in data/doitpoms.
+    """
+    chosen = config.profile(profile)
+    base_url = _normalise_base(base_url or config.doitpoms_url())
+    if chosen.name == "smoke":
+        target, ids = config.build_dir() / "doitpoms-smoke", ids or SMOKE_IDS
+    else:
+        target = config.scraped_dir()
+    wanted = ids or "discover"
+    provenance.reset_stage("data")  # a fresh record: no stale fallbacks from an earlier run
+    done = completion(target)
+    if done and done["ids"] == wanted:
+        choice = DatasetChoice("existing", target, done["base_url"], *count_dataset(target))
+    else:
+        try:
+            result = scrape(base_url, target, ids=ids or None, delay=delay, log=log)
+            choice = DatasetChoice(
+                "scraped", target, base_url, result.n_records, result.n_images,
+                failures=result.failures, complete=result.complete,
+            )
+        except SiteUnreachable as exc:
+            choice = _sample_instead(str(exc), target)
+    provenance.record_stage(
+        "data",
+        source=choice.source,
+        dataset_dir=str(choice.dataset_dir),
+        base_url=choice.base_url,
+        n_records=choice.n_records,
+        n_images=choice.n_images,
+        ids=wanted,
+        complete=choice.complete,
+        failures=[str(failure) for failure in choice.failures],
+        keep_fallbacks=True,
+    )
+    return choice
+
+
+def _sample_instead(reason: str, target: Path) -> DatasetChoice:
+    sample = config.sample_dir()
+    if not (sample / "records.csv").is_file():
+        raise ScrapeError(f"{reason}; and there is no embedded sample at {sample}")
+    if (target / "records.csv").is_file():
+        reason += f" (the partial scrape in {target} is kept; rerun to resume it)"
+    n_records, n_images = count_dataset(sample)
+    provenance.substitute(
+        "data",
+        f"embedded sample data/sample ({n_images} images) instead of the full library",
+        reason,
+    )
+    return DatasetChoice("sample", sample, "", n_records, n_images, reason=reason)
 
 
 # ----------------------------------------------------------------------------- CLI
