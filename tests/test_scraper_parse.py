@@ -6,9 +6,9 @@ import io
 
 import numpy as np
 import pytest
-from microqa import doitpoms
 from PIL import Image
 
+from microqa import doitpoms
 from tests.conftest import REPO
 
 PAGES = REPO / "tests" / "data"
