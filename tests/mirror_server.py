@@ -2,8 +2,9 @@
 
 Renders record pages in the site's layout (`div.col-md-8` > `<dl>` of `<dt>`/`<dd>`, UTF-8,
 `&nbsp;` in multi-valued fields) from a mirror directory (records.csv + images/NNNNNN.jpg),
-serves the images as-is under `micrographs/large/NNNNNN.jpg` with the site's `image/jpeg`
-content type (whatever their true format), and a robots.txt.
+serves the images as-is under `micrographs/large/NNNNNN.jpg` (and under the `.gif` name a
+page may link) with the site's `image/jpeg` content type whatever their true format, and a
+robots.txt.
 
   python tests/mirror_server.py --mirror ../shared/doitpoms --port 8765
   make reproduce DOITPOMS_URL=http://127.0.0.1:8765/miclib/
@@ -87,6 +88,19 @@ class Faults:
         return random.Random(f"{self.seed}:{path}:{nth}:{kind}").random()
 
 
+@dataclass
+class Answer:
+    status: int
+    content_type: str
+    body: bytes
+    truncate: bool = False  # send half the body, then close
+    location: str | None = None
+
+
+IMAGE_NAME = "micrographs/large/{:06d}.jpg"
+NOT_FOUND = Answer(404, "text/html", b"<html><body>Not found</body></html>")
+
+
 class Mirror:
     """The records and images of a mirror directory."""
 
@@ -121,7 +135,13 @@ def render_record(record_id: int, row: dict | None, *, messy: bool = False) -> s
             items.append(f"<DT>{label}<!-- label --><DD><span>{_value_html(column, value, True)}")
         else:
             items.append(f"<dt>{label}</dt>\n<dd>{_value_html(column, value, False)}</dd>")
-    image = f'<img src="micrographs/large/{record_id:06d}.jpg" alt="micrograph {record_id}">'
+    # The site links some images under their true extension (.gif); the mirror's image_url
+    # keeps that link, and the server answers it as well as the .jpg name.
+    src = (row.get("image_url") or "").rsplit("/miclib/", 1)[-1] or IMAGE_NAME.format(record_id)
+    image = (
+        '<img src="images/licence-by-nc-sa.png" alt="licence">'
+        f'<img src="{html.escape(src)}" alt="micrograph {record_id}">'
+    )
     if messy:
         content = f'<DIV CLASS="record col-md-8">{image}<dl class=dl-horizontal>{"".join(items)}'
     else:
@@ -145,14 +165,17 @@ class MirrorServer:
         faults: Faults | None = None,
         robots: str = "User-agent: *\nDisallow: /private/\n",
         prefix: str = "/miclib/",
+        redirects: dict[str, str] | None = None,
     ):
         self.mirror = Mirror(mirror_dir)
         self.faults = faults or Faults()
         self.robots = robots
         self.prefix = prefix
+        self.redirects = redirects or {}  # request path -> Location of a 302 answer
         self.requests: list[tuple[float, str, int, str]] = []
         self._seen: Counter[str] = Counter()
         self._faulted: Counter[str] = Counter()
+        self.fired: Counter[str] = Counter()  # fault kind -> how often it fired
         self._lock = threading.Lock()
         self.httpd = ThreadingHTTPServer((host, port), self._handler_class())
         self.httpd.daemon_threads = True
@@ -164,7 +187,9 @@ class MirrorServer:
         return f"http://{host}:{port}{self.prefix}"
 
     def start(self) -> MirrorServer:
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
         return self
 
@@ -190,52 +215,54 @@ class MirrorServer:
             if self._faulted[path] >= self.faults.max_faults:
                 return False
             self._faulted[path] += 1
+            self.fired[kind] += 1
         return True
 
-    def _answer(self, raw_path: str) -> tuple[int, str, bytes, bool]:
-        """(status, content type, body, truncate?) for a request path."""
+    def _answer(self, raw_path: str) -> Answer:
         with self._lock:
             nth = self._seen[raw_path]
             self._seen[raw_path] += 1
         f = self.faults
         parts = urlsplit(raw_path)
+        if raw_path in self.redirects:
+            return Answer(302, "text/html", b"", location=self.redirects[raw_path])
         if parts.path == "/robots.txt":
-            return 200, "text/plain; charset=utf-8", self.robots.encode(), False
+            return Answer(200, "text/plain; charset=utf-8", self.robots.encode())
         if self._fault(raw_path, nth, "slow", f.slow_rate):
             time.sleep(f.slow_seconds)
         if self._fault(raw_path, nth, "error", f.error_rate):
             status = 500 if f.roll(raw_path, nth, "which") < 0.5 else 503
-            return status, "text/html", b"<html><body>Server error</body></html>", False
+            return Answer(status, "text/html", b"<html><body>Server error</body></html>")
         if not parts.path.startswith(self.prefix):
-            return 404, "text/html", b"<html><body>Not found</body></html>", False
+            return NOT_FOUND
         local = parts.path[len(self.prefix):]
         wrong_type = self._fault(raw_path, nth, "type", f.wrong_type_rate)
         truncate = self._fault(raw_path, nth, "truncate", f.truncate_rate)
         if local in ("micrograph_record.php", "full_record.php"):
             query = parse_qs(parts.query).get("id", [""])[0]
             if not query.isdigit():
-                return 404, "text/html", b"<html><body>Bad id</body></html>", False
+                return Answer(404, "text/html", b"<html><body>Bad id</body></html>")
             record_id = int(query)
             if record_id in f.fail_ids:
-                return 500, "text/html", b"<html><body>Server error</body></html>", False
+                return Answer(500, "text/html", b"<html><body>Server error</body></html>")
             if record_id not in self.mirror.rows:
-                return 404, "text/html", b"<html><body>Not found</body></html>", False
+                return NOT_FOUND
             messy = self._fault(raw_path, nth, "malformed", f.malformed_rate)
             page = render_record(record_id, self.mirror.rows[record_id], messy=messy)
             # A wrong type drops the charset too; the page still declares it in a meta tag.
             kind = "application/octet-stream" if wrong_type else "text/html; charset=utf-8"
-            return 200, kind, page.encode("utf-8"), truncate
-        match = re.fullmatch(r"micrographs/large/(\d{6})\.jpg", local)
+            return Answer(200, kind, page.encode("utf-8"), truncate)
+        match = re.fullmatch(r"micrographs/large/(\d{6})\.(jpg|gif|bmp|png)", local)
         if match:
             record_id = int(match.group(1))
             path = self.mirror.image_path(record_id)
             if not path.is_file():
-                return 404, "text/html", b"<html><body>Not found</body></html>", False
+                return NOT_FOUND
             data = path.read_bytes()
             if record_id in f.corrupt_ids:
                 data = data[: len(data) // 2]
-            return 200, "text/html" if wrong_type else "image/jpeg", data, truncate
-        return 404, "text/html", b"<html><body>Not found</body></html>", False
+            return Answer(200, "text/html" if wrong_type else "image/jpeg", data, truncate)
+        return NOT_FOUND
 
     def _handler_class(self):
         server = self
@@ -250,18 +277,21 @@ class MirrorServer:
                 self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
             def do_GET(self):  # noqa: N802 (http.server's name)
-                status, content_type, body, truncate = server._answer(self.path)
+                answer = server._answer(self.path)
                 server.requests.append(
-                    (time.monotonic(), self.path, status, self.headers.get("User-Agent", ""))
+                    (time.monotonic(), self.path, answer.status, self.headers.get("User-Agent", ""))
                 )
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                if truncate:
+                self.send_response(answer.status)
+                self.send_header("Content-Type", answer.content_type)
+                self.send_header("Content-Length", str(len(answer.body)))
+                if answer.location:
+                    self.send_header("Location", answer.location)
+                if answer.truncate:
                     self.send_header("Connection", "close")
                 self.end_headers()
-                self.wfile.write(body[: len(body) // 2] if truncate else body)
-                if truncate:
+                body = answer.body
+                self.wfile.write(body[: len(body) // 2] if answer.truncate else body)
+                if answer.truncate:
                     self.close_connection = True
 
             def log_message(self, format, *args):  # noqa: A002 (quiet; see .requests)

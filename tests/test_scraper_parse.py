@@ -40,6 +40,7 @@ def test_site_layout_parses_every_field():
         "A second paragraph, 5 µm apart."
     )
     assert f["organisation"].endswith("University of Cambridge")
+    assert record.image_src == "micrographs/large/000007.gif"  # not the licence badge
 
 
 def test_label_case_spacing_colons_and_missing_fields():
@@ -56,6 +57,7 @@ def test_label_case_spacing_colons_and_missing_fields():
         assert f[absent] == "", absent
     assert record.unknown_labels == ["Magnification"]
     assert record.shown_number == ""
+    assert record.image_src == ""  # the scraper then uses micrographs/large/NNNNNN.jpg
 
 
 @pytest.mark.parametrize("name", ["record_empty.html", "record_empty_container.html"])

@@ -17,7 +17,8 @@ uninterrupted run, and a rerun of a finished scrape makes no requests at all.
 Missing ids (HTTP 404, or a page without the record container) are not rows of records.csv;
 they are remembered in .scrape/ids so discovery and resume agree. Field values are
 whitespace-normalised: `&nbsp;` becomes a space, runs of whitespace (newlines too) one space.
-The image URL is the site's documented one (`micrographs/large/NNNNNN.jpg`), built from the id.
+The image URL is the one the record page links (an `<img>` under `micrographs/`; the site
+links some GIFs as `.gif`), else the site's documented `micrographs/large/NNNNNN.jpg`.
 """
 
 from __future__ import annotations
@@ -148,6 +149,7 @@ class ParsedRecord:
     fields: dict[str, str]  # every FIELD_COLUMNS key, "" when the page does not show it
     shown_number: str  # the page's own "Micrograph No", "" when absent
     unknown_labels: list[str]
+    image_src: str = ""  # the micrograph's <img src> as written on the page, "" when none
 
 
 def _decode(body: bytes, content_type: str | None) -> str:
@@ -192,7 +194,8 @@ def parse_record(page: bytes | str, content_type: str | None = None) -> ParsedRe
     if not any(fields.values()):
         return None
     shown = normalise_text(" ".join(values.get("micrograph_no", [])))
-    return ParsedRecord(fields=fields, shown_number=shown, unknown_labels=unknown)
+    sources = [src.strip() for src in containers[0].xpath(".//img/@src") if "micrographs/" in src]
+    return ParsedRecord(fields, shown, unknown, sources[0] if sources else "")
 
 
 @dataclass(frozen=True)
@@ -684,7 +687,7 @@ def _scrape_one(
         raise FetchError(f"{page_url} shows micrograph {parsed.shown_number!r}")
     for label in parsed.unknown_labels:
         say(f"id {record_id}: ignoring unknown label {label!r}")
-    image_url = urljoin(fetcher.base_url, IMAGE_PATH.format(id=record_id))
+    image_url = urljoin(page_url, parsed.image_src or IMAGE_PATH.format(id=record_id))
     row = {"micrograph_no": str(record_id), **parsed.fields}
     row.update(image_url=image_url, page_url=page_url)
     row.update({column: "" for column in IMAGE_COLUMNS})
