@@ -325,3 +325,13 @@ def test_full_mirror_scrape_reproduces_the_mirror(tmp_path):
     # The mirror's README: 104 GIF and 9 BMP files among the .jpg names.
     assert (formats.count("GIF"), formats.count("BMP")) == (104, 9)
     assert len(list((out / "images").iterdir())) == 870
+
+
+def test_a_damaged_state_file_is_refetched(server, tmp_path):
+    out = tmp_path / "out"
+    doitpoms.scrape(server.base_url, out, ids="1-2", **FAST)
+    before = snapshot(out)
+    (out / ".scrape" / "ids" / "000002.json").write_text('{"status": "rec')  # damaged
+    again = doitpoms.scrape(server.base_url, out, ids="1-2", **FAST)
+    assert again.complete and server.count(r"id=2$") == 2 and server.count(r"id=1$") == 1
+    assert snapshot(out) == before

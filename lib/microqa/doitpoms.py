@@ -505,10 +505,21 @@ class Store:
         self._lock.close()
 
     def state_of(self, record_id: int) -> dict | None:
-        path = self.ids_dir / f"{record_id:06d}.json"
-        if not path.exists():
+        """The saved state of an id; None when there is none (or it is damaged: refetch)."""
+        try:
+            return self._read_state(self.ids_dir / f"{record_id:06d}.json")
+        except (FileNotFoundError, ScrapeError):
             return None
-        return json.loads(path.read_text(encoding="utf-8"))
+
+    @staticmethod
+    def _read_state(path: Path) -> dict:
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+            if state["status"] == "record":
+                state["row"]["micrograph_no"]  # noqa: B018 (a row must have its id)
+            return state
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ScrapeError(f"damaged state file {path}: {exc!r}") from None
 
     def save_state(self, record_id: int, payload: dict) -> None:
         _write_atomic(self.ids_dir / f"{record_id:06d}.json", _json_bytes(payload))
@@ -524,7 +535,7 @@ class Store:
     def rows(self) -> list[dict]:
         rows = []
         for path in sorted(self.ids_dir.glob("*.json")):
-            state = json.loads(path.read_text(encoding="utf-8"))
+            state = self._read_state(path)
             if state["status"] == "record":
                 rows.append(state["row"])
         return sorted(rows, key=lambda row: int(row["micrograph_no"]))
