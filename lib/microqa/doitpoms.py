@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
+import pandas as pd
 import requests
 from lxml import html as lxml_html
 from PIL import Image
@@ -418,11 +419,14 @@ def _origin(url: str) -> tuple[str, str]:
 
 
 def _reason(exc: BaseException) -> str:
-    """The innermost useful message of a requests/urllib3 exception chain."""
+    """The useful part of a requests/urllib3 exception chain ("[Errno 111] Connection
+    refused", "Read timed out", ...)."""
     text = str(exc)
-    for marker in ("Caused by ", "Failed to establish a new connection: "):
-        if marker in text:
-            text = text.split(marker, 1)[1]
+    errno = re.search(r"\[Errno -?\d+\][^'\")]*", text)
+    if errno:
+        text = errno.group(0)
+    elif "Caused by " in text:
+        text = text.split("Caused by ", 1)[1]
     return f"{type(exc).__name__}: {text.strip(' ()')[:200]}"
 
 
@@ -488,7 +492,8 @@ class Store:
 
     def _check_source(self, base_url: str) -> None:
         source = self.state / "source.json"
-        if source.exists():
+        has_data = any(self.ids_dir.glob("*.json"))  # nothing saved yet: any URL may start
+        if source.exists() and has_data:
             previous = json.loads(source.read_text(encoding="utf-8"))["base_url"]
             if previous != base_url:
                 raise ScrapeError(
@@ -790,6 +795,7 @@ def resolve_dataset(
     else:
         target = config.scraped_dir()
     wanted = ids or "discover"
+    log = log or _sparse_log
     provenance.reset_stage("data")  # a fresh record: no stale fallbacks from an earlier run
     done = completion(target)
     if done and done["ids"] == wanted:
@@ -818,6 +824,13 @@ def resolve_dataset(
     return choice
 
 
+def _sparse_log(message: str) -> None:
+    """Progress for notebooks: every failure, and one line per 50 ids."""
+    number = re.match(r"id (\d+):", message)
+    if "FAIL" in message or (number and int(number.group(1)) % 50 == 0):
+        print(message, file=sys.stderr, flush=True)
+
+
 def _sample_instead(reason: str, target: Path) -> DatasetChoice:
     sample = config.sample_dir()
     if not (sample / "records.csv").is_file():
@@ -831,6 +844,33 @@ def _sample_instead(reason: str, target: Path) -> DatasetChoice:
         reason,
     )
     return DatasetChoice("sample", sample, "", n_records, n_images, reason=reason)
+
+
+def summary_table(choice: DatasetChoice) -> pd.DataFrame:
+    """One row: where the data came from and how much of it there is."""
+    return pd.DataFrame([choice.summary()])
+
+
+def summary_caption(choice: DatasetChoice) -> str:
+    labels = ["sample data"] if choice.source == "sample" else []
+    return provenance.stamp("Data source of this run", labels)
+
+
+def failures_table(choice: DatasetChoice) -> pd.DataFrame:
+    rows = [vars(failure) for failure in choice.failures]
+    return pd.DataFrame(rows, columns=["id", "what", "url", "reason"])
+
+
+PREVIEW_COLUMNS = [
+    "micrograph_no", "brief_description", "categories", "technique", "length_bar",
+    "image_file", "image_format", "image_mode", "image_width", "image_height",
+]
+
+
+def preview(dataset_dir: Path | str, n: int = 5) -> pd.DataFrame:
+    """The first `n` records of a dataset, the columns a reader checks first."""
+    table = pd.read_csv(Path(dataset_dir) / "records.csv", dtype=str, keep_default_na=False)
+    return table[[c for c in PREVIEW_COLUMNS if c in table.columns]].head(n)
 
 
 # ----------------------------------------------------------------------------- CLI
