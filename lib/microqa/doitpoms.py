@@ -259,6 +259,7 @@ class Response:
     status: int
     content_type: str
     body: bytes
+    checked: object = None  # what `validate` returned for this body
 
 
 class Fetcher:
@@ -363,7 +364,7 @@ class Fetcher:
                 if response.status != 200 or validate is None:
                     return response
                 try:
-                    validate(response.body)
+                    response.checked = validate(response.body)
                     return response
                 except CorruptImage as exc:
                     last_error = str(exc)
@@ -392,9 +393,7 @@ class Fetcher:
                 if declared and declared.isdigit() and int(declared) > max_bytes:
                     raise FetchError(f"{url}: body of {declared} bytes exceeds {max_bytes}")
                 try:
-                    body = _read_capped(raw, max_bytes)
-                except FetchError:
-                    raise
+                    body = _read_capped(raw, max_bytes)  # FetchError past the cap: no retry
                 except (requests.RequestException, OSError) as exc:
                     return f"broken body ({_reason(exc)})"
                 if raw.status_code >= 500:
@@ -711,7 +710,7 @@ def _scrape_one(
         image = fetcher.get(image_url, max_bytes=MAX_IMAGE_BYTES, validate=inspect_image)
         if image.status != 200:
             raise FetchError(f"{image_url}: HTTP {image.status}")
-        info = inspect_image(image.body)
+        info: ImageInfo = image.checked  # what inspect_image returned while fetching
         row.update(
             image_file=store.save_image(record_id, image.body, info),
             image_sha256=info.sha256,
