@@ -324,7 +324,11 @@ def main(argv: list[str] | None = None) -> int:
         wrong_type_rate=args.wrong_type_rate,
         max_faults=args.max_faults,
     )
-    server = MirrorServer(args.mirror, host=args.host, port=args.port, faults=faults)
+    try:
+        server = MirrorServer(args.mirror, host=args.host, port=args.port, faults=faults)
+    except OSError as exc:
+        print(f"error: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 2
     print(f"serving {args.mirror} at {server.base_url} (Ctrl-C stops)", flush=True)
     try:
         server.httpd.serve_forever()
