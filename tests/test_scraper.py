@@ -6,16 +6,19 @@ from __future__ import annotations
 import csv
 import hashlib
 import socket
+import subprocess
+import sys
 
 import pytest
 from PIL import Image
 
 from microqa import config, doitpoms
-from tests.conftest import MIRROR, needs_mirror
+from tests.conftest import MIRROR, REPO, needs_mirror
 from tests.mirror_server import Faults, MirrorServer
 from tests.scraper_helpers import (
     TINY_LAYOUT,
     TINY_MISSING_RUN,
+    cli_env,
     make_mirror,
     read_rows,
     record_row,
@@ -335,3 +338,18 @@ def test_a_damaged_state_file_is_refetched(server, tmp_path):
     again = doitpoms.scrape(server.base_url, out, ids="1-2", **FAST)
     assert again.complete and server.count(r"id=2$") == 2 and server.count(r"id=1$") == 1
     assert snapshot(out) == before
+
+
+def test_mirror_server_runs_as_a_script(tiny_mirror, tmp_path):
+    script = [sys.executable, "tests/mirror_server.py", "--mirror", str(tiny_mirror), "--port", "0"]
+    process = subprocess.Popen(
+        script, stdout=subprocess.PIPE, text=True, env=cli_env(), cwd=str(REPO)
+    )
+    try:
+        base_url = process.stdout.readline().split(" at ")[1].split()[0]
+        result = doitpoms.scrape(base_url, tmp_path / "out", ids="1-5", **FAST)
+        assert result.complete and result.n_records == 4
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        process.stdout.close()
