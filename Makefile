@@ -16,7 +16,7 @@ DOITPOMS_URL ?=
 export DOITPOMS_URL
 PAPERMILL = $(PY) -m papermill --no-progress-bar --log-output --cwd notebooks -p profile $(PROFILE)
 
-.PHONY: help setup reproduce smoke test test-slow bench lab lint sample clean
+.PHONY: help setup reproduce smoke test test-slow bench lab lint sample clean FORCE
 
 help: ## show this help
 	@echo "Targets:"
@@ -41,6 +41,15 @@ build/notebook-deps.mk: lib/microqa/notebook_deps.py $(wildcard notebooks/*.ipyn
 ifneq ($(filter reproduce $(NB_OUT)/%,$(MAKECMDGOALS)),)
 -include build/notebook-deps.mk
 endif
+
+# Notebook 01 reruns when the data source settings change (e.g. from the unreachable live site
+# to DOITPOMS_URL=http://127.0.0.1:8765/miclib/ served by tests/mirror_server.py); the stamp
+# is rewritten only when they differ, so an unchanged setting rebuilds nothing.
+DATA_SOURCE := url=$(DOITPOMS_URL) strict=$(STRICT)
+build/data-source.txt: FORCE
+	@mkdir -p build
+	@echo '$(DATA_SOURCE)' | cmp -s - $@ || echo '$(DATA_SOURCE)' > $@
+$(NB_OUT)/01_scrape_doitpoms.ipynb: build/data-source.txt
 
 # Each executed notebook also depends on the ones whose outputs it reads.
 $(NB_OUT)/02_eda_class_imbalance.ipynb: $(NB_OUT)/01_scrape_doitpoms.ipynb

@@ -5,6 +5,7 @@ Environment variables (all optional):
   MICROQA_DATA      data directory (default: <root>/data)
   MICROQA_BUILD     build directory (default: <root>/build)
   MICROQA_PROFILE   "full" (default) or "smoke" (tiny, fast; used by the tests)
+  MICROQA_SAMPLE    the embedded offline sample (default: <root>/data/sample)
   DOITPOMS_URL      base URL of the micrograph library (default: the live site)
   STRICT            "1" turns every offline substitution (sample data, random weights) into an error
 """
@@ -52,7 +53,7 @@ def scraped_dir() -> Path:
 
 def sample_dir() -> Path:
     """The embedded offline sample, committed with the repository."""
-    return repo_root() / "data" / "sample"
+    return _env_path("MICROQA_SAMPLE", repo_root() / "data" / "sample")
 
 
 def models_dir() -> Path:
