@@ -95,7 +95,9 @@ class OpenAIStub:
             return [r["body"] for r in self.requests if r["path"].endswith("/chat/completions")]
 
     def start(self) -> OpenAIStub:
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
         return self
 
