@@ -13,14 +13,14 @@ import time
 
 import pandas as pd
 import pytest
-from PIL import Image
-
 from microqa import dataset, provenance, taxonomy
 from microqa.vlm import runner
 from microqa.vlm.cache import Answer, AnswerCache, AnswerKey
 from microqa.vlm.context import ClipContext
 from microqa.vlm.openai_backend import fit_to_budget, image_data_url
 from microqa.vlm.questions import build_question
+from PIL import Image
+
 from tests.conftest import REPO
 from tests.openai_stub import OpenAIStub, deterministic_letter, request_text_and_image
 from tests.vlm_data import make_clip_outputs, make_dataset

@@ -8,9 +8,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
 from microqa.dataset import RECORD_COLUMNS
+from PIL import Image
 
 # (technique string as on the site, categories): two records (one specimen) each.
 SPECIMENS = [
