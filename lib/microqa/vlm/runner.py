@@ -18,6 +18,7 @@ CLI: `python -m microqa vlm --backend hf|openai --model M [--model M2] --dataset
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import socket
@@ -366,16 +367,20 @@ def run_study(
     )
 
 
-def _merge_write(df: pd.DataFrame, path: Path, columns: list[str]) -> Path:
-    """Replace the rows of these (model, backend) pairs in `path`, keep the others; atomic."""
+def _merge_write(df: pd.DataFrame, path: Path, columns: list[str], loader) -> Path:
+    """Replace the rows of these (model, backend) pairs in `path`, keep the others; atomic.
+
+    Every text field is quoted: raw model output can hold carriage returns, which an
+    unquoted CSV field would turn into broken rows."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_file():
-        old = pd.read_csv(path, keep_default_na=False, dtype=str)
+        old = loader(path)
         ran = set(zip(df["model"], df["backend"], strict=True))
         old = old[[pair not in ran for pair in zip(old["model"], old["backend"], strict=True)]]
-        df = pd.concat([old, df.astype(object)], ignore_index=True)
+        df = pd.concat([old[columns].astype(object), df[columns].astype(object)],
+                       ignore_index=True)
     tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    df[columns].to_csv(tmp, index=False)
+    df[columns].astype(object).to_csv(tmp, index=False, quoting=csv.QUOTE_NONNUMERIC)
     os.replace(tmp, path)
     return path
 
@@ -386,8 +391,8 @@ def save_answers(result: StudyResult, *, fresh: bool = False) -> tuple[Path, Pat
     if fresh:
         for path in paths:
             path.unlink(missing_ok=True)
-    _merge_write(result.answers, paths[0], ANSWER_COLUMNS)
-    _merge_write(result.descriptions, paths[1], DESCRIPTION_COLUMNS)
+    _merge_write(result.answers, paths[0], ANSWER_COLUMNS, load_answers)
+    _merge_write(result.descriptions, paths[1], DESCRIPTION_COLUMNS, load_descriptions)
     return paths
 
 
@@ -397,20 +402,30 @@ def load_answers(path: Path | str | None = None) -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"no VLM answers at {path}; run notebook 04 or `python -m "
                                 "microqa vlm`")
-    df = pd.read_csv(path, keep_default_na=False, dtype={"truth": str, "prediction": str})
-    df["prediction"] = df["prediction"].replace("", None)
-    df["cached"] = df["cached"].astype(str).str.lower() == "true"
-    for column in ("latency_s", "visual_tokens"):
-        df[column] = pd.to_numeric(df[column], errors="coerce")
-    return df
+    return _typed(pd.read_csv(path, keep_default_na=False, dtype=str),
+                  numeric=("micrograph_no", "latency_s", "visual_tokens"),
+                  optional=("prediction",))
 
 
 def load_descriptions(path: Path | str | None = None) -> pd.DataFrame:
+    """`build/vlm/descriptions.csv` (mapped predictions None where the text named none)."""
     path = Path(path) if path else descriptions_path()
-    df = pd.read_csv(path, keep_default_na=False)
-    for column in ("technique_pred", "category_pred"):
-        df[column] = df[column].replace("", None)
-    df["keyword_recall"] = pd.to_numeric(df["keyword_recall"], errors="coerce")
+    if not path.is_file():
+        raise FileNotFoundError(f"no VLM descriptions at {path}; run notebook 04")
+    return _typed(pd.read_csv(path, keep_default_na=False, dtype=str),
+                  numeric=("micrograph_no", "keyword_recall", "n_keywords", "latency_s",
+                           "visual_tokens"),
+                  optional=("technique_pred", "category_pred", "technique_truth",
+                            "category_truth"))
+
+
+def _typed(df: pd.DataFrame, *, numeric: Sequence[str], optional: Sequence[str]) -> pd.DataFrame:
+    for column in numeric:
+        df[column] = pd.to_numeric(df[column].replace("", None), errors="raise")
+    for column in optional:
+        df[column] = df[column].astype(object).where(df[column] != "", None)
+    df["cached"] = df["cached"].str.lower() == "true"
+    df["micrograph_no"] = df["micrograph_no"].astype(int)
     return df
 
 
