@@ -66,6 +66,7 @@ class OpenAIStub:
         logprobs: bool = True,
         top_letter_p: float = 0.6,
         describe_text: str = "A scanning electron micrograph (SEM) of a steel fracture surface.",
+        choice_template: str = "The answer is {letter}.",
         port: int = 0,
     ):
         self.model = model
@@ -73,6 +74,7 @@ class OpenAIStub:
         self.logprobs = logprobs
         self.top_letter_p = top_letter_p
         self.describe_text = describe_text
+        self.choice_template = choice_template
         self.requests: list[dict[str, Any]] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -116,7 +118,7 @@ class OpenAIStub:
         letter = deterministic_letter(body)
         text, _ = request_text_and_image(body)
         is_choice = "Answer with the letter only." in text
-        content = f"The answer is {letter}." if is_choice else self.describe_text
+        content = self.choice_template.format(letter=letter) if is_choice else self.describe_text
         if body.get("max_tokens") == 1:
             content = letter
         choice: dict[str, Any] = {

@@ -14,7 +14,7 @@ import time
 import pandas as pd
 import pytest
 from microqa import dataset, provenance, taxonomy
-from microqa.vlm import runner
+from microqa.vlm import report, runner
 from microqa.vlm.cache import Answer, AnswerCache, AnswerKey
 from microqa.vlm.context import ClipContext
 from microqa.vlm.openai_backend import fit_to_budget, image_data_url
@@ -235,3 +235,53 @@ def test_sigkill_and_rerun_answers_every_question_exactly_once(env):
     assert not answers.duplicated(["micrograph_no", "task", "prompt_set", "context"]).any()
     assert answers["cached"].sum() == stored
     assert answers["prediction"].notna().all()
+
+
+def test_report_tables_agree_with_what_the_server_answered(env, stub):
+    tmp_path, records = env
+    result = _run(stub, records, tmp_path, mode="generate", permute=True, seed=1)
+    runner.save_answers(result, fresh=True)
+    answers = runner.load_answers()
+    qa = report.qa_table(answers, n_boot=50)
+    assert len(qa) == 4 and (qa["unparseable_rate"] == 0).all()
+    for row in qa.itertuples():
+        group = answers[(answers["task"] == row.task) & (answers["prompt_set"] == row.prompt_set)]
+        assert row.n == len(group)
+        assert row.accuracy == pytest.approx((group["truth"] == group["prediction"]).mean())
+        assert row.accuracy_ci_low <= row.accuracy <= row.accuracy_ci_high
+    bias = report.position_bias_table(answers)
+    tech = bias[(bias["task"] == "technique")].set_index("position")
+    assert tech["chosen_share"].sum() == pytest.approx(1.0)
+    assert tech["truth_share"].sum() == pytest.approx(1.0)
+    # Independently, from the server's log: which letters did it answer for this question?
+    asked = [deterministic_letter(b) for b in stub.chat_requests()
+             if "Which imaging technique" in request_text_and_image(b)[0]]
+    for position in tech.index:
+        assert tech.loc[position, "chosen_share"] == pytest.approx(
+            asked.count(position) / len(asked))
+
+
+def test_unparseable_answers_count_as_wrong_never_guessed(env):
+    tmp_path, records = env
+    with OpenAIStub(choice_template="Either {letter} or A, hard to say.") as stub:
+        result = _run(stub, records, tmp_path, mode="generate", describe=False)
+    answers = result.answers
+    assert answers["prediction"].isna().all()
+    qa = report.qa_table(answers, n_boot=20)
+    assert (qa["accuracy"] == 0).all() and (qa["unparseable_rate"] == 1).all()
+
+
+def test_saving_merges_models_and_replaces_a_rerun_model(env, stub):
+    tmp_path, records = env
+    runner.save_answers(_run(stub, records, tmp_path, describe=False), fresh=True)
+    with OpenAIStub(model="other-vlm") as other:
+        second = runner.run_study(
+            ["other-vlm"], backend="openai", sample=runner.question_sample(records, 4),
+            settings=runner.RunSettings(describe=False), cache_path=tmp_path / "c2.sqlite",
+            backend_options={"base_url": other.base_url}, log=lambda *_: None)
+    runner.save_answers(second)
+    merged = runner.load_answers()
+    assert merged.groupby("model").size().to_dict() == {"other-vlm": len(second.answers),
+                                                        "stub-vlm": 60}
+    runner.save_answers(second)  # rerunning a model replaces its rows, never duplicates them
+    assert len(runner.load_answers()) == len(merged)

@@ -376,7 +376,9 @@ def _merge_write(df: pd.DataFrame, path: Path, columns: list[str], loader) -> Pa
     if path.is_file():
         old = loader(path)
         ran = set(zip(df["model"], df["backend"], strict=True))
-        old = old[[pair not in ran for pair in zip(old["model"], old["backend"], strict=True)]]
+        keep = np.array([pair not in ran for pair in zip(old["model"], old["backend"],
+                                                          strict=True)], dtype=bool)
+        old = old.loc[keep]
         df = pd.concat([old[columns].astype(object), df[columns].astype(object)],
                        ignore_index=True)
     tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
