@@ -167,3 +167,11 @@ def test_keyword_recall_counts_stems_and_phrases():
     assert keyword_recall(text, keywords) == pytest.approx(4 / 5)
     assert keyword_recall("nothing relevant", keywords) == 0.0
     assert keyword_recall("anything", []) is None
+
+
+def test_bare_words_inside_an_option_name_are_not_mentions():
+    options = {"A": ("Reflected-light optical microscopy", "Optical (reflected)"),
+               "B": ("Transmitted-light optical microscopy", "Optical (transmitted)")}
+    assert parse_choice("x-ray image, reflected somewhere", ["A", "B"], options) is None
+    assert parse_choice("Optical (transmitted)", ["A", "B"], options) == "B"
+    assert parse_choice("optical microscopy", ["A", "B"], options) is None  # both optical

@@ -86,16 +86,18 @@ def _committed_letters(text: str) -> set[str]:
 
 
 def _aliases(option: str | Sequence[str]) -> list[str]:
-    """An option's full text, its text without a parenthesis, and the parenthesised acronym."""
+    """An option's full text, its text without a parenthesis, and a parenthesised acronym
+    ("Scanning electron microscopy (SEM)" -> "SEM"; "Optical (reflected)" gives no
+    "reflected": a bare word is too weak a mention)."""
     names = [option] if isinstance(option, str) else list(option)
     out: list[str] = []
     for name in names:
-        name = taxonomy.normalise(name)
-        out.append(name)
+        out.append(taxonomy.normalise(name))
         inner = re.search(r"\(([^)]+)\)", name)
         if inner:
-            out.append(re.sub(r"\s*\([^)]*\)", "", name).strip())
-            out.append(inner.group(1).strip())
+            out.append(taxonomy.normalise(re.sub(r"\s*\([^)]*\)", "", name)))
+            if re.fullmatch(r"[A-Z]{2,6}", inner.group(1).strip()):
+                out.append(inner.group(1).strip().lower())
     return [a for a in dict.fromkeys(out) if a]
 
 
