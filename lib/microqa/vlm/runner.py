@@ -506,8 +506,12 @@ def run_cli(args: argparse.Namespace) -> int:
     options = {"base_url": args.base_url, "api_key": args.api_key, "batch_size": args.batch_size,
                "concurrency": args.concurrency, "timeout": args.timeout}
     start = time.perf_counter()
-    result = run_study(args.model, backend=args.backend, sample=sample, settings=settings,
-                       context=context, cache_path=args.cache, backend_options=options)
+    try:
+        result = run_study(args.model, backend=args.backend, sample=sample, settings=settings,
+                           context=context, cache_path=args.cache, backend_options=options)
+    except provenance.StrictModeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     answers, descriptions = save_answers(result)
     record_provenance(result, settings, backend=args.backend, sample_size=len(sample),
                       context=context)
