@@ -1,0 +1,169 @@
+"""The questions the study asks a VLM, with every prompt text in one readable place.
+
+A *prompt set* fixes the wording of one task's multiple-choice question and the text shown
+for each option. Two sets exist:
+
+- `study`: this study's wording; options are the full class names (5 technique families,
+  4 primary material categories), one per line.
+- `earlier_study`: the earlier study's exact prompt (4-class coarse technique, options inline)
+  and a question for categories written the same way, kept for comparison.
+
+Options are lettered A, B, C, ... in the taxonomy's class order, or, with `permute=True`, in an
+order seeded per image (to measure position bias). The prompt a backend receives is the whole
+user text: optional CLIP context, the question, the options and the final instruction.
+"""
+
+from __future__ import annotations
+
+import string
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from microqa import taxonomy
+
+ANSWER_INSTRUCTION = "Answer with the letter only."
+
+# The open question; the free text is mapped back to technique/category by the parser.
+DESCRIBE_PROMPT = (
+    "Describe this micrograph: the imaging technique used to capture it, the kind of material "
+    "shown, and the visible microstructural features."
+)
+DESCRIBE_TASK = "describe"
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    name: str
+    task: str  # a key of taxonomy.TASKS
+    question: str
+    option_text: dict[str, str]  # class name -> text shown after the letter
+    inline_options: bool = False  # earlier study: "A) SEM B) TEM ..." on the question's line
+
+
+STUDY_TECHNIQUE = PromptSet(
+    name="study",
+    task="technique",
+    question="Which imaging technique was used to capture this micrograph?",
+    option_text={
+        taxonomy.SEM: "Scanning electron microscopy (SEM)",
+        taxonomy.TEM: "Transmission electron microscopy (TEM)",
+        taxonomy.AFM: "Atomic force microscopy (AFM)",
+        taxonomy.OPTICAL_REFLECTED: "Reflected-light optical microscopy",
+        taxonomy.OPTICAL_TRANSMITTED: "Transmitted-light optical microscopy",
+    },
+)
+STUDY_CATEGORY = PromptSet(
+    name="study",
+    task="category",
+    question="What class of material is shown in this micrograph?",
+    option_text={
+        taxonomy.METAL: "Metal or alloy",
+        taxonomy.CERAMIC: "Ceramic",
+        taxonomy.POLYMER: "Polymer",
+        taxonomy.COMPOSITE: "Composite",
+    },
+)
+# The earlier study's prompt, verbatim (its 4 coarse classes, options inline).
+EARLIER_TECHNIQUE = PromptSet(
+    name="earlier_study",
+    task="technique_coarse",
+    question="What imaging technique was used to capture this image?",
+    option_text={
+        taxonomy.SEM: "SEM",
+        taxonomy.TEM: "TEM",
+        taxonomy.AFM: "AFM",
+        "Optical": "Optical microscopy",
+    },
+    inline_options=True,
+)
+EARLIER_CATEGORY = PromptSet(
+    name="earlier_study",
+    task="category",
+    question="What type of material is shown in this image?",
+    option_text={c: c for c in taxonomy.PRIMARY_CATEGORIES},
+    inline_options=True,
+)
+
+PROMPT_SETS: dict[tuple[str, str], PromptSet] = {
+    (p.task, p.name): p
+    for p in (STUDY_TECHNIQUE, STUDY_CATEGORY, EARLIER_TECHNIQUE, EARLIER_CATEGORY)
+}
+# What a full run asks: (task, prompt set). CLIP context applies to the study's own wording;
+# the earlier study's prompts are asked as it asked them, without context.
+DEFAULT_JOBS: tuple[tuple[str, str], ...] = (
+    ("technique", "study"),
+    ("category", "study"),
+    ("technique_coarse", "earlier_study"),
+    ("category", "earlier_study"),
+)
+CONTEXTS = ("none", "clip_topk", "clip_neighbours")
+
+
+def prompt_set(task: str, name: str = "study") -> PromptSet:
+    try:
+        return PROMPT_SETS[(task, name)]
+    except KeyError:
+        known = ", ".join(f"{t}/{n}" for t, n in PROMPT_SETS)
+        raise ValueError(f"no prompt set {name!r} for task {task!r}; known: {known}") from None
+
+
+@dataclass(frozen=True)
+class Question:
+    """One multiple-choice question as shown to the model, and how to read its answer."""
+
+    task: str
+    prompt_set: str
+    context: str  # "none", "clip_topk", "clip_neighbours"
+    classes: tuple[str, ...]  # class names in the displayed order
+    letters: tuple[str, ...]
+    option_texts: tuple[str, ...]  # displayed text, aligned with letters
+    prompt: str
+
+    @property
+    def permutation(self) -> str:
+        """The option order as a string, e.g. 'SEM|TEM|AFM|Optical'."""
+        return "|".join(self.classes)
+
+    def class_of(self, letter: str | None) -> str | None:
+        return None if letter is None else self.classes[self.letters.index(letter)]
+
+    def options_by_letter(self) -> dict[str, str]:
+        return dict(zip(self.letters, self.option_texts, strict=True))
+
+
+def option_order(
+    classes: tuple[str, ...], *, permute: bool, seed: int, key: str
+) -> tuple[str, ...]:
+    """The taxonomy order, or a permutation seeded by (seed, key) so reruns ask the same thing."""
+    if not permute:
+        return classes
+    rng = np.random.default_rng([seed, zlib.crc32(key.encode("utf-8"))])
+    return tuple(classes[i] for i in rng.permutation(len(classes)))
+
+
+def build_question(
+    task: str,
+    prompt_set_name: str = "study",
+    *,
+    context: str = "none",
+    context_text: str | None = None,
+    permute: bool = False,
+    seed: int = 0,
+    image_key: str = "",
+) -> Question:
+    """Render a question; `image_key` (e.g. the micrograph number) seeds its permutation."""
+    pset = prompt_set(task, prompt_set_name)
+    classes = option_order(
+        tuple(pset.option_text), permute=permute, seed=seed, key=f"{task}/{image_key}"
+    )
+    letters = tuple(string.ascii_uppercase[: len(classes)])
+    texts = tuple(pset.option_text[c] for c in classes)
+    options = [f"{letter}) {text}" for letter, text in zip(letters, texts, strict=True)]
+    if pset.inline_options:
+        body = f"{pset.question} {' '.join(options)}. {ANSWER_INSTRUCTION}"
+    else:
+        body = "\n".join([pset.question, *options, ANSWER_INSTRUCTION])
+    prompt = f"{context_text.strip()}\n\n{body}" if context_text else body
+    return Question(task, pset.name, context, classes, letters, texts, prompt)

@@ -1,0 +1,178 @@
+"""Strict answer parsing: a table of realistic VLM outputs plus hypothesis properties."""
+
+from __future__ import annotations
+
+import string
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from microqa import taxonomy
+from microqa.vlm import parse_choice
+from microqa.vlm.parsing import keyword_recall, map_description
+from microqa.vlm.questions import build_question
+
+L4 = ["A", "B", "C", "D"]
+L5 = ["A", "B", "C", "D", "E"]
+# The study's technique options (A SEM, B TEM, C AFM, D reflected, E transmitted).
+TECH = build_question("technique").options_by_letter()
+COARSE = build_question("technique_coarse", "earlier_study").options_by_letter()
+
+TABLE = [
+    # plain letters and the usual wrappers
+    ("D", L4, None, "D"),
+    ("d", L4, None, "D"),
+    (" B\n", L4, None, "B"),
+    ("(B)", L4, None, "B"),
+    ("[C]", L4, None, "C"),
+    ("b)", L4, None, "B"),
+    ("C.", L4, None, "C"),
+    ("**B**", L4, None, "B"),
+    ("**(C)**", L4, None, "C"),
+    ("Answer: C", L4, None, "C"),
+    ("ANSWER: D", L4, None, "D"),  # the earlier study read this as A
+    ("answer: c", L4, None, "C"),
+    ("**Answer:** B", L4, None, "B"),
+    ("The answer is D.", L4, None, "D"),
+    ("The correct answer is: (B)", L4, None, "B"),
+    ("The correct option is **B**.", L4, None, "B"),
+    ("Option C", L4, None, "C"),
+    ("It's C.", L4, None, "C"),
+    ("It\u2019s B", L4, None, "B"),
+    ("I would choose B because of the contrast.", L4, None, "B"),
+    ("D. Optical microscopy", COARSE, None, "D"),
+    ("D) Optical microscopy", L4, COARSE, "D"),
+    ("C: AFM", L4, COARSE, "C"),
+    ("B - TEM", L4, COARSE, "B"),
+    ("C is correct.", L4, None, "C"),
+    ("The image shows dendrites and a eutectic.\nD", L4, None, "D"),
+    ("Based on the grain contrast, the answer is B.", L4, None, "B"),
+    ("Answer: E", L5, None, "E"),
+    # an option's own text, with or without the letter
+    ("Scanning electron microscopy (SEM)", L5, TECH, "A"),
+    ("SEM", L5, TECH, "A"),
+    ("Transmitted-light optical microscopy.", L5, TECH, "E"),
+    ("Optical microscopy", L4, COARSE, "D"),
+    ("This is not SEM; it is transmission electron microscopy.", L5, TECH, "B"),
+    ("B) Transmission electron microscopy (TEM)", L5, TECH, "B"),
+    # refusals, hedges, articles, contradictions, out-of-range letters: never a guess
+    ("A or B", L4, None, None),
+    ("The answer is B or C.", L4, None, None),
+    ("B/C", L4, None, None),
+    ("Either A or D, hard to say.", L4, None, None),
+    ("A scanning electron micrograph of a fracture surface.", L5, TECH, None),
+    ("A TEM image, probably.", L4, None, None),
+    ("The answer is a thin film.", L4, None, None),
+    ("I'm sorry, but I cannot determine the technique from this image.", L4, None, None),
+    ("I cannot be certain, but the answer is B.", L4, None, None),
+    ("None of the above.", L4, None, None),
+    ("It is unclear.", L4, None, None),
+    ("", L4, None, None),
+    ("   ", L4, None, None),
+    (None, L4, None, None),
+    ("A) SEM B) TEM C) AFM D) Optical microscopy", L4, COARSE, None),
+    ("B) Scanning electron microscopy (SEM)", L5, TECH, None),  # letter and text disagree
+    ("Answer: F", L5, None, None),
+    ("Answer: E", L4, None, None),
+    ("The microstructure is 3D and shows grains.", L4, None, None),
+    ("Bob", L4, None, None),
+    ("It shows SEM-like contrast but could be TEM.", L4, COARSE, None),
+    ("options A and B both fit", L4, None, None),
+    ("(A) (B)", L4, None, None),
+]
+
+
+@pytest.mark.parametrize("text,letters,options,expected", TABLE)
+def test_parser_table(text, letters, options, expected):
+    assert parse_choice(text, letters, options) == expected
+
+
+def test_table_is_varied():
+    assert len(TABLE) >= 40
+    assert sum(e is None for *_, e in TABLE) >= 15
+
+
+# --- properties --------------------------------------------------------------------------------
+
+COMMIT_TEMPLATES = ["({L})", "[{L}]", "**{L}**", "Answer: {L}.", "The answer is {L}.", "{L})"]
+ALONE_TEMPLATES = COMMIT_TEMPLATES + ["{L}", "{l}", "{L}.", "Option {L}", "ANSWER: {L}", "{l})"]
+FILLER = st.text(alphabet=string.ascii_letters + string.digits + " .,;:!?'-\n", max_size=40)
+letters_strategy = st.integers(min_value=2, max_value=8).map(
+    lambda n: list(string.ascii_uppercase[:n])
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), letters=letters_strategy)
+def test_boilerplate_around_a_letter_parses_to_it(data, letters):
+    letter = data.draw(st.sampled_from(letters))
+    template = data.draw(st.sampled_from(ALONE_TEMPLATES))
+    pad = data.draw(st.sampled_from(["", " ", "\n", "  \n"]))
+    text = pad + template.format(L=letter, l=letter.lower()) + pad
+    assert parse_choice(text, letters) == letter
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), letters=letters_strategy, before=FILLER, between=FILLER, after=FILLER)
+def test_two_different_committed_letters_parse_to_none(data, letters, before, between, after):
+    first, second = data.draw(st.lists(st.sampled_from(letters), min_size=2, max_size=2,
+                                       unique=True))
+    t1, t2 = (data.draw(st.sampled_from(COMMIT_TEMPLATES)) for _ in range(2))
+    text = " ".join([before, t1.format(L=first), between, t2.format(L=second), after])
+    assert parse_choice(text, letters) is None
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=st.text(max_size=80), letters=letters_strategy)
+def test_output_is_none_or_an_offered_letter(text, letters):
+    assert parse_choice(text, letters) in {None, *letters}
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(alphabet=string.ascii_letters + " ().:*\n", max_size=60))
+def test_option_texts_never_produce_an_unoffered_letter(text):
+    assert parse_choice(text, L5, TECH) in {None, *L5}
+
+
+# --- descriptions ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "text,technique,category",
+    [
+        ("This SEM image shows a fracture surface of a steel.", taxonomy.SEM, taxonomy.METAL),
+        ("Bright-field transmission electron micrograph of dislocations in an aluminium alloy.",
+         taxonomy.TEM, taxonomy.METAL),
+        ("Atomic force microscopy height map of a polymer film.", taxonomy.AFM, taxonomy.POLYMER),
+        ("Transmitted polarised light micrograph of polyethylene spherulites in thin section.",
+         taxonomy.OPTICAL_TRANSMITTED, taxonomy.POLYMER),
+        ("Optical micrograph (reflected light) of a etched brass.", taxonomy.OPTICAL_REFLECTED,
+         taxonomy.METAL),
+        ("A light microscope image of alumina grains.", taxonomy.OPTICAL_REFLECTED,
+         taxonomy.CERAMIC),
+        ("A fibre-reinforced composite with an epoxy matrix, imaged by SEM.", taxonomy.SEM,
+         taxonomy.COMPOSITE),
+        ("It could be SEM or TEM; the material is unclear.", None, None),
+        ("The image is not an SEM image; it is an atomic force microscopy scan of glass.",
+         taxonomy.AFM, taxonomy.CERAMIC),
+        ("", None, None),
+    ],
+)
+def test_map_description(text, technique, category):
+    assert map_description(text) == (technique, category)
+
+
+def test_keyword_recall_counts_stems_and_phrases():
+    keywords = ["alloy", "dendrites", "lamella", "grain boundary", "martensite"]
+    text = "Dendrites in alloys, with lamellae along each grain-boundary."
+    assert keyword_recall(text, keywords) == pytest.approx(4 / 5)
+    assert keyword_recall("nothing relevant", keywords) == 0.0
+    assert keyword_recall("anything", []) is None
+
+
+def test_bare_words_inside_an_option_name_are_not_mentions():
+    options = {"A": ("Reflected-light optical microscopy", "Optical (reflected)"),
+               "B": ("Transmitted-light optical microscopy", "Optical (transmitted)")}
+    assert parse_choice("x-ray image, reflected somewhere", ["A", "B"], options) is None
+    assert parse_choice("Optical (transmitted)", ["A", "B"], options) == "B"
+    assert parse_choice("optical microscopy", ["A", "B"], options) is None  # both optical

@@ -1,0 +1,47 @@
+"""Question rendering: the earlier study's prompt verbatim, seeded option permutations."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from microqa import taxonomy
+from microqa.vlm.questions import ANSWER_INSTRUCTION, build_question
+
+
+def test_earlier_study_prompt_is_verbatim():
+    q = build_question("technique_coarse", "earlier_study")
+    assert q.prompt == (
+        "What imaging technique was used to capture this image? A) SEM B) TEM C) AFM "
+        "D) Optical microscopy. Answer with the letter only."
+    )
+    assert q.classes == taxonomy.COARSE_CLASSES
+
+
+def test_study_prompt_lists_full_names_one_per_line_and_ends_with_the_instruction():
+    q = build_question("technique")
+    lines = q.prompt.splitlines()
+    assert lines[1] == "A) Scanning electron microscopy (SEM)"
+    assert len(lines) == 2 + len(taxonomy.TECHNIQUE_FAMILIES) and lines[-1] == ANSWER_INSTRUCTION
+    assert q.classes == taxonomy.TECHNIQUE_FAMILIES and q.letters == tuple("ABCDE")
+    assert q.class_of("D") == taxonomy.OPTICAL_REFLECTED and q.class_of(None) is None
+
+
+def test_context_comes_before_the_question():
+    q = build_question("category", context="clip_topk", context_text="Hint: Ceramic (0.9).")
+    assert q.prompt.startswith("Hint: Ceramic (0.9).\n\nWhat class of material")
+    assert q.prompt.endswith(ANSWER_INSTRUCTION)
+
+
+def test_permutations_are_seeded_per_image_and_cover_every_position():
+    orders = [build_question("technique", permute=True, seed=0, image_key=str(i)).classes
+              for i in range(200)]
+    again = [build_question("technique", permute=True, seed=0, image_key=str(i)).classes
+             for i in range(200)]
+    assert orders == again  # a rerun asks exactly the same questions (cache hits)
+    assert all(sorted(o) == sorted(taxonomy.TECHNIQUE_FAMILIES) for o in orders)
+    for position in range(5):  # each class visits each position roughly uniformly
+        counts = Counter(o[position] for o in orders)
+        assert set(counts) == set(taxonomy.TECHNIQUE_FAMILIES) and min(counts.values()) >= 20
+    other_seed = [build_question("technique", permute=True, seed=1, image_key=str(i)).classes
+                  for i in range(200)]
+    assert other_seed != orders
