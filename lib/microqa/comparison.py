@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from microqa import config, metrics, provenance, taxonomy
+from microqa.vlm import runner
 
 HYBRID_NOTES = ("threshold", "fraction_to_vlm", "weight")
 FUSION_WEIGHTS = tuple(np.round(np.linspace(0, 1, 11), 2))
@@ -307,7 +308,7 @@ def compare(
     zero_shot = _read_csv(paths["zero_shot"])
     probe = _read_csv(paths["probe"])
     best = _read_csv(paths["best"])
-    answers = _read_csv(paths["answers"])
+    answers = runner.load_answers(paths["answers"]) if paths["answers"].exists() else pd.DataFrame()
     timing = json.loads(paths["timing"].read_text()) if paths["timing"].exists() else {}
     all_methods = (
         clip_methods(zero_shot, best, timing)
