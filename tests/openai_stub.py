@@ -117,7 +117,8 @@ class OpenAIStub:
     def completion(self, body: dict[str, Any]) -> dict[str, Any]:
         letter = deterministic_letter(body)
         text, _ = request_text_and_image(body)
-        is_choice = "Answer with the letter only." in text
+        # the study's and the earlier study's instructions both end a multiple-choice prompt
+        is_choice = text.rstrip().endswith(("Answer with the letter only.", "only one letter."))
         content = self.choice_template.format(letter=letter) if is_choice else self.describe_text
         if body.get("max_tokens") == 1:
             content = letter

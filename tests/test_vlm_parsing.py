@@ -53,7 +53,7 @@ TABLE = [
     ("Scanning electron microscopy (SEM)", L5, TECH, "A"),
     ("SEM", L5, TECH, "A"),
     ("Transmitted-light optical microscopy.", L5, TECH, "E"),
-    ("Optical microscopy", L4, COARSE, "D"),
+    ("Reflected light microscopy", L4, COARSE, "D"),
     ("This is not SEM; it is transmission electron microscopy.", L5, TECH, "B"),
     ("B) Transmission electron microscopy (TEM)", L5, TECH, "B"),
     # refusals, hedges, articles, contradictions, out-of-range letters: never a guess

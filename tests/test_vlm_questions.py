@@ -8,13 +8,26 @@ from microqa import taxonomy
 from microqa.vlm.questions import ANSWER_INSTRUCTION, build_question
 
 
-def test_earlier_study_prompt_is_verbatim():
+def test_earlier_study_prompts_are_verbatim():
+    # as in the earlier study's qwen.ipynb (technique_mcq_prompt, category_mcq_prompt)
     q = build_question("technique_coarse", "earlier_study")
     assert q.prompt == (
-        "What imaging technique was used to capture this image? A) SEM B) TEM C) AFM "
-        "D) Optical microscopy. Answer with the letter only."
+        "Look carefully at the microscopy image and identify the imaging technique.\n\n"
+        "A. Scanning electron microscopy (SEM)\n"
+        "B. Transmission electron microscopy (TEM)\n"
+        "C. Atomic force microscopy (AFM)\n"
+        "D. Reflected light microscopy\n\n"
+        "Answer with only one letter."
     )
     assert q.classes == taxonomy.COARSE_CLASSES
+    q = build_question("category", "earlier_study")
+    assert q.prompt == (
+        "Which material category best describes the image?\n\n"
+        "A. Metal or alloy\nB. Ceramic\nC. Polymer\nD. Composite\nE. Fracture\n\n"
+        "Answer with only one letter."
+    )
+    # "Fracture" is offered, as the earlier study did, but is never a primary category
+    assert q.class_of("E") == "Fracture" and "Fracture" not in taxonomy.PRIMARY_CATEGORIES
 
 
 def test_study_prompt_lists_full_names_one_per_line_and_ends_with_the_instruction():

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from microqa import dataset, provenance, taxonomy
-from microqa.vlm import report, runner
+from microqa.vlm import questions, report, runner
 from microqa.vlm.cache import Answer, AnswerCache, AnswerKey
 from microqa.vlm.context import ClipContext
 from microqa.vlm.openai_backend import fit_to_budget, image_data_url
@@ -70,7 +70,10 @@ def test_sample_excludes_other_family_and_runs_every_job(env, stub):
         truth = records.set_index("micrograph_no").loc[row.micrograph_no, JOB_TASKS[row.task]]
         assert row.truth == truth
         probs = json.loads(row.probabilities)
-        assert set(probs) == set(taxonomy.TASKS[row.task][1])
+        # every option offered gets a probability: the task's classes (plus the earlier
+        # study's "Fracture" distractor, which no primary label matches)
+        offered = questions.prompt_set(row.task, row.prompt_set).option_text
+        assert set(probs) == set(offered) >= set(taxonomy.TASKS[row.task][1])
         assert row.prediction == max(probs, key=probs.get)
     assert (answers["model"] == "stub-vlm").all() and (answers["weights"] == "pretrained").all()
     assert not answers["cached"].any()

@@ -5,8 +5,10 @@ for each option. Two sets exist:
 
 - `study`: this study's wording; options are the full class names (5 technique families,
   4 primary material categories), one per line.
-- `earlier_study`: the earlier study's exact prompt (4-class coarse technique, options inline)
-  and a question for categories written the same way, kept for comparison.
+- `earlier_study`: the earlier study's exact prompts (github.com/Subham2507/mic_hackathon,
+  qwen.ipynb / mistral.ipynb): technique on its 4 coarse classes with "Reflected light
+  microscopy" standing for all optical images, and category with five options including
+  "Fracture", which is a feature, not a material: never a correct answer under primary labels.
 
 Options are lettered A, B, C, ... in the taxonomy's class order, or, with `permute=True`, in an
 order seeded per image (to measure position bias). The prompt a backend receives is the whole
@@ -39,7 +41,7 @@ class PromptSet:
     task: str  # a key of taxonomy.TASKS
     question: str
     option_text: dict[str, str]  # class name -> text shown after the letter
-    inline_options: bool = False  # earlier study: "A) SEM B) TEM ..." on the question's line
+    layout: str = "study"  # "study": "A) text" lines; "earlier": its "A. text" block layout
 
 
 STUDY_TECHNIQUE = PromptSet(
@@ -65,25 +67,26 @@ STUDY_CATEGORY = PromptSet(
         taxonomy.COMPOSITE: "Composite",
     },
 )
-# The earlier study's prompt, verbatim (its 4 coarse classes, options inline).
+# The earlier study's prompts, verbatim.
+EARLIER_INSTRUCTION = "Answer with only one letter."
 EARLIER_TECHNIQUE = PromptSet(
     name="earlier_study",
     task="technique_coarse",
-    question="What imaging technique was used to capture this image?",
+    question="Look carefully at the microscopy image and identify the imaging technique.",
     option_text={
-        taxonomy.SEM: "SEM",
-        taxonomy.TEM: "TEM",
-        taxonomy.AFM: "AFM",
-        "Optical": "Optical microscopy",
+        taxonomy.SEM: "Scanning electron microscopy (SEM)",
+        taxonomy.TEM: "Transmission electron microscopy (TEM)",
+        taxonomy.AFM: "Atomic force microscopy (AFM)",
+        "Optical": "Reflected light microscopy",
     },
-    inline_options=True,
+    layout="earlier",
 )
 EARLIER_CATEGORY = PromptSet(
     name="earlier_study",
     task="category",
-    question="What type of material is shown in this image?",
-    option_text={c: c for c in taxonomy.PRIMARY_CATEGORIES},
-    inline_options=True,
+    question="Which material category best describes the image?",
+    option_text={**{c: c for c in taxonomy.PRIMARY_CATEGORIES}, "Fracture": "Fracture"},
+    layout="earlier",
 )
 
 PROMPT_SETS: dict[tuple[str, str], PromptSet] = {
@@ -160,10 +163,11 @@ def build_question(
     )
     letters = tuple(string.ascii_uppercase[: len(classes)])
     texts = tuple(pset.option_text[c] for c in classes)
-    options = [f"{letter}) {text}" for letter, text in zip(letters, texts, strict=True)]
-    if pset.inline_options:
-        body = f"{pset.question} {' '.join(options)}. {ANSWER_INSTRUCTION}"
+    if pset.layout == "earlier":
+        options = [f"{letter}. {text}" for letter, text in zip(letters, texts, strict=True)]
+        body = f"{pset.question}\n\n" + "\n".join(options) + f"\n\n{EARLIER_INSTRUCTION}"
     else:
+        options = [f"{letter}) {text}" for letter, text in zip(letters, texts, strict=True)]
         body = "\n".join([pset.question, *options, ANSWER_INSTRUCTION])
     prompt = f"{context_text.strip()}\n\n{body}" if context_text else body
     return Question(task, pset.name, context, classes, letters, texts, prompt)
