@@ -1005,3 +1005,50 @@ def run_cli(args: argparse.Namespace) -> int:
                 out, micrograph_no=df["micrograph_no"].to_numpy(), embeddings=result.embeddings
             )
     return status
+
+
+# --------------------------------------------------------------------------- notebook helpers
+
+
+def status_table(run: ZeroShotRun) -> pd.DataFrame:
+    """One row per requested model: weights used, or why it was skipped."""
+    rows = []
+    for model, status in run.status.items():
+        skipped = status.startswith("skipped:")
+        rows.append(
+            {
+                "model": model,
+                "weights": "skipped" if skipped else status,
+                "reason": status.removeprefix("skipped:") if skipped else "",
+                "seconds_per_image": run.timing.get(model, {}).get("seconds_per_image"),
+                "device": run.timing.get(model, {}).get("device"),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def stage_labels(run: ZeroShotRun, model: str | None = None) -> list[str]:
+    """Labels for titles: 'random weights' (of `model`, or of any model), 'sample data'."""
+    models = [model] if model else run.run_models
+    random = any(run.status.get(m) == "random" for m in models)
+    return (["random weights"] if random else []) + dataset.data_substitutes()
+
+
+def search_figure(results: pd.DataFrame, df: pd.DataFrame, labels: Sequence[str] = ()):
+    """The retrieved images of a text query, best first, with their technique family."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(2.6 * len(results), 3.2), squeeze=False)
+    records = df.set_index("micrograph_no")
+    for ax, r in zip(axes[0], results.itertuples(), strict=True):
+        ax.imshow(load_image(records.loc[r.micrograph_no, "image_path"]))
+        ax.set_title(
+            f"#{r.rank} {r.micrograph_no}\n{records.loc[r.micrograph_no, 'technique_family']}"
+            f"\ncos {r.cosine:.3f}",
+            fontsize=8,
+        )
+        ax.axis("off")
+    query, model = results["query"].iloc[0], results["model"].iloc[0]
+    fig.suptitle(provenance.stamp(f"Text->image search: '{query}' ({model})", list(labels)))
+    fig.tight_layout()
+    return fig
