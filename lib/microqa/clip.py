@@ -141,6 +141,9 @@ def _cache_db() -> sqlite3.Connection:
         CREATE TABLE IF NOT EXISTS embeddings (
             model_key TEXT NOT NULL, image_sha256 TEXT NOT NULL, vector BLOB NOT NULL,
             PRIMARY KEY (model_key, image_sha256));
+        CREATE TABLE IF NOT EXISTS text_embeddings (
+            model_key TEXT NOT NULL, text TEXT NOT NULL, vector BLOB NOT NULL,
+            PRIMARY KEY (model_key, text));
         CREATE TABLE IF NOT EXISTS file_hashes (
             path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, sha256 TEXT);
         CREATE TABLE IF NOT EXISTS timings (
@@ -256,6 +259,41 @@ def _supply_hint(spec: ModelSpec, arch: str, tag_cfg: dict) -> str:
     )
 
 
+class FloorCenterCrop(torch.nn.Module):
+    """Centre crop with the offset rounded down, as Hugging Face's CLIPProcessor does.
+
+    torchvision's CenterCrop rounds a half-pixel offset to even, HF floors it: on the ~13% of
+    micrographs whose resized width minus 224 is odd the two crops sit one pixel apart (mean
+    |difference| up to 0.4 in normalised units). The reference features came from HF, so the
+    project crops as HF does.
+    """
+
+    def __init__(self, size):
+        super().__init__()
+        self.height, self.width = (size, size) if isinstance(size, int) else tuple(size)
+
+    def forward(self, img: Image.Image) -> Image.Image:
+        width, height = img.size
+        top, left = max(0, (height - self.height) // 2), max(0, (width - self.width) // 2)
+        if height < self.height or width < self.width:  # never happens after the resize
+            from torchvision.transforms import functional
+
+            return functional.center_crop(img, [self.height, self.width])
+        return img.crop((left, top, left + self.width, top + self.height))
+
+
+def _hf_compatible(preprocess):
+    """The model's own preprocessing with its centre crop replaced by FloorCenterCrop."""
+    from torchvision import transforms
+
+    if isinstance(preprocess, transforms.Compose):
+        preprocess.transforms = [
+            FloorCenterCrop(t.size) if isinstance(t, transforms.CenterCrop) else t
+            for t in preprocess.transforms
+        ]
+    return preprocess
+
+
 def load_model(
     name: str, *, device: str | None = None, image_options: dict | None = None
 ) -> ClipModel:
@@ -284,7 +322,7 @@ def load_model(
             name,
             spec.arch,
             model.eval(),
-            preprocess,
+            _hf_compatible(preprocess),
             tokenizer,
             "pretrained",
             spec.arch,
@@ -337,7 +375,15 @@ def load_model(
                 ) from err
         weights, weights_id, source = "pretrained", f"tag:{tag}", tag
     return ClipModel(
-        name, arch, model.eval(), preprocess, tokenizer, weights, weights_id, source, device
+        name,
+        arch,
+        model.eval(),
+        _hf_compatible(preprocess),
+        tokenizer,
+        weights,
+        weights_id,
+        source,
+        device,
     )
 
 
@@ -548,6 +594,30 @@ def encode_texts(loaded: ClipModel, texts: Sequence[str], batch_size: int = 64) 
     return np.concatenate(chunks)
 
 
+def cached_text_embeddings(loaded: ClipModel, texts: Sequence[str]) -> dict[str, np.ndarray]:
+    """{text: normalised embedding}; texts already embedded by this model come from the cache."""
+    unique = list(dict.fromkeys(texts))
+    found: dict[str, np.ndarray] = {}
+    with contextlib.closing(_cache_db()) as db:
+        for text in unique:
+            row = db.execute(
+                "SELECT vector FROM text_embeddings WHERE model_key=? AND text=?",
+                (loaded.cache_key, text),
+            ).fetchone()
+            if row:
+                found[text] = np.frombuffer(row[0], dtype=np.float32).copy()
+        todo = [t for t in unique if t not in found]
+        if todo:
+            for text, vec in zip(todo, encode_texts(loaded, todo), strict=True):
+                found[text] = vec.astype(np.float32)
+            db.executemany(
+                "INSERT OR REPLACE INTO text_embeddings VALUES (?, ?, ?)",
+                [(loaded.cache_key, t, found[t].tobytes()) for t in todo],
+            )
+            db.commit()
+    return found
+
+
 def class_embeddings(encode, prompt_set: dict[str, list[str]]) -> np.ndarray:
     """One row per class: mean of the normalised prompt embeddings, renormalised.
 
@@ -657,7 +727,18 @@ def run_zero_shot(
 
 
 def _score_model(loaded: ClipModel, df: pd.DataFrame, image_emb: np.ndarray) -> pd.DataFrame:
-    encode = functools.partial(encode_texts, loaded)
+    every_prompt = [
+        text
+        for task in taxonomy.TASKS
+        for prompt_set in prompts.prompt_sets(task).values()
+        for texts in prompt_set.values()
+        for text in texts
+    ]
+    table = cached_text_embeddings(loaded, every_prompt)
+
+    def encode(texts):
+        return np.stack([table[t] for t in texts])
+
     frames = []
     for task, (column, classes) in taxonomy.TASKS.items():
         mask = df[column].isin(classes).to_numpy()
