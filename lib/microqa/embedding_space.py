@@ -256,7 +256,9 @@ def make_splitter(
     smallest = int(pd.Series(y).value_counts().min())
     if scheme == "stratified":
         return StratifiedKFold(max(2, min(n_splits, smallest)), shuffle=True, random_state=seed)
-    n = max(2, min(n_splits, len(np.unique(groups))))
+    # no more folds than specimens, nor than the largest class (StratifiedGroupKFold needs it)
+    largest = int(pd.Series(y).value_counts().max())
+    n = max(2, min(n_splits, len(np.unique(groups)), largest))
     if scheme == "grouped":
         return StratifiedGroupKFold(n, shuffle=True, random_state=seed)
     if scheme == "group-kfold":
