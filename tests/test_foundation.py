@@ -9,9 +9,9 @@ import sys
 
 import numpy as np
 import pytest
-from microqa import metrics, provenance, taxonomy
 from sklearn import metrics as skm
 
+from microqa import metrics, provenance, taxonomy
 from tests.conftest import MIRROR, REPO, needs_mirror
 
 
