@@ -14,6 +14,7 @@ import torch
 from microqa import clip, metrics, prompts, provenance, taxonomy
 from PIL import Image
 
+from tests.clip_fixtures import ARCH, place_random_b32, random_b32_file  # noqa: F401
 from tests.conftest import MIRROR, REFERENCE, needs_mirror, needs_reference
 
 # One real micrograph per (format, mode) found in the mirror: the decoding quirks to cover.
@@ -40,16 +41,11 @@ def stage_dirs(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def random_b32(tmp_path_factory):
+def random_b32(random_b32_file):  # noqa: F811 (pytest fixture)
     """ViT-B-32 (QuickGELU, as OpenAI's) with seeded random weights, loaded through the
     `ARCH:/path/to/file` route a user's local weights take."""
-    root = tmp_path_factory.mktemp("random_b32")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MICROQA_DATA", str(root / "data"))
-        torch.set_num_threads(min(2, torch.get_num_threads()))
-        path = clip.random_weights_file("ViT-B-32-quickgelu", seed=0)
-        loaded = clip.load_model(f"ViT-B-32-quickgelu:{path}", device="cpu")
-    return path, loaded
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    return random_b32_file, clip.load_model(f"{ARCH}:{random_b32_file}", device="cpu")
 
 
 def _micrographs(tmp_path: Path) -> list[Path]:
@@ -117,10 +113,11 @@ def test_hub_architecture_offline_is_skipped_with_a_reason(stage_dirs):
         clip.load_or_substitute("hf-hub:microqa-test/no-such-model", device="cpu")
 
 
-def test_missing_pretrained_weights_fall_back_loudly(stage_dirs, capsys):
+def test_missing_pretrained_weights_fall_back_loudly(stage_dirs, capsys, random_b32_file):  # noqa: F811
+    placed = place_random_b32(random_b32_file, stage_dirs / "data")  # as built by a first run
     loaded = clip.load_or_substitute("ViT-B-32:openai", device="cpu", random_archs=("ViT-B-32",))
     assert loaded.weights == "random" and loaded.name == "ViT-B-32:openai"
-    assert Path(loaded.weights_source).parent == stage_dirs / "data" / "models"
+    assert Path(loaded.weights_source) == placed
     assert "OFFLINE SUBSTITUTE" in capsys.readouterr().err
     (entry,) = provenance.fallbacks("clip")
     assert "random weights" in entry["what"] and "local file" in entry["reason"]
