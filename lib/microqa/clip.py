@@ -700,7 +700,7 @@ def run_zero_shot(
             )
         except ArchitectureUnavailable as err:
             status[name] = f"skipped:{err}"
-            print(f"SKIPPED {name}: {err}", file=sys.stderr)
+            print(f"SKIPPED: {err}", file=sys.stderr)
             continue
         status[name] = loaded.weights
         reload[name] = (
@@ -723,7 +723,9 @@ def run_zero_shot(
         elif (previous := last_timing(loaded)) is not None:
             timing[name] = previous
         frames.append(_score_model(loaded, df, result.embeddings))
-        del loaded
+        del loaded  # one model in memory at a time
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
     scores = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SCORE_COLUMNS)
     return ZeroShotRun(scores, status, timing, embeddings, reload)
 
@@ -1070,7 +1072,7 @@ def run_cli(args: argparse.Namespace) -> int:
         try:
             loaded = load_or_substitute(name, device=args.device)
         except ArchitectureUnavailable as err:
-            print(f"skipped {name}: {err}", file=sys.stderr)
+            print(f"skipped: {err}", file=sys.stderr)
             status = 1
             continue
         result = embed_images(
