@@ -418,8 +418,9 @@ def load_or_substitute(
 ) -> ClipModel:
     """`load_model`, or (non-strict only) the same architecture with random weights.
 
-    `random_archs`: architectures allowed a random stand-in (None: all). Others whose weights
-    are missing raise ArchitectureUnavailable-like skips via WeightsUnavailable.
+    `random_archs`: architectures allowed a random stand-in (None: all). A model outside it
+    whose weights are missing is skipped (ArchitectureUnavailable, with the supply hint); under
+    STRICT=1 every missing weight is an error.
     """
     try:
         return load_model(name, device=device)
@@ -973,7 +974,7 @@ def confusion_figure(
     evaluate = set(df.loc[split == "evaluate", "micrograph_no"])
     pred = predictions(scores[scores["model"] == model])
     chosen = best[best["model"] == model]
-    fig, axes = plt.subplots(1, len(chosen), figsize=(5.2 * len(chosen), 4.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(chosen), figsize=(6.2 * len(chosen), 5.0), squeeze=False)
     for ax, r in zip(axes[0], chosen.itertuples(), strict=True):
         g = pred[
             (pred["task"] == r.task)
@@ -987,6 +988,10 @@ def confusion_figure(
         ax.set_title(f"{r.task} — {r.prompt_set} (n={len(g)})", fontsize=9)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
+        ax.tick_params(axis="y", rotation=0)
+        ax.tick_params(axis="x", rotation=30)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
     fig.suptitle(
         provenance.stamp(f"CLIP zero-shot confusion, {model}, evaluate half", list(title_labels))
     )
