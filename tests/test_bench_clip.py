@@ -1,0 +1,45 @@
+"""The CLIP benchmark runs end to end on a few real micrographs and reports every figure."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.clip_fixtures import place_random_b32, random_b32_file  # noqa: F401
+from tests.conftest import REPO, needs_mirror
+
+
+@needs_mirror()
+def test_bench_clip_reports_all_rates_and_ratios(tmp_path, monkeypatch, capsys, random_b32_file):  # noqa: E501, F811
+    import importlib.util
+
+    monkeypatch.setenv("MICROQA_DATA", str(tmp_path / "data"))
+    place_random_b32(random_b32_file, tmp_path / "data")
+    spec = importlib.util.spec_from_file_location("bench_clip", REPO / "bench" / "bench_clip.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    code = bench.main(
+        [
+            "--n",
+            "6",
+            "--batch",
+            "3",
+            "--device",
+            "cpu",
+            "--workers",
+            "1",
+            "--n-earlier",
+            "3",
+            "--json",
+            str(out),
+        ]
+    )
+    assert code == 0
+    (result,) = json.loads(out.read_text())
+    for key in ("earlier_study", "pipeline", "bare_forward", "decode_preprocess"):
+        assert result[key] > 0, key
+    assert result["pipeline_vs_bare"] == pytest.approx(result["pipeline"] / result["bare_forward"])
+    printed = capsys.readouterr().out
+    assert "(b)/(c)" in printed and "(b)/(a)" in printed
