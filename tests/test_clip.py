@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from microqa import clip, metrics, prompts, provenance, taxonomy
 from PIL import Image
 
+from microqa import clip, metrics, prompts, provenance, taxonomy
 from tests.clip_fixtures import ARCH, place_random_b32, random_b32_file  # noqa: F401
 from tests.conftest import MIRROR, REFERENCE, needs_mirror, needs_reference
 

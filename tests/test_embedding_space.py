@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+
 from microqa import config, taxonomy
 from microqa import embedding_space as space
-
 from tests.conftest import needs_mirror, needs_reference
 
 FAMILIES = taxonomy.TECHNIQUE_FAMILIES

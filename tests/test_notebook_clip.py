@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from microqa import taxonomy
 
+from microqa import taxonomy
 from tests.conftest import REFERENCE, REPO
 
 pytestmark = pytest.mark.notebooks
