@@ -57,12 +57,14 @@ $(NB_OUT)/03_clip_zero_shot.ipynb: $(NB_OUT)/01_scrape_doitpoms.ipynb
 $(NB_OUT)/04_vlm_qa.ipynb: $(NB_OUT)/01_scrape_doitpoms.ipynb $(NB_OUT)/03_clip_zero_shot.ipynb
 $(NB_OUT)/05_comparison.ipynb: $(NB_OUT)/03_clip_zero_shot.ipynb $(NB_OUT)/04_vlm_qa.ipynb
 
+# papermill writes to a temporary name first, so a failed run never leaves a target that
+# looks up to date.
 $(NB_OUT)/%.ipynb: notebooks/%.ipynb $(SETUP_STAMP)
-	@mkdir -p $(NB_OUT)
-	$(PAPERMILL) $< $@.partial
-	@mv $@.partial $@
+	@mkdir -p $(NB_OUT)/partial
+	$(PAPERMILL) $< $(NB_OUT)/partial/$*.ipynb
+	@mv $(NB_OUT)/partial/$*.ipynb $@
 
-reproduce: setup $(NB_OUT)/05_comparison.ipynb ## run notebooks 01-05, regenerating figures/ and tables/ (only what changed)
+reproduce: setup $(NOTEBOOKS:%=$(NB_OUT)/%.ipynb) ## run notebooks 01-05, regenerating figures/ and tables/ (only what changed)
 
 smoke: setup ## run every notebook in the fast smoke profile into build/smoke/ (figures/ untouched)
 	@mkdir -p build/smoke/notebooks

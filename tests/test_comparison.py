@@ -110,8 +110,8 @@ def test_fusion_weight_extremes_reproduce_each_part():
     ids = pd.Index([1, 2, 3])
     a = pd.DataFrame([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]], index=ids, columns=["x", "y"])
     b = pd.DataFrame([[0.3, 0.7], [0.6, 0.4], [0.1, 0.9]], index=ids, columns=["x", "y"])
-    ma = comparison.Method("a", "clip_zero_shot", "technique", comparison._argmax(a), a)
-    mb = comparison.Method("b", "vlm", "technique", comparison._argmax(b), b)
+    ma = comparison.Method("a", "clip_zero_shot", "technique", "a", comparison._argmax(a), a)
+    mb = comparison.Method("b", "vlm", "technique", "b", comparison._argmax(b), b)
     assert list(comparison.fuse(ma, mb, 1.0).predictions) == list(ma.predictions)
     assert list(comparison.fuse(ma, mb, 0.0).predictions) == list(mb.predictions)
 

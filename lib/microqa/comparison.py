@@ -30,6 +30,7 @@ class Method:
     name: str
     kind: str  # clip_zero_shot | clip_probe | vlm | cascade | fusion
     task: str
+    label: str  # short and the same across tasks (the README's row name)
     predictions: pd.Series
     probabilities: pd.DataFrame | None = None
     weights: str = "n/a"  # pretrained | random
@@ -71,15 +72,27 @@ def clip_methods(
                 name=f"CLIP {model.removeprefix('probe:')} ({label})",
                 kind=kind,
                 task=task,
+                label=f"CLIP probe on {model.removeprefix('probe:')}"
+                if kind == "clip_probe"
+                else f"CLIP {model} zero-shot",
                 predictions=_argmax(probs),
                 probabilities=probs,
                 weights=str(group["weights"].iloc[0]),
-                seconds_per_image=timing.get(model.removeprefix("probe:"), {}).get(
-                    "seconds_per_image"
-                ),
+                seconds_per_image=_embedding_cost(model, timing),
             )
         )
     return out
+
+
+def _embedding_cost(model: str, timing: dict) -> float | None:
+    """Measured CLIP seconds per image; a probe on ViT-B/32 features costs a ViT-B/32 pass
+    (random weights have the same FLOPs, so the measured random-weight time stands in)."""
+    if model in timing:
+        return timing[model].get("seconds_per_image")
+    if model.startswith("probe:") and ("ViT-B/32" in model or "ViT-B-32" in model):
+        same_arch = [v for k, v in timing.items() if k.startswith("ViT-B-32")]
+        return same_arch[0].get("seconds_per_image") if same_arch else None
+    return None
 
 
 def vlm_methods(answers: pd.DataFrame) -> list[Method]:
@@ -106,6 +119,8 @@ def vlm_methods(answers: pd.DataFrame) -> list[Method]:
                 name=f"{Path(str(model)).name} ({context} context, {mode}, {prompt_set})",
                 kind="vlm",
                 task=task,
+                label=f"{Path(str(model)).name}, {context} context"
+                + (", earlier study's prompt" if prompt_set == "earlier_study" else ""),
                 predictions=pred,
                 probabilities=probs,
                 weights=str(group["weights"].iloc[0]),
@@ -113,7 +128,7 @@ def vlm_methods(answers: pd.DataFrame) -> list[Method]:
                 visual_tokens=float(group["visual_tokens"].mean())
                 if group["visual_tokens"].notna().any()
                 else None,
-                notes={"model": model, "context": context, "mode": mode},
+                notes={"model": model, "context": context, "mode": mode, "prompt_set": prompt_set},
             )
         )
     return out
@@ -129,6 +144,14 @@ def confidence(probs: pd.DataFrame, how: str = "margin") -> pd.Series:
 def _score(truth: pd.Series, pred: pd.Series, metric: str) -> float:
     fn = metrics.balanced_accuracy if metric == "balanced_accuracy" else metrics.accuracy
     return fn(truth.to_numpy(), list(pred.to_numpy()))
+
+
+def _hybrid_partners(vlms: list[Method]) -> list[Method]:
+    """The VLM answers a hybrid uses: asked without CLIP context (the context variants already
+    combine the two inside the prompt), in the study's wording where the task has it."""
+    plain = [v for v in vlms if v.notes.get("context") == "none"]
+    study = [v for v in plain if v.notes.get("prompt_set") == "study"]
+    return study or plain
 
 
 def cascade_curve(base: Method, vlm: Method, truth: pd.Series, how: str = "margin") -> pd.DataFrame:
@@ -168,6 +191,7 @@ def apply_cascade(base: Method, vlm: Method, threshold: float, how: str = "margi
         name=f"cascade: {base.name} -> {vlm.name}",
         kind="cascade",
         task=base.task,
+        label=f"cascade {base.label} -> {vlm.label.split(',')[0]}",
         predictions=pred.astype(object).where(pred.notna(), None),
         weights=_combined_weights(base, vlm),
         seconds_per_image=cost,
@@ -189,6 +213,7 @@ def fuse(clip: Method, vlm: Method, weight: float) -> Method:
         name=f"fusion (w_clip={weight:.1f}): {clip.name} x {vlm.name}",
         kind="fusion",
         task=clip.task,
+        label=f"fusion {clip.label} x {vlm.label.split(',')[0]}",
         predictions=_argmax(probs),
         probabilities=probs,
         weights=_combined_weights(clip, vlm),
@@ -225,6 +250,7 @@ def summarise_method(method: Method, truth: pd.Series, *, n_boot: int, seed: int
     return {
         "task": method.task,
         "method": method.name,
+        "label": method.label,
         "kind": method.kind,
         **row,
         "weights": method.weights,
@@ -336,7 +362,7 @@ def compare(
         vlms = [m for m in methods if m.kind == "vlm"]
         hybrids = []
         for base in clips:
-            for vlm in vlms:
+            for vlm in _hybrid_partners(vlms):
                 curve_select = cascade_curve(base, vlm, select)
                 threshold = choose_threshold(curve_select)
                 hybrids.append(apply_cascade(base, vlm, threshold))
