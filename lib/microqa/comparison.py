@@ -367,7 +367,7 @@ def compare(
                 threshold = choose_threshold(curve_select)
                 hybrids.append(apply_cascade(base, vlm, threshold))
                 curve = cascade_curve(base, vlm, evaluate).assign(
-                    task=task, base=base.name, vlm=vlm.name
+                    task=task, base=base.label, vlm=vlm.label.split(",")[0]
                 )
                 curves.append(curve)
                 choices.append(
@@ -412,7 +412,7 @@ def plot_cascade(curves: pd.DataFrame, title: str):
     )
     for col, task in enumerate(tasks):
         for (base, vlm), curve in curves[curves["task"] == task].groupby(["base", "vlm"]):
-            label = f"{base}\n  -> {vlm}"
+            label = f"{base} -> {vlm}"
             for row, metric in enumerate(("accuracy", "balanced_accuracy")):
                 axes[row, col].plot(curve["fraction_to_vlm"], curve[metric], label=label)
         axes[0, col].set_title(task)
@@ -420,7 +420,7 @@ def plot_cascade(curves: pd.DataFrame, title: str):
     axes[0, 0].set_ylabel("accuracy")
     axes[1, 0].set_ylabel("balanced accuracy")
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", fontsize=7, ncol=2, bbox_to_anchor=(0.5, -0.02))
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.legend(handles, labels, loc="lower center", fontsize=8, ncol=2, frameon=False)
     return fig
