@@ -14,14 +14,16 @@ PROFILE ?= full
 # Where the scraper looks for the library; point it at a mirror with DOITPOMS_URL=http://...
 DOITPOMS_URL ?=
 export DOITPOMS_URL
-PAPERMILL = $(PY) -m papermill --no-progress-bar --log-output --cwd notebooks -p profile $(PROFILE)
+# Seconds between requests to the site (politeness); 0 is fine for a local mirror.
+SCRAPE_DELAY ?= 1.0
+PAPERMILL = $(PY) -m papermill --no-progress-bar --log-output --cwd notebooks -p profile $(PROFILE) $(NB_PARAMS)
 
 .PHONY: help setup reproduce smoke test test-slow bench lab lint sample clean FORCE
 
 help: ## show this help
 	@echo "Targets:"
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-12s %s\n", $$1, $$2}'
-	@echo "Variables: PROFILE=full|smoke  DOITPOMS_URL=<mirror or site>  STRICT=1 (no offline substitutes)"
+	@echo "Variables: PROFILE=full|smoke  DOITPOMS_URL=<mirror or site>  SCRAPE_DELAY=1.0  STRICT=1 (no offline substitutes)"
 
 setup: $(SETUP_STAMP) ## create .venv and install the package with its pinned dependencies (idempotent)
 
@@ -50,6 +52,7 @@ build/data-source.txt: FORCE
 	@mkdir -p build
 	@echo '$(DATA_SOURCE)' | cmp -s - $@ || echo '$(DATA_SOURCE)' > $@
 $(NB_OUT)/01_scrape_doitpoms.ipynb: build/data-source.txt
+$(NB_OUT)/01_scrape_doitpoms.ipynb: NB_PARAMS = -p delay $(SCRAPE_DELAY)
 
 # Each executed notebook also depends on the ones whose outputs it reads.
 $(NB_OUT)/02_eda_class_imbalance.ipynb: $(NB_OUT)/01_scrape_doitpoms.ipynb
