@@ -18,7 +18,7 @@ export DOITPOMS_URL
 SCRAPE_DELAY ?= 1.0
 PAPERMILL = $(PY) -m papermill --no-progress-bar --log-output --cwd notebooks -p profile $(PROFILE) $(NB_PARAMS)
 
-.PHONY: help setup reproduce smoke test test-slow bench lab lint sample clean FORCE
+.PHONY: help setup reproduce smoke test test-slow bench lab lint sample clean
 
 help: ## show this help
 	@echo "Targets:"
@@ -47,10 +47,11 @@ endif
 # Notebook 01 reruns when the data source settings change (e.g. from the unreachable live site
 # to DOITPOMS_URL=http://127.0.0.1:8765/miclib/ served by tests/mirror_server.py); the stamp
 # is rewritten only when they differ, so an unchanged setting rebuilds nothing.
+# (Written while the Makefile is read, not by a rule, so `make -n`/`make -q` see the truth.)
 DATA_SOURCE := url=$(DOITPOMS_URL) strict=$(STRICT)
-build/data-source.txt: FORCE
-	@mkdir -p build
-	@echo '$(DATA_SOURCE)' | cmp -s - $@ || echo '$(DATA_SOURCE)' > $@
+ifneq ($(filter reproduce $(NB_OUT)/%,$(MAKECMDGOALS)),)
+$(shell mkdir -p build; echo '$(DATA_SOURCE)' | cmp -s - build/data-source.txt || echo '$(DATA_SOURCE)' > build/data-source.txt)
+endif
 $(NB_OUT)/01_scrape_doitpoms.ipynb: build/data-source.txt
 $(NB_OUT)/01_scrape_doitpoms.ipynb: NB_PARAMS = -p delay $(SCRAPE_DELAY)
 

@@ -258,6 +258,20 @@ class HFBackend:
                 **extra,
             )
 
+    def _next_token_logits(self, inputs):
+        """One forward pass over the prompts; logits of the next token only. Left padding
+        needs explicit positions for LLaVA-NeXT's Mistral (Qwen-VL derives its multimodal
+        rope positions from the attention mask itself), so a batched row scores exactly as
+        it would alone."""
+        import torch
+
+        extra = {}
+        if self.model_type not in QWEN_MODEL_TYPES:
+            extra["position_ids"] = (inputs["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            output = self.model(**inputs, **extra, use_cache=False, logits_to_keep=1)
+        return output.logits[:, -1, :]
+
     # ---- protocol ---------------------------------------------------------------------
     def generate(self, requests: list[VLMRequest], *, max_new_tokens: int) -> list[GenerateResult]:
         results: list[GenerateResult] = []
@@ -281,9 +295,7 @@ class HFBackend:
         results: list[ScoreResult] = []
         start = time.perf_counter()
         for batch, inputs in self._prefetched(requests):
-            # the prefill of a 1-token greedy generation = one forward pass over the prompt
-            output = self._greedy(inputs, 1, output_logits=True, return_dict_in_generate=True)
-            logprobs = torch.log_softmax(output.logits[0].float(), dim=-1)
+            logprobs = torch.log_softmax(self._next_token_logits(inputs).float(), dim=-1)
             per_letter = torch.stack(
                 [torch.logsumexp(logprobs[:, variants[letter]], dim=-1) for letter in letters],
                 dim=-1,
