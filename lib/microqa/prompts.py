@@ -80,16 +80,7 @@ CLASS_NAMES: dict[str, dict[str, list[str]]] = {
             "thin section optical microscope",
         ],
     },
-    "technique_coarse": {
-        taxonomy.SEM: ["SEM", "scanning electron microscopy", "scanning electron microscope"],
-        taxonomy.TEM: [
-            "TEM",
-            "transmission electron microscopy",
-            "transmission electron microscope",
-        ],
-        taxonomy.AFM: ["AFM", "atomic force microscopy", "atomic force microscope"],
-        "Optical": ["optical microscopy", "light microscopy", "optical microscope"],
-    },
+    "technique_coarse": {},  # the electron and probe microscopes of "technique", see below
     "category": {
         taxonomy.METAL: ["metal", "metal alloy", "steel or aluminium alloy"],
         taxonomy.CERAMIC: ["ceramic", "oxide ceramic", "glass or mineral"],
@@ -100,6 +91,10 @@ CLASS_NAMES: dict[str, dict[str, list[str]]] = {
             "particle composite",
         ],
     },
+}
+CLASS_NAMES["technique_coarse"] = {
+    **{c: CLASS_NAMES["technique"][c] for c in (taxonomy.SEM, taxonomy.TEM, taxonomy.AFM)},
+    "Optical": ["optical microscopy", "light microscopy", "optical microscope"],
 }
 
 _REFLECTED = (

@@ -42,26 +42,20 @@ def _write_atomic(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _git(*args: str) -> str:
+    out = subprocess.run(
+        ["git", *args], cwd=config.repo_root(), capture_output=True, text=True, timeout=10
+    )
+    return out.stdout.strip()
+
+
 def git_sha() -> str:
+    """Short commit of the checkout, "-dirty" when tracked files differ from it."""
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=config.repo_root(),
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        sha = out.stdout.strip()
+        sha = _git("rev-parse", "--short", "HEAD")
         if not sha:
             return "unknown"
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=config.repo_root(),
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
+        return sha + ("-dirty" if _git("status", "--porcelain", "--untracked-files=no") else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 

@@ -73,8 +73,13 @@ def results_markdown(table: pd.DataFrame, published: pd.DataFrame) -> str:
     else:
         lines += ["All numbers below come from real data and pretrained weights.", ""]
     data = record.get("data", {})
+    origin = (
+        f", scraped from {data['base_url']}"
+        if data.get("source") in ("scraped", "existing") and data.get("base_url")
+        else ""
+    )
     lines += [
-        f"Data: {data.get('source', 'unknown')} ({data.get('n_images', '?')} images). "
+        f"Data: {data.get('source', 'unknown')}{origin} ({data.get('n_images', '?')} images). "
         "Every row of a task is measured on the same images (the evaluation half of a seeded "
         "split by specimen; thresholds, weights and prompt sets are chosen on the other half). "
         "Brackets: 95% bootstrap CI.",
