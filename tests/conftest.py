@@ -33,24 +33,29 @@ def needs_reference():
     )
 
 
-class SmokePipeline:
-    """Executes the real notebooks with papermill (smoke profile) into a temporary tree.
+class NotebookPipeline:
+    """Executes the real notebooks with papermill into a temporary tree.
 
     Asking for notebook k first runs every earlier notebook once (their outputs feed it).
-    The site URL points at a closed local port, so notebook 01 takes the loud sample-data
-    fallback, which is itself under test here.
+    By default (smoke profile) the site URL points at a closed local port, so notebook 01
+    takes the loud sample-data fallback, which is itself under test here.
     """
 
-    def __init__(self, root: Path):
+    def __init__(
+        self, root: Path, *, profile: str = "smoke", site: str = "http://127.0.0.1:9/miclib/",
+        parameters: dict[str, dict] | None = None,
+    ):
         self.root = root
+        self.profile = profile
+        self.parameters = parameters or {}  # notebook name -> its extra parameters
         self.done: dict[str, Path] = {}
         self.env = {
             "MICROQA_BUILD": str(root / "build"),
             "MICROQA_FIGURES": str(root / "figures"),
             "MICROQA_TABLES": str(root / "tables"),
             "MICROQA_DATA": str(root / "data"),
-            "MICROQA_PROFILE": "smoke",
-            "DOITPOMS_URL": "http://127.0.0.1:9/miclib/",
+            "MICROQA_PROFILE": profile,
+            "DOITPOMS_URL": site,
         }
 
     def run(self, name: str) -> Path:
@@ -67,7 +72,7 @@ class SmokePipeline:
                 papermill.execute_notebook(
                     str(REPO / "notebooks" / f"{earlier}.ipynb"),
                     str(out),
-                    parameters={"profile": "smoke"},
+                    parameters={"profile": self.profile, **self.parameters.get(earlier, {})},
                     cwd=str(REPO / "notebooks"),
                     progress_bar=False,
                     kernel_name="python3",
@@ -83,5 +88,5 @@ class SmokePipeline:
 
 
 @pytest.fixture(scope="session")
-def smoke_pipeline(tmp_path_factory) -> SmokePipeline:
-    return SmokePipeline(tmp_path_factory.mktemp("smoke"))
+def smoke_pipeline(tmp_path_factory) -> NotebookPipeline:
+    return NotebookPipeline(tmp_path_factory.mktemp("smoke"))

@@ -35,15 +35,32 @@ def set_style() -> None:
     )
 
 
-def save_figure(fig: plt.Figure, name: str, *, svg: bool = False, directory: Path | None = None):
-    """Write `figures/<name>.png` (and `.svg`); returns the PNG path."""
+def save_figure(
+    fig: plt.Figure, name: str, *, svg: bool = False, directory: Path | None = None
+) -> Path:
+    """Write `figures/<name>.png` (and `.svg`), close the figure, and, inside a notebook,
+    display the file just written (so a notebook shows exactly what lands in figures/)."""
     directory = directory or config.figures_dir()
     directory.mkdir(parents=True, exist_ok=True)
     png = directory / f"{name}.png"
     fig.savefig(png, metadata={"Software": None})
     if svg:
         fig.savefig(directory / f"{name}.svg", metadata={"Date": None})
+    plt.close(fig)
+    if _in_notebook():
+        from IPython.display import Image, display
+
+        display(Image(filename=str(png)))
     return png
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and "IPKernelApp" in shell.config
 
 
 def save_table(
