@@ -64,13 +64,7 @@ def hf_processor():
     from open_clip.tokenizer import SimpleTokenizer
     from transformers import CLIPImageProcessor, CLIPProcessor, CLIPTokenizer
 
-    image_processor = CLIPImageProcessor(
-        size={"shortest_edge": 224},
-        crop_size={"height": 224, "width": 224},
-        resample=3,
-        image_mean=[0.48145466, 0.4578275, 0.40821073],
-        image_std=[0.26862954, 0.26130258, 0.27577711],
-    )
+    image_processor = CLIPImageProcessor(**clip.HF_CLIP_B32_PREPROCESSING)
     # CLIPProcessor insists on a tokenizer; CLIP's BPE vocabulary ships with open_clip.
     bpe = SimpleTokenizer()
     tokenizer = CLIPTokenizer(

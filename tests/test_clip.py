@@ -192,16 +192,8 @@ def test_preprocessing_matches_hugging_face_clip_processor(random_b32, backend):
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
     _, loaded = random_b32
-    # openai/clip-vit-base-patch32 preprocessor_config: shortest edge 224, centre crop 224,
-    # bicubic, OpenAI mean/std (these are the class defaults; stated here for the reader).
-    settings = dict(
-        size={"shortest_edge": 224},
-        crop_size={"height": 224, "width": 224},
-        resample=3,
-        image_mean=[0.48145466, 0.4578275, 0.40821073],
-        image_std=[0.26862954, 0.26130258, 0.27577711],
-    )
-    hf = (CLIPImageProcessor if backend == "torchvision" else CLIPImageProcessorPil)(**settings)
+    processor_class = CLIPImageProcessor if backend == "torchvision" else CLIPImageProcessorPil
+    hf = processor_class(**clip.HF_CLIP_B32_PREPROCESSING)
     names = (
         list(MIRROR_KINDS.values()) + sorted(p.name for p in (MIRROR / "images").iterdir())[::97]
     )

@@ -43,6 +43,16 @@ RANDOM_WEIGHTS_METADATA = "microqa_weights"  # safetensors metadata key marking 
 HUB_PREFIX = "hf-hub:"
 CATEGORY_MULTI = "category_multi"
 CATEGORY_MULTI_NAME = "category_multi (hit@1: prediction is one of the record's material classes)"
+# openai/clip-vit-base-patch32's preprocessor_config.json, for Hugging Face's CLIPImageProcessor
+# (the earlier study's preprocessing): shortest edge 224, centre crop 224, bicubic, OpenAI
+# mean/std. Built locally, since the hub is out of reach; used by the fidelity test and bench.
+HF_CLIP_B32_PREPROCESSING = {
+    "size": {"shortest_edge": 224},
+    "crop_size": {"height": 224, "width": 224},
+    "resample": 3,
+    "image_mean": [0.48145466, 0.4578275, 0.40821073],
+    "image_std": [0.26862954, 0.26130258, 0.27577711],
+}
 SCORE_COLUMNS = ["micrograph_no", "model", "weights", "task", "prompt_set", "class", "probability"]
 
 
