@@ -50,12 +50,17 @@ def _git(*args: str) -> str:
 
 
 def git_sha() -> str:
-    """Short commit of the checkout, "-dirty" when tracked files differ from it."""
+    """Short commit of the checkout, "-dirty" when tracked files other than the pipeline's own
+    outputs (figures/, tables/, README.md, which a run rewrites) differ from it."""
     try:
         sha = _git("rev-parse", "--short", "HEAD")
         if not sha:
             return "unknown"
-        return sha + ("-dirty" if _git("status", "--porcelain", "--untracked-files=no") else "")
+        changed = _git(
+            "status", "--porcelain", "--untracked-files=no", "--",
+            ".", ":!figures", ":!tables", ":!README.md",
+        )
+        return sha + ("-dirty" if changed else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
