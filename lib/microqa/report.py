@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from microqa import provenance
+from microqa import config, provenance
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
@@ -51,6 +51,30 @@ def _balanced_accuracy_pivot(table: pd.DataFrame) -> list[str]:
     return lines + [""]
 
 
+def _real_feature_summary() -> list[str]:
+    """The numbers that are real even offline: probes on pretrained reference features
+    (tables/clip_probe.csv, written by notebook 03), on every labelled image."""
+    path = config.tables_dir() / "clip_probe.csv"
+    if not path.exists():
+        return []
+    probe = pd.read_csv(path)
+    real = probe[
+        probe["features"].str.contains("pretrained")
+        & probe["cv"].str.startswith("grouped")
+        & probe["probe"].str.startswith("logreg")
+    ]
+    if real.empty:
+        return []
+    lines = ["**Real pretrained features** (logistic-regression probe, 5-fold CV with whole "
+             "specimens held out, all labelled images):", ""]
+    for _, row in real.iterrows():
+        lines.append(
+            f"- {row['task']} from {row['features']}: balanced accuracy "
+            f"{_ci(row, 'balanced_accuracy')}, accuracy {_ci(row, 'accuracy')} (n = {row['n']})"
+        )
+    return lines + ["", "Full comparison on the evaluation images:", ""]
+
+
 def results_markdown(table: pd.DataFrame, published: pd.DataFrame) -> str:
     """Markdown: provenance statement, one table per task, the published numbers alongside."""
     record = provenance.load()
@@ -85,6 +109,7 @@ def results_markdown(table: pd.DataFrame, published: pd.DataFrame) -> str:
         "Brackets: 95% bootstrap CI.",
         "",
     ]
+    lines += _real_feature_summary()
     lines += _balanced_accuracy_pivot(table)
     lines += [
         "**Published by the earlier study** (different protocol; not comparable row by row):",
