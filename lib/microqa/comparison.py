@@ -344,11 +344,11 @@ def compare(
     labels = df.set_index("micrograph_no")
     halves = pd.Series(split.to_numpy(), index=df["micrograph_no"].to_numpy())
     tables, curves, paired, choices = [], [], [], []
-    for task, (column, _) in taxonomy.TASKS.items():
+    for task, (column, classes) in taxonomy.TASKS.items():
         methods = [m for m in all_methods if m.task == task]
         if not methods:
             continue
-        truth = labels[column].dropna()
+        truth = labels.loc[labels[column].isin(classes), column]  # e.g. no "Other" technique
         ids = truth.index
         for m in methods:
             ids = ids.intersection(m.predictions.index)

@@ -55,14 +55,14 @@ def imbalance_summary(df: pd.DataFrame) -> pd.DataFrame:
     """
     rows = []
     for task, (column, classes) in taxonomy.TASKS.items():
-        labelled = df[column].dropna()
+        labelled = df.loc[df[column].isin(classes), column]  # "Other" techniques are not a class
         counts = labelled.value_counts().reindex(classes, fill_value=0)
         present = counts[counts > 0]
         rows.append(
             {
                 "task": task,
                 "n_records": len(labelled),
-                "n_excluded": int(df[column].isna().sum()),
+                "n_excluded": len(df) - len(labelled),
                 "n_classes": len(classes),
                 "largest_class": present.idxmax(),
                 "n_largest": int(present.max()),
