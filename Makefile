@@ -70,11 +70,13 @@ $(NB_OUT)/%.ipynb: notebooks/%.ipynb $(SETUP_STAMP)
 
 reproduce: setup $(NOTEBOOKS:%=$(NB_OUT)/%.ipynb) ## run notebooks 01-05, regenerating figures/ and tables/ (only what changed)
 
+# absolute, since the kernels run in notebooks/
+SMOKE := $(CURDIR)/build/smoke
 smoke: setup ## run every notebook in the fast smoke profile into build/smoke/ (figures/ untouched)
 	@mkdir -p build/smoke/notebooks
 	@for nb in $(NOTEBOOKS); do \
-	  MICROQA_BUILD=build/smoke MICROQA_FIGURES=build/smoke/figures MICROQA_TABLES=build/smoke/tables \
-	  $(PY) -m papermill --no-progress-bar --cwd notebooks -p profile smoke notebooks/$$nb.ipynb build/smoke/notebooks/$$nb.ipynb || exit 1; \
+	  MICROQA_BUILD=$(SMOKE) MICROQA_FIGURES=$(SMOKE)/figures MICROQA_TABLES=$(SMOKE)/tables \
+	  $(PY) -m papermill --no-progress-bar --cwd notebooks -p profile smoke notebooks/$$nb.ipynb $(SMOKE)/notebooks/$$nb.ipynb || exit 1; \
 	done
 
 lint: setup ## ruff over the library, tests, benchmarks and notebooks
