@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from microqa import config, taxonomy
+from microqa import clip, config, taxonomy
 from microqa import embedding_space as space
 from tests.conftest import needs_mirror, needs_reference
 
@@ -76,15 +76,7 @@ def test_probe_table_reports_both_schemes_and_learns_a_real_signal():
 def test_probe_scores_follow_the_contract():
     fs = _feature_set()
     scores = space.probe_scores(fs)
-    assert list(scores.columns) == [
-        "micrograph_no",
-        "model",
-        "weights",
-        "task",
-        "prompt_set",
-        "class",
-        "probability",
-    ]
+    assert list(scores.columns) == clip.SCORE_COLUMNS  # the same contract as zero-shot scores
     assert set(scores["task"]) == set(taxonomy.TASKS)
     assert (scores["prompt_set"] == "logreg-grouped-cv").all()
     assert scores["model"].iloc[0] == "probe:synthetic"
