@@ -59,32 +59,38 @@ class NotebookPipeline:
         }
 
     def run(self, name: str) -> Path:
-        import papermill
-
         for earlier in NOTEBOOKS[: NOTEBOOKS.index(name) + 1]:
-            if earlier in self.done:
-                continue
-            out = self.root / "notebooks" / f"{earlier}.ipynb"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            saved = {k: os.environ.get(k) for k in self.env}
-            os.environ.update(self.env)  # the kernel inherits this process's environment
-            try:
-                papermill.execute_notebook(
-                    str(REPO / "notebooks" / f"{earlier}.ipynb"),
-                    str(out),
-                    parameters={"profile": self.profile, **self.parameters.get(earlier, {})},
-                    cwd=str(REPO / "notebooks"),
-                    progress_bar=False,
-                    kernel_name="python3",
-                )
-            finally:
-                for k, v in saved.items():
-                    if v is None:
-                        os.environ.pop(k, None)
-                    else:
-                        os.environ[k] = v
-            self.done[earlier] = out
+            if earlier not in self.done:
+                out = self.root / "notebooks" / f"{earlier}.ipynb"
+                parameters = {"profile": self.profile, **self.parameters.get(earlier, {})}
+                execute_notebook(earlier, out, env=self.env, parameters=parameters)
+                self.done[earlier] = out
         return self.done[name]
+
+
+def execute_notebook(name: str, out: Path, *, env: dict[str, str], parameters: dict) -> Path:
+    """Run notebooks/<name>.ipynb with papermill into `out`, its kernel seeing `env`."""
+    import papermill
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the kernel inherits this process's environment
+    try:
+        papermill.execute_notebook(
+            str(REPO / "notebooks" / f"{name}.ipynb"),
+            str(out),
+            parameters=parameters,
+            cwd=str(REPO / "notebooks"),
+            progress_bar=False,
+            kernel_name="python3",
+        )
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from microqa import config, doitpoms, provenance
-from tests.conftest import REPO
+from tests.conftest import REPO, execute_notebook
 from tests.mirror_server import MirrorServer
 from tests.scraper_helpers import make_mirror, snapshot
 
@@ -116,25 +116,7 @@ def test_partial_scrape_is_kept_when_the_site_goes_away(tree, mirror, monkeypatc
 
 
 def run_notebook_01(tmp_path, env: dict[str, str], parameters: dict) -> dict:
-    import papermill
-
-    saved = {k: config.os.environ.get(k) for k in env}
-    config.os.environ.update(env)  # the kernel inherits this process's environment
-    try:
-        papermill.execute_notebook(
-            str(REPO / "notebooks" / "01_scrape_doitpoms.ipynb"),
-            str(tmp_path / "01.ipynb"),
-            parameters=parameters,
-            cwd=str(REPO / "notebooks"),
-            progress_bar=False,
-            kernel_name="python3",
-        )
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                config.os.environ.pop(key, None)
-            else:
-                config.os.environ[key] = value
+    execute_notebook("01_scrape_doitpoms", tmp_path / "01.ipynb", env=env, parameters=parameters)
     return json.loads((tmp_path / "build" / "provenance.json").read_text(encoding="utf-8"))
 
 
