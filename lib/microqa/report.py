@@ -86,8 +86,9 @@ def results_markdown(table: pd.DataFrame, published: pd.DataFrame) -> str:
     ]
     if substitutes:
         lines += [
-            "**⚠️ These numbers come from offline substitutes, not from the real study.** "
-            "They show that the pipeline runs end to end; they say nothing about CLIP or the VLMs:",
+            "**⚠️ Rows marked `random` come from offline substitutes, not from the real "
+            "study.** They show that the pipeline runs end to end and say nothing about "
+            "zero-shot CLIP or the VLMs; rows marked `pretrained` are real. Substitutes used:",
             "",
             *[f"- {e['stage']}: {e['what']}" for e in substitutes],
             "",
