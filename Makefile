@@ -45,7 +45,7 @@ ifneq ($(filter reproduce $(NB_OUT)/%,$(MAKECMDGOALS)),)
 endif
 
 # Notebook 01 reruns when the data source settings change (e.g. from the unreachable live site
-# to DOITPOMS_URL=http://127.0.0.1:8765/miclib/ served by tests/mirror_server.py); the stamp
+# to DOITPOMS_URL=http://127.0.0.1:8765/miclib/ served by `python -m tests.mirror_server`); the stamp
 # is rewritten only when they differ, so an unchanged setting rebuilds nothing.
 # (Written while the Makefile is read, not by a rule, so `make -n`/`make -q` see the truth.)
 DATA_SOURCE := url=$(DOITPOMS_URL) strict=$(STRICT)

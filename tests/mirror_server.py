@@ -6,7 +6,7 @@ serves the images as-is under `micrographs/large/NNNNNN.jpg` (and under the `.gi
 page may link) with the site's `image/jpeg` content type whatever their true format, and a
 robots.txt.
 
-  python tests/mirror_server.py --mirror ../shared/doitpoms --port 8765
+  python -m tests.mirror_server --mirror ../shared/doitpoms --port 8765
   make reproduce DOITPOMS_URL=http://127.0.0.1:8765/miclib/
 
 Ids with a row of empty fields get a page without the record container (as the site does
@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
+
+from tests.background_server import BackgroundServer
 
 LABELS = [  # column -> label, in the site's order
     ("micrograph_no", "Micrograph No"),
@@ -152,7 +154,7 @@ def render_record(record_id: int, row: dict | None, *, messy: bool = False) -> s
     return PAGE.format(title=f"Micrograph {record_id}", content=content)
 
 
-class MirrorServer:
+class MirrorServer(BackgroundServer):
     """The server; use as a context manager or call start()/stop(). `requests` logs
     (monotonic time, path, status, user agent) for every answer."""
 
@@ -185,23 +187,6 @@ class MirrorServer:
     def base_url(self) -> str:
         host, port = self.httpd.server_address[:2]
         return f"http://{host}:{port}{self.prefix}"
-
-    def start(self) -> MirrorServer:
-        self._thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-    def __enter__(self) -> MirrorServer:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     def count(self, pattern: str) -> int:
         """How many requests had a path matching the regular expression `pattern`."""

@@ -7,7 +7,8 @@ failures (HTTP 500/429 for the next n requests), delays, and servers without log
     with OpenAIStub(delay_s=0.05) as stub:
         backend = OpenAIBackend("stub-vlm", base_url=stub.base_url)
 
-Also runnable on its own for manual checks: `python tests/openai_stub.py --port 8011`.
+Also runnable on its own for manual checks, from the repository root:
+`python -m tests.openai_stub --port 8011`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.background_server import BackgroundServer
 
 OPTION = re.compile(r"(?<![A-Za-z0-9])([A-Z])\) ")
 
@@ -57,7 +60,7 @@ def deterministic_letter(body: dict[str, Any]) -> str:
     return letters[digest[0] % len(letters)]
 
 
-class OpenAIStub:
+class OpenAIStub(BackgroundServer):
     def __init__(
         self,
         *,
@@ -80,13 +83,13 @@ class OpenAIStub:
         self.max_in_flight = 0
         self._failures: list[int] = []
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
-        self._server.daemon_threads = True
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
+        self.httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
     def fail_next(self, n: int, status: int = 500) -> None:
         with self._lock:
@@ -95,23 +98,6 @@ class OpenAIStub:
     def chat_requests(self) -> list[dict[str, Any]]:
         with self._lock:
             return [r["body"] for r in self.requests if r["path"].endswith("/chat/completions")]
-
-    def start(self) -> OpenAIStub:
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> OpenAIStub:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     # --- answers ------------------------------------------------------------------------------
     def completion(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -208,4 +194,4 @@ if __name__ == "__main__":
     args = parser.parse_args()
     server = OpenAIStub(model=args.model, delay_s=args.delay, port=args.port)
     print(f"stub OpenAI server on {server.base_url}", flush=True)
-    server._server.serve_forever()
+    server.httpd.serve_forever()

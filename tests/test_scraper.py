@@ -341,7 +341,8 @@ def test_a_damaged_state_file_is_refetched(server, tmp_path):
 
 
 def test_mirror_server_runs_as_a_script(tiny_mirror, tmp_path):
-    script = [sys.executable, "tests/mirror_server.py", "--mirror", str(tiny_mirror), "--port", "0"]
+    script = [sys.executable, "-m", "tests.mirror_server", "--mirror", str(tiny_mirror),
+              "--port", "0"]
     process = subprocess.Popen(
         script, stdout=subprocess.PIPE, text=True, env=cli_env(), cwd=str(REPO)
     )
