@@ -79,8 +79,9 @@ smoke: setup ## run every notebook in the fast smoke profile into build/smoke/ (
 	  $(PY) -m papermill --no-progress-bar --cwd notebooks -p profile smoke notebooks/$$nb.ipynb $(SMOKE)/notebooks/$$nb.ipynb || exit 1; \
 	done
 
-lint: setup ## ruff over the library, tests, benchmarks and notebooks
+lint: setup ## ruff (lint and format check) over the library, tests, benchmarks, tools and notebooks
 	$(PY) -m ruff check lib tests bench notebooks
+	$(PY) -m ruff format --check lib tests bench notebooks
 
 test: setup lint ## lint + the test suite (unit, mirror integration, notebooks in the smoke profile)
 	$(PY) -m pytest -m "not slow" -q

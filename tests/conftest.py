@@ -42,7 +42,11 @@ class NotebookPipeline:
     """
 
     def __init__(
-        self, root: Path, *, profile: str = "smoke", site: str = "http://127.0.0.1:9/miclib/",
+        self,
+        root: Path,
+        *,
+        profile: str = "smoke",
+        site: str = "http://127.0.0.1:9/miclib/",
         parameters: dict[str, dict] | None = None,
     ):
         self.root = root

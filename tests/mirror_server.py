@@ -220,7 +220,7 @@ class MirrorServer(BackgroundServer):
             return Answer(status, "text/html", b"<html><body>Server error</body></html>")
         if not parts.path.startswith(self.prefix):
             return NOT_FOUND
-        local = parts.path[len(self.prefix):]
+        local = parts.path[len(self.prefix) :]
         wrong_type = self._fault(raw_path, nth, "type", f.wrong_type_rate)
         truncate = self._fault(raw_path, nth, "truncate", f.truncate_rate)
         if local in ("micrograph_record.php", "full_record.php"):

@@ -122,8 +122,9 @@ class OpenAIStub(BackgroundServer):
             top.append({"token": "The", "logprob": math.log(0.05)})
             top = top[: int(body.get("top_logprobs") or 0) or len(top)]
             choice["logprobs"] = {
-                "content": [{"token": content[:1], "logprob": top[0]["logprob"],
-                             "top_logprobs": top}]
+                "content": [
+                    {"token": content[:1], "logprob": top[0]["logprob"], "top_logprobs": top}
+                ]
             }
         return {
             "id": "chatcmpl-stub",
@@ -150,9 +151,19 @@ class OpenAIStub(BackgroundServer):
 
             def do_GET(self):
                 if self.path.rstrip("/").endswith("/models"):
-                    self._send(200, {"object": "list", "data": [
-                        {"id": stub.model, "object": "model", "root": f"/weights/{stub.model}"}
-                    ]})
+                    self._send(
+                        200,
+                        {
+                            "object": "list",
+                            "data": [
+                                {
+                                    "id": stub.model,
+                                    "object": "model",
+                                    "root": f"/weights/{stub.model}",
+                                }
+                            ],
+                        },
+                    )
                 else:
                     self._send(404, {"error": {"message": f"no route {self.path}"}})
 
@@ -161,8 +172,12 @@ class OpenAIStub(BackgroundServer):
                 body = json.loads(self.rfile.read(length) or b"{}")
                 with stub._lock:
                     stub.requests.append(
-                        {"path": self.path, "headers": dict(self.headers), "body": body,
-                         "time": time.time()}
+                        {
+                            "path": self.path,
+                            "headers": dict(self.headers),
+                            "body": body,
+                            "time": time.time(),
+                        }
                     )
                     failure = stub._failures.pop(0) if stub._failures else None
                     stub.in_flight += 1
@@ -175,8 +190,10 @@ class OpenAIStub(BackgroundServer):
                     elif not self.path.endswith("/chat/completions"):
                         self._send(404, {"error": {"message": f"no route {self.path}"}})
                     elif body.get("model") != stub.model:
-                        self._send(404, {"error": {"message": f"model {body.get('model')!r} "
-                                                   "does not exist"}})
+                        self._send(
+                            404,
+                            {"error": {"message": f"model {body.get('model')!r} does not exist"}},
+                        )
                     else:
                         self._send(200, stub.completion(body))
                 finally:

@@ -35,19 +35,39 @@ def planted(tmp_path, n=200, seed=0):
         probs[CLASSES.index(guess)] = 0.8 if ok else 0.28
         probs /= probs.sum()
         zs += [
-            {"micrograph_no": i, "model": "ViT-B-32:openai", "weights": "random",
-             "task": "technique", "prompt_set": "ensemble", "class": c, "probability": p}
+            {
+                "micrograph_no": i,
+                "model": "ViT-B-32:openai",
+                "weights": "random",
+                "task": "technique",
+                "prompt_set": "ensemble",
+                "class": c,
+                "probability": p,
+            }
             for c, p in zip(CLASSES, probs, strict=True)
         ]
         vlm_ok = rng.random() < 0.9
         vlm_pred = t if vlm_ok else rng.choice([c for c in CLASSES if c != t])
         vprobs = {c: (0.7 if c == vlm_pred else 0.075) for c in CLASSES}
         answers.append(
-            {"micrograph_no": i, "model": "tiny-qwen", "backend": "hf", "weights": "random",
-             "task": "technique", "context": "none", "mode": "score", "prompt_set": "study",
-             "permutation": "ABCDE", "truth": t, "prediction": vlm_pred,
-             "probabilities": json.dumps(vprobs), "latency_s": 2.0, "visual_tokens": 256,
-             "raw_text": "", "cached": False}
+            {
+                "micrograph_no": i,
+                "model": "tiny-qwen",
+                "backend": "hf",
+                "weights": "random",
+                "task": "technique",
+                "context": "none",
+                "mode": "score",
+                "prompt_set": "study",
+                "permutation": "ABCDE",
+                "truth": t,
+                "prediction": vlm_pred,
+                "probabilities": json.dumps(vprobs),
+                "latency_s": 2.0,
+                "visual_tokens": 256,
+                "raw_text": "",
+                "cached": False,
+            }
         )
     clip_dir, vlm_dir = tmp_path / "clip", tmp_path / "vlm"
     clip_dir.mkdir()

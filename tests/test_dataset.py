@@ -205,7 +205,8 @@ def test_sample_builder_is_deterministic_and_keeps_format_and_mode(tmp_path):
     for _, row in built.iterrows():
         original = source.loc[row["micrograph_no"]]
         assert (row["image_format"], row["image_mode"]) == (
-            original["image_format"], original["image_mode"]
+            original["image_format"],
+            original["image_mode"],
         )
         assert max(row["image_width"], row["image_height"]) <= 200
     other_seed = dataset.select_sample(dataset.load_records(SAMPLE), 12, seed=4)

@@ -98,8 +98,12 @@ def test_image_tables_describe_the_files(records):
 @pytest.mark.parametrize(
     "plot",
     [
-        eda.plot_class_counts, eda.plot_technique_strings, eda.plot_category_cooccurrence,
-        eda.plot_technique_by_category, eda.plot_image_properties, eda.plot_missing_fields,
+        eda.plot_class_counts,
+        eda.plot_technique_strings,
+        eda.plot_category_cooccurrence,
+        eda.plot_technique_by_category,
+        eda.plot_image_properties,
+        eda.plot_missing_fields,
         eda.plot_contributors,
     ],
 )
@@ -130,8 +134,10 @@ def test_notebook_02_on_the_sample(tmp_path, monkeypatch):
     from microqa import config, provenance
 
     env = {
-        "MICROQA_BUILD": tmp_path / "build", "MICROQA_FIGURES": tmp_path / "figures",
-        "MICROQA_TABLES": tmp_path / "tables", "MICROQA_DATA": tmp_path / "data",
+        "MICROQA_BUILD": tmp_path / "build",
+        "MICROQA_FIGURES": tmp_path / "figures",
+        "MICROQA_TABLES": tmp_path / "tables",
+        "MICROQA_DATA": tmp_path / "data",
         "MICROQA_PROFILE": "smoke",
     }
     for key, value in env.items():
@@ -139,9 +145,14 @@ def test_notebook_02_on_the_sample(tmp_path, monkeypatch):
     provenance.substitute("data", "embedded sample data/sample instead of the library", "test")
     provenance.record_stage("data", source="sample", dataset_dir=str(config.sample_dir()))
     out = tmp_path / "02.ipynb"
-    papermill.execute_notebook(str(NOTEBOOK), str(out), parameters={"profile": "smoke"},
-                               cwd=str(REPO / "notebooks"), progress_bar=False,
-                               kernel_name="python3")
+    papermill.execute_notebook(
+        str(NOTEBOOK),
+        str(out),
+        parameters={"profile": "smoke"},
+        cwd=str(REPO / "notebooks"),
+        progress_bar=False,
+        kernel_name="python3",
+    )
     text = _outputs(out)
     assert "OFFLINE SUBSTITUTES IN USE" in text
     assert text.count("image/png") == len(list((tmp_path / "figures").glob("eda_*.png"))) >= 7
@@ -154,8 +165,10 @@ def test_notebook_02_on_the_sample(tmp_path, monkeypatch):
 
 
 @pytest.mark.notebooks
-@pytest.mark.skipif(not (REPO / "notebooks" / "01_scrape_doitpoms.ipynb").exists(),
-                    reason="notebook 01 (scraper branch) not merged yet")
+@pytest.mark.skipif(
+    not (REPO / "notebooks" / "01_scrape_doitpoms.ipynb").exists(),
+    reason="notebook 01 (scraper branch) not merged yet",
+)
 def test_notebook_02_in_the_smoke_pipeline(smoke_pipeline):
     out = smoke_pipeline.run("02_eda_class_imbalance")
     text = _outputs(out)

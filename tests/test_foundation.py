@@ -59,9 +59,10 @@ def test_unmappable_technique_raises_naming_it():
 def test_primary_category_rule():
     assert taxonomy.primary_category(["Fracture", "Metal or alloy"]) == taxonomy.METAL
     assert taxonomy.primary_category(["Ceramic", "Composite"]) == taxonomy.COMPOSITE
-    assert taxonomy.primary_category(
-        ["Foam", "Metal or alloy", "Metal or alloy composite foam"]
-    ) == taxonomy.METAL
+    assert (
+        taxonomy.primary_category(["Foam", "Metal or alloy", "Metal or alloy composite foam"])
+        == taxonomy.METAL
+    )
     assert taxonomy.primary_category(["Ceramic", "Polymer"]) == taxonomy.CERAMIC
     assert taxonomy.primary_category(["Oxide"]) == taxonomy.CERAMIC
     assert taxonomy.primary_category(["Device"]) is None
@@ -131,7 +132,9 @@ def test_source_notebooks_are_stored_without_outputs():
 def test_notebook_dependencies_follow_imports():
     out = subprocess.run(
         [sys.executable, str(REPO / "lib/microqa/notebook_deps.py")],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     rules = dict(line.split(": ", 1) for line in out.strip().splitlines())
     assert set(rules) == {f"build/notebooks/{p.name}" for p in (REPO / "notebooks").glob("*.ipynb")}

@@ -20,7 +20,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.notebooks, needs_mirror(), needs_ref
 def test_full_study_on_the_mirror(tmp_path):
     with MirrorServer(MIRROR) as server:
         pipeline = NotebookPipeline(
-            tmp_path, profile="full", site=server.base_url,
+            tmp_path,
+            profile="full",
+            site=server.base_url,
             parameters={"01_scrape_doitpoms": {"delay": 0}},
         )
         start = time.perf_counter()

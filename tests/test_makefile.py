@@ -24,8 +24,12 @@ def tree(tmp_path):
         ignore = shutil.ignore_patterns("__pycache__")
         shutil.copytree(REPO / folder, tmp_path / folder, ignore=ignore)
     checksum = subprocess.run(
-        "cksum < pyproject.toml | cut -d' ' -f1", shell=True, cwd=tmp_path,
-        capture_output=True, text=True, check=True,
+        "cksum < pyproject.toml | cut -d' ' -f1",
+        shell=True,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     (tmp_path / ".venv" / "bin").mkdir(parents=True)
     (tmp_path / ".venv" / "bin" / "python").symlink_to(shutil.which("python3"))

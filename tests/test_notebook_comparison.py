@@ -12,9 +12,21 @@ from microqa import report
 pytestmark = pytest.mark.notebooks
 
 REQUIRED = [
-    "task", "method", "label", "kind", "n", "accuracy", "balanced_accuracy", "macro_f1",
-    "accuracy_ci_low", "accuracy_ci_high", "balanced_accuracy_ci_low",
-    "balanced_accuracy_ci_high", "weights", "seconds_per_image", "provenance",
+    "task",
+    "method",
+    "label",
+    "kind",
+    "n",
+    "accuracy",
+    "balanced_accuracy",
+    "macro_f1",
+    "accuracy_ci_low",
+    "accuracy_ci_high",
+    "balanced_accuracy_ci_low",
+    "balanced_accuracy_ci_high",
+    "weights",
+    "seconds_per_image",
+    "provenance",
 ]
 
 

@@ -145,13 +145,24 @@ def test_injected_faults_still_end_with_the_clean_result(tiny_mirror, tmp_path):
         clean = doitpoms.scrape(clean_server.base_url, tmp_path / "clean", ids="1-12", **FAST)
         clean_requests = len(clean_server.requests)
     faults = Faults(
-        seed=3, error_rate=0.3, truncate_rate=0.3, malformed_rate=0.5, wrong_type_rate=0.3,
-        slow_rate=0.3, slow_seconds=1.0, max_faults=2,
+        seed=3,
+        error_rate=0.3,
+        truncate_rate=0.3,
+        malformed_rate=0.5,
+        wrong_type_rate=0.3,
+        slow_rate=0.3,
+        slow_seconds=1.0,
+        max_faults=2,
     )
     with MirrorServer(tiny_mirror, faults=faults) as server:
         result = doitpoms.scrape(
-            server.base_url, tmp_path / "faulty", ids="1-12", delay=0, backoff=0.01,
-            timeout=0.5, retries=3,
+            server.base_url,
+            tmp_path / "faulty",
+            ids="1-12",
+            delay=0,
+            backoff=0.01,
+            timeout=0.5,
+            retries=3,
         )
         statuses = [status for _, _, status, _ in server.requests]
         fired = dict(server.fired)
@@ -341,8 +352,15 @@ def test_a_damaged_state_file_is_refetched(server, tmp_path):
 
 
 def test_mirror_server_runs_as_a_script(tiny_mirror, tmp_path):
-    script = [sys.executable, "-m", "tests.mirror_server", "--mirror", str(tiny_mirror),
-              "--port", "0"]
+    script = [
+        sys.executable,
+        "-m",
+        "tests.mirror_server",
+        "--mirror",
+        str(tiny_mirror),
+        "--port",
+        "0",
+    ]
     process = subprocess.Popen(
         script, stdout=subprocess.PIPE, text=True, env=cli_env(), cwd=str(REPO)
     )

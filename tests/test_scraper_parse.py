@@ -36,8 +36,7 @@ def test_site_layout_parses_every_field():
     assert f["sample_preparation"] == "Etched in K<sub>3</sub>Fe(CN)<sub>6</sub>"
     assert f["length_bar"] == "10 μm"
     assert f["further_information"] == (
-        "The lamellae of cementite (dark) are embedded in ferrite. "
-        "A second paragraph, 5 µm apart."
+        "The lamellae of cementite (dark) are embedded in ferrite. A second paragraph, 5 µm apart."
     )
     assert f["organisation"].endswith("University of Cambridge")
     assert record.image_src == "micrographs/large/000007.gif"  # not the licence badge
@@ -52,8 +51,17 @@ def test_label_case_spacing_colons_and_missing_fields():
     assert f["categories"] == "Polymer"
     assert f["length_bar"] == "200 μm"
     assert f["organisation"] == "University of Cambridge"  # "Organization" spelling
-    for absent in ("system", "composition", "standard_codes", "reaction", "processing",
-                   "applications", "sample_preparation", "further_information", "contributor"):
+    for absent in (
+        "system",
+        "composition",
+        "standard_codes",
+        "reaction",
+        "processing",
+        "applications",
+        "sample_preparation",
+        "further_information",
+        "contributor",
+    ):
         assert f[absent] == "", absent
     assert record.unknown_labels == ["Magnification"]
     assert record.shown_number == ""
@@ -119,8 +127,13 @@ def encoded(fmt: str, mode: str = "RGB", size=(64, 48)) -> bytes:
 
 @pytest.mark.parametrize(
     "fmt,mode,ext",
-    [("JPEG", "RGB", "jpg"), ("JPEG", "L", "jpg"), ("GIF", "P", "gif"), ("BMP", "RGB", "bmp"),
-     ("PNG", "RGB", "png")],
+    [
+        ("JPEG", "RGB", "jpg"),
+        ("JPEG", "L", "jpg"),
+        ("GIF", "P", "gif"),
+        ("BMP", "RGB", "bmp"),
+        ("PNG", "RGB", "png"),
+    ],
 )
 def test_inspect_image_reports_the_true_format(fmt, mode, ext):
     data = encoded(fmt, mode)

@@ -25,13 +25,22 @@ def test_sigkill_at_random_points_then_resume_gives_the_same_files(tmp_path):
 
         out = tmp_path / "killed"
         command = cli_command(
-            "--base-url", server.base_url, "--out", str(out), "--delay", "0.01",
-            "--missing-run", str(MISSING_RUN),
+            "--base-url",
+            server.base_url,
+            "--out",
+            str(out),
+            "--delay",
+            "0.01",
+            "--missing-run",
+            str(MISSING_RUN),
         )
         kills, finished = 0, False
         for _attempt in range(40):  # until a run gets to the end before its kill
             process = subprocess.Popen(
-                command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                command,
+                stderr=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                text=True,
                 env=cli_env(),
             )
             # Kill after a random number of progress lines plus a random fraction of the next

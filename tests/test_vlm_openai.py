@@ -42,8 +42,9 @@ def stub():
 
 def test_generate_sends_base64_images_and_returns_texts(stub):
     # concurrency 1: the stub's log is then in request order
-    backend = load_backend("openai", "stub-vlm", base_url=stub.base_url, api_key="secret",
-                           concurrency=1)
+    backend = load_backend(
+        "openai", "stub-vlm", base_url=stub.base_url, api_key="secret", concurrency=1
+    )
     requests_ = _requests(3)
     results = backend.generate(requests_, max_new_tokens=12)
     bodies = stub.chat_requests()
@@ -91,8 +92,9 @@ def test_letters_missing_from_top_logprobs_get_a_bounded_share():
 
 
 def test_retries_5xx_and_429_with_backoff_then_succeeds(stub):
-    backend = load_backend("openai", "stub-vlm", base_url=stub.base_url, backoff_s=0.01,
-                           concurrency=1)
+    backend = load_backend(
+        "openai", "stub-vlm", base_url=stub.base_url, backoff_s=0.01, concurrency=1
+    )
     stub.fail_next(2, status=500)
     stub.fail_next(1, status=429)
     results = backend.generate(_requests(1), max_new_tokens=5)
@@ -101,8 +103,7 @@ def test_retries_5xx_and_429_with_backoff_then_succeeds(stub):
 
 
 def test_gives_up_after_retries_naming_the_server(stub):
-    backend = load_backend("openai", "stub-vlm", base_url=stub.base_url, backoff_s=0.0,
-                           retries=2)
+    backend = load_backend("openai", "stub-vlm", base_url=stub.base_url, backoff_s=0.0, retries=2)
     stub.fail_next(5, status=503)
     with pytest.raises(OpenAIBackendError, match=r"failed after 3 attempts.*HTTP 503"):
         backend.generate(_requests(1), max_new_tokens=5)
@@ -117,8 +118,9 @@ def test_client_errors_fail_at_once_with_the_servers_message(stub):
 
 
 def test_connection_refused_is_retried_then_reported():
-    backend = load_backend("openai", "m", base_url="http://127.0.0.1:9/v1", backoff_s=0.0,
-                           retries=1, timeout=2)
+    backend = load_backend(
+        "openai", "m", base_url="http://127.0.0.1:9/v1", backoff_s=0.0, retries=1, timeout=2
+    )
     with pytest.raises(OpenAIBackendError, match="ConnectionError"):
         backend.generate(_requests(1), max_new_tokens=5)
 

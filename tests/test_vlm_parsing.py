@@ -116,8 +116,9 @@ def test_boilerplate_around_a_letter_parses_to_it(data, letters):
 @settings(max_examples=300, deadline=None)
 @given(data=st.data(), letters=letters_strategy, before=FILLER, between=FILLER, after=FILLER)
 def test_two_different_committed_letters_parse_to_none(data, letters, before, between, after):
-    first, second = data.draw(st.lists(st.sampled_from(letters), min_size=2, max_size=2,
-                                       unique=True))
+    first, second = data.draw(
+        st.lists(st.sampled_from(letters), min_size=2, max_size=2, unique=True)
+    )
     t1, t2 = (data.draw(st.sampled_from(COMMIT_TEMPLATES)) for _ in range(2))
     text = " ".join([before, t1.format(L=first), between, t2.format(L=second), after])
     assert parse_choice(text, letters) is None
@@ -137,24 +138,43 @@ def test_option_texts_never_produce_an_unoffered_letter(text):
 
 # --- descriptions ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "text,technique,category",
     [
         ("This SEM image shows a fracture surface of a steel.", taxonomy.SEM, taxonomy.METAL),
-        ("Bright-field transmission electron micrograph of dislocations in an aluminium alloy.",
-         taxonomy.TEM, taxonomy.METAL),
+        (
+            "Bright-field transmission electron micrograph of dislocations in an aluminium alloy.",
+            taxonomy.TEM,
+            taxonomy.METAL,
+        ),
         ("Atomic force microscopy height map of a polymer film.", taxonomy.AFM, taxonomy.POLYMER),
-        ("Transmitted polarised light micrograph of polyethylene spherulites in thin section.",
-         taxonomy.OPTICAL_TRANSMITTED, taxonomy.POLYMER),
-        ("Optical micrograph (reflected light) of a etched brass.", taxonomy.OPTICAL_REFLECTED,
-         taxonomy.METAL),
-        ("A light microscope image of alumina grains.", taxonomy.OPTICAL_REFLECTED,
-         taxonomy.CERAMIC),
-        ("A fibre-reinforced composite with an epoxy matrix, imaged by SEM.", taxonomy.SEM,
-         taxonomy.COMPOSITE),
+        (
+            "Transmitted polarised light micrograph of polyethylene spherulites in thin section.",
+            taxonomy.OPTICAL_TRANSMITTED,
+            taxonomy.POLYMER,
+        ),
+        (
+            "Optical micrograph (reflected light) of a etched brass.",
+            taxonomy.OPTICAL_REFLECTED,
+            taxonomy.METAL,
+        ),
+        (
+            "A light microscope image of alumina grains.",
+            taxonomy.OPTICAL_REFLECTED,
+            taxonomy.CERAMIC,
+        ),
+        (
+            "A fibre-reinforced composite with an epoxy matrix, imaged by SEM.",
+            taxonomy.SEM,
+            taxonomy.COMPOSITE,
+        ),
         ("It could be SEM or TEM; the material is unclear.", None, None),
-        ("The image is not an SEM image; it is an atomic force microscopy scan of glass.",
-         taxonomy.AFM, taxonomy.CERAMIC),
+        (
+            "The image is not an SEM image; it is an atomic force microscopy scan of glass.",
+            taxonomy.AFM,
+            taxonomy.CERAMIC,
+        ),
         ("", None, None),
     ],
 )
@@ -171,8 +191,10 @@ def test_keyword_recall_counts_stems_and_phrases():
 
 
 def test_bare_words_inside_an_option_name_are_not_mentions():
-    options = {"A": ("Reflected-light optical microscopy", "Optical (reflected)"),
-               "B": ("Transmitted-light optical microscopy", "Optical (transmitted)")}
+    options = {
+        "A": ("Reflected-light optical microscopy", "Optical (reflected)"),
+        "B": ("Transmitted-light optical microscopy", "Optical (transmitted)"),
+    }
     assert parse_choice("x-ray image, reflected somewhere", ["A", "B"], options) is None
     assert parse_choice("Optical (transmitted)", ["A", "B"], options) == "B"
     assert parse_choice("optical microscopy", ["A", "B"], options) is None  # both optical

@@ -46,15 +46,21 @@ def test_context_comes_before_the_question():
 
 
 def test_permutations_are_seeded_per_image_and_cover_every_position():
-    orders = [build_question("technique", permute=True, seed=0, image_key=str(i)).classes
-              for i in range(200)]
-    again = [build_question("technique", permute=True, seed=0, image_key=str(i)).classes
-             for i in range(200)]
+    orders = [
+        build_question("technique", permute=True, seed=0, image_key=str(i)).classes
+        for i in range(200)
+    ]
+    again = [
+        build_question("technique", permute=True, seed=0, image_key=str(i)).classes
+        for i in range(200)
+    ]
     assert orders == again  # a rerun asks exactly the same questions (cache hits)
     assert all(sorted(o) == sorted(taxonomy.TECHNIQUE_FAMILIES) for o in orders)
     for position in range(5):  # each class visits each position roughly uniformly
         counts = Counter(o[position] for o in orders)
         assert set(counts) == set(taxonomy.TECHNIQUE_FAMILIES) and min(counts.values()) >= 20
-    other_seed = [build_question("technique", permute=True, seed=1, image_key=str(i)).classes
-                  for i in range(200)]
+    other_seed = [
+        build_question("technique", permute=True, seed=1, image_key=str(i)).classes
+        for i in range(200)
+    ]
     assert other_seed != orders

@@ -25,8 +25,11 @@ from tests.conftest import REPO
 from tests.openai_stub import OpenAIStub, deterministic_letter, request_text_and_image
 from tests.vlm_data import make_clip_outputs, make_dataset
 
-JOB_TASKS = {"technique": "technique_family", "category": "primary_category",
-             "technique_coarse": "technique_coarse"}
+JOB_TASKS = {
+    "technique": "technique_family",
+    "category": "primary_category",
+    "technique_coarse": "technique_coarse",
+}
 
 
 @pytest.fixture
@@ -47,9 +50,13 @@ def stub():
 def _run(stub, records, tmp_path, **settings):
     sample = runner.question_sample(records, "all")
     return runner.run_study(
-        ["stub-vlm"], backend="openai", sample=sample,
-        settings=runner.RunSettings(**settings), cache_path=tmp_path / "cache.sqlite",
-        backend_options={"base_url": stub.base_url, "concurrency": 2}, log=lambda *_: None,
+        ["stub-vlm"],
+        backend="openai",
+        sample=sample,
+        settings=runner.RunSettings(**settings),
+        cache_path=tmp_path / "cache.sqlite",
+        backend_options={"base_url": stub.base_url, "concurrency": 2},
+        log=lambda *_: None,
         context=settings.get("contexts") and ClipContext(records),
     )
 
@@ -62,8 +69,12 @@ def test_sample_excludes_other_family_and_runs_every_job(env, stub):
     assert sample_size == 16  # 18 records minus the two photographs
     counts = answers.groupby(["task", "prompt_set"]).size().to_dict()
     # The "Device" specimen (2 images) has no primary category: skipped and reported.
-    assert counts == {("category", "earlier_study"): 14, ("category", "study"): 14,
-                      ("technique", "study"): 16, ("technique_coarse", "earlier_study"): 16}
+    assert counts == {
+        ("category", "earlier_study"): 14,
+        ("category", "study"): 14,
+        ("technique", "study"): 16,
+        ("technique_coarse", "earlier_study"): 16,
+    }
     assert {s["reason"] for s in result.skipped} == {"no primary_category label"}
     assert len(stub.chat_requests()) == len(answers)
     for row in answers.itertuples():
@@ -86,8 +97,9 @@ def test_rerun_reads_everything_from_the_cache(env, stub):
     second = _run(stub, records, tmp_path, mode="generate")
     assert len(stub.chat_requests()) == asked  # nothing asked again
     assert second.answers["cached"].all() and second.descriptions["cached"].all()
-    pd.testing.assert_frame_equal(first.answers.drop(columns="cached"),
-                                  second.answers.drop(columns="cached"))
+    pd.testing.assert_frame_equal(
+        first.answers.drop(columns="cached"), second.answers.drop(columns="cached")
+    )
 
 
 def test_generate_mode_parses_the_stubs_sentences(env, stub):
@@ -100,8 +112,9 @@ def test_generate_mode_parses_the_stubs_sentences(env, stub):
     # With permuted options, the predicted class is the one the stub's letter pointed at.
     asked = {request_text_and_image(b): b for b in stub.chat_requests()}
     for row in answers.itertuples():
-        q = build_question(row.task, row.prompt_set, permute=True, seed=3,
-                           image_key=str(row.micrograph_no))
+        q = build_question(
+            row.task, row.prompt_set, permute=True, seed=3, image_key=str(row.micrograph_no)
+        )
         assert q.permutation == row.permutation
         path = records.set_index("micrograph_no").loc[row.micrograph_no, "image_path"]
         with Image.open(path) as image:
@@ -117,27 +130,36 @@ def test_generate_mode_parses_the_stubs_sentences(env, stub):
 
 def test_clip_context_variants_and_no_leakage(env, stub):
     tmp_path, records = env
-    make_clip_outputs(tmp_path / "build" / "clip", list(records["micrograph_no"]),
-                      list(records["specimen_group"]))
+    make_clip_outputs(
+        tmp_path / "build" / "clip", list(records["micrograph_no"]), list(records["specimen_group"])
+    )
     context = ClipContext(records)
     for mno, group in zip(records["micrograph_no"], records["specimen_group"], strict=True):
         near = context.neighbours(mno)
         assert len(near) == 3
         assert mno not in set(near["micrograph_no"])
         assert group not in set(near["specimen_group"])  # not even its near-duplicate twin
-    result = _run(stub, records, tmp_path, contexts=("none", "clip_topk", "clip_neighbours"),
-                  describe=False)
+    result = _run(
+        stub, records, tmp_path, contexts=("none", "clip_topk", "clip_neighbours"), describe=False
+    )
     study = result.answers[result.answers["prompt_set"] == "study"]
     assert study.groupby("context").size().to_dict() == {
-        "clip_neighbours": 30, "clip_topk": 30, "none": 30}
+        "clip_neighbours": 30,
+        "clip_topk": 30,
+        "none": 30,
+    }
     by_text = {request_text_and_image(b)[0]: b for b in stub.chat_requests()}
     for text in by_text:
         if "Expert annotations" in text:
             assert "Hint from a CLIP image classifier" in text
     for row in study[study["context"] == "clip_neighbours"].itertuples():
         own = records.set_index("micrograph_no").loc[row.micrograph_no, "brief_description"]
-        prompt = next(t for t in by_text if "Expert annotations" in t and
-                      context.render("clip_neighbours", row.micrograph_no, row.task) in t)
+        prompt = next(
+            t
+            for t in by_text
+            if "Expert annotations" in t
+            and context.render("clip_neighbours", row.micrograph_no, row.task) in t
+        )
         assert own not in prompt
     assert context.substitute_labels() == ["random CLIP weights in context"]
 
@@ -190,14 +212,41 @@ def test_unloadable_hub_model_is_substituted_loudly_or_refused_under_strict(env,
 
 
 def _cli(tmp_path, stub, cache, extra=()):
-    env = {**os.environ, "PYTHONPATH": f"{REPO / 'lib'}:{REPO}",
-           "MICROQA_BUILD": str(tmp_path / "build"), "MICROQA_DATA": str(tmp_path / "data")}
-    cmd = [sys.executable, "-m", "microqa", "vlm", "--backend", "openai", "--model", "stub-vlm",
-           "--base-url", stub.base_url, "--dataset", str(tmp_path / "ds"), "--n", "all",
-           "--tasks", "technique/study,category/study", "--no-describe", "--chunk-size", "2",
-           "--concurrency", "2", "--cache", str(cache), *extra]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{REPO / 'lib'}:{REPO}",
+        "MICROQA_BUILD": str(tmp_path / "build"),
+        "MICROQA_DATA": str(tmp_path / "data"),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "microqa",
+        "vlm",
+        "--backend",
+        "openai",
+        "--model",
+        "stub-vlm",
+        "--base-url",
+        stub.base_url,
+        "--dataset",
+        str(tmp_path / "ds"),
+        "--n",
+        "all",
+        "--tasks",
+        "technique/study,category/study",
+        "--no-describe",
+        "--chunk-size",
+        "2",
+        "--concurrency",
+        "2",
+        "--cache",
+        str(cache),
+        *extra,
+    ]
+    return subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def _rows(cache) -> int:
@@ -257,11 +306,15 @@ def test_report_tables_agree_with_what_the_server_answered(env, stub):
     assert tech["chosen_share"].sum() == pytest.approx(1.0)
     assert tech["truth_share"].sum() == pytest.approx(1.0)
     # Independently, from the server's log: which letters did it answer for this question?
-    asked = [deterministic_letter(b) for b in stub.chat_requests()
-             if "Which imaging technique" in request_text_and_image(b)[0]]
+    asked = [
+        deterministic_letter(b)
+        for b in stub.chat_requests()
+        if "Which imaging technique" in request_text_and_image(b)[0]
+    ]
     for position in tech.index:
         assert tech.loc[position, "chosen_share"] == pytest.approx(
-            asked.count(position) / len(asked))
+            asked.count(position) / len(asked)
+        )
 
 
 def test_unparseable_answers_count_as_wrong_never_guessed(env):
@@ -279,12 +332,19 @@ def test_saving_merges_models_and_replaces_a_rerun_model(env, stub):
     runner.save_answers(_run(stub, records, tmp_path, describe=False), fresh=True)
     with OpenAIStub(model="other-vlm") as other:
         second = runner.run_study(
-            ["other-vlm"], backend="openai", sample=runner.question_sample(records, 4),
-            settings=runner.RunSettings(describe=False), cache_path=tmp_path / "c2.sqlite",
-            backend_options={"base_url": other.base_url}, log=lambda *_: None)
+            ["other-vlm"],
+            backend="openai",
+            sample=runner.question_sample(records, 4),
+            settings=runner.RunSettings(describe=False),
+            cache_path=tmp_path / "c2.sqlite",
+            backend_options={"base_url": other.base_url},
+            log=lambda *_: None,
+        )
     runner.save_answers(second)
     merged = runner.load_answers()
-    assert merged.groupby("model").size().to_dict() == {"other-vlm": len(second.answers),
-                                                        "stub-vlm": 60}
+    assert merged.groupby("model").size().to_dict() == {
+        "other-vlm": len(second.answers),
+        "stub-vlm": 60,
+    }
     runner.save_answers(second)  # rerunning a model replaces its rows, never duplicates them
     assert len(runner.load_answers()) == len(merged)

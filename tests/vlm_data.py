@@ -15,8 +15,7 @@ from microqa.dataset import RECORD_COLUMNS
 # (technique string as on the site, categories): two records (one specimen) each.
 SPECIMENS = [
     ("Scanning electron microscopy (SEM)", "Fracture, Metal or alloy"),
-    ("Scanning electron microscopy (SEM) in backscattered electron imaging (BEI) mode",
-     "Ceramic"),
+    ("Scanning electron microscopy (SEM) in backscattered electron imaging (BEI) mode", "Ceramic"),
     ("Transmission electron microscopy (TEM)", "Metal or alloy"),
     ("High resolution electron microscopy (HREM)", "Ceramic, Composite"),
     ("Atomic force microscopy (AFM)", "Polymer"),
@@ -25,9 +24,17 @@ SPECIMENS = [
     ("Cross-polarised light microscopy", "Device"),  # transmitted; no primary category
     ("Photography (no microscope)", "Metal or alloy"),  # family Other: not in the QA sample
 ]
-KEYWORDS = ["alloy, dendrite, eutectic", "grain boundary, pores", "dislocation, precipitate",
-            "lattice, interface", "spherulite, lamella", "pearlite, ferrite",
-            "spherulite, birefringence", "liquid crystal", "fracture, casting"]
+KEYWORDS = [
+    "alloy, dendrite, eutectic",
+    "grain boundary, pores",
+    "dislocation, precipitate",
+    "lattice, interface",
+    "spherulite, lamella",
+    "pearlite, ferrite",
+    "spherulite, birefringence",
+    "liquid crystal",
+    "fracture, casting",
+]
 CLASSES = {
     "technique": ("SEM", "TEM", "AFM", "Optical (reflected)", "Optical (transmitted)"),
     "category": ("Metal or alloy", "Ceramic", "Polymer", "Composite"),
@@ -64,8 +71,9 @@ def make_dataset(root: Path, *, seed: int = 0) -> Path:
     return root
 
 
-def make_clip_outputs(clip_dir: Path, numbers: list[int], groups: list[str], *,
-                      seed: int = 0) -> Path:
+def make_clip_outputs(
+    clip_dir: Path, numbers: list[int], groups: list[str], *, seed: int = 0
+) -> Path:
     """zero_shot_scores.csv, best_prompt_sets.csv, features.npz/json as the CLIP stage writes.
 
     Images of one specimen get almost identical embeddings, so a neighbour search that forgot
@@ -78,8 +86,15 @@ def make_clip_outputs(clip_dir: Path, numbers: list[int], groups: list[str], *,
             for prompt_set in ("plain", "ensemble"):
                 probs = rng.dirichlet(np.ones(len(classes)))
                 score_rows += [
-                    {"micrograph_no": n, "model": "ViT-B-32:openai", "weights": "random",
-                     "task": task, "prompt_set": prompt_set, "class": c, "probability": p}
+                    {
+                        "micrograph_no": n,
+                        "model": "ViT-B-32:openai",
+                        "weights": "random",
+                        "task": task,
+                        "prompt_set": prompt_set,
+                        "class": c,
+                        "probability": p,
+                    }
                     for c, p in zip(classes, probs, strict=True)
                 ]
     import pandas as pd

@@ -371,21 +371,36 @@ def compare(
                 )
                 curves.append(curve)
                 choices.append(
-                    {"task": task, "hybrid": "cascade", "base": base.name, "vlm": vlm.name,
-                     "chosen": threshold, "n_select": len(select)}
+                    {
+                        "task": task,
+                        "hybrid": "cascade",
+                        "base": base.name,
+                        "vlm": vlm.name,
+                        "chosen": threshold,
+                        "n_select": len(select),
+                    }
                 )
                 if vlm.probabilities is not None:
                     w = choose_fusion_weight(base, vlm, select)
                     hybrids.append(fuse(base, vlm, w))
                     choices.append(
-                        {"task": task, "hybrid": "fusion", "base": base.name, "vlm": vlm.name,
-                         "chosen": w, "n_select": len(select)}
+                        {
+                            "task": task,
+                            "hybrid": "fusion",
+                            "base": base.name,
+                            "vlm": vlm.name,
+                            "chosen": w,
+                            "n_select": len(select),
+                        }
                     )
         for m in methods + hybrids:
             tables.append(summarise_method(m, evaluate, n_boot=n_boot, seed=seed))
         pairs = [(c.name, v.name) for c in clips for v in vlms]
-        pairs += [(h.name, h.name.split(": ", 1)[1].split(" -> ")[0]) for h in hybrids
-                  if h.kind == "cascade"]
+        pairs += [
+            (h.name, h.name.split(": ", 1)[1].split(" -> ")[0])
+            for h in hybrids
+            if h.kind == "cascade"
+        ]
         paired.append(paired_tests(methods + hybrids, evaluate, pairs))
     table = pd.DataFrame(tables)
     if not table.empty:

@@ -23,14 +23,33 @@ from PIL import Image
 from microqa import config, provenance, taxonomy
 
 RECORD_COLUMNS = [
-    "micrograph_no", "brief_description", "keywords", "categories", "system", "composition",
-    "standard_codes", "reaction", "processing", "applications", "sample_preparation",
-    "technique", "length_bar", "further_information", "contributor", "organisation",
-    "image_url", "page_url",
+    "micrograph_no",
+    "brief_description",
+    "keywords",
+    "categories",
+    "system",
+    "composition",
+    "standard_codes",
+    "reaction",
+    "processing",
+    "applications",
+    "sample_preparation",
+    "technique",
+    "length_bar",
+    "further_information",
+    "contributor",
+    "organisation",
+    "image_url",
+    "page_url",
 ]
 # The scraper's image columns (after the 18 record columns), describing the stored file.
 IMAGE_COLUMNS = [
-    "image_file", "image_sha256", "image_width", "image_height", "image_format", "image_mode",
+    "image_file",
+    "image_sha256",
+    "image_width",
+    "image_height",
+    "image_format",
+    "image_mode",
     "image_error",
 ]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".gif", ".bmp", ".png", ".tif", ".tiff")
@@ -126,14 +145,21 @@ def image_info(path: Path | str) -> dict[str, object]:
     data = path.read_bytes()
     info: dict[str, object] = {
         "image_sha256": hashlib.sha256(data).hexdigest(),
-        "image_width": pd.NA, "image_height": pd.NA, "image_format": "", "image_mode": "",
+        "image_width": pd.NA,
+        "image_height": pd.NA,
+        "image_format": "",
+        "image_mode": "",
         "image_error": "",
     }
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()  # decode fully, so truncated files are caught here
-            info.update(image_width=image.width, image_height=image.height,
-                        image_format=image.format or "", image_mode=image.mode)
+            info.update(
+                image_width=image.width,
+                image_height=image.height,
+                image_format=image.format or "",
+                image_mode=image.mode,
+            )
     except Exception as error:  # Pillow raises many types for bad files; keep the reason
         info["image_error"] = f"{type(error).__name__}: {error}"
     return info
@@ -234,8 +260,9 @@ def taxonomy_table(df: pd.DataFrame) -> pd.DataFrame:
             technique=df["technique"].map(lambda t: re.sub(r"\s+", " ", str(t)).strip()),
             technique_coarse=df["technique_coarse"].fillna("(excluded)"),
         )
-        .groupby(["technique", "technique_family", "technique_mode", "technique_coarse"],
-                 dropna=False)
+        .groupby(
+            ["technique", "technique_family", "technique_mode", "technique_coarse"], dropna=False
+        )
         .size()
         .rename("n")
         .reset_index()
@@ -243,9 +270,17 @@ def taxonomy_table(df: pd.DataFrame) -> pd.DataFrame:
     family_order = {f: i for i, f in enumerate(taxonomy.ALL_FAMILIES)}
     table["_order"] = table["technique_family"].map(family_order)
     table = table.sort_values(["_order", "n", "technique"], ascending=[True, False, True])
-    return table[["technique", "n", "technique_family", "technique_mode", "technique_coarse"]] \
-        .rename(columns={"technique_family": "family", "technique_mode": "mode",
-                         "technique_coarse": "coarse_class"}).reset_index(drop=True)
+    return (
+        table[["technique", "n", "technique_family", "technique_mode", "technique_coarse"]]
+        .rename(
+            columns={
+                "technique_family": "family",
+                "technique_mode": "mode",
+                "technique_coarse": "coarse_class",
+            }
+        )
+        .reset_index(drop=True)
+    )
 
 
 def category_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -347,8 +382,9 @@ def select_sample(df: pd.DataFrame, n: int = SAMPLE_SIZE, *, seed: int = 0) -> p
     pool["_primary"] = pool["primary_category"].fillna("(none)")
     pool["_combination"] = pool["category_set"].map(", ".join)
     pool["_technique"] = pool["technique"].map(taxonomy.normalise)
-    pool["_file_kind"] = with_image_metadata(pool)[["image_format", "image_mode"]] \
-        .agg(" ".join, axis=1)
+    pool["_file_kind"] = with_image_metadata(pool)[["image_format", "image_mode"]].agg(
+        " ".join, axis=1
+    )
     chosen: list[int] = []
     taken: set[str] = set()
 
@@ -373,9 +409,7 @@ def select_sample(df: pd.DataFrame, n: int = SAMPLE_SIZE, *, seed: int = 0) -> p
         have = selected["technique_family"].value_counts()
         left = pool[~pool["micrograph_no"].isin(chosen)]
         deficit = {
-            f: targets[f] - have.get(f, 0)
-            for f in targets
-            if (left["technique_family"] == f).any()
+            f: targets[f] - have.get(f, 0) for f in targets if (left["technique_family"] == f).any()
         }
         family = max(deficit, key=lambda f: (deficit[f], targets[f], f))
         take(left[left["technique_family"] == family])
@@ -467,8 +501,7 @@ def _write_sample(
         if info["image_error"]:
             raise DatasetError(f"{record['image_path']}: {info['image_error']}")
         raw = source[source["micrograph_no"].astype(int) == record["micrograph_no"]].iloc[0]
-        rows.append({**{c: raw.get(c, "") for c in RECORD_COLUMNS},
-                     "image_file": relative, **info})
+        rows.append({**{c: raw.get(c, "") for c in RECORD_COLUMNS}, "image_file": relative, **info})
     table = pd.DataFrame(rows, columns=RECORD_COLUMNS + IMAGE_COLUMNS)
     table.to_csv(staging / "records.csv", index=False, lineterminator="\n", encoding="utf-8")
     (staging / "LICENSE.md").write_text(_license_text(table, max_side), encoding="utf-8")
@@ -495,14 +528,23 @@ def _license_text(table: pd.DataFrame, max_side: int) -> str:
 
 
 def configure_cli(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--mirror", required=True, type=Path,
-                        help="a dataset directory (records.csv + images/), e.g. ../shared/doitpoms")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="where to write the sample (default: data/sample)")
+    parser.add_argument(
+        "--mirror",
+        required=True,
+        type=Path,
+        help="a dataset directory (records.csv + images/), e.g. ../shared/doitpoms",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="where to write the sample (default: data/sample)"
+    )
     parser.add_argument("--n", type=int, default=SAMPLE_SIZE, help="number of records")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-side", type=int, default=SAMPLE_MAX_SIDE,
-                        help="long side of the stored images, in pixels")
+    parser.add_argument(
+        "--max-side",
+        type=int,
+        default=SAMPLE_MAX_SIDE,
+        help="long side of the stored images, in pixels",
+    )
 
 
 def run_cli(args: argparse.Namespace) -> int:

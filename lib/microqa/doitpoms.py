@@ -51,14 +51,33 @@ from microqa import config, provenance
 
 # The mirror's columns (same names and order as dataset.RECORD_COLUMNS), then the scraper's.
 RECORD_COLUMNS = [
-    "micrograph_no", "brief_description", "keywords", "categories", "system", "composition",
-    "standard_codes", "reaction", "processing", "applications", "sample_preparation",
-    "technique", "length_bar", "further_information", "contributor", "organisation",
-    "image_url", "page_url",
+    "micrograph_no",
+    "brief_description",
+    "keywords",
+    "categories",
+    "system",
+    "composition",
+    "standard_codes",
+    "reaction",
+    "processing",
+    "applications",
+    "sample_preparation",
+    "technique",
+    "length_bar",
+    "further_information",
+    "contributor",
+    "organisation",
+    "image_url",
+    "page_url",
 ]
 FIELD_COLUMNS = RECORD_COLUMNS[1:16]  # the 15 fields a record page shows
 IMAGE_COLUMNS = [
-    "image_file", "image_sha256", "image_width", "image_height", "image_format", "image_mode",
+    "image_file",
+    "image_sha256",
+    "image_width",
+    "image_height",
+    "image_format",
+    "image_mode",
     "image_error",
 ]
 OUTPUT_COLUMNS = RECORD_COLUMNS + IMAGE_COLUMNS
@@ -680,9 +699,7 @@ def _needs_retry(state: dict) -> bool:
     return state["status"] == "record" and bool(state["row"].get("image_error"))
 
 
-def _scrape_one(
-    record_id: int, fetcher: Fetcher, store: Store, result: ScrapeResult, say
-) -> dict:
+def _scrape_one(record_id: int, fetcher: Fetcher, store: Store, result: ScrapeResult, say) -> dict:
     """Fetch, parse and save one id; returns its saved state. FetchError: page failed."""
     page_url = urljoin(fetcher.base_url, RECORD_PAGE.format(id=record_id))
     page = fetcher.get(page_url, max_bytes=MAX_PAGE_BYTES)
@@ -803,8 +820,13 @@ def resolve_dataset(
         try:
             result = scrape(base_url, target, ids=ids or None, delay=delay, log=log)
             choice = DatasetChoice(
-                "scraped", target, base_url, result.n_records, result.n_images,
-                failures=result.failures, complete=result.complete,
+                "scraped",
+                target,
+                base_url,
+                result.n_records,
+                result.n_images,
+                failures=result.failures,
+                complete=result.complete,
             )
         except SiteUnreachable as exc:
             choice = _sample_instead(str(exc), target)
@@ -861,8 +883,16 @@ def failures_table(choice: DatasetChoice) -> pd.DataFrame:
 
 
 PREVIEW_COLUMNS = [
-    "micrograph_no", "brief_description", "categories", "technique", "length_bar",
-    "image_file", "image_format", "image_mode", "image_width", "image_height",
+    "micrograph_no",
+    "brief_description",
+    "categories",
+    "technique",
+    "length_bar",
+    "image_file",
+    "image_format",
+    "image_mode",
+    "image_width",
+    "image_height",
 ]
 
 
@@ -876,22 +906,46 @@ def preview(dataset_dir: Path | str, n: int = 5) -> pd.DataFrame:
 
 
 def configure_cli(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--base-url", default=config.DEFAULT_DOITPOMS_URL,
-                        help="the library's base URL (default: %(default)s)")
+    parser.add_argument(
+        "--base-url",
+        default=config.DEFAULT_DOITPOMS_URL,
+        help="the library's base URL (default: %(default)s)",
+    )
     parser.add_argument("--out", required=True, help="output dataset directory")
-    parser.add_argument("--ids", default=None,
-                        help="ids to fetch, e.g. 1-40 or 1-10,77 (default: discover)")
-    parser.add_argument("--delay", type=float, default=DEFAULT_DELAY,
-                        help="seconds between requests (default: %(default)s)")
-    parser.add_argument("--missing-run", type=int, default=DEFAULT_MISSING_RUN,
-                        help="discovery stops after this many missing ids in a row past the "
-                             "last record (default: %(default)s)")
-    parser.add_argument("--retries", type=int, default=DEFAULT_RETRIES,
-                        help="retries per URL (default: %(default)s)")
-    parser.add_argument("--backoff", type=float, default=DEFAULT_BACKOFF,
-                        help="backoff factor in seconds (default: %(default)s)")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
-                        help="seconds to wait for a server (default: %(default)s)")
+    parser.add_argument(
+        "--ids", default=None, help="ids to fetch, e.g. 1-40 or 1-10,77 (default: discover)"
+    )
+    parser.add_argument(
+        "--delay",
+        type=float,
+        default=DEFAULT_DELAY,
+        help="seconds between requests (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--missing-run",
+        type=int,
+        default=DEFAULT_MISSING_RUN,
+        help="discovery stops after this many missing ids in a row past the "
+        "last record (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=DEFAULT_RETRIES,
+        help="retries per URL (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--backoff",
+        type=float,
+        default=DEFAULT_BACKOFF,
+        help="backoff factor in seconds (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        help="seconds to wait for a server (default: %(default)s)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no per-id progress lines")
 
 
@@ -925,8 +979,10 @@ def run_cli(args: argparse.Namespace) -> int:
         f"(last id probed {result.last_id}), {result.requests_made} requests -> {args.out}"
     )
     if result.failures:
-        print(f"{len(result.failures)} failed (rerun the same command to retry them):",
-              file=sys.stderr)
+        print(
+            f"{len(result.failures)} failed (rerun the same command to retry them):",
+            file=sys.stderr,
+        )
         for failure in result.failures:
             print(f"  {failure}", file=sys.stderr)
         return 1

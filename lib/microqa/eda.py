@@ -17,8 +17,9 @@ from microqa import dataset, provenance, taxonomy
 
 NONE = "(none)"  # records a single-label task excludes (e.g. category "Device", technique Other)
 # The record fields a reader of a micrograph would use, in the site's order.
-TEXT_FIELDS = [c for c in dataset.RECORD_COLUMNS if c not in ("micrograph_no", "image_url",
-                                                              "page_url")]
+TEXT_FIELDS = [
+    c for c in dataset.RECORD_COLUMNS if c not in ("micrograph_no", "image_url", "page_url")
+]
 
 
 # Values that stand for "not given" (199 compositions read "Not specified").
@@ -103,9 +104,12 @@ def plot_class_counts(df: pd.DataFrame, labels: Sequence[str] = ()) -> plt.Figur
     for ax, (title, column, classes) in zip(axes, panels, strict=True):
         counts = class_counts(df, column, classes)
         sns.barplot(data=counts, y="class", x="n", ax=ax, color=sns.color_palette()[0])
-        ax.bar_label(ax.containers[0], labels=[
-            f"{n} ({s:.0%})" for n, s in zip(counts["n"], counts["share"], strict=True)
-        ], padding=3, fontsize=9)
+        ax.bar_label(
+            ax.containers[0],
+            labels=[f"{n} ({s:.0%})" for n, s in zip(counts["n"], counts["share"], strict=True)],
+            padding=3,
+            fontsize=9,
+        )
         ax.set_xscale("log")
         ax.set_xlim(0.8, counts["n"].max() * 6)
         ax.set(title=title, xlabel="records (log scale)", ylabel="")
@@ -118,19 +122,29 @@ def plot_technique_strings(df: pd.DataFrame, labels: Sequence[str] = ()) -> plt.
     """Every raw technique string, coloured by the family it maps to."""
     table = dataset.taxonomy_table(df).sort_values("n", ascending=False)
     table["label"] = [
-        _wrap(t, 60) + (f"  [{f.split(' ')[-1].strip('()')}]" if "cross-polarised light" in
-                        t.lower() else "")
+        _wrap(t, 60)
+        + (f"  [{f.split(' ')[-1].strip('()')}]" if "cross-polarised light" in t.lower() else "")
         for t, f in zip(table["technique"], table["family"], strict=True)
     ]
     fig, ax = plt.subplots(figsize=(10, 0.42 * len(table) + 1.5))
-    sns.barplot(data=table, y="label", x="n", hue="family", dodge=False, ax=ax,
-                hue_order=[f for f in taxonomy.ALL_FAMILIES if f in set(table["family"])])
+    sns.barplot(
+        data=table,
+        y="label",
+        x="n",
+        hue="family",
+        dodge=False,
+        ax=ax,
+        hue_order=[f for f in taxonomy.ALL_FAMILIES if f in set(table["family"])],
+    )
     for container in ax.containers:
         ax.bar_label(container, padding=3, fontsize=8)
     ax.set_xscale("log")
     ax.set_xlim(0.8, table["n"].max() * 3)
-    ax.set(xlabel="records (log scale)", ylabel="",
-           title=provenance.stamp("Raw technique strings and their family", labels))
+    ax.set(
+        xlabel="records (log scale)",
+        ylabel="",
+        title=provenance.stamp("Raw technique strings and their family", labels),
+    )
     ax.tick_params(axis="y", labelsize=8)
     ax.legend(title="family", loc="lower right", fontsize=8)
     fig.tight_layout()
@@ -147,8 +161,14 @@ def category_label_counts(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for label, n in exploded["category_set"].value_counts().items():
         has = df["category_set"].map(lambda s, label=label: label in s)
-        rows.append({"category": label, "n": int(n), "share": n / len(df),
-                     "n_alone": int((has & (sizes == 1)).sum())})
+        rows.append(
+            {
+                "category": label,
+                "n": int(n),
+                "share": n / len(df),
+                "n_alone": int((has & (sizes == 1)).sum()),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -176,9 +196,16 @@ def category_cooccurrence(df: pd.DataFrame) -> pd.DataFrame:
 def plot_category_cooccurrence(df: pd.DataFrame, labels: Sequence[str] = ()) -> plt.Figure:
     matrix = category_cooccurrence(df)
     fig, ax = plt.subplots(figsize=(9, 7.5))
-    sns.heatmap(np.log10(matrix.replace(0, np.nan)), annot=matrix.where(matrix > 0), fmt=".0f",
-                cmap="viridis", cbar_kws={"label": "log10 records"}, ax=ax, linewidths=0.5,
-                annot_kws={"fontsize": 9})
+    sns.heatmap(
+        np.log10(matrix.replace(0, np.nan)),
+        annot=matrix.where(matrix > 0),
+        fmt=".0f",
+        cmap="viridis",
+        cbar_kws={"label": "log10 records"},
+        ax=ax,
+        linewidths=0.5,
+        annot_kws={"fontsize": 9},
+    )
     ax.set_xticklabels([_wrap(t.get_text(), 18) for t in ax.get_xticklabels()], rotation=90)
     ax.set_yticklabels([_wrap(t.get_text(), 28) for t in ax.get_yticklabels()], rotation=0)
     ax.grid(False)
@@ -198,11 +225,21 @@ def technique_by_category(df: pd.DataFrame) -> pd.DataFrame:
 def plot_technique_by_category(df: pd.DataFrame, labels: Sequence[str] = ()) -> plt.Figure:
     table = technique_by_category(df)
     fig, ax = plt.subplots(figsize=(8, 4.8))
-    sns.heatmap(np.log10(table.replace(0, np.nan)), annot=table, fmt="d", cmap="mako_r",
-                cbar_kws={"label": "log10 records"}, ax=ax, linewidths=0.5)
+    sns.heatmap(
+        np.log10(table.replace(0, np.nan)),
+        annot=table,
+        fmt="d",
+        cmap="mako_r",
+        cbar_kws={"label": "log10 records"},
+        ax=ax,
+        linewidths=0.5,
+    )
     ax.grid(False)
-    ax.set(xlabel="primary category", ylabel="technique family",
-           title=provenance.stamp("Technique family × primary category", labels))
+    ax.set(
+        xlabel="primary category",
+        ylabel="technique family",
+        title=provenance.stamp("Technique family × primary category", labels),
+    )
     ax.tick_params(axis="x", rotation=0)
     fig.tight_layout()
     return fig
@@ -224,10 +261,18 @@ def image_size_summary(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for name, group in [("all", sized), *sized.groupby("image_format")]:
         stats = group["long_side"].describe()
-        rows.append({"format": name, "n": int(stats["count"]), "min": stats["min"],
-                     "q25": stats["25%"], "median": stats["50%"], "q75": stats["75%"],
-                     "max": stats["max"],
-                     "errors": int((group["image_error"].fillna("") != "").sum())})
+        rows.append(
+            {
+                "format": name,
+                "n": int(stats["count"]),
+                "min": stats["min"],
+                "q25": stats["25%"],
+                "median": stats["50%"],
+                "q75": stats["75%"],
+                "max": stats["max"],
+                "errors": int((group["image_error"].fillna("") != "").sum()),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -238,16 +283,25 @@ def plot_image_properties(df: pd.DataFrame, labels: Sequence[str] = ()) -> plt.F
         kind=df["image_format"] + " " + df["image_mode"],
     )
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    sns.histplot(data=sized, x="long_side", hue="image_format", multiple="stack", bins=30,
-                 ax=axes[0])
+    sns.histplot(
+        data=sized, x="long_side", hue="image_format", multiple="stack", bins=30, ax=axes[0]
+    )
     axes[0].set(title="Long side", xlabel="pixels", ylabel="images")
     formats = image_formats(df).assign(kind=lambda t: t["image_format"] + " " + t["image_mode"])
     sns.barplot(data=formats, y="kind", x="n", ax=axes[1], color=sns.color_palette()[0])
     axes[1].bar_label(axes[1].containers[0], padding=3, fontsize=9)
     axes[1].set(title="True format and mode", xlabel="images", ylabel="")
     axes[1].set_xlim(0, formats["n"].max() * 1.2)
-    sns.scatterplot(data=sized, x="image_width", y="image_height", hue="image_format", s=14,
-                    alpha=0.6, ax=axes[2], legend=False)
+    sns.scatterplot(
+        data=sized,
+        x="image_width",
+        y="image_height",
+        hue="image_format",
+        s=14,
+        alpha=0.6,
+        ax=axes[2],
+        legend=False,
+    )
     axes[2].set(title="Width × height", xlabel="width (px)", ylabel="height (px)")
     fig.suptitle(provenance.stamp(f"Images ({len(df)})", labels), weight="bold")
     fig.tight_layout()
@@ -261,8 +315,9 @@ def missing_fields(df: pd.DataFrame) -> pd.DataFrame:
     """Share of records with each text field empty or a placeholder ("Not specified"):
     overall and per technique family."""
     empty = df[TEXT_FIELDS].apply(
-        lambda col: col.fillna("").str.replace("\xa0", " ").str.strip().str.lower()
-        .isin(PLACEHOLDERS)
+        lambda col: (
+            col.fillna("").str.replace("\xa0", " ").str.strip().str.lower().isin(PLACEHOLDERS)
+        )
     )
     family = df["technique_family"].fillna(NONE)
     table = empty.groupby(family).mean().T
@@ -279,12 +334,26 @@ def plot_missing_fields(df: pd.DataFrame, labels: Sequence[str] = ()) -> plt.Fig
         f"{_wrap(c, 12)}\n(n={len(df) if c == 'all' else counts[c]})" for c in table.columns
     ]
     fig, ax = plt.subplots(figsize=(11, 6))
-    sns.heatmap(table * 100, annot=True, fmt=".0f", cmap="rocket_r", vmin=0, vmax=100,
-                cbar_kws={"label": "% of records without a value"}, ax=ax, linewidths=0.5,
-                annot_kws={"fontsize": 8})
+    sns.heatmap(
+        table * 100,
+        annot=True,
+        fmt=".0f",
+        cmap="rocket_r",
+        vmin=0,
+        vmax=100,
+        cbar_kws={"label": "% of records without a value"},
+        ax=ax,
+        linewidths=0.5,
+        annot_kws={"fontsize": 8},
+    )
     ax.grid(False)
-    ax.set(xlabel="", ylabel="", title=provenance.stamp(
-        "Missing fields (% empty or 'Not specified') by technique family", labels))
+    ax.set(
+        xlabel="",
+        ylabel="",
+        title=provenance.stamp(
+            "Missing fields (% empty or 'Not specified') by technique family", labels
+        ),
+    )
     ax.tick_params(axis="x", rotation=0, labelsize=8)
     fig.tight_layout()
     return fig
@@ -310,8 +379,9 @@ def plot_contributors(df: pd.DataFrame, labels: Sequence[str] = (), top: int = 1
         ax.bar_label(ax.containers[0], padding=3, fontsize=9)
         ax.set_xlim(0, table["n"].max() * 1.15)
         n_all = df[column].nunique()
-        ax.set(title=f"Records per {column} (top {len(table)} of {n_all})", xlabel="records",
-               ylabel="")
+        ax.set(
+            title=f"Records per {column} (top {len(table)} of {n_all})", xlabel="records", ylabel=""
+        )
         ax.tick_params(axis="y", labelsize=8)
     fig.suptitle(provenance.stamp("Who made the library", labels), weight="bold")
     fig.tight_layout()

@@ -33,16 +33,22 @@ def balanced_accuracy(y_true: Sequence, y_pred: Sequence) -> float:
     """Mean recall over the classes present in y_true."""
     return float(
         skm.recall_score(
-            np.asarray(y_true, dtype=object), _clean(y_pred), labels=_classes(y_true),
-            average="macro", zero_division=0,
+            np.asarray(y_true, dtype=object),
+            _clean(y_pred),
+            labels=_classes(y_true),
+            average="macro",
+            zero_division=0,
         )
     )
 
 
 def macro_prf(y_true: Sequence, y_pred: Sequence) -> tuple[float, float, float]:
     p, r, f, _ = skm.precision_recall_fscore_support(
-        np.asarray(y_true, dtype=object), _clean(y_pred), labels=_classes(y_true),
-        average="macro", zero_division=0,
+        np.asarray(y_true, dtype=object),
+        _clean(y_pred),
+        labels=_classes(y_true),
+        average="macro",
+        zero_division=0,
     )
     return float(p), float(r), float(f)
 

@@ -57,8 +57,14 @@ def git_sha() -> str:
         if not sha:
             return "unknown"
         changed = _git(
-            "status", "--porcelain", "--untracked-files=no", "--",
-            ".", ":!figures", ":!tables", ":!README.md",
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ".",
+            ":!figures",
+            ":!tables",
+            ":!README.md",
         )
         return sha + ("-dirty" if changed else "")
     except (OSError, subprocess.SubprocessError):

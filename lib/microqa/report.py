@@ -44,8 +44,9 @@ def _balanced_accuracy_pivot(table: pd.DataFrame) -> list[str]:
     table = table.assign(order=table["kind"].map(KIND_ORDER.index))
     for (_, label), rows in table.groupby(["order", "label"], sort=True):
         by_task = rows.set_index("task")
-        cells = [_ci(by_task.loc[t], "balanced_accuracy") if t in by_task.index else ""
-                 for t in tasks]
+        cells = [
+            _ci(by_task.loc[t], "balanced_accuracy") if t in by_task.index else "" for t in tasks
+        ]
         weights = "/".join(sorted(set(rows["weights"])))
         lines.append(f"| {label} | {weights} | " + " | ".join(cells) + " |")
     return lines + [""]
@@ -65,8 +66,11 @@ def _real_feature_summary() -> list[str]:
     ]
     if real.empty:
         return []
-    lines = ["**Real pretrained features** (logistic-regression probe, 5-fold CV with whole "
-             "specimens held out, all labelled images):", ""]
+    lines = [
+        "**Real pretrained features** (logistic-regression probe, 5-fold CV with whole "
+        "specimens held out, all labelled images):",
+        "",
+    ]
     for _, row in real.iterrows():
         lines.append(
             f"- {row['task']} from {row['features']}: balanced accuracy "

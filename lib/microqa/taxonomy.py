@@ -91,8 +91,10 @@ _RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"\bsem\b|scanning electron|fegsem|secondary electron|backscatter", SEM),
         (r"\btem\b|\bhrem\b|\bhrtem\b|\bstem\b|transmission electron|electron diffraction", TEM),
         (r"transmitted|thin section|sensitive tint", OPTICAL_TRANSMITTED),
-        (r"reflected|nomarski|differential interference|\bdic\b|interferential|metallograph",
-         OPTICAL_REFLECTED),
+        (
+            r"reflected|nomarski|differential interference|\bdic\b|interferential|metallograph",
+            OPTICAL_REFLECTED,
+        ),
         (r"photograph|tomograph|x-ray|macro", OTHER),
     )
 )

@@ -16,8 +16,16 @@ from microqa.vlm.base import Backend
 BACKENDS = ("hf", "openai")
 HF_OPTIONS = {"image_budget", "batch_size", "device", "dtype", "revision"}
 OPENAI_OPTIONS = {
-    "base_url", "api_key", "image_budget", "concurrency", "timeout", "retries", "backoff_s",
-    "revision", "weights", "image_format",
+    "base_url",
+    "api_key",
+    "image_budget",
+    "concurrency",
+    "timeout",
+    "retries",
+    "backoff_s",
+    "revision",
+    "weights",
+    "image_format",
 }
 
 

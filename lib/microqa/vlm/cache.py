@@ -124,10 +124,20 @@ class AnswerCache:
         now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         rows = [
             (
-                k.key, k.backend, k.model_id, k.revision, k.prompt_hash, k.image_sha256, k.mode,
-                k.params, a.raw_text, a.choice,
+                k.key,
+                k.backend,
+                k.model_id,
+                k.revision,
+                k.prompt_hash,
+                k.image_sha256,
+                k.mode,
+                k.params,
+                a.raw_text,
+                a.choice,
                 json.dumps(a.probabilities) if a.probabilities is not None else None,
-                a.latency_s, a.visual_tokens, now,
+                a.latency_s,
+                a.visual_tokens,
+                now,
             )
             for k, a in items
         ]

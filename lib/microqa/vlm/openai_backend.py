@@ -162,8 +162,10 @@ class OpenAIBackend:
             {
                 "role": "user",
                 "content": [
-                    {"type": "image_url",
-                     "image_url": {"url": image_data_url(image, fmt=self.image_format)}},
+                    {
+                        "type": "image_url",
+                        "image_url": {"url": image_data_url(image, fmt=self.image_format)},
+                    },
                     {"type": "text", "text": request.prompt},
                 ],
             }

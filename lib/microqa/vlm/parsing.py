@@ -78,7 +78,7 @@ def _committed_letters(text: str) -> set[str]:
         if match:
             found.add(match.group(1))
     for match in _CUE.finditer(plain):
-        letter, rest = match.group(1), plain[match.end():]
+        letter, rest = match.group(1), plain[match.end() :]
         if letter.upper() in _ARTICLES and re.match(r"\s+[A-Za-z]", rest):
             continue  # "the answer is a thin film", "It is A scanning ..."
         found.add(letter)

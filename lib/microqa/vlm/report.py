@@ -28,18 +28,26 @@ def qa_table(answers: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0) -> pd.
         classes = taxonomy.TASKS[task][1]
         scores = probability_matrix(group, classes)
         summary = metrics.summarise(
-            group["truth"].tolist(), group["prediction"].tolist(), scores=scores,
-            classes=classes if scores is not None else None, n_boot=n_boot, seed=seed,
+            group["truth"].tolist(),
+            group["prediction"].tolist(),
+            scores=scores,
+            classes=classes if scores is not None else None,
+            n_boot=n_boot,
+            seed=seed,
         )
         generated = keys[GROUP.index("mode")] == "generate"
-        rows.append({
-            **dict(zip(GROUP, keys, strict=True)),
-            **summary,
-            "unparseable_rate": float(group["prediction"].isna().mean()) if generated else np.nan,
-            "seconds_per_question": float(group["latency_s"].mean()),
-            "visual_tokens_mean": float(pd.to_numeric(group["visual_tokens"]).mean()),
-            "n_from_cache": int(group["cached"].sum()),
-        })
+        rows.append(
+            {
+                **dict(zip(GROUP, keys, strict=True)),
+                **summary,
+                "unparseable_rate": float(group["prediction"].isna().mean())
+                if generated
+                else np.nan,
+                "seconds_per_question": float(group["latency_s"].mean()),
+                "visual_tokens_mean": float(pd.to_numeric(group["visual_tokens"]).mean()),
+                "n_from_cache": int(group["cached"].sum()),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -47,17 +55,28 @@ def accuracy_figure(table: pd.DataFrame, labels: Sequence[str]) -> plt.Figure:
     """Accuracy with 95% bootstrap CIs per model, task/prompt set and context."""
     data = table.assign(question=table["task"] + " / " + table["prompt_set"])
     questions_ = list(dict.fromkeys(data["question"]))
-    fig, axes = plt.subplots(1, len(questions_), figsize=(4.2 * len(questions_), 3.8),
-                             sharey=True, squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(questions_), figsize=(4.2 * len(questions_), 3.8), sharey=True, squeeze=False
+    )
     for ax, question in zip(axes[0], questions_, strict=True):
         part = data[data["question"] == question]
         sns.barplot(part, x="context", y="accuracy", hue="model", ax=ax, errorbar=None)
-        for bar_group, (_, sub) in zip(ax.containers, part.groupby("model", sort=False),
-                                       strict=False):
+        for bar_group, (_, sub) in zip(
+            ax.containers, part.groupby("model", sort=False), strict=False
+        ):
             xs = [b.get_x() + b.get_width() / 2 for b in bar_group]
-            ax.errorbar(xs, sub["accuracy"], yerr=[sub["accuracy"] - sub["accuracy_ci_low"],
-                                                   sub["accuracy_ci_high"] - sub["accuracy"]],
-                        fmt="none", ecolor="black", capsize=3, lw=1)
+            ax.errorbar(
+                xs,
+                sub["accuracy"],
+                yerr=[
+                    sub["accuracy"] - sub["accuracy_ci_low"],
+                    sub["accuracy_ci_high"] - sub["accuracy"],
+                ],
+                fmt="none",
+                ecolor="black",
+                capsize=3,
+                lw=1,
+            )
         ax.set_title(question)
         ax.set_ylim(0, 1)
         if ax is not axes[0][0] and ax.get_legend():
@@ -67,8 +86,9 @@ def accuracy_figure(table: pd.DataFrame, labels: Sequence[str]) -> plt.Figure:
     return fig
 
 
-def confusion_figure(answers: pd.DataFrame, task: str, prompt_set: str,
-                     labels: Sequence[str]) -> plt.Figure:
+def confusion_figure(
+    answers: pd.DataFrame, task: str, prompt_set: str, labels: Sequence[str]
+) -> plt.Figure:
     """Row-normalised confusion matrices, one panel per model x context."""
     classes = list(taxonomy.TASKS[task][1])
     part = answers[(answers["task"] == task) & (answers["prompt_set"] == prompt_set)]
@@ -79,12 +99,13 @@ def confusion_figure(answers: pd.DataFrame, task: str, prompt_set: str,
     for ax, ((model, context), group) in zip(axes.flat, panels, strict=False):
         counts = metrics.confusion(group["truth"].tolist(), group["prediction"].tolist(), classes)
         share = counts.div(counts.sum(axis=1).replace(0, np.nan), axis=0)
-        sns.heatmap(share, annot=counts.to_numpy(), fmt="d", vmin=0, vmax=1, cmap="Blues",
-                    cbar=False, ax=ax)
+        sns.heatmap(
+            share, annot=counts.to_numpy(), fmt="d", vmin=0, vmax=1, cmap="Blues", cbar=False, ax=ax
+        )
         ax.set_title(f"{model.split('/')[-1]}\ncontext: {context}", fontsize=9)
         ax.set_xlabel("prediction")
         ax.set_ylabel("truth")
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.suptitle(provenance.stamp(f"VLM confusion: {task} ({prompt_set} prompts)", labels))
     fig.tight_layout()
@@ -100,50 +121,68 @@ def position_bias_table(answers: pd.DataFrame) -> pd.DataFrame:
     for keys, group in answers.groupby(GROUP, sort=False):
         order = group["permutation"].str.split("|")
         truth_pos = [o.index(t) for o, t in zip(order, group["truth"], strict=True)]
-        pred_pos = [o.index(p) if isinstance(p, str) else None
-                    for o, p in zip(order, group["prediction"], strict=True)]
+        pred_pos = [
+            o.index(p) if isinstance(p, str) else None
+            for o, p in zip(order, group["prediction"], strict=True)
+        ]
         for position in range(len(order.iloc[0])):
             held = [t == position for t in truth_pos]
-            rows.append({
-                **dict(zip(GROUP, keys, strict=True)),
-                "position": chr(ord("A") + position),
-                "chosen_share": float(np.mean([p == position for p in pred_pos])),
-                "truth_share": float(np.mean(held)),
-                "accuracy_when_truth_here": (
-                    float(np.mean([p == position for p, h in zip(pred_pos, held, strict=True)
-                                   if h])) if any(held) else np.nan
-                ),
-            })
+            rows.append(
+                {
+                    **dict(zip(GROUP, keys, strict=True)),
+                    "position": chr(ord("A") + position),
+                    "chosen_share": float(np.mean([p == position for p in pred_pos])),
+                    "truth_share": float(np.mean(held)),
+                    "accuracy_when_truth_here": (
+                        float(
+                            np.mean(
+                                [p == position for p, h in zip(pred_pos, held, strict=True) if h]
+                            )
+                        )
+                        if any(held)
+                        else np.nan
+                    ),
+                }
+            )
     return pd.DataFrame(rows)
 
 
-def description_table(descriptions: pd.DataFrame, *, n_boot: int = 1000,
-                      seed: int = 0) -> pd.DataFrame:
+def description_table(
+    descriptions: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0
+) -> pd.DataFrame:
     """The open question, mapped back to the taxonomy: accuracy (unmapped counts as wrong),
     unmapped rate, and mean keyword recall against the record's expert keywords."""
     rows = []
     for (model, weights), group in descriptions.groupby(["model", "weights"], sort=False):
         row = {"model": model, "weights": weights, "n": len(group)}
         tech = group[group["technique_truth"].notna() & (group["technique_truth"] != "")]
-        summary = metrics.summarise(tech["technique_truth"].tolist(),
-                                    tech["technique_pred"].tolist(), n_boot=n_boot, seed=seed)
+        summary = metrics.summarise(
+            tech["technique_truth"].tolist(),
+            tech["technique_pred"].tolist(),
+            n_boot=n_boot,
+            seed=seed,
+        )
         coarse_truth = tech["technique_truth"].map(taxonomy.coarse_class)
         coarse_pred = tech["technique_pred"].map(taxonomy.coarse_class)
         cat = group[group["category_truth"].notna() & (group["category_truth"] != "")]
-        row.update({
-            "technique_accuracy": summary["accuracy"],
-            "technique_accuracy_ci_low": summary["accuracy_ci_low"],
-            "technique_accuracy_ci_high": summary["accuracy_ci_high"],
-            "technique_unmapped_rate": float(tech["technique_pred"].isna().mean()),
-            "technique_coarse_accuracy": metrics.accuracy(coarse_truth.tolist(),
-                                                          coarse_pred.tolist()),
-            "category_n": len(cat),
-            "category_accuracy": metrics.accuracy(cat["category_truth"].tolist(),
-                                                  cat["category_pred"].tolist()),
-            "category_unmapped_rate": float(cat["category_pred"].isna().mean()),
-            "keyword_recall_mean": float(group["keyword_recall"].mean()),
-            "seconds_per_description": float(group["latency_s"].mean()),
-        })
+        row.update(
+            {
+                "technique_accuracy": summary["accuracy"],
+                "technique_accuracy_ci_low": summary["accuracy_ci_low"],
+                "technique_accuracy_ci_high": summary["accuracy_ci_high"],
+                "technique_unmapped_rate": float(tech["technique_pred"].isna().mean()),
+                "technique_coarse_accuracy": metrics.accuracy(
+                    coarse_truth.tolist(), coarse_pred.tolist()
+                ),
+                "category_n": len(cat),
+                "category_accuracy": metrics.accuracy(
+                    cat["category_truth"].tolist(), cat["category_pred"].tolist()
+                ),
+                "category_unmapped_rate": float(cat["category_pred"].isna().mean()),
+                "keyword_recall_mean": float(group["keyword_recall"].mean()),
+                "seconds_per_description": float(group["latency_s"].mean()),
+            }
+        )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -160,8 +199,9 @@ def model_family(model: str) -> str | None:
     return None
 
 
-def visual_token_table(models: Sequence[str], image_paths: Sequence[str | Path],
-                       image_budget: int | None) -> pd.DataFrame:
+def visual_token_table(
+    models: Sequence[str], image_paths: Sequence[str | Path], image_budget: int | None
+) -> pd.DataFrame:
     """Visual tokens per image of each model's real processor: its default (what the earlier
     study used) vs this study's budget, over the real micrographs. Computed from the
     processors' own code, so it needs no weights and no GPU. The earlier study's Qwen2.5-VL

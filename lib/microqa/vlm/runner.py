@@ -50,14 +50,38 @@ from microqa.vlm.context import ClipContext
 from microqa.vlm.parsing import keyword_recall, map_description, parse_choice
 
 ANSWER_COLUMNS = [
-    "micrograph_no", "model", "backend", "weights", "task", "context", "mode", "prompt_set",
-    "permutation", "truth", "prediction", "probabilities", "latency_s", "visual_tokens",
-    "raw_text", "cached",
+    "micrograph_no",
+    "model",
+    "backend",
+    "weights",
+    "task",
+    "context",
+    "mode",
+    "prompt_set",
+    "permutation",
+    "truth",
+    "prediction",
+    "probabilities",
+    "latency_s",
+    "visual_tokens",
+    "raw_text",
+    "cached",
 ]
 DESCRIPTION_COLUMNS = [
-    "micrograph_no", "model", "backend", "weights", "technique_truth", "category_truth",
-    "technique_pred", "category_pred", "keyword_recall", "n_keywords", "latency_s",
-    "visual_tokens", "raw_text", "cached",
+    "micrograph_no",
+    "model",
+    "backend",
+    "weights",
+    "technique_truth",
+    "category_truth",
+    "technique_pred",
+    "category_pred",
+    "keyword_recall",
+    "n_keywords",
+    "latency_s",
+    "visual_tokens",
+    "raw_text",
+    "cached",
 ]
 MODES = ("score", "generate")
 
@@ -115,6 +139,7 @@ class StudyResult:
 
 # --- sample and models --------------------------------------------------------------------------
 
+
 def question_sample(records: pd.DataFrame, n: int | str | None, *, seed: int = 0) -> pd.DataFrame:
     """The seeded QA sample, stratified by technique family, over microscopy images (the
     'Other' family, photographs and tomography, has no option in the technique question)."""
@@ -159,6 +184,7 @@ def open_model(backend: str, model: str, **options: Any) -> OpenedModel:
 
 # --- one model ---------------------------------------------------------------------------------
 
+
 @dataclass
 class _Item:
     row: pd.Series
@@ -177,16 +203,34 @@ def _open_image(path: str) -> Image.Image:
         raise OSError(f"cannot read image {path}: {exc}") from exc
 
 
-def _key(opened: OpenedModel, prompt: str, letters: Sequence[str], image_sha: str, mode: str,
-         params: dict[str, Any]) -> AnswerKey:
+def _key(
+    opened: OpenedModel,
+    prompt: str,
+    letters: Sequence[str],
+    image_sha: str,
+    mode: str,
+    params: dict[str, Any],
+) -> AnswerKey:
     b = opened.backend
-    return AnswerKey(b.name, b.model_id, b.revision, prompt_hash(prompt, None, tuple(letters)),
-                     image_sha, mode, canonical_params(params))
+    return AnswerKey(
+        b.name,
+        b.model_id,
+        b.revision,
+        prompt_hash(prompt, None, tuple(letters)),
+        image_sha,
+        mode,
+        canonical_params(params),
+    )
 
 
 def _answer_all(
-    opened: OpenedModel, items: list[_Item], mode: str, settings: RunSettings,
-    cache: AnswerCache, *, max_new_tokens: int,
+    opened: OpenedModel,
+    items: list[_Item],
+    mode: str,
+    settings: RunSettings,
+    cache: AnswerCache,
+    *,
+    max_new_tokens: int,
 ) -> tuple[dict[str, Answer], set[str]]:
     """Answers for every item: cached ones read, missing ones asked in chunks and stored."""
     found = cache.get_many([it.key for it in items])
@@ -207,8 +251,9 @@ def _answer_all(
                 probs = res.probabilities or None
                 choice = max(probs, key=probs.get) if probs else None
                 top = max(res.logprobs, key=res.logprobs.get) if res.logprobs else ""
-                stored.append((it.key, Answer(top, choice, probs, res.latency_s,
-                                              res.visual_tokens)))
+                stored.append(
+                    (it.key, Answer(top, choice, probs, res.latency_s, res.visual_tokens))
+                )
         else:
             results = opened.backend.generate(reqs, max_new_tokens=max_new_tokens)
             stored = []
@@ -218,12 +263,14 @@ def _answer_all(
                 if q is not None:
                     options = {
                         letter: (text, name)
-                        for letter, text, name in zip(q.letters, q.option_texts, q.classes,
-                                                      strict=True)
+                        for letter, text, name in zip(
+                            q.letters, q.option_texts, q.classes, strict=True
+                        )
                     }
                     choice = parse_choice(res.text, q.letters, options)
-                stored.append((it.key, Answer(res.text, choice, None, res.latency_s,
-                                              res.visual_tokens)))
+                stored.append(
+                    (it.key, Answer(res.text, choice, None, res.latency_s, res.visual_tokens))
+                )
         cache.put_many(stored)  # committed: a kill after this line loses nothing of the chunk
         for key, answer in stored:
             found[key.key] = answer
@@ -250,12 +297,22 @@ def run_model(
         contexts = settings.contexts if pset == "study" else ("none",)
         for variant in contexts:
             if variant != "none":
-                ok, reason = (False, "no CLIP context given") if context is None else (
-                    context.available(variant)
+                ok, reason = (
+                    (False, "no CLIP context given")
+                    if context is None
+                    else (context.available(variant))
                 )
                 if not ok:
-                    skipped.append({**base, "task": task, "prompt_set": pset, "context": variant,
-                                    "n_skipped": len(sample), "reason": reason})
+                    skipped.append(
+                        {
+                            **base,
+                            "task": task,
+                            "prompt_set": pset,
+                            "context": variant,
+                            "n_skipped": len(sample),
+                            "reason": reason,
+                        }
+                    )
                     continue
             items, no_truth, no_context = [], 0, 0
             for _, row in sample.iterrows():
@@ -269,41 +326,79 @@ def run_model(
                     no_context += 1
                     continue
                 q = questions.build_question(
-                    task, pset, context=variant, context_text=text, permute=settings.permute,
-                    seed=settings.seed, image_key=str(mno),
+                    task,
+                    pset,
+                    context=variant,
+                    context_text=text,
+                    permute=settings.permute,
+                    seed=settings.seed,
+                    image_key=str(mno),
                 )
                 params = (
-                    {"letters": list(q.letters)} if settings.mode == "score"
+                    {"letters": list(q.letters)}
+                    if settings.mode == "score"
                     else {"max_new_tokens": settings.max_new_tokens}
                 )
                 params["image_budget"] = settings.image_budget
                 key = _key(opened, q.prompt, q.letters, shas[mno], settings.mode, params)
                 items.append(_Item(row, shas[mno], key, q.prompt, q, truth))
-            for count, why in ((no_truth, f"no {column} label"),
-                               (no_context, "no CLIP scores/features for the image")):
+            for count, why in (
+                (no_truth, f"no {column} label"),
+                (no_context, "no CLIP scores/features for the image"),
+            ):
                 if count:
-                    skipped.append({**base, "task": task, "prompt_set": pset, "context": variant,
-                                    "n_skipped": count, "reason": why})
-            found, fresh = _answer_all(opened, items, settings.mode, settings, cache,
-                                       max_new_tokens=settings.max_new_tokens)
-            log(f"{opened.label} {task}/{pset}/{variant}: {len(items)} questions, "
-                f"{len(fresh)} asked now, {len(items) - len(fresh)} from the cache")
+                    skipped.append(
+                        {
+                            **base,
+                            "task": task,
+                            "prompt_set": pset,
+                            "context": variant,
+                            "n_skipped": count,
+                            "reason": why,
+                        }
+                    )
+            found, fresh = _answer_all(
+                opened,
+                items,
+                settings.mode,
+                settings,
+                cache,
+                max_new_tokens=settings.max_new_tokens,
+            )
+            log(
+                f"{opened.label} {task}/{pset}/{variant}: {len(items)} questions, "
+                f"{len(fresh)} asked now, {len(items) - len(fresh)} from the cache"
+            )
             for it in items:
                 answer, q = found[it.key.key], it.question
                 probs = ""
                 if answer.probabilities:
                     probs = json.dumps({q.class_of(k): v for k, v in answer.probabilities.items()})
-                rows.append({
-                    **base, "micrograph_no": int(it.row["micrograph_no"]), "task": task,
-                    "context": variant, "mode": settings.mode, "prompt_set": pset,
-                    "permutation": q.permutation, "truth": it.truth,
-                    "prediction": q.class_of(answer.choice) if answer.choice in q.letters else None,
-                    "probabilities": probs, "latency_s": answer.latency_s,
-                    "visual_tokens": answer.visual_tokens, "raw_text": answer.raw_text,
-                    "cached": it.key.key not in fresh,
-                })
-    descriptions = _describe(opened, sample, settings, cache, shas, base, log) if (
-        settings.describe) else pd.DataFrame(columns=DESCRIPTION_COLUMNS)
+                rows.append(
+                    {
+                        **base,
+                        "micrograph_no": int(it.row["micrograph_no"]),
+                        "task": task,
+                        "context": variant,
+                        "mode": settings.mode,
+                        "prompt_set": pset,
+                        "permutation": q.permutation,
+                        "truth": it.truth,
+                        "prediction": q.class_of(answer.choice)
+                        if answer.choice in q.letters
+                        else None,
+                        "probabilities": probs,
+                        "latency_s": answer.latency_s,
+                        "visual_tokens": answer.visual_tokens,
+                        "raw_text": answer.raw_text,
+                        "cached": it.key.key not in fresh,
+                    }
+                )
+    descriptions = (
+        _describe(opened, sample, settings, cache, shas, base, log)
+        if (settings.describe)
+        else pd.DataFrame(columns=DESCRIPTION_COLUMNS)
+    )
     answers = pd.DataFrame(rows, columns=ANSWER_COLUMNS)
     return StudyResult(answers, descriptions, skipped, {opened.label: backend.weights})
 
@@ -312,33 +407,51 @@ def _describe(opened, sample, settings, cache, shas, base, log) -> pd.DataFrame:
     """The open question, mapped back to the taxonomy, with keyword recall."""
     params = {"max_new_tokens": settings.describe_tokens, "image_budget": settings.image_budget}
     items = [
-        _Item(row, shas[int(row["micrograph_no"])],
-              _key(opened, questions.DESCRIBE_PROMPT, (), shas[int(row["micrograph_no"])],
-                   "generate", params),
-              questions.DESCRIBE_PROMPT, None)
+        _Item(
+            row,
+            shas[int(row["micrograph_no"])],
+            _key(
+                opened,
+                questions.DESCRIBE_PROMPT,
+                (),
+                shas[int(row["micrograph_no"])],
+                "generate",
+                params,
+            ),
+            questions.DESCRIBE_PROMPT,
+            None,
+        )
         for _, row in sample.iterrows()
     ]
-    found, fresh = _answer_all(opened, items, "generate", settings, cache,
-                               max_new_tokens=settings.describe_tokens)
+    found, fresh = _answer_all(
+        opened, items, "generate", settings, cache, max_new_tokens=settings.describe_tokens
+    )
     log(f"{opened.label} describe: {len(items)} questions, {len(fresh)} asked now")
     rows = []
     for it in items:
         answer = found[it.key.key]
         technique, category = map_description(answer.raw_text)
-        rows.append({
-            **base, "micrograph_no": int(it.row["micrograph_no"]),
-            "technique_truth": it.row["technique_family"],
-            "category_truth": it.row["primary_category"],
-            "technique_pred": technique, "category_pred": category,
-            "keyword_recall": keyword_recall(answer.raw_text, it.row["keyword_list"]),
-            "n_keywords": len(it.row["keyword_list"]), "latency_s": answer.latency_s,
-            "visual_tokens": answer.visual_tokens, "raw_text": answer.raw_text,
-            "cached": it.key.key not in fresh,
-        })
+        rows.append(
+            {
+                **base,
+                "micrograph_no": int(it.row["micrograph_no"]),
+                "technique_truth": it.row["technique_family"],
+                "category_truth": it.row["primary_category"],
+                "technique_pred": technique,
+                "category_pred": category,
+                "keyword_recall": keyword_recall(answer.raw_text, it.row["keyword_list"]),
+                "n_keywords": len(it.row["keyword_list"]),
+                "latency_s": answer.latency_s,
+                "visual_tokens": answer.visual_tokens,
+                "raw_text": answer.raw_text,
+                "cached": it.key.key not in fresh,
+            }
+        )
     return pd.DataFrame(rows, columns=DESCRIPTION_COLUMNS)
 
 
 # --- the study -----------------------------------------------------------------------------------
+
 
 def run_study(
     models: Sequence[str],
@@ -376,11 +489,11 @@ def _merge_write(df: pd.DataFrame, path: Path, columns: list[str], loader) -> Pa
     if path.is_file():
         old = loader(path)
         ran = set(zip(df["model"], df["backend"], strict=True))
-        keep = np.array([pair not in ran for pair in zip(old["model"], old["backend"],
-                                                          strict=True)], dtype=bool)
+        keep = np.array(
+            [pair not in ran for pair in zip(old["model"], old["backend"], strict=True)], dtype=bool
+        )
         old = old.loc[keep]
-        df = pd.concat([old[columns].astype(object), df[columns].astype(object)],
-                       ignore_index=True)
+        df = pd.concat([old[columns].astype(object), df[columns].astype(object)], ignore_index=True)
     tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
     df[columns].astype(object).to_csv(tmp, index=False, quoting=csv.QUOTE_NONNUMERIC)
     os.replace(tmp, path)
@@ -402,11 +515,14 @@ def load_answers(path: Path | str | None = None) -> pd.DataFrame:
     """`build/vlm/answers.csv` as a DataFrame (prediction None where unanswered)."""
     path = Path(path) if path else answers_path()
     if not path.is_file():
-        raise FileNotFoundError(f"no VLM answers at {path}; run notebook 04 or `python -m "
-                                "microqa vlm`")
-    return _typed(pd.read_csv(path, keep_default_na=False, dtype=str),
-                  numeric=("micrograph_no", "latency_s", "visual_tokens"),
-                  optional=("prediction",))
+        raise FileNotFoundError(
+            f"no VLM answers at {path}; run notebook 04 or `python -m microqa vlm`"
+        )
+    return _typed(
+        pd.read_csv(path, keep_default_na=False, dtype=str),
+        numeric=("micrograph_no", "latency_s", "visual_tokens"),
+        optional=("prediction",),
+    )
 
 
 def load_descriptions(path: Path | str | None = None) -> pd.DataFrame:
@@ -414,11 +530,11 @@ def load_descriptions(path: Path | str | None = None) -> pd.DataFrame:
     path = Path(path) if path else descriptions_path()
     if not path.is_file():
         raise FileNotFoundError(f"no VLM descriptions at {path}; run notebook 04")
-    return _typed(pd.read_csv(path, keep_default_na=False, dtype=str),
-                  numeric=("micrograph_no", "keyword_recall", "n_keywords", "latency_s",
-                           "visual_tokens"),
-                  optional=("technique_pred", "category_pred", "technique_truth",
-                            "category_truth"))
+    return _typed(
+        pd.read_csv(path, keep_default_na=False, dtype=str),
+        numeric=("micrograph_no", "keyword_recall", "n_keywords", "latency_s", "visual_tokens"),
+        optional=("technique_pred", "category_pred", "technique_truth", "category_truth"),
+    )
 
 
 def _typed(df: pd.DataFrame, *, numeric: Sequence[str], optional: Sequence[str]) -> pd.DataFrame:
@@ -439,8 +555,14 @@ def probability_matrix(answers: pd.DataFrame, classes: Sequence[str]) -> np.ndar
     return np.array([[p.get(c, 0.0) for c in classes] for p in parsed])
 
 
-def record_provenance(result: StudyResult, settings: RunSettings, *, backend: str,
-                      sample_size: int, context: ClipContext | None) -> dict[str, Any]:
+def record_provenance(
+    result: StudyResult,
+    settings: RunSettings,
+    *,
+    backend: str,
+    sample_size: int,
+    context: ClipContext | None,
+) -> dict[str, Any]:
     return provenance.record_stage(
         "vlm",
         models=list(result.weights),
@@ -461,18 +583,29 @@ def record_provenance(result: StudyResult, settings: RunSettings, *, backend: st
 
 # --- CLI -----------------------------------------------------------------------------------------
 
+
 def configure_cli(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=("hf", "openai"), default="hf")
-    parser.add_argument("--model", action="append", required=True,
-                        help="HF id or local dir (hf), or the server's model name; repeatable")
-    parser.add_argument("--dataset", type=Path, default=None,
-                        help="dataset directory (default: the one notebook 01 chose)")
+    parser.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        help="HF id or local dir (hf), or the server's model name; repeatable",
+    )
+    parser.add_argument(
+        "--dataset",
+        type=Path,
+        default=None,
+        help="dataset directory (default: the one notebook 01 chose)",
+    )
     parser.add_argument("--mode", choices=MODES, default="score")
     parser.add_argument("--n", default="150", help="sample size, or 'all'")
-    parser.add_argument("--context", default="none",
-                        help="comma-separated: none,clip_topk,clip_neighbours")
-    parser.add_argument("--tasks", default=None,
-                        help="comma-separated task/prompt_set pairs (default: all four)")
+    parser.add_argument(
+        "--context", default="none", help="comma-separated: none,clip_topk,clip_neighbours"
+    )
+    parser.add_argument(
+        "--tasks", default=None, help="comma-separated task/prompt_set pairs (default: all four)"
+    )
     parser.add_argument("--permute", action="store_true", help="permute options per image")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-describe", action="store_true", help="skip the open question")
@@ -482,8 +615,9 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--concurrency", type=int, default=None)
     parser.add_argument("--timeout", type=float, default=None)
-    parser.add_argument("--chunk-size", type=int, default=8,
-                        help="questions per backend call and per cache commit")
+    parser.add_argument(
+        "--chunk-size", type=int, default=8, help="questions per backend call and per cache commit"
+    )
     parser.add_argument("--cache", type=Path, default=None, help="answer cache (SQLite)")
     parser.add_argument("--clip-dir", type=Path, default=None, help="CLIP stage outputs")
 
@@ -497,26 +631,46 @@ def run_cli(args: argparse.Namespace) -> int:
     if args.tasks:
         jobs = tuple(tuple(pair.split("/", 1)) for pair in args.tasks.split(","))
     settings = RunSettings(
-        mode=args.mode, contexts=tuple(c.strip() for c in args.context.split(",") if c.strip()),
-        jobs=jobs, permute=args.permute, seed=args.seed, describe=not args.no_describe,
-        chunk_size=args.chunk_size, image_budget=args.image_budget,
+        mode=args.mode,
+        contexts=tuple(c.strip() for c in args.context.split(",") if c.strip()),
+        jobs=jobs,
+        permute=args.permute,
+        seed=args.seed,
+        describe=not args.no_describe,
+        chunk_size=args.chunk_size,
+        image_budget=args.image_budget,
     )
     needs_clip = any(c != "none" for c in settings.contexts)
     context = ClipContext(records, directory=args.clip_dir) if needs_clip else None
-    options = {"base_url": args.base_url, "api_key": args.api_key, "batch_size": args.batch_size,
-               "concurrency": args.concurrency, "timeout": args.timeout}
+    options = {
+        "base_url": args.base_url,
+        "api_key": args.api_key,
+        "batch_size": args.batch_size,
+        "concurrency": args.concurrency,
+        "timeout": args.timeout,
+    }
     start = time.perf_counter()
     try:
-        result = run_study(args.model, backend=args.backend, sample=sample, settings=settings,
-                           context=context, cache_path=args.cache, backend_options=options)
+        result = run_study(
+            args.model,
+            backend=args.backend,
+            sample=sample,
+            settings=settings,
+            context=context,
+            cache_path=args.cache,
+            backend_options=options,
+        )
     except provenance.StrictModeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     answers, descriptions = save_answers(result)
-    record_provenance(result, settings, backend=args.backend, sample_size=len(sample),
-                      context=context)
+    record_provenance(
+        result, settings, backend=args.backend, sample_size=len(sample), context=context
+    )
     for skip in result.skipped:
         print(f"skipped {skip['n_skipped']} {skip['task']}/{skip['context']}: {skip['reason']}")
-    print(f"{len(result.answers)} answers -> {answers}; {len(result.descriptions)} descriptions "
-          f"-> {descriptions} ({time.perf_counter() - start:.1f} s)")
+    print(
+        f"{len(result.answers)} answers -> {answers}; {len(result.descriptions)} descriptions "
+        f"-> {descriptions} ({time.perf_counter() - start:.1f} s)"
+    )
     return 0
