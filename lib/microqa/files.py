@@ -1,0 +1,62 @@
+"""File plumbing written once: atomic writes and content hashes.
+
+Every file the project writes goes through `atomic_write_*`: the bytes land in a temporary
+file beside the target and are renamed into place, so a reader (or a rerun after a kill) sees
+the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+PARTIAL_SUFFIX = ".partial"
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
+    """Write `data` to `path` through a temporary sibling and a rename (creates parents)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX, dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: Path | str, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path | str, payload: Any, *, indent: int = 2) -> Path:
+    text = json.dumps(payload, indent=indent, sort_keys=True, ensure_ascii=False, default=str)
+    return atomic_write_text(path, text + "\n")
+
+
+def atomic_write_csv(path: Path | str, frame: pd.DataFrame, **to_csv: Any) -> Path:
+    """`frame.to_csv(path, **to_csv)`, atomically (index=False unless given)."""
+    to_csv.setdefault("index", False)
+    return atomic_write_text(path, frame.to_csv(**to_csv))
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path | str) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks (weights files can be gigabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
