@@ -34,6 +34,9 @@ class ScoreResult:
     latency_s: float
     logprobs: dict[str, float] = field(default_factory=dict)
     visual_tokens: int | None = None
+    # Total probability, over the whole vocabulary, of every single-token spelling of every
+    # option letter at the answer position: how much the model committed to answering at all.
+    letter_mass: float | None = None
 
 
 class Backend(Protocol):

@@ -305,6 +305,7 @@ class HFBackend:
                 dim=-1,
             )
             probabilities = torch.softmax(per_letter, dim=-1).cpu()
+            letter_mass = torch.logsumexp(per_letter, dim=-1).exp().cpu()
             per_letter = per_letter.cpu()
             latency, start = (time.perf_counter() - start) / len(batch), time.perf_counter()
             counts = self._visual_counts(inputs)
@@ -319,6 +320,7 @@ class HFBackend:
                         },
                         latency_s=latency,
                         visual_tokens=count,
+                        letter_mass=float(letter_mass[row]),
                     )
                 )
         return results
