@@ -54,6 +54,22 @@ class Backend(Protocol):
         (which ends by asking for the letter). Raises NotImplementedError where impossible."""
         ...
 
+    # Image-major answering (the runner's path): every pending question about ONE image at
+    # once, so a backend can preprocess the image, run its vision tower and prefill the shared
+    # image prefix once (hf), or send the questions consecutively with a byte-identical image
+    # part so a server's prefix cache reuses it (openai). Results align with `prompts`.
+    def score_image(
+        self, image: Image.Image, prompts: list[str], letters: list[list[str]]
+    ) -> list[ScoreResult]:
+        """Next-token distribution over each prompt's own option letters."""
+        ...
+
+    def generate_image(
+        self, image: Image.Image, prompts: list[str], *, max_new_tokens: int
+    ) -> list[GenerateResult]:
+        """Greedy generation for each prompt about the same image."""
+        ...
+
     def visual_tokens(self, image: Image.Image) -> int:
         """How many tokens this image costs the model at its configured resolution budget."""
         ...

@@ -123,6 +123,7 @@ class Question:
     letters: tuple[str, ...]
     option_texts: tuple[str, ...]  # displayed text, aligned with letters
     prompt: str
+    rotation: int = 0  # cyclic shift of the options (0: as ordered; see `rotations`)
 
     @property
     def permutation(self) -> str:
@@ -146,6 +147,12 @@ def option_order(
     return tuple(classes[i] for i in rng.permutation(len(classes)))
 
 
+def rotations(task: str, prompt_set_name: str = "study") -> range:
+    """The cyclic rotations of a question's options: one per option (MMBench's CircularEval),
+    so every class is shown under every letter exactly once."""
+    return range(len(prompt_set(task, prompt_set_name).option_text))
+
+
 def build_question(
     task: str,
     prompt_set_name: str = "study",
@@ -155,12 +162,17 @@ def build_question(
     permute: bool = False,
     seed: int = 0,
     image_key: str = "",
+    rotation: int = 0,
 ) -> Question:
-    """Render a question; `image_key` (e.g. the micrograph number) seeds its permutation."""
+    """Render a question; `image_key` (e.g. the micrograph number) seeds its permutation and
+    `rotation` shifts the options cyclically (rotation r shows option i under letter i - r)."""
     pset = prompt_set(task, prompt_set_name)
     classes = option_order(
         tuple(pset.option_text), permute=permute, seed=seed, key=f"{task}/{image_key}"
     )
+    if not 0 <= rotation < len(classes):
+        raise ValueError(f"rotation {rotation} out of range for {len(classes)} options")
+    classes = classes[rotation:] + classes[:rotation]
     letters = tuple(string.ascii_uppercase[: len(classes)])
     texts = tuple(pset.option_text[c] for c in classes)
     if pset.layout == "earlier":
@@ -170,4 +182,4 @@ def build_question(
         options = [f"{letter}) {text}" for letter, text in zip(letters, texts, strict=True)]
         body = "\n".join([pset.question, *options, ANSWER_INSTRUCTION])
     prompt = f"{context_text.strip()}\n\n{body}" if context_text else body
-    return Question(task, pset.name, context, classes, letters, texts, prompt)
+    return Question(task, pset.name, context, classes, letters, texts, prompt, rotation)
