@@ -16,6 +16,9 @@ DOITPOMS_URL ?=
 export DOITPOMS_URL
 # Seconds between requests to the site (politeness); 0 is fine for a local mirror.
 SCRAPE_DELAY ?= 1.0
+# Your own dataset folder (records.csv + images/), read as it is and never written to.
+DATASET ?=
+DATASET_DIR := $(if $(DATASET),$(abspath $(DATASET)))
 PAPERMILL = $(PY) -m papermill --no-progress-bar --log-output --cwd notebooks -p profile $(PROFILE) $(NB_PARAMS)
 
 .PHONY: help setup reproduce smoke test test-slow bench lab lint sample clean
@@ -23,7 +26,7 @@ PAPERMILL = $(PY) -m papermill --no-progress-bar --log-output --cwd notebooks -p
 help: ## show this help
 	@echo "Targets:"
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-12s %s\n", $$1, $$2}'
-	@echo "Variables: PROFILE=full|smoke  DOITPOMS_URL=<mirror or site>  SCRAPE_DELAY=1.0  STRICT=1 (no offline substitutes)"
+	@echo "Variables: PROFILE=full|smoke  DATASET=<your folder>  DOITPOMS_URL=<mirror or site>  SCRAPE_DELAY=1.0  STRICT=1 (no offline substitutes)"
 
 setup: $(SETUP_STAMP) ## create .venv and install the package with its pinned dependencies (idempotent)
 
@@ -34,26 +37,26 @@ $(SETUP_STAMP): pyproject.toml
 	@rm -f $(VENV)/.setup-*
 	@touch $@
 
-# Notebook -> library-module dependencies, computed from the imports (see lib/microqa/notebook_deps.py):
+# Notebook -> library-module dependencies, computed from the imports (see tools/notebook_deps.py):
 # touching a module re-executes exactly the notebooks that import it, directly or indirectly.
-build/notebook-deps.mk: lib/microqa/notebook_deps.py $(wildcard notebooks/*.ipynb) $(shell find lib/microqa -name '*.py' 2>/dev/null)
+build/notebook-deps.mk: tools/notebook_deps.py $(wildcard notebooks/*.ipynb) $(shell find lib/microqa -name '*.py' 2>/dev/null)
 	@mkdir -p build
-	@$(PYTHON) lib/microqa/notebook_deps.py --out-dir $(NB_OUT) > $@
+	@$(PYTHON) tools/notebook_deps.py --out-dir $(NB_OUT) > $@
 
 ifneq ($(filter reproduce $(NB_OUT)/%,$(MAKECMDGOALS)),)
 -include build/notebook-deps.mk
 endif
 
 # Notebook 01 reruns when the data source settings change (e.g. from the unreachable live site
-# to DOITPOMS_URL=http://127.0.0.1:8765/miclib/ served by `python -m tests.mirror_server`); the stamp
-# is rewritten only when they differ, so an unchanged setting rebuilds nothing.
-# (Written while the Makefile is read, not by a rule, so `make -n`/`make -q` see the truth.)
-DATA_SOURCE := url=$(DOITPOMS_URL) strict=$(STRICT)
+# to DOITPOMS_URL=http://127.0.0.1:8765/miclib/ served by `python -m microqa mirror`, or to
+# DATASET=DIR); the stamp is rewritten only when they differ, so an unchanged setting rebuilds
+# nothing. (Written while the Makefile is read, not by a rule, so `make -n`/`make -q` see the truth.)
+DATA_SOURCE := url=$(DOITPOMS_URL) strict=$(STRICT) dataset=$(DATASET_DIR)
 ifneq ($(filter reproduce $(NB_OUT)/%,$(MAKECMDGOALS)),)
 $(shell mkdir -p build; echo '$(DATA_SOURCE)' | cmp -s - build/data-source.txt || echo '$(DATA_SOURCE)' > build/data-source.txt)
 endif
 $(NB_OUT)/01_scrape_doitpoms.ipynb: build/data-source.txt
-$(NB_OUT)/01_scrape_doitpoms.ipynb: NB_PARAMS = -p delay $(SCRAPE_DELAY)
+$(NB_OUT)/01_scrape_doitpoms.ipynb: NB_PARAMS = -p delay $(SCRAPE_DELAY) -p dataset_dir '$(DATASET_DIR)'
 
 # Each executed notebook also depends on the ones whose outputs it reads.
 $(NB_OUT)/02_eda_class_imbalance.ipynb: $(NB_OUT)/01_scrape_doitpoms.ipynb
@@ -80,8 +83,8 @@ smoke: setup ## run every notebook in the fast smoke profile into build/smoke/ (
 	done
 
 lint: setup ## ruff (lint and format check) over the library, tests, benchmarks, tools and notebooks
-	$(PY) -m ruff check lib tests bench notebooks
-	$(PY) -m ruff format --check lib tests bench notebooks
+	$(PY) -m ruff check lib tests bench notebooks tools
+	$(PY) -m ruff format --check lib tests bench notebooks tools
 
 test: setup lint ## lint + the test suite (unit, mirror integration, notebooks in the smoke profile)
 	$(PY) -m pytest -m "not slow" -q

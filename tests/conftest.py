@@ -100,3 +100,12 @@ def execute_notebook(name: str, out: Path, *, env: dict[str, str], parameters: d
 @pytest.fixture(scope="session")
 def smoke_pipeline(tmp_path_factory) -> NotebookPipeline:
     return NotebookPipeline(tmp_path_factory.mktemp("smoke"))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_run_state(monkeypatch):
+    """Each test starts as a fresh process would: no profile chosen, no stage begun."""
+    from microqa import config, provenance
+
+    monkeypatch.setattr(config, "_chosen_profile", None)
+    monkeypatch.setattr(provenance, "_pending", {})

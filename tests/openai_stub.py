@@ -23,7 +23,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from tests.background_server import BackgroundServer
+from microqa.mirror import BackgroundServer
 
 OPTION = re.compile(r"(?<![A-Za-z0-9])([A-Z])\) ")
 

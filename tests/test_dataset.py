@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from microqa import cli, dataset, taxonomy
+from microqa import dataset, taxonomy
 from tests.conftest import MIRROR, REPO, needs_mirror
 
 SAMPLE = REPO / "data" / "sample"
@@ -80,7 +80,9 @@ def test_missing_or_broken_inputs_are_named(tmp_path):
     with pytest.raises(dataset.DatasetError, match=str(tmp_path)):
         dataset.load_records(tmp_path)
     (tmp_path / "records.csv").write_text("micrograph_no,brief_description\n1,x\n")
-    with pytest.raises(dataset.DatasetError, match="lacks columns"):
+    with pytest.raises(
+        dataset.DatasetError, match="missing required column.s. technique, categories"
+    ):
         dataset.load_records(tmp_path)
     (tmp_path / "records.csv").write_text(
         "micrograph_no,technique,categories,keywords,brief_description\n7x,SEM,Ceramic,,a\n"
@@ -146,88 +148,6 @@ def test_taxonomy_table_of_the_mirror_splits_cross_polarised(mirror):
     assert table["technique"].map(taxonomy.normalise).nunique() == 24
     cross = table[table["technique"] == "Cross-polarised light microscopy"]
     assert set(cross["family"]) == {taxonomy.OPTICAL_REFLECTED, taxonomy.OPTICAL_TRANSMITTED}
-
-
-# --- the embedded sample ---------------------------------------------------------------------
-
-
-def test_sample_covers_every_family_and_category(sample):
-    families = sample["technique_family"].value_counts()
-    assert set(families.index) == set(taxonomy.ALL_FAMILIES)
-    assert families.min() >= 2
-    assert set(sample["primary_category"].dropna()) == set(taxonomy.PRIMARY_CATEGORIES)
-    assert sample["category_set"].map(len).max() >= 3  # multi-label combinations are there
-    assert sample["specimen_group"].nunique() >= 0.9 * len(sample)  # mostly distinct specimens
-
-
-@needs_mirror()
-def test_sample_covers_every_combination_and_technique_string_of_the_mirror(sample, mirror):
-    assert set(sample["category_set"]) == set(mirror["category_set"])
-    assert set(sample["technique"].map(taxonomy.normalise)) == set(
-        mirror["technique"].map(taxonomy.normalise)
-    )
-
-
-def test_sample_size_format_and_dimension_limits(sample):
-    assert 50 <= len(sample) <= 70
-    total = sum(p.stat().st_size for p in SAMPLE.rglob("*") if p.is_file())
-    assert total <= dataset.SAMPLE_MAX_BYTES
-    assert sorted((SAMPLE / "images").iterdir()) == sorted(map(Path, sample["image_path"]))
-    for _, row in sample.iterrows():
-        assert max(row["image_width"], row["image_height"]) <= dataset.SAMPLE_MAX_SIDE
-        assert Path(row["image_path"]).suffix == dataset.FORMAT_SUFFIX[row["image_format"]]
-        assert magic_format(row["image_path"]) == row["image_format"]
-    kinds = set(zip(sample["image_format"], sample["image_mode"], strict=True))
-    assert {("GIF", "L"), ("GIF", "P"), ("BMP", "RGB"), ("JPEG", "L"), ("JPEG", "RGB")} <= kinds
-
-
-def test_sample_licence_names_every_contributor(sample):
-    licence = (SAMPLE / "LICENSE.md").read_text(encoding="utf-8")
-    assert "CC BY-NC-SA" in licence and "University of Cambridge" in licence
-    for _, row in sample.iterrows():
-        assert f"| {row['micrograph_no']} |" in licence
-        assert " ".join(row["contributor"].split()) in licence
-
-
-def test_sample_builder_is_deterministic_and_keeps_format_and_mode(tmp_path):
-    # The committed sample serves as the mirror; 200 px forces the resize path for every file.
-    outs = [tmp_path / "a", tmp_path / "b"]
-    for out in outs:
-        dataset.build_sample(SAMPLE, out, n=12, seed=3, max_side=200)
-    files = sorted(p.relative_to(outs[0]) for p in outs[0].rglob("*") if p.is_file())
-    assert files == sorted(p.relative_to(outs[1]) for p in outs[1].rglob("*") if p.is_file())
-    for name in files:
-        assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
-    built = dataset.load_records(outs[0])
-    assert len(built) == 12
-    assert set(built["technique_family"]) == set(taxonomy.ALL_FAMILIES)
-    source = dataset.load_records(SAMPLE).set_index("micrograph_no")
-    for _, row in built.iterrows():
-        original = source.loc[row["micrograph_no"]]
-        assert (row["image_format"], row["image_mode"]) == (
-            original["image_format"],
-            original["image_mode"],
-        )
-        assert max(row["image_width"], row["image_height"]) <= 200
-    other_seed = dataset.select_sample(dataset.load_records(SAMPLE), 12, seed=4)
-    assert set(other_seed["micrograph_no"]) != set(built["micrograph_no"])
-
-
-def test_sample_builder_failure_keeps_the_previous_sample(tmp_path):
-    out = tmp_path / "sample"
-    out.mkdir()
-    (out / "keep.txt").write_text("collected")
-    with pytest.raises(dataset.DatasetError, match="over the"):
-        dataset.build_sample(SAMPLE, out, n=6, max_side=128, max_bytes=1000)
-    assert (out / "keep.txt").read_text() == "collected"
-    assert not (tmp_path / "sample.partial").exists()
-    with pytest.raises(dataset.DatasetError, match="mirror itself"):
-        dataset.build_sample(SAMPLE, SAMPLE)
-
-
-def test_sample_cli_reports_a_bad_mirror(tmp_path, capsys):
-    assert cli.main(["sample", "--mirror", str(tmp_path / "nowhere"), "--out", str(tmp_path)]) == 1
-    assert "nowhere" in capsys.readouterr().err
 
 
 # --- sampler and split -----------------------------------------------------------------------

@@ -11,8 +11,8 @@ import time
 import pandas as pd
 import pytest
 
+from microqa.mirror import MirrorServer
 from tests.conftest import MIRROR, NotebookPipeline, needs_mirror, needs_reference
-from tests.mirror_server import MirrorServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.notebooks, needs_mirror(), needs_reference()]
 

@@ -20,7 +20,7 @@ def tree(tmp_path):
     """A copy of the Makefile's inputs with every notebook already executed, newest last."""
     for name in ("Makefile", "pyproject.toml"):
         shutil.copy2(REPO / name, tmp_path / name)
-    for folder in ("lib", "notebooks"):
+    for folder in ("lib", "notebooks", "tools"):
         ignore = shutil.ignore_patterns("__pycache__")
         shutil.copytree(REPO / folder, tmp_path / folder, ignore=ignore)
     checksum = subprocess.run(
@@ -34,7 +34,7 @@ def tree(tmp_path):
     (tmp_path / ".venv" / "bin").mkdir(parents=True)
     (tmp_path / ".venv" / "bin" / "python").symlink_to(shutil.which("python3"))
     (tmp_path / "build" / "notebooks").mkdir(parents=True)
-    (tmp_path / "build" / "data-source.txt").write_text("url= strict=\n")
+    (tmp_path / "build" / "data-source.txt").write_text("url= strict= dataset=\n")
     (tmp_path / ".venv" / f".setup-{checksum}").touch()
     # Everything dates from an hour ago, the executed notebooks from after it, in order; a
     # file touched or written now is then newer than all of them.
@@ -50,10 +50,19 @@ def tree(tmp_path):
     return tmp_path
 
 
-def would_execute(tree) -> list[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("DOITPOMS_URL", "STRICT", "MAKEFLAGS")}
+def would_execute(tree, *variables: str) -> list[str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DOITPOMS_URL", "STRICT", "MAKEFLAGS", "DATASET")
+    }
     out = subprocess.run(
-        ["make", "-n", "reproduce"], cwd=tree, capture_output=True, text=True, env=env, check=True
+        ["make", "-n", "reproduce", *variables],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
     ).stdout
     return [name for name in NOTEBOOKS if f"notebooks/{name}.ipynb " in out]
 
@@ -85,3 +94,33 @@ def test_changing_the_data_source_reruns_everything(tree):
         ["make", "-n", "reproduce"], cwd=tree, capture_output=True, text=True, env=env, check=True
     ).stdout
     assert all(f"notebooks/{name}.ipynb " in out for name in NOTEBOOKS)
+
+
+def test_a_new_dataset_reruns_notebook_01_and_passes_it_as_a_parameter(tree):
+    out = subprocess.run(
+        ["make", "-n", "reproduce", "DATASET=../mine"],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "MAKEFLAGS"},
+        check=True,
+    ).stdout
+    mine = (tree / ".." / "mine").resolve()
+    assert f"-p dataset_dir '{mine}'" in out, out
+    assert would_execute(tree, "DATASET=../mine") == NOTEBOOKS  # 01, and all that read it
+
+
+def test_the_dependency_generator_runs_with_the_system_python():
+    python = shutil.which("python3")
+    out = subprocess.run(
+        [python, "-S", str(REPO / "tools" / "notebook_deps.py")],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    ).stdout
+    rules = dict(line.split(": ", 1) for line in out.strip().splitlines())
+    assert set(rules) == {f"build/notebooks/{p.name}" for p in (REPO / "notebooks").glob("*.ipynb")}
+    for deps in rules.values():
+        assert "lib/microqa/config.py" in deps.split()
+    assert "lib/microqa/sources.py" in rules["build/notebooks/01_scrape_doitpoms.ipynb"].split()

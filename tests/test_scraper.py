@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from microqa import config, doitpoms
+from microqa.mirror import Faults, MirrorServer
 from tests.conftest import MIRROR, REPO, needs_mirror
-from tests.mirror_server import Faults, MirrorServer
 from tests.scraper_helpers import (
     TINY_LAYOUT,
     TINY_MISSING_RUN,
@@ -191,7 +191,7 @@ def test_persistent_failures_are_listed_kept_and_retried_on_rerun(tiny_mirror, t
         assert not result.complete and doitpoms.completion(out) is None
         rows = {r["micrograph_no"]: r for r in read_rows(out / "records.csv")}
         assert "3" not in rows  # the page failed: nothing to keep yet
-        assert rows["7"]["image_file"] == "" and "does not decode" in rows["7"]["image_error"]
+        assert rows["7"]["image_file"] == "" and "cannot decode" in rows["7"]["image_error"]
         assert rows["7"]["brief_description"] == record_row(7)["brief_description"]
         assert not list((out / "images").glob("000007.*"))
 
@@ -351,12 +351,13 @@ def test_a_damaged_state_file_is_refetched(server, tmp_path):
     assert snapshot(out) == before
 
 
-def test_mirror_server_runs_as_a_script(tiny_mirror, tmp_path):
+def test_mirror_runs_as_a_command(tiny_mirror, tmp_path):
     script = [
         sys.executable,
         "-m",
-        "tests.mirror_server",
-        "--mirror",
+        "microqa",
+        "mirror",
+        "--data",
         str(tiny_mirror),
         "--port",
         "0",

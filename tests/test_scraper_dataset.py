@@ -1,4 +1,5 @@
-"""Notebook 01's data-source logic (existing -> scraped -> sample) and the notebook itself."""
+"""sources.py: notebook 01's data-source logic (user -> existing -> scraped -> sample) and the
+notebook itself."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import socket
 
 import pytest
 
-from microqa import config, doitpoms, provenance
+from microqa import config, doitpoms, provenance, sources
+from microqa.mirror import MirrorServer
 from tests.conftest import REPO, execute_notebook
-from tests.mirror_server import MirrorServer
 from tests.scraper_helpers import make_mirror, snapshot
 
 
@@ -37,7 +38,7 @@ def mirror(tmp_path):
 
 def test_smoke_profile_scrapes_a_small_range_into_build_then_reuses_it(tree, mirror, monkeypatch):
     monkeypatch.setenv("DOITPOMS_URL", mirror.base_url)
-    choice = doitpoms.resolve_dataset("smoke", delay=0)
+    choice = sources.resolve_dataset("smoke", delay=0)
     assert choice.source == "scraped" and choice.complete
     assert choice.dataset_dir == config.build_dir() / "doitpoms-smoke"
     assert not config.scraped_dir().exists(), "a partial scrape never lands in data/doitpoms"
@@ -45,10 +46,10 @@ def test_smoke_profile_scrapes_a_small_range_into_build_then_reuses_it(tree, mir
     assert (choice.n_records, choice.n_images) == (7, 7)
     data = provenance.load()["data"]
     assert data["source"] == "scraped" and data["fallbacks"] == []
-    assert data["dataset_dir"] == str(choice.dataset_dir) and data["n_images"] == 7
+    assert data["dataset_dir"] == config.display_path(choice.dataset_dir) and data["n_images"] == 7
 
     asked = len(mirror.requests)
-    again = doitpoms.resolve_dataset("smoke", delay=0)
+    again = sources.resolve_dataset("smoke", delay=0)
     assert again.source == "existing" and len(mirror.requests) == asked
     assert (again.n_records, again.n_images) == (7, 7)
 
@@ -56,7 +57,7 @@ def test_smoke_profile_scrapes_a_small_range_into_build_then_reuses_it(tree, mir
 def test_full_profile_uses_a_complete_scrape_without_network(tree, mirror, monkeypatch):
     doitpoms.scrape(mirror.base_url, config.scraped_dir(), delay=0, missing_run=4)
     monkeypatch.setenv("DOITPOMS_URL", closed_url())
-    choice = doitpoms.resolve_dataset("full")
+    choice = sources.resolve_dataset("full")
     assert choice.source == "existing" and choice.base_url == mirror.base_url
     assert choice.dataset_dir == config.scraped_dir()
     assert provenance.banner(["data"]).startswith("**Provenance:** real data")
@@ -65,24 +66,25 @@ def test_full_profile_uses_a_complete_scrape_without_network(tree, mirror, monke
 def test_unreachable_site_falls_back_to_the_sample_loudly(tree, monkeypatch, capsys):
     url = closed_url()
     monkeypatch.setenv("DOITPOMS_URL", url)
-    choice = doitpoms.resolve_dataset("full")
+    choice = sources.resolve_dataset("full")
     assert choice.source == "sample" and choice.dataset_dir == config.sample_dir()
     assert (choice.n_records, choice.n_images) == (7, 7)
     assert "OFFLINE SUBSTITUTE" in capsys.readouterr().err
     data = provenance.load()["data"]
     assert data["source"] == "sample"
     [fallback] = data["fallbacks"]
-    assert "embedded sample data/sample (7 images)" in fallback["what"]
+    sample = config.display_path(config.sample_dir())
+    assert f"embedded sample {sample} (7 images)" in fallback["what"]
     assert url in fallback["reason"]
     assert "OFFLINE SUBSTITUTES IN USE" in provenance.banner(["data"])
-    assert "[SAMPLE DATA]" in doitpoms.summary_caption(choice)
+    assert "[SAMPLE DATA]" in sources.summary_caption(choice)
 
 
 def test_fallbacks_of_an_earlier_run_do_not_stick(tree, mirror, monkeypatch):
     monkeypatch.setenv("DOITPOMS_URL", closed_url())
-    doitpoms.resolve_dataset("smoke")
+    sources.resolve_dataset("smoke")
     monkeypatch.setenv("DOITPOMS_URL", mirror.base_url)
-    assert doitpoms.resolve_dataset("smoke", delay=0).source == "scraped"
+    assert sources.resolve_dataset("smoke", delay=0).source == "scraped"
     assert provenance.load()["data"]["fallbacks"] == []
 
 
@@ -90,14 +92,14 @@ def test_strict_mode_refuses_the_sample(tree, monkeypatch):
     monkeypatch.setenv("DOITPOMS_URL", closed_url())
     monkeypatch.setenv("STRICT", "1")
     with pytest.raises(provenance.StrictModeError, match="sample"):
-        doitpoms.resolve_dataset("full")
+        sources.resolve_dataset("full")
 
 
 def test_unreachable_site_and_no_sample_names_both(tree, monkeypatch):
     monkeypatch.setenv("DOITPOMS_URL", closed_url())
     monkeypatch.setenv("MICROQA_SAMPLE", str(tree / "no-sample-here"))
     with pytest.raises(doitpoms.ScrapeError, match="no embedded sample at .*no-sample-here"):
-        doitpoms.resolve_dataset("full")
+        sources.resolve_dataset("full")
 
 
 def test_partial_scrape_is_kept_when_the_site_goes_away(tree, mirror, monkeypatch):
@@ -107,7 +109,7 @@ def test_partial_scrape_is_kept_when_the_site_goes_away(tree, mirror, monkeypatc
     before = data_files()
     monkeypatch.setenv("DOITPOMS_URL", mirror.base_url)
     mirror.stop()  # the site disappears mid-way through the smoke range
-    choice = doitpoms.resolve_dataset("smoke", delay=0)
+    choice = sources.resolve_dataset("smoke", delay=0)
     assert choice.source == "sample" and "partial scrape" in choice.reason
     assert data_files() == before  # records, images and state all kept
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from microqa import doitpoms
+from microqa import doitpoms, images
 from tests.conftest import REPO
 
 PAGES = REPO / "tests" / "data"
@@ -107,7 +107,13 @@ def test_declared_charset_wins():
     [("1-5", [1, 2, 3, 4, 5]), ("7", [7]), (" 3 - 4 ,1,4", [1, 3, 4]), ("9-9", [9])],
 )
 def test_parse_ids(spec, ids):
-    assert doitpoms.parse_ids(spec) == ids
+    assert list(doitpoms.parse_ids(spec)) == ids
+
+
+def test_parse_ids_is_lazy():
+    huge = doitpoms.parse_ids("1-100000000,5-7,100000001")
+    assert len(huge) == 100_000_001 and str(huge) == "1-100000001"
+    assert next(iter(huge)) == 1
 
 
 @pytest.mark.parametrize("spec", ["", "a-b", "5-1", "0-3", "1-", "-4", "1..4", "3,,4"])
@@ -146,15 +152,21 @@ def test_inspect_image_reports_the_true_format(fmt, mode, ext):
 @pytest.mark.parametrize("fmt", ["JPEG", "GIF", "BMP", "PNG"])
 def test_truncated_images_are_rejected(fmt):
     data = encoded(fmt, "P" if fmt == "GIF" else "RGB")
-    with pytest.raises(doitpoms.CorruptImage, match="does not decode"):
+    with pytest.raises(images.ImageError, match="cannot decode"):
         doitpoms.inspect_image(data[: len(data) // 2])
 
 
 def test_html_instead_of_an_image_is_rejected():
-    with pytest.raises(doitpoms.CorruptImage):
+    with pytest.raises(images.ImageError, match="not a recognised image format"):
         doitpoms.inspect_image(b"<html><body>Server busy</body></html>")
 
 
 def test_unsupported_format_is_named():
-    with pytest.raises(doitpoms.CorruptImage, match="TIFF"):
-        doitpoms.inspect_image(encoded("TIFF"))
+    with pytest.raises(images.ImageError, match="WEBP"):
+        doitpoms.inspect_image(encoded("WEBP"))
+
+
+def test_an_image_over_the_pixel_limit_is_named(monkeypatch):
+    monkeypatch.setenv("MICROQA_MAX_PIXELS", "1000")
+    with pytest.raises(images.ImageError, match="page 7 image: 64x48 px is over the limit"):
+        doitpoms.inspect_image(encoded("PNG"), name="page 7 image")

@@ -70,6 +70,23 @@ def shared_dir() -> Path:
     return _env_path("MICROQA_SHARED", repo_root().parent / "shared")
 
 
+def display_path(path: Path | str) -> str:
+    """A path as outputs show and store it: relative to the repository when inside it (so a
+    second clone reads its own data, and no output names the machine), else as given."""
+    path = Path(path)
+    try:
+        return path.resolve().relative_to(repo_root()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def repo_path(path: Path | str) -> Path:
+    """The inverse of display_path: a relative path is taken from the repository root
+    (notebooks run in notebooks/, so their working directory is no anchor)."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else repo_root() / path
+
+
 def doitpoms_url() -> str:
     return os.environ.get("DOITPOMS_URL") or DEFAULT_DOITPOMS_URL
 
@@ -114,9 +131,17 @@ PROFILES = {
 }
 
 
+_chosen_profile: str | None = None  # the profile this process chose by name (see profile())
+
+
 def profile(name: str | None = None) -> Profile:
-    name = name or os.environ.get("MICROQA_PROFILE", "full")
-    try:
-        return PROFILES[name]
-    except KeyError:
-        raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}") from None
+    """The named profile; with no name, the one this process chose by name earlier (a notebook's
+    `profile` parameter), else MICROQA_PROFILE, else "full". Choosing one by name makes it the
+    run's profile, so provenance records the profile that ran, not an environment default."""
+    global _chosen_profile
+    chosen = name or _chosen_profile or os.environ.get("MICROQA_PROFILE", "full")
+    if chosen not in PROFILES:
+        raise ValueError(f"unknown profile {chosen!r}; choose one of {sorted(PROFILES)}")
+    if name:
+        _chosen_profile = name
+    return PROFILES[chosen]

@@ -1,27 +1,28 @@
-"""Records -> one tidy DataFrame; taxonomy tables; the active dataset; a seeded stratified
-sampler; the builder of the embedded offline sample (`python -m microqa sample`).
+"""Records -> one tidy DataFrame, validated in one place; the active dataset; taxonomy tables;
+a seeded stratified sampler.
 
-A dataset directory holds `records.csv` (the columns of the DoITPoMS mirror, plus the
-scraper's image columns when it made them) and `images/NNNNNN.<ext>`.
+A dataset directory (GUIDE.md, "Data layout") holds `records.csv` and `images/NNNNNN.<ext>`.
+Required columns are REQUIRED_COLUMNS; every other column of RECORD_COLUMNS is optional (an
+absent one reads as empty). The scraper adds IMAGE_COLUMNS, describing each stored file.
+
+`load_records` raises `DatasetError`, one line naming the file, the row and the fix, for what
+makes a dataset unusable (no records.csv, text that is not UTF-8, a missing required column, an
+id that is not a number or appears twice). What only affects some records is counted and
+listed in the table's `attrs` (see DATASET_NOTES), never dropped without a word.
 """
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import io
-import os
 import re
-import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
-from microqa import config, provenance, taxonomy
+from microqa import config, files, images, provenance, taxonomy
 
+# The record columns of the DoITPoMS mirror, in its order: the one statement of them.
 RECORD_COLUMNS = [
     "micrograph_no",
     "brief_description",
@@ -42,7 +43,10 @@ RECORD_COLUMNS = [
     "image_url",
     "page_url",
 ]
-# The scraper's image columns (after the 18 record columns), describing the stored file.
+FIELD_COLUMNS = RECORD_COLUMNS[1:16]  # the fields a record page shows
+# Without these a record cannot be a question: its id, and the labels of the two tasks.
+REQUIRED_COLUMNS = ("micrograph_no", "technique", "categories")
+# The scraper's image columns (after the record columns), describing the stored file.
 IMAGE_COLUMNS = [
     "image_file",
     "image_sha256",
@@ -52,23 +56,18 @@ IMAGE_COLUMNS = [
     "image_mode",
     "image_error",
 ]
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".gif", ".bmp", ".png", ".tif", ".tiff")
-# Pillow format name -> the extension a file of that format carries in a dataset directory.
-FORMAT_SUFFIX = {"JPEG": ".jpg", "GIF": ".gif", "BMP": ".bmp", "PNG": ".png", "TIFF": ".tif"}
+ENCODING = "utf-8"  # records.csv is read as UTF-8 (a byte-order mark is allowed), nothing else
+# What load_records lists in `df.attrs` (each a list; the notebook and the CLI show them).
+DATASET_NOTES = {
+    "missing_images": "records without a usable image (ids)",
+    "orphan_images": "files in images/ that belong to no record",
+    "without_technique": "records without a technique: left out of the technique task only",
+    "empty_rows": "rows without any field value (ids the library skips)",
+}
 
 
 class DatasetError(RuntimeError):
-    """A dataset directory that cannot be read; the message names the path."""
-
-
-def find_image(dataset_dir: Path, micrograph_no: int) -> Path | None:
-    """`images/NNNNNN.<ext>` of a record, whatever its extension; None when absent."""
-    stem = f"{int(micrograph_no):06d}"
-    for suffix in IMAGE_SUFFIXES:
-        path = dataset_dir / "images" / f"{stem}{suffix}"
-        if path.is_file():
-            return path
-    return None
+    """A dataset that cannot be used; the one-line message names the file, the row, the fix."""
 
 
 def specimen_key(brief_description: str) -> str:
@@ -76,27 +75,93 @@ def specimen_key(brief_description: str) -> str:
     return re.sub(r"\s+", " ", str(brief_description).replace("\xa0", " ")).strip().lower()
 
 
+def read_records_csv(csv_path: Path | str) -> pd.DataFrame:
+    """records.csv as text columns, every record column present ("" when absent)."""
+    csv_path = Path(csv_path)
+    name = config.display_path(csv_path)
+    try:
+        data = csv_path.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"{name}: cannot read ({exc.strerror or exc})") from None
+    try:
+        text = data.decode(ENCODING + "-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DatasetError(
+            f"{name}, line {line}: byte 0x{data[exc.start]:02x} is not {ENCODING.upper()} (the "
+            f"encoding records.csv is read in); save the file as {ENCODING.upper()} (e.g. "
+            "`iconv -f latin1 -t utf-8`)"
+        ) from None
+    try:
+        df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise DatasetError(f"{name}: empty file; it needs a header row and records") from None
+    except pd.errors.ParserError as exc:
+        reason = " ".join(str(exc).split())
+        raise DatasetError(f"{name}: not a readable CSV ({reason}); check its quoting") from None
+    df.columns = [str(column).strip() for column in df.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise DatasetError(
+            f"{name}: missing required column(s) {', '.join(missing)}; required are "
+            f"{', '.join(REQUIRED_COLUMNS)} (every other column is optional)"
+        )
+    partial = [c for c in IMAGE_COLUMNS if c not in df.columns]
+    if partial and len(partial) < len(IMAGE_COLUMNS):
+        raise DatasetError(
+            f"{name} has some image columns but lacks {partial}; give all of "
+            f"{', '.join(IMAGE_COLUMNS)} or none"
+        )
+    for column in RECORD_COLUMNS:
+        if column not in df.columns:
+            df[column] = ""
+    _check_ids(df, name)
+    df["micrograph_no"] = df["micrograph_no"].str.strip().astype(int)
+    return df
+
+
+def _check_ids(df: pd.DataFrame, name: str) -> None:
+    """Ids must be whole numbers, each used once (row 2 is the first record, as in a sheet)."""
+    ids = df["micrograph_no"].str.strip()
+    bad = ids[~ids.str.fullmatch(r"\d+")]
+    if len(bad):
+        row = int(bad.index[0]) + 2
+        more = f" ({len(bad) - 1} more rows like it)" if len(bad) > 1 else ""
+        raise DatasetError(
+            f"{name}, row {row}: micrograph_no {bad.iloc[0]!r} is not a whole number{more}; "
+            "give each record its numeric id"
+        )
+    numbers = ids.astype(int)
+    repeated = numbers[numbers.duplicated(keep=False)]
+    if len(repeated):
+        first = int(repeated.iloc[0])
+        rows = [int(i) + 2 for i in repeated.index[repeated == first]]
+        others = sorted(set(repeated) - {first})
+        more = f" (also duplicated: {', '.join(map(str, others[:5]))})" if others else ""
+        raise DatasetError(
+            f"{name}, rows {', '.join(map(str, rows))}: micrograph_no {first} is used more than "
+            f"once{more}; each record needs its own id (one image, one truth)"
+        )
+
+
 def load_records(dataset_dir: Path | str, *, with_images_only: bool = True) -> pd.DataFrame:
-    """The tidy table: one row per record, parsed labels, image path, specimen group."""
+    """The tidy table: one row per record, parsed labels, image path, specimen group.
+
+    `attrs` lists what concerns only some records (DATASET_NOTES); with `with_images_only`
+    the records without a usable image are left out of the rows (and listed there)."""
     dataset_dir = Path(dataset_dir)
     csv_path = dataset_dir / "records.csv"
     if not csv_path.is_file():
-        raise DatasetError(f"no records.csv in dataset directory {dataset_dir}")
-    df = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding="utf-8")
-    missing = [c for c in ("micrograph_no", "technique", "categories") if c not in df.columns]
-    if missing:
-        raise DatasetError(f"{csv_path} lacks columns {missing}")
-    partial = [c for c in IMAGE_COLUMNS if c not in df.columns]
-    if partial and len(partial) < len(IMAGE_COLUMNS):
-        raise DatasetError(f"{csv_path} has some image columns but lacks {partial}")
-    bad_ids = df.loc[~df["micrograph_no"].str.strip().str.fullmatch(r"\d+"), "micrograph_no"]
-    if len(bad_ids):
-        raise DatasetError(f"{csv_path}: micrograph_no not an integer: {bad_ids.tolist()[:5]}")
-    df["micrograph_no"] = df["micrograph_no"].astype(int)
+        raise DatasetError(
+            f"no records.csv in dataset directory {config.display_path(dataset_dir)}; a dataset "
+            "holds records.csv and images/NNNNNN.<ext>"
+        )
+    df = read_records_csv(csv_path)
+    name = config.display_path(csv_path)
     df["category_set"] = df["categories"].map(lambda v: tuple(taxonomy.split_multi(v)))
     df["keyword_list"] = df["keywords"].map(lambda v: tuple(taxonomy.split_multi(v)))
     df["technique_family"] = [
-        _family(t, cats, n, csv_path)
+        _family(t, cats, n, name)
         for t, cats, n in zip(df["technique"], df["category_set"], df["micrograph_no"], strict=True)
     ]
     df["technique_coarse"] = df["technique_family"].map(taxonomy.coarse_class)
@@ -107,18 +172,33 @@ def load_records(dataset_dir: Path | str, *, with_images_only: bool = True) -> p
     if "image_file" in df.columns:  # the scraper's image columns: typed, "" -> missing
         for column in ("image_width", "image_height"):
             df[column] = pd.to_numeric(df[column].replace("", None)).astype("Int64")
+    empty = ~(df[FIELD_COLUMNS] != "").any(axis=1)
+    notes = {
+        "missing_images": sorted(df.loc[~empty & (df["image_path"] == ""), "micrograph_no"]),
+        "orphan_images": _orphan_images(dataset_dir, set(df["micrograph_no"])),
+        "without_technique": sorted(
+            df.loc[~empty & df["technique_family"].isna(), "micrograph_no"]
+        ),
+        "empty_rows": sorted(df.loc[empty, "micrograph_no"]),
+    }
     if with_images_only:
         df = df[df["image_path"] != ""]
     # Records of one specimen get one integer group id (CV folds keep groups together).
     df["specimen_id"] = pd.factorize(df["specimen_group"])[0]
-    return df.sort_values("micrograph_no").reset_index(drop=True)
+    df = df.sort_values("micrograph_no").reset_index(drop=True)
+    df.attrs = {"records_csv": name, **{key: [*map(_plain, v)] for key, v in notes.items()}}
+    return df
 
 
-def _family(technique: str, categories: tuple[str, ...], number: int, csv_path: Path) -> str | None:
+def _plain(value):
+    return int(value) if isinstance(value, np.integer) else value
+
+
+def _family(technique: str, categories: tuple[str, ...], number: int, name: str) -> str | None:
     try:
         return taxonomy.technique_family(technique, categories)
     except taxonomy.UnmappedLabelError as error:  # same type, now naming file and record
-        raise taxonomy.UnmappedLabelError(f"{csv_path}, record {number}: {error}") from None
+        raise taxonomy.UnmappedLabelError(f"{name}, record {number}: {error}") from None
 
 
 def _image_paths(dataset_dir: Path, df: pd.DataFrame) -> list[str]:
@@ -131,20 +211,37 @@ def _image_paths(dataset_dir: Path, df: pd.DataFrame) -> list[str]:
             paths.append("")
             continue
         relative = df["image_file"].iat[i] if scraped else ""
-        path = dataset_dir / relative if relative else find_image(dataset_dir, number)
+        path = dataset_dir / relative if relative else images.find_image(dataset_dir, number)
         paths.append(str(path) if path is not None and path.is_file() else "")
     return paths
+
+
+def _orphan_images(dataset_dir: Path, numbers: set[int]) -> list[str]:
+    """Files in images/ named for no record (hidden files, such as a viewer's, aside)."""
+    folder = dataset_dir / "images"
+    if not folder.is_dir():
+        return []
+    orphans = []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith("."):
+            continue
+        stem = path.stem
+        if not (
+            stem.isdigit() and int(stem) in numbers and path.suffix.lower() in images.IMAGE_SUFFIXES
+        ):
+            orphans.append(f"images/{path.name}")
+    return orphans
 
 
 def image_info(path: Path | str) -> dict[str, object]:
     """The image columns for one file: true format, mode, size, sha256 of the bytes.
 
-    A file Pillow cannot decode gets its reason in `image_error` (never raised, never dropped).
+    A file that does not decode gets its reason in `image_error` (never raised, never dropped).
     """
     path = Path(path)
     data = path.read_bytes()
     info: dict[str, object] = {
-        "image_sha256": hashlib.sha256(data).hexdigest(),
+        "image_sha256": files.sha256_bytes(data),
         "image_width": pd.NA,
         "image_height": pd.NA,
         "image_format": "",
@@ -152,16 +249,15 @@ def image_info(path: Path | str) -> dict[str, object]:
         "image_error": "",
     }
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()  # decode fully, so truncated files are caught here
-            info.update(
-                image_width=image.width,
-                image_height=image.height,
-                image_format=image.format or "",
-                image_mode=image.mode,
-            )
-    except Exception as error:  # Pillow raises many types for bad files; keep the reason
-        info["image_error"] = f"{type(error).__name__}: {error}"
+        checked = images.inspect_bytes(data, name=path.name)
+        info.update(
+            image_width=checked.width,
+            image_height=checked.height,
+            image_format=checked.format,
+            image_mode=checked.mode,
+        )
+    except images.ImageError as error:
+        info["image_error"] = str(error)
     return info
 
 
@@ -186,13 +282,15 @@ def with_image_metadata(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def active_dataset_dir() -> Path:
-    """The dataset notebook 01 chose for this run (see its provenance record)."""
+    """The dataset notebook 01 chose for this run (see its provenance record; a path stored
+    relative to the repository is this checkout's, never another clone's)."""
     data = provenance.load().get("data", {})
     if "dataset_dir" not in data:
         raise DatasetError(
-            f"no dataset recorded in {provenance.record_path()}; run notebook 01 (make reproduce)"
+            f"no dataset recorded in {config.display_path(provenance.record_path())}; run "
+            "notebook 01 (make reproduce)"
         )
-    return Path(data["dataset_dir"])
+    return config.repo_path(data["dataset_dir"])
 
 
 def data_substitutes() -> list[str]:
@@ -300,261 +398,3 @@ def category_table(df: pd.DataFrame) -> pd.DataFrame:
         lambda c: 0 if c == "(none)" else len(c.split(", "))
     )
     return table[["combination", "n", "n_labels", "primary_category"]].reset_index(drop=True)
-
-
-# --- The embedded offline sample -------------------------------------------------------------
-
-SAMPLE_SIZE = 60
-SAMPLE_MAX_SIDE = 512
-SAMPLE_MAX_BYTES = 5 * 1024 * 1024
-# Each technique family keeps at least this many records (when the library has them), so the
-# smoke runs see every class more than once; the rest is proportional to the library.
-SAMPLE_FAMILY_FLOOR = 4
-JPEG_QUALITY = 85
-KEEP_BYTES = 64 * 1024  # a small JPEG above this is re-encoded at JPEG_QUALITY
-LICENSE_HEADER = """\
-# Licence and attribution of the embedded sample
-
-The images and record text in this directory are a small sample of the **DoITPoMS
-Micrograph Library**, University of Cambridge (https://www.doitpoms.ac.uk/miclib/),
-(c) University of Cambridge. They are redistributed here, downscaled to at most
-{max_side} px on the long side (same file format), for non-commercial research and
-teaching only, so that the study runs offline.
-
-- Most micrographs are licensed **CC BY-NC-SA** (Creative Commons Attribution-
-  NonCommercial-ShareAlike; 2.0 UK: England & Wales, the site's newer pages say 4.0):
-  https://creativecommons.org/licenses/by-nc-sa/2.0/uk/ . Derivatives must keep this
-  attribution, must not be used commercially, and must be shared under the same licence.
-- A few fall under the **DoITPoMS standard terms of use**: non-profit educational use with
-  acknowledgement of DoITPoMS, University of Cambridge.
-- Copyright in each image and its metadata stays with the contributor and organisation
-  named in its record, listed below and in `records.csv` (`contributor`, `organisation`,
-  `page_url`). Check a record's page for its exact terms before any reuse.
-
-The MIT licence of the microqa code does **not** apply to these files.
-
-## Records
-
-"""
-
-
-def _first_by_specimen(candidates: pd.DataFrame, taken: set[str]) -> pd.DataFrame:
-    """Candidates whose specimen is not in the sample yet (all of them if none is new)."""
-    fresh = candidates[~candidates["specimen_group"].isin(taken)]
-    return fresh if len(fresh) else candidates
-
-
-def _family_targets(df: pd.DataFrame, n: int) -> dict[str, int]:
-    """Records per technique family: a floor for small families, the rest proportional."""
-    sizes = df["technique_family"].value_counts()
-    specimens = df.groupby("technique_family")["specimen_group"].nunique()
-    targets = {f: int(min(SAMPLE_FAMILY_FLOOR, specimens[f])) for f in sizes.index}
-    rest = n - sum(targets.values())
-    if rest < 0:  # tiny n: one per family, largest families first
-        targets = {f: 0 for f in sizes.index}
-        for f in list(sizes.index)[:n]:
-            targets[f] = 1
-        return targets
-    spare = {f: max(0, sizes[f] - targets[f]) for f in sizes.index}
-    total_spare = sum(spare.values()) or 1
-    for f in sizes.index:
-        targets[f] += int(rest * spare[f] / total_spare)
-    for f in sizes.index:  # rounding remainder to the largest families
-        if sum(targets.values()) >= n:
-            break
-        targets[f] += 1
-    return targets
-
-
-def select_sample(df: pd.DataFrame, n: int = SAMPLE_SIZE, *, seed: int = 0) -> pd.DataFrame:
-    """A seeded selection of `n` records that covers the label space.
-
-    First one record for each label value, rarest first, in this priority: technique family,
-    primary category (incl. "none", which later stages must exclude and count), category
-    combination, raw technique string, file format and mode (GIF L/P, BMP, greyscale JPEG:
-    the loaders must cope with each). Then each family is filled to its target (see
-    `_family_targets`), preferring specimens not yet in the sample, so the images vary.
-    """
-    if n > len(df):
-        raise DatasetError(f"sample of {n} records asked from a dataset of {len(df)}")
-    rng = np.random.default_rng(seed)
-    pool = df.iloc[rng.permutation(len(df))].copy()  # a seeded order; ties break by it
-    pool["_primary"] = pool["primary_category"].fillna("(none)")
-    pool["_combination"] = pool["category_set"].map(", ".join)
-    pool["_technique"] = pool["technique"].map(taxonomy.normalise)
-    pool["_file_kind"] = with_image_metadata(pool)[["image_format", "image_mode"]].agg(
-        " ".join, axis=1
-    )
-    chosen: list[int] = []
-    taken: set[str] = set()
-
-    def take(candidates: pd.DataFrame) -> None:
-        row = _first_by_specimen(candidates, taken).iloc[0]
-        chosen.append(int(row["micrograph_no"]))
-        taken.add(row["specimen_group"])
-
-    for column in ("technique_family", "_primary", "_combination", "_technique", "_file_kind"):
-        counts = pool[column].value_counts()
-        for value in sorted(counts.index, key=lambda v: (counts[v], str(v))):
-            if len(chosen) >= n:
-                break
-            selected = pool[pool["micrograph_no"].isin(chosen)]
-            if (selected[column] == value).any():
-                continue
-            take(pool[pool[column] == value])
-
-    targets = _family_targets(df, n)
-    while len(chosen) < n:
-        selected = pool[pool["micrograph_no"].isin(chosen)]
-        have = selected["technique_family"].value_counts()
-        left = pool[~pool["micrograph_no"].isin(chosen)]
-        deficit = {
-            f: targets[f] - have.get(f, 0) for f in targets if (left["technique_family"] == f).any()
-        }
-        family = max(deficit, key=lambda f: (deficit[f], targets[f], f))
-        take(left[left["technique_family"] == family])
-    return df[df["micrograph_no"].isin(chosen)].sort_values("micrograph_no").reset_index(drop=True)
-
-
-def downscale_image(source: Path, max_side: int = SAMPLE_MAX_SIDE) -> tuple[bytes, str]:
-    """Bytes of the image with its long side at most `max_side`, in its true format.
-
-    Files already small enough are kept byte for byte (JPEGs over KEEP_BYTES are re-encoded
-    at their size, to fit the sample's byte budget). Larger ones are resized with LANCZOS
-    and re-encoded in the same format and mode (palette GIFs are re-quantised to a palette)
-    without EXIF, ICC or timestamps, so the output depends only on the input bytes.
-    Returns (bytes, extension).
-    """
-    data = source.read_bytes()
-    with Image.open(io.BytesIO(data)) as image:
-        image_format, mode = image.format, image.mode
-        if image_format not in FORMAT_SUFFIX:
-            raise DatasetError(f"{source}: unsupported image format {image_format!r}")
-        suffix = FORMAT_SUFFIX[image_format]
-        if max(image.size) <= max_side and (len(data) <= KEEP_BYTES or image_format != "JPEG"):
-            return data, suffix
-        scale = min(1.0, max_side / max(image.size))
-        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        working = image.convert("RGB") if mode == "P" else image
-        resized = working.resize(size, Image.Resampling.LANCZOS) if scale < 1 else working.copy()
-        if mode == "P":
-            resized = resized.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=0)
-    out = io.BytesIO()
-    if image_format == "JPEG":
-        resized.save(out, "JPEG", quality=JPEG_QUALITY, optimize=True)
-    else:
-        resized.save(out, image_format)
-    return out.getvalue(), suffix
-
-
-def build_sample(
-    mirror_dir: Path | str,
-    out_dir: Path | str,
-    *,
-    n: int = SAMPLE_SIZE,
-    seed: int = 0,
-    max_side: int = SAMPLE_MAX_SIDE,
-    max_bytes: int = SAMPLE_MAX_BYTES,
-) -> pd.DataFrame:
-    """Write the embedded sample: `records.csv` (record + image columns), `images/`, `LICENSE.md`.
-
-    Built in a temporary sibling directory and swapped in at the end, so a failure never leaves
-    a half-written sample (or removes the previous one). Returns the sample's records.
-    """
-    mirror_dir, out_dir = Path(mirror_dir).resolve(), Path(out_dir).resolve()
-    if out_dir == mirror_dir:
-        raise DatasetError(f"--out {out_dir} is the mirror itself; choose another directory")
-    records = load_records(mirror_dir)  # raises DatasetError naming a bad mirror directory
-    # The raw text of each record, copied as is (load_records adds parsed columns).
-    source = pd.read_csv(mirror_dir / "records.csv", dtype=str, keep_default_na=False)
-    sample = select_sample(records, n, seed=seed)
-
-    staging = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "images").mkdir(parents=True)
-    try:
-        _write_sample(sample, source, staging, max_side, max_bytes)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if out_dir.exists():  # swap: old sample aside, new one in, old one removed
-        previous = out_dir.with_name(out_dir.name + ".previous")
-        shutil.rmtree(previous, ignore_errors=True)
-        os.replace(out_dir, previous)
-        os.replace(staging, out_dir)
-        shutil.rmtree(previous)
-    else:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging, out_dir)
-    return load_records(out_dir)
-
-
-def _write_sample(
-    sample: pd.DataFrame, source: pd.DataFrame, staging: Path, max_side: int, max_bytes: int
-) -> None:
-    rows = []
-    for _, record in sample.iterrows():
-        data, suffix = downscale_image(Path(record["image_path"]), max_side)
-        relative = f"images/{int(record['micrograph_no']):06d}{suffix}"
-        (staging / relative).write_bytes(data)
-        info = image_info(staging / relative)
-        if info["image_error"]:
-            raise DatasetError(f"{record['image_path']}: {info['image_error']}")
-        raw = source[source["micrograph_no"].astype(int) == record["micrograph_no"]].iloc[0]
-        rows.append({**{c: raw.get(c, "") for c in RECORD_COLUMNS}, "image_file": relative, **info})
-    table = pd.DataFrame(rows, columns=RECORD_COLUMNS + IMAGE_COLUMNS)
-    table.to_csv(staging / "records.csv", index=False, lineterminator="\n", encoding="utf-8")
-    (staging / "LICENSE.md").write_text(_license_text(table, max_side), encoding="utf-8")
-
-    total = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
-    if total > max_bytes:
-        raise DatasetError(
-            f"sample would be {total / 2**20:.2f} MiB, over the {max_bytes / 2**20:.1f} "
-            "MiB limit; lower --max-side or --n (the previous sample is untouched)"
-        )
-
-
-def _license_text(table: pd.DataFrame, max_side: int) -> str:
-    def cell(value: str) -> str:
-        return re.sub(r"\s+", " ", str(value)).replace("|", "/").strip() or "(not given)"
-
-    lines = ["| record | contributor | organisation | source page |", "|---|---|---|---|"]
-    for _, row in table.iterrows():
-        lines.append(
-            f"| {int(row['micrograph_no'])} | {cell(row['contributor'])} | "
-            f"{cell(row['organisation'])} | {cell(row['page_url'])} |"
-        )
-    return LICENSE_HEADER.format(max_side=max_side) + "\n".join(lines) + "\n"
-
-
-def configure_cli(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--mirror",
-        required=True,
-        type=Path,
-        help="a dataset directory (records.csv + images/), e.g. ../shared/doitpoms",
-    )
-    parser.add_argument(
-        "--out", type=Path, default=None, help="where to write the sample (default: data/sample)"
-    )
-    parser.add_argument("--n", type=int, default=SAMPLE_SIZE, help="number of records")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--max-side",
-        type=int,
-        default=SAMPLE_MAX_SIDE,
-        help="long side of the stored images, in pixels",
-    )
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    out = args.out or config.sample_dir()
-    try:
-        sample = build_sample(args.mirror, out, n=args.n, seed=args.seed, max_side=args.max_side)
-    except (DatasetError, OSError) as error:
-        print(f"microqa sample: {error}", file=sys.stderr)
-        return 1
-    size = sum(p.stat().st_size for p in Path(out).rglob("*") if p.is_file())
-    families = sample["technique_family"].value_counts().to_dict()
-    print(f"wrote {len(sample)} records ({size / 2**20:.2f} MiB) to {out}; families: {families}")
-    return 0

@@ -9,6 +9,9 @@ Layout written under DIR (see GUIDE.md, "Data layout"):
   .scrape/source.json    the base URL this directory was scraped from
   .scrape/complete.json  present only after a run that ended with nothing failed
 
+It writes only into a folder it created: an existing folder without its `.scrape/` state (a
+user's dataset, any other files) is refused, never overwritten.
+
 Resume without loss: every file is written to a temporary name and renamed into place, an id
 counts as done only once its state file exists, and records.csv is compiled from the state
 files alone. So a run killed at any moment and rerun ends with exactly the files of an
@@ -26,10 +29,8 @@ from __future__ import annotations
 import argparse
 import csv
 import fcntl
-import hashlib
 import io
 import json
-import os
 import re
 import sys
 import time
@@ -39,51 +40,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
-import pandas as pd
 import requests
 from lxml import html as lxml_html
-from PIL import Image
-from PIL.Image import DecompressionBombError
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from microqa import config, provenance
+from microqa import config
+from microqa.dataset import FIELD_COLUMNS, IMAGE_COLUMNS, RECORD_COLUMNS
+from microqa.files import PARTIAL_SUFFIX, atomic_write_bytes
+from microqa.images import ImageError, ImageInfo, inspect_bytes
 
-# The mirror's columns (same names and order as dataset.RECORD_COLUMNS), then the scraper's.
-RECORD_COLUMNS = [
-    "micrograph_no",
-    "brief_description",
-    "keywords",
-    "categories",
-    "system",
-    "composition",
-    "standard_codes",
-    "reaction",
-    "processing",
-    "applications",
-    "sample_preparation",
-    "technique",
-    "length_bar",
-    "further_information",
-    "contributor",
-    "organisation",
-    "image_url",
-    "page_url",
-]
-FIELD_COLUMNS = RECORD_COLUMNS[1:16]  # the 15 fields a record page shows
-IMAGE_COLUMNS = [
-    "image_file",
-    "image_sha256",
-    "image_width",
-    "image_height",
-    "image_format",
-    "image_mode",
-    "image_error",
-]
-OUTPUT_COLUMNS = RECORD_COLUMNS + IMAGE_COLUMNS
-
-# Pillow format -> file extension. The site serves GIF and BMP files under `.jpg` names.
-EXTENSIONS = {"JPEG": "jpg", "GIF": "gif", "BMP": "bmp", "PNG": "png"}
+OUTPUT_COLUMNS = RECORD_COLUMNS + IMAGE_COLUMNS  # records.csv: the record's, then the file's
 
 RECORD_PAGE = "micrograph_record.php?id={id}"
 IMAGE_PATH = "micrographs/large/{id:06d}.jpg"
@@ -101,7 +68,6 @@ MAX_IMAGE_BYTES = 50 * 1024 * 1024
 MAX_CONSECUTIVE_FAILURES = 10
 
 STATE_DIR = ".scrape"
-PARTIAL_SUFFIX = ".partial"
 
 # Labels as the site writes them, normalised by _label_key (lower case, single spaces, no colon).
 LABEL_ALIASES = {
@@ -126,10 +92,6 @@ class SiteUnreachable(ScrapeError):
 
 class FetchError(RuntimeError):
     """One URL failed after every retry."""
-
-
-class CorruptImage(ValueError):
-    """The bytes do not decode as a complete image."""
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -218,44 +180,40 @@ def parse_record(page: bytes | str, content_type: str | None = None) -> ParsedRe
     return ParsedRecord(fields, shown, unknown, sources[0] if sources else "")
 
 
+def inspect_image(data: bytes, name: str = "image") -> ImageInfo:
+    """Decode the whole image (so truncation shows) within the pixel limit; ImageError when
+    it does not decode. The site serves GIF and BMP files under `.jpg` names: the true format
+    names the saved file."""
+    return inspect_bytes(data, name=name)
+
+
 @dataclass(frozen=True)
-class ImageInfo:
-    format: str
-    extension: str
-    width: int
-    height: int
-    mode: str
-    sha256: str
+class IdRanges:
+    """Sorted, merged id ranges, iterated lazily (`1-100000000` costs two numbers, not a list)."""
+
+    ranges: tuple[tuple[int, int], ...]
+
+    def __iter__(self) -> Iterator[int]:
+        for low, high in self.ranges:
+            yield from range(low, high + 1)
+
+    def __len__(self) -> int:
+        return sum(high - low + 1 for low, high in self.ranges)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, IdRanges):
+            return self.ranges == other.ranges
+        return isinstance(other, list | tuple) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __str__(self) -> str:
+        return ",".join(f"{a}-{b}" if b > a else str(a) for a, b in self.ranges)
 
 
-def inspect_image(data: bytes) -> ImageInfo:
-    """Decode the whole image (so truncation shows); raise CorruptImage when it does not."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image_format = image.format or ""
-            image.verify()
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            width, height = image.size
-            mode = image.mode
-    except (OSError, SyntaxError, ValueError, DecompressionBombError) as exc:
-        # UnidentifiedImageError is an OSError; truncation shows as OSError from load()
-        raise CorruptImage(f"image does not decode ({type(exc).__name__}: {exc})") from exc
-    if image_format not in EXTENSIONS:
-        raise CorruptImage(f"unsupported image format {image_format!r}")
-    return ImageInfo(
-        format=image_format,
-        extension=EXTENSIONS[image_format],
-        width=width,
-        height=height,
-        mode=mode,
-        sha256=hashlib.sha256(data).hexdigest(),
-    )
-
-
-def parse_ids(spec: str) -> list[int]:
+def parse_ids(spec: str) -> IdRanges:
     """'1-40', '7', '1-10,77,90-95' -> sorted unique ids; ValueError naming the bad part."""
-    ids: set[int] = set()
+    ranges: list[tuple[int, int]] = []
     for part in spec.split(","):
         part = part.strip()
         match = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
@@ -265,8 +223,14 @@ def parse_ids(spec: str) -> list[int]:
         high = int(match.group(2)) if match.group(2) else low
         if low < 1 or high < low:
             raise ValueError(f"--ids {spec!r}: range {part!r} must satisfy 1 <= first <= last")
-        ids.update(range(low, high + 1))
-    return sorted(ids)
+        ranges.append((low, high))
+    merged: list[tuple[int, int]] = []
+    for low, high in sorted(ranges):
+        if merged and low <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(high, merged[-1][1]))
+        else:
+            merged.append((low, high))
+    return IdRanges(tuple(merged))
 
 
 # ----------------------------------------------------------------------------- fetching
@@ -385,7 +349,7 @@ class Fetcher:
                 try:
                     response.checked = validate(response.body)
                     return response
-                except CorruptImage as exc:
+                except ImageError as exc:
                     last_error = str(exc)
             else:
                 last_error = response
@@ -451,14 +415,6 @@ def _reason(exc: BaseException) -> str:
 # ----------------------------------------------------------------------------- files
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name beside `path`, then rename: a reader (or a rerun after a
-    kill) sees the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}{PARTIAL_SUFFIX}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _json_bytes(payload: object) -> bytes:
     return (json.dumps(payload, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode()
 
@@ -490,6 +446,7 @@ class Store:
     """The output directory: images, per-id state files, the compiled records.csv."""
 
     def __init__(self, out_dir: Path, base_url: str):
+        refuse_foreign(out_dir)
         self.root = out_dir
         self.images = out_dir / "images"
         self.state = out_dir / STATE_DIR
@@ -518,7 +475,7 @@ class Store:
                     f"{self.root} holds a scrape of {previous}; use another --out for {base_url}"
                 )
         else:
-            _write_atomic(source, _json_bytes({"base_url": base_url}))
+            atomic_write_bytes(source, _json_bytes({"base_url": base_url}))
 
     def _partials(self) -> Iterator[Path]:
         for folder in (self.root, self.images, self.state, self.ids_dir):
@@ -545,14 +502,14 @@ class Store:
             raise ScrapeError(f"damaged state file {path}: {exc!r}") from None
 
     def save_state(self, record_id: int, payload: dict) -> None:
-        _write_atomic(self.ids_dir / f"{record_id:06d}.json", _json_bytes(payload))
+        atomic_write_bytes(self.ids_dir / f"{record_id:06d}.json", _json_bytes(payload))
 
     def save_image(self, record_id: int, data: bytes, info: ImageInfo) -> str:
         name = f"{record_id:06d}.{info.extension}"
         for stale in self.images.glob(f"{record_id:06d}.*"):  # never two files for one id
             if stale.name != name:
                 stale.unlink()
-        _write_atomic(self.images / name, data)
+        atomic_write_bytes(self.images / name, data)
         return f"images/{name}"
 
     def rows(self) -> list[dict]:
@@ -570,7 +527,7 @@ class Store:
         writer = csv.DictWriter(buffer, fieldnames=OUTPUT_COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-        _write_atomic(self.root / "records.csv", buffer.getvalue().encode("utf-8"))
+        atomic_write_bytes(self.root / "records.csv", buffer.getvalue().encode("utf-8"))
         return rows
 
     def mark_complete(self, payload: dict | None) -> None:
@@ -578,7 +535,30 @@ class Store:
         if payload is None:
             marker.unlink(missing_ok=True)
         else:
-            _write_atomic(marker, _json_bytes(payload))
+            atomic_write_bytes(marker, _json_bytes(payload))
+
+
+def made_by_scraper(folder: Path | str) -> bool:
+    """Whether the scraper created `folder` (its state folder is there)."""
+    return (Path(folder) / STATE_DIR).is_dir()
+
+
+def refuse_foreign(folder: Path) -> None:
+    """ScrapeError unless `folder` is absent, empty, or one the scraper created."""
+    if not folder.exists() or made_by_scraper(folder):
+        return
+    if not folder.is_dir():
+        raise ScrapeError(f"--out {config.display_path(folder)} is a file, not a folder")
+    if (folder / "records.csv").exists():
+        raise ScrapeError(
+            f"{config.display_path(folder)} holds a records.csv the scraper did not write (no "
+            f"{STATE_DIR}/): it never writes into a dataset it did not create; choose another --out"
+        )
+    if any(folder.iterdir()):
+        raise ScrapeError(
+            f"{config.display_path(folder)} is not empty and was not created by the scraper (no "
+            f"{STATE_DIR}/); choose a new or empty folder for --out"
+        )
 
 
 def completion(out_dir: Path | str) -> dict | None:
@@ -590,7 +570,7 @@ def completion(out_dir: Path | str) -> dict | None:
 # ----------------------------------------------------------------------------- the scrape
 
 
-def _normalise_base(base_url: str) -> str:
+def normalise_base(base_url: str) -> str:
     parts = urlsplit(base_url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ScrapeError(f"--base-url {base_url!r} is not an http(s) URL")
@@ -601,7 +581,7 @@ def scrape(
     base_url: str,
     out_dir: Path | str,
     *,
-    ids: list[int] | str | None = None,
+    ids: list[int] | IdRanges | str | None = None,
     delay: float = DEFAULT_DELAY,
     missing_run: int = DEFAULT_MISSING_RUN,
     retries: int = DEFAULT_RETRIES,
@@ -612,7 +592,7 @@ def scrape(
     """Scrape `ids` (a list, a spec like "1-40", or None: discover) into `out_dir`, resuming
     whatever an earlier run there left. Raises ScrapeError for bad input and SiteUnreachable
     when the site does not answer; every record fetched before that stays saved."""
-    base_url = _normalise_base(base_url)
+    base_url = normalise_base(base_url)
     ids_spec = ids if isinstance(ids, str) else None
     if isinstance(ids, str):
         try:
@@ -680,7 +660,7 @@ def scrape(
     return result
 
 
-def _id_sequence(ids: list[int] | None) -> Iterator[int]:
+def _id_sequence(ids: list[int] | IdRanges | None) -> Iterator[int]:
     if ids is not None:
         yield from ids
         return
@@ -690,8 +670,8 @@ def _id_sequence(ids: list[int] | None) -> Iterator[int]:
         record_id += 1
 
 
-def _spec_of(ids: list[int]) -> str:
-    return ",".join(str(i) for i in ids)
+def _spec_of(ids: list[int] | IdRanges) -> str:
+    return str(ids) if isinstance(ids, IdRanges) else ",".join(str(i) for i in ids)
 
 
 def _needs_retry(state: dict) -> bool:
@@ -724,7 +704,12 @@ def _scrape_one(record_id: int, fetcher: Fetcher, store: Store, result: ScrapeRe
     row.update(image_url=image_url, page_url=page_url)
     row.update({column: "" for column in IMAGE_COLUMNS})
     try:
-        image = fetcher.get(image_url, max_bytes=MAX_IMAGE_BYTES, validate=inspect_image)
+        # FetchError names the URL; the reason starts "the body: ..."
+        image = fetcher.get(
+            image_url,
+            max_bytes=MAX_IMAGE_BYTES,
+            validate=lambda body: inspect_image(body, name="the body"),
+        )
         if image.status != 200:
             raise FetchError(f"{image_url}: HTTP {image.status}")
         info: ImageInfo = image.checked  # what inspect_image returned while fetching
@@ -743,163 +728,6 @@ def _scrape_one(record_id: int, fetcher: Fetcher, store: Store, result: ScrapeRe
     state = {"id": record_id, "status": "record", "row": row}
     store.save_state(record_id, state)
     return state
-
-
-# ----------------------------------------------------------------------------- data source
-
-SMOKE_IDS = "1-40"  # the smoke profile scrapes only these, into build/, never into data/
-
-
-@dataclass
-class DatasetChoice:
-    """Which dataset this run uses and why (notebook 01 shows it; provenance records it)."""
-
-    source: str  # "existing", "scraped" or "sample"
-    dataset_dir: Path
-    base_url: str
-    n_records: int
-    n_images: int
-    failures: list[Failure] = field(default_factory=list)
-    complete: bool = True
-    reason: str = ""  # why the sample stands in, when it does
-
-    def summary(self) -> dict[str, object]:
-        return {
-            "source": self.source,
-            "base_url": self.base_url,
-            "n_records": self.n_records,
-            "n_images": self.n_images,
-            "n_failures": len(self.failures),
-            "complete": self.complete,
-        }
-
-
-def count_dataset(dataset_dir: Path | str) -> tuple[int, int]:
-    """(records, records with an image file) of a dataset directory."""
-    dataset_dir = Path(dataset_dir)
-    csv_path = dataset_dir / "records.csv"
-    if not csv_path.is_file():
-        raise ScrapeError(f"no records.csv in dataset directory {dataset_dir}")
-    with open(csv_path, encoding="utf-8", newline="") as fh:
-        rows = [row for row in csv.DictReader(fh) if any(row.get(c) for c in FIELD_COLUMNS)]
-    stems = {path.stem for path in (dataset_dir / "images").glob("*.*")}
-    n_images = sum(1 for row in rows if f"{int(row['micrograph_no']):06d}" in stems)
-    return len(rows), n_images
-
-
-def resolve_dataset(
-    profile: str | None = None,
-    base_url: str = "",
-    *,
-    delay: float = DEFAULT_DELAY,
-    ids: str = "",
-    log: Callable[[str], None] | None = None,
-) -> DatasetChoice:
-    """Choose this run's dataset and record the choice in provenance (stage "data").
-
-    1. a complete earlier scrape in config.scraped_dir() -> "existing" (no network);
-    2. else scrape config.doitpoms_url() into it, resuming what is there -> "scraped";
-    3. else, when the site is unreachable, the embedded sample -> "sample", declared as an
-       offline substitute (an error under STRICT=1).
-    The smoke profile scrapes only SMOKE_IDS into build/doitpoms-smoke, so a partial scrape
-    never passes for the full library in data/doitpoms.
-    """
-    chosen = config.profile(profile)
-    base_url = _normalise_base(base_url or config.doitpoms_url())
-    if chosen.name == "smoke":
-        target, ids = config.build_dir() / "doitpoms-smoke", ids or SMOKE_IDS
-    else:
-        target = config.scraped_dir()
-    wanted = ids or "discover"
-    log = log or _sparse_log
-    provenance.reset_stage("data")  # a fresh record: no stale fallbacks from an earlier run
-    done = completion(target)
-    if done and done["ids"] == wanted:
-        choice = DatasetChoice("existing", target, done["base_url"], *count_dataset(target))
-    else:
-        try:
-            result = scrape(base_url, target, ids=ids or None, delay=delay, log=log)
-            choice = DatasetChoice(
-                "scraped",
-                target,
-                base_url,
-                result.n_records,
-                result.n_images,
-                failures=result.failures,
-                complete=result.complete,
-            )
-        except SiteUnreachable as exc:
-            choice = _sample_instead(str(exc), target)
-    provenance.record_stage(
-        "data",
-        source=choice.source,
-        dataset_dir=str(choice.dataset_dir),
-        base_url=choice.base_url,
-        n_records=choice.n_records,
-        n_images=choice.n_images,
-        ids=wanted,
-        complete=choice.complete,
-        failures=[str(failure) for failure in choice.failures],
-        keep_fallbacks=True,
-    )
-    return choice
-
-
-def _sparse_log(message: str) -> None:
-    """Progress for notebooks: every failure, and one line per 50 ids."""
-    number = re.match(r"id (\d+):", message)
-    if "FAIL" in message or (number and int(number.group(1)) % 50 == 0):
-        print(message, file=sys.stderr, flush=True)
-
-
-def _sample_instead(reason: str, target: Path) -> DatasetChoice:
-    sample = config.sample_dir()
-    if not (sample / "records.csv").is_file():
-        raise ScrapeError(f"{reason}; and there is no embedded sample at {sample}")
-    if (target / "records.csv").is_file():
-        reason += f" (the partial scrape in {target} is kept; rerun to resume it)"
-    n_records, n_images = count_dataset(sample)
-    provenance.substitute(
-        "data",
-        f"embedded sample data/sample ({n_images} images) instead of the full library",
-        reason,
-    )
-    return DatasetChoice("sample", sample, "", n_records, n_images, reason=reason)
-
-
-def summary_table(choice: DatasetChoice) -> pd.DataFrame:
-    """One row: where the data came from and how much of it there is."""
-    return pd.DataFrame([choice.summary()])
-
-
-def summary_caption(choice: DatasetChoice) -> str:
-    labels = ["sample data"] if choice.source == "sample" else []
-    return provenance.stamp("Data source of this run", labels)
-
-
-def failures_table(choice: DatasetChoice) -> pd.DataFrame:
-    rows = [vars(failure) for failure in choice.failures]
-    return pd.DataFrame(rows, columns=["id", "what", "url", "reason"])
-
-
-PREVIEW_COLUMNS = [
-    "micrograph_no",
-    "brief_description",
-    "categories",
-    "technique",
-    "length_bar",
-    "image_file",
-    "image_format",
-    "image_mode",
-    "image_width",
-    "image_height",
-]
-
-
-def preview(dataset_dir: Path | str, n: int = 5) -> pd.DataFrame:
-    """The first `n` records of a dataset, the columns a reader checks first."""
-    table = pd.read_csv(Path(dataset_dir) / "records.csv", dtype=str, keep_default_na=False)
-    return table[[c for c in PREVIEW_COLUMNS if c in table.columns]].head(n)
 
 
 # ----------------------------------------------------------------------------- CLI

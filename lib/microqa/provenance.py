@@ -4,13 +4,17 @@ The run record lives in `build/provenance.json`, one section per stage. Every of
 substitution (sample data instead of the site, random weights instead of pretrained ones)
 goes through `substitute()`, which refuses under STRICT=1, prints a loud banner and is
 written into the record, so nothing falls back quietly.
+
+A stage's record is replaced only when the stage finishes: `begin_stage` opens a pending
+record in memory, `substitute` adds to it, and `record_stage` writes the stage's section (its
+fields, the pending substitutes, the profile that ran) in one atomic write. A run that fails
+on a bad parameter or crashes half-way leaves the previous record as it was.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -18,6 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from microqa import config
+from microqa.files import atomic_write_json
+
+# stage -> the substitutes declared since begin_stage, not yet written (see record_stage)
+_pending: dict[str, list[dict[str, str]]] = {}
 
 
 class StrictModeError(RuntimeError):
@@ -35,11 +43,8 @@ def load() -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _write_atomic(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+def _write(payload: dict[str, Any]) -> None:
+    atomic_write_json(record_path(), payload)
 
 
 def _git(*args: str) -> str:
@@ -71,65 +76,85 @@ def git_sha() -> str:
         return "unknown"
 
 
-def record_stage(stage: str, **fields: Any) -> dict[str, Any]:
-    """Replace the record of `stage` (keeping its fallbacks) and stamp it with time and sha."""
+def begin_stage(stage: str) -> None:
+    """Start a fresh run of `stage`: substitutes declared from now on belong to it, and the
+    stage's written record (with an earlier run's substitutes) stays until record_stage."""
+    _pending[stage] = []
+
+
+def reset_stage(stage: str) -> None:
+    """Old name of begin_stage (nothing is forgotten on disk before the stage finishes)."""
+    begin_stage(stage)
+
+
+def record_stage(
+    stage: str, *, profile: str | config.Profile | None = None, **fields: Any
+) -> dict[str, Any]:
+    """Write the finished record of `stage`, stamped with time, git sha and the profile that
+    ran (`profile`, else the one this process chose: see config.profile).
+
+    Its substitutes are those declared since begin_stage; a stage never begun keeps the
+    substitutes already written for it (`keep_fallbacks=False` drops them)."""
+    keep = fields.pop("keep_fallbacks", True)
     record = load()
-    previous = record.get(stage, {})
+    if stage in _pending:
+        substitutes = _pending.pop(stage)
+    else:
+        substitutes = list(record.get(stage, {}).get("fallbacks", [])) if keep else []
+    profile_name = profile.name if isinstance(profile, config.Profile) else profile
     section = {
         "recorded_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "git_sha": git_sha(),
         "python": platform.python_version(),
-        "profile": config.profile().name,
+        "profile": config.profile(profile_name).name,
         "strict": config.strict(),
-        "fallbacks": previous.get("fallbacks", []) if fields.pop("keep_fallbacks", True) else [],
         **fields,
+        "fallbacks": substitutes,
     }
     record[stage] = section
-    _write_atomic(record_path(), record)
+    _write(record)
     return section
 
 
-def reset_stage(stage: str) -> None:
-    """Forget a stage's record (and its fallbacks) at the start of a fresh run of that stage."""
-    record = load()
-    record.pop(stage, None)
-    _write_atomic(record_path(), record)
-
-
 def substitute(stage: str, what: str, reason: str) -> str:
-    """Declare an offline substitute. Raises under STRICT=1; otherwise records it and shouts.
+    """Declare an offline substitute. Raises under STRICT=1; otherwise shouts, and records it
+    with the stage's run (written at once when the stage was not begun, so it is never lost).
 
     Returns the banner text so notebooks can display it.
     """
     message = f"OFFLINE SUBSTITUTE in stage '{stage}': {what}. Reason: {reason}"
     if config.strict():
         raise StrictModeError(message + " (STRICT=1 forbids substitutes)")
-    record = load()
-    section = record.setdefault(stage, {})
-    fallbacks = section.setdefault("fallbacks", [])
     entry = {"what": what, "reason": reason}
-    if entry not in fallbacks:
-        fallbacks.append(entry)
-    _write_atomic(record_path(), record)
+    if stage in _pending:
+        if entry not in _pending[stage]:
+            _pending[stage].append(entry)
+    else:
+        record = load()
+        fallbacks = record.setdefault(stage, {}).setdefault("fallbacks", [])
+        if entry not in fallbacks:
+            fallbacks.append(entry)
+        _write(record)
     bar = "!" * min(100, max(40, len(what) + 20))
     print(f"{bar}\n{message}\n{bar}", file=sys.stderr, flush=True)
     return message
 
 
 def fallbacks(stage: str | None = None) -> list[dict[str, str]]:
+    """Substitutes behind `stage` (or every stage): a stage running now shows its own."""
     record = load()
-    stages = [stage] if stage else list(record)
+    stages = [stage] if stage else list(dict.fromkeys([*record, *_pending]))
     out = []
     for name in stages:
-        for entry in record.get(name, {}).get("fallbacks", []):
-            out.append({"stage": name, **entry})
+        entries = _pending.get(name, record.get(name, {}).get("fallbacks", []))
+        out.extend({"stage": name, **entry} for entry in entries)
     return out
 
 
 def banner(stages: list[str] | None = None) -> str:
     """A Markdown banner listing every substitute behind the given stages (or all)."""
     entries = []
-    for stage in stages or list(load()):
+    for stage in stages or [None]:
         entries.extend(fallbacks(stage))
     if not entries:
         return "**Provenance:** real data and real weights throughout; no offline substitutes."

@@ -1,12 +1,12 @@
 """A local stand-in for the DoITPoMS Micrograph Library, served over real HTTP on 127.0.0.1.
 
 Renders record pages in the site's layout (`div.col-md-8` > `<dl>` of `<dt>`/`<dd>`, UTF-8,
-`&nbsp;` in multi-valued fields) from a mirror directory (records.csv + images/NNNNNN.jpg),
+`&nbsp;` in multi-valued fields) from a dataset folder (records.csv + images/NNNNNN.<ext>),
 serves the images as-is under `micrographs/large/NNNNNN.jpg` (and under the `.gif` name a
 page may link) with the site's `image/jpeg` content type whatever their true format, and a
-robots.txt.
+robots.txt. Users and the tests scrape it as they would the site:
 
-  python -m tests.mirror_server --mirror ../shared/doitpoms --port 8765
+  python -m microqa mirror --data ../shared/doitpoms --port 8765
   make reproduce DOITPOMS_URL=http://127.0.0.1:8765/miclib/
 
 Ids with a row of empty fields get a page without the record container (as the site does
@@ -20,21 +20,45 @@ patient client always gets through. Ids in `fail_ids` always answer 500; images 
 from __future__ import annotations
 
 import argparse
-import csv
 import html
 import random
 import re
 import socket
-import sys
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Self
 from urllib.parse import parse_qs, urlsplit
 
-from tests.background_server import BackgroundServer
+from microqa import images
+from microqa.dataset import read_records_csv
+
+
+class BackgroundServer:
+    """Serves `self.httpd` (set by the subclass) on a daemon thread."""
+
+    httpd: ThreadingHTTPServer
+
+    def start(self) -> Self:
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
 
 LABELS = [  # column -> label, in the site's order
     ("micrograph_no", "Micrograph No"),
@@ -108,11 +132,11 @@ class Mirror:
 
     def __init__(self, mirror_dir: Path | str):
         self.dir = Path(mirror_dir)
-        with open(self.dir / "records.csv", encoding="utf-8", newline="") as fh:
-            self.rows = {int(row["micrograph_no"]): row for row in csv.DictReader(fh)}
+        table = read_records_csv(self.dir / "records.csv")  # DatasetError: one line, named
+        self.rows = {int(row["micrograph_no"]): row for row in table.to_dict("records")}
 
-    def image_path(self, record_id: int) -> Path:
-        return self.dir / "images" / f"{record_id:06d}.jpg"
+    def image_path(self, record_id: int) -> Path | None:
+        return images.find_image(self.dir, record_id)
 
 
 def _value_html(column: str, value: str, messy: bool) -> str:
@@ -241,7 +265,7 @@ class MirrorServer(BackgroundServer):
         if match:
             record_id = int(match.group(1))
             path = self.mirror.image_path(record_id)
-            if not path.is_file():
+            if path is None:
                 return NOT_FOUND
             data = path.read_bytes()
             if record_id in f.corrupt_ids:
@@ -285,20 +309,28 @@ class MirrorServer(BackgroundServer):
         return Handler
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mirror", required=True, help="mirror directory (records.csv, images/)")
+def configure_cli(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data",
+        "--mirror",
+        dest="data",
+        required=True,
+        type=Path,
+        help="dataset folder to serve (records.csv, images/), e.g. ../shared/doitpoms",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765, help="0 picks a free port")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fault switches")
     for name in ("error", "slow", "truncate", "malformed", "wrong-type"):
-        parser.add_argument(f"--{name}-rate", type=float, default=0.0)
+        parser.add_argument(
+            f"--{name}-rate", type=float, default=0.0, help="fault rate per request (testing)"
+        )
     parser.add_argument("--slow-seconds", type=float, default=2.0)
-    parser.add_argument("--max-faults", type=int, default=2)
-    args = parser.parse_args(argv)
-    if not (Path(args.mirror) / "records.csv").is_file():
-        print(f"error: no records.csv in mirror directory {args.mirror}", file=sys.stderr)
-        return 2
+    parser.add_argument("--max-faults", type=int, default=2, help="faults per path at most")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Serve until interrupted. Bad folders and busy ports are one-line errors (exit 2)."""
     faults = Faults(
         seed=args.seed,
         error_rate=args.error_rate,
@@ -310,11 +342,10 @@ def main(argv: list[str] | None = None) -> int:
         max_faults=args.max_faults,
     )
     try:
-        server = MirrorServer(args.mirror, host=args.host, port=args.port, faults=faults)
+        server = MirrorServer(args.data, host=args.host, port=args.port, faults=faults)
     except OSError as exc:
-        print(f"error: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
-        return 2
-    print(f"serving {args.mirror} at {server.base_url} (Ctrl-C stops)", flush=True)
+        raise OSError(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    print(f"serving {args.data} at {server.base_url} (Ctrl-C stops)", flush=True)
     try:
         server.httpd.serve_forever()
     except KeyboardInterrupt:
@@ -322,7 +353,3 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.httpd.server_close()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

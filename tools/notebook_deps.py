@@ -1,7 +1,8 @@
 """Print Make rules tying each executed notebook to the library modules it imports.
 
-Run by the Makefile with the system Python (standard library only), before the package is
-installed. Imports are followed transitively, so touching a module re-executes exactly the
+A developer tool, not part of the library: run by the Makefile with the system Python
+(standard library only), before the virtual environment exists. Imports are followed
+transitively, so touching a module re-executes exactly the
 notebooks that import it directly or through another module, and nothing else.
 """
 
@@ -12,7 +13,8 @@ import ast
 import json
 from pathlib import Path
 
-LIB = Path(__file__).resolve().parent  # lib/microqa
+ROOT = Path(__file__).resolve().parents[1]  # the repository
+LIB = ROOT / "lib" / "microqa"
 PACKAGE = "microqa"
 
 
@@ -89,10 +91,10 @@ def notebook_source(path: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--notebooks", default=str(LIB.parents[1] / "notebooks"))
+    parser.add_argument("--notebooks", default=str(ROOT / "notebooks"))
     parser.add_argument("--out-dir", default="build/notebooks")
     args = parser.parse_args()
-    root = LIB.parents[1]
+    root = ROOT
     for notebook in sorted(Path(args.notebooks).glob("*.ipynb")):
         files = closure(imported_modules(notebook_source(notebook)))
         deps = " ".join(sorted(str(f.relative_to(root)) for f in files))
