@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import os
 import subprocess
@@ -13,7 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from microqa import doitpoms
+from microqa.dataset import RECORD_COLUMNS
+from microqa.files import sha256_file
 from tests.conftest import REPO
 
 # id -> (Pillow format, mode) of its image; None: an empty record (page without the container).
@@ -73,7 +73,7 @@ def make_mirror(root: Path, layout: dict[int, tuple[str, str] | None] = TINY_LAY
     rows = []
     for record_id, image in sorted(layout.items()):
         if image is None:
-            empty = {c: "" for c in doitpoms.RECORD_COLUMNS}
+            empty = {c: "" for c in RECORD_COLUMNS}
             empty["micrograph_no"] = str(record_id)
             empty["page_url"] = record_row(record_id)["page_url"]
             rows.append(empty)
@@ -83,7 +83,7 @@ def make_mirror(root: Path, layout: dict[int, tuple[str, str] | None] = TINY_LAY
         data = image_bytes(*image, seed=record_id)
         (root / "images" / f"{record_id:06d}.jpg").write_bytes(data)
     with open(root / "records.csv", "w", encoding="utf-8", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=doitpoms.RECORD_COLUMNS)
+        writer = csv.DictWriter(fh, fieldnames=RECORD_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
     return root
@@ -104,7 +104,7 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 def snapshot(root: Path) -> dict[str, str]:
     """Every file under root (hidden ones too) -> sha256 of its bytes."""
     return {
-        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        str(path.relative_to(root)): sha256_file(path)
         for path in sorted(root.rglob("*"))
         if path.is_file()
     }

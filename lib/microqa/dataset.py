@@ -14,6 +14,7 @@ listed in the table's `attrs` (see DATASET_NOTES), never dropped without a word.
 from __future__ import annotations
 
 import io
+import logging
 import re
 from pathlib import Path
 
@@ -64,6 +65,9 @@ DATASET_NOTES = {
     "without_technique": "records without a technique: left out of the technique task only",
     "empty_rows": "rows without any field value (ids the library skips)",
 }
+
+
+log = logging.getLogger(__name__)
 
 
 class DatasetError(RuntimeError):
@@ -181,6 +185,7 @@ def load_records(dataset_dir: Path | str, *, with_images_only: bool = True) -> p
         ),
         "empty_rows": sorted(df.loc[empty, "micrograph_no"]),
     }
+    _log_notes(name, notes)
     if with_images_only:
         df = df[df["image_path"] != ""]
     # Records of one specimen get one integer group id (CV folds keep groups together).
@@ -188,6 +193,16 @@ def load_records(dataset_dir: Path | str, *, with_images_only: bool = True) -> p
     df = df.sort_values("micrograph_no").reset_index(drop=True)
     df.attrs = {"records_csv": name, **{key: [*map(_plain, v)] for key, v in notes.items()}}
     return df
+
+
+def _log_notes(name: str, notes: dict[str, list]) -> None:
+    """One warning line per record or file concerned (a CLI shows them on stderr)."""
+    for number in notes["missing_images"]:
+        log.warning("%s: record %s has no usable image in images/ (left out)", name, number)
+    for file in notes["orphan_images"]:
+        log.warning("%s belongs to no record of %s (ignored)", file, name)
+    for number in notes["without_technique"]:
+        log.warning("%s: record %s has no technique (left out of the technique task)", name, number)
 
 
 def _plain(value):

@@ -10,8 +10,9 @@ import pytest
 
 from microqa import config, doitpoms, provenance, sources
 from microqa.mirror import MirrorServer
+from tests import hostile_data
 from tests.conftest import REPO, execute_notebook
-from tests.scraper_helpers import make_mirror, snapshot
+from tests.scraper_helpers import make_mirror, run_cli, snapshot
 
 
 def closed_url() -> str:
@@ -114,6 +115,51 @@ def test_partial_scrape_is_kept_when_the_site_goes_away(tree, mirror, monkeypatc
     assert data_files() == before  # records, images and state all kept
 
 
+def test_a_copy_placed_in_data_doitpoms_is_a_user_dataset_never_overwritten(
+    tree, mirror, monkeypatch
+):
+    copy = hostile_data.only_required_columns(config.scraped_dir())
+    before = snapshot(copy)
+    monkeypatch.setenv("DOITPOMS_URL", mirror.base_url)  # reachable: still not scraped over
+    choice = sources.resolve_dataset("full", delay=0)
+    assert choice.source == "user" and choice.dataset_dir == copy
+    assert (choice.n_records, choice.n_images) == (3, 3)
+    assert len(mirror.requests) == 0 and snapshot(copy) == before
+    data = provenance.load()["data"]
+    assert data["source"] == "user" and data["fallbacks"] == []
+    assert sources.summary_table(choice)["source"].iloc[0] == "user dataset"
+
+
+def test_the_scraper_refuses_a_folder_it_did_not_create(tree, mirror):
+    copy = hostile_data.only_required_columns(tree / "mine")
+    before = snapshot(copy)
+    with pytest.raises(doitpoms.ScrapeError, match="records.csv the scraper did not write"):
+        doitpoms.scrape(mirror.base_url, copy, ids="1-3", delay=0)
+    (tree / "other").mkdir()
+    (tree / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(doitpoms.ScrapeError, match="not empty and was not created"):
+        doitpoms.scrape(mirror.base_url, tree / "other", ids="1-3", delay=0)
+    assert snapshot(copy) == before and len(mirror.requests) == 0
+    assert (tree / "other" / "notes.txt").read_text() == "mine"
+
+
+def test_the_scrape_cli_refuses_a_user_folder_in_one_line(tree, mirror):
+    copy = hostile_data.only_required_columns(tree / "mine")
+    done = run_cli("--base-url", mirror.base_url, "--out", str(copy), "--ids", "1-3")
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "did not write" in line
+
+
+def test_the_dataset_path_is_recorded_relative_to_the_repository(tree, monkeypatch):
+    monkeypatch.setenv("DOITPOMS_URL", closed_url())
+    monkeypatch.setenv("MICROQA_SAMPLE", str(REPO / "data" / "sample"))
+    if not (REPO / "data" / "sample" / "records.csv").exists():
+        pytest.skip("data/sample is not built")
+    sources.resolve_dataset("full")
+    assert provenance.load()["data"]["dataset_dir"] == "data/sample"
+
+
 # ----------------------------------------------------------------------------- notebook 01
 
 
@@ -151,3 +197,29 @@ def test_notebook_01_in_the_smoke_pipeline_falls_back_to_the_sample(smoke_pipeli
     assert record["data"]["fallbacks"], "the substitute is declared"
     table = (smoke_pipeline.root / "tables" / "01_data_source.md").read_text(encoding="utf-8")
     assert "[SAMPLE DATA]" in table
+
+
+@pytest.mark.notebooks
+def test_notebook_01_uses_a_user_folder_as_it_is(tmp_path):
+    folder = tmp_path / "copied anywhere"
+    hostile = hostile_data.build_hostile(folder)
+    before = snapshot(folder)
+    env = {
+        "MICROQA_BUILD": str(tmp_path / "build"),
+        "MICROQA_DATA": str(tmp_path / "data"),
+        "MICROQA_TABLES": str(tmp_path / "tables"),
+        "MICROQA_FIGURES": str(tmp_path / "figures"),
+        "MICROQA_PROFILE": "full",  # the parameter below wins: the profile that ran is recorded
+        "MICROQA_MAX_PIXELS": str(hostile_data.HUGE_LIMIT),
+        "DOITPOMS_URL": closed_url(),
+    }
+    parameters = {"profile": "smoke", "dataset_dir": str(folder)}
+    record = run_notebook_01(tmp_path, env, parameters)["data"]
+    assert record["source"] == "user" and record["dataset_dir"] == str(folder)
+    assert record["profile"] == "smoke" and record["fallbacks"] == []
+    assert record["n_images"] == len(hostile.good) + len(hostile.bad)
+    assert record["missing_images"] == 1 and record["orphan_images"] == 1
+    assert snapshot(folder) == before
+    assert not (tmp_path / "data" / "doitpoms").exists()
+    table = (tmp_path / "tables" / "01_data_source.md").read_text(encoding="utf-8")
+    assert "user dataset" in table and "SAMPLE DATA" not in table
