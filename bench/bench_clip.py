@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "lib"))  # run from a checkout without installing
 
 from microqa import clip, config, dataset  # noqa: E402
+from microqa.images import IMAGE_SUFFIXES  # noqa: E402
 
 ARCH = "ViT-B-32-quickgelu"  # OpenAI's ViT-B/32 (QuickGELU); same FLOPs as HF's CLIPConfig()
 TARGET_VS_BARE, TARGET_VS_EARLIER = 0.85, 1.5
@@ -46,7 +47,7 @@ def image_paths(n: int, images: str | None) -> list[str]:
             folder = dataset.active_dataset_dir() / "images"
         except dataset.DatasetError:
             folder = config.sample_dir() / "images"
-    paths = sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in dataset.IMAGE_SUFFIXES)
+    paths = sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise SystemExit(f"no images found in {folder}")
     # spread over the id range so every format (JPEG, GIF, BMP) and size takes part

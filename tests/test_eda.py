@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from microqa import dataset, eda, taxonomy
+from microqa import dataset, eda, sample, taxonomy
 from tests.conftest import REPO
 
 SAMPLE = REPO / "data" / "sample"
@@ -88,7 +88,7 @@ def test_image_tables_describe_the_files(records):
     formats = eda.image_formats(records)
     assert formats["n"].sum() == len(records)
     sizes = eda.image_size_summary(records).set_index("format")
-    assert sizes.loc["all", "max"] <= dataset.SAMPLE_MAX_SIDE
+    assert sizes.loc["all", "max"] <= sample.SAMPLE_MAX_SIDE
     assert sizes.loc["all", "errors"] == 0
     people = eda.records_per(records, "contributor")
     assert people["n"].sum() == len(records)
