@@ -7,7 +7,7 @@ method answered, its prediction and confidence (✓ right, ✗ wrong). Picks are
 carry the offline-substitute labels (`provenance.stamp`) like every figure.
 
 One call per notebook cell, e.g.
-`galleries.examples_grid(records, labels).save("gallery_examples")`: `save` writes the figure
+`galleries.examples_grid(records, labels).save("gallery_examples")`: `save` writes the figure (JPEG)
 where this run's figures go (plots.save_figure) and, in a notebook, lists the records shown as
 links to their DoITPoMS pages.
 """
@@ -59,8 +59,8 @@ class Gallery:
         return f"Records shown (their DoITPoMS pages): {links}" if self.ids else ""
 
     def save(self, name: str) -> None:
-        """Write figures/<name>.png (via plots.save_figure) and list the records as links."""
-        plots.save_figure(self.figure, name)
+        """Write figures/<name>.jpg (via plots.save_figure) and list the records as links."""
+        plots.save_figure(self.figure, name, photo=True)
         if plots._in_notebook() and self.ids:
             from IPython.display import Markdown, display
 

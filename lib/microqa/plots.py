@@ -44,27 +44,33 @@ def save_figure(
     svg: bool = False,
     directory: Path | None = None,
     degraded: str = "",
+    photo: bool = False,
 ) -> None:
-    """Write `<name>.png` (and `.svg`) where this run's figures go (`publishing.destination`),
-    close the figure, and, inside a notebook, display the file just written (so a notebook shows
-    exactly what was saved). `degraded` names why this result is weaker than a published one
-    (e.g. reference features absent): it then never replaces it. Returns nothing, so a notebook
-    cell echoes no path."""
+    """Write `<name>.png` where this run's figures go (`publishing.destination`), close the
+    figure, and in a notebook display the file just written (so a notebook shows exactly what
+    was saved). A `photo` (a micrograph gallery) is written as `<name>.jpg`: photographs
+    compress far better as JPEG; `svg` adds `<name>.svg`. `degraded` names why this result is
+    weaker than a published one (e.g. reference features absent): it then never replaces it.
+    Returns nothing, so a notebook cell echoes no path."""
     directory = (
         directory
-        or publishing.kept_published("figures", f"{name}.png", degraded)
+        or publishing.kept_published("figures", f"{name}.{'jpg' if photo else 'png'}", degraded)
         or publishing.destination().figures
     )
     directory.mkdir(parents=True, exist_ok=True)
-    png = directory / f"{name}.png"
-    fig.savefig(png, metadata={"Software": None})
+    if photo:
+        path = directory / f"{name}.jpg"
+        fig.savefig(path, pil_kwargs={"quality": 85, "optimize": True})
+    else:
+        path = directory / f"{name}.png"
+        fig.savefig(path, metadata={"Software": None})
     if svg:
         fig.savefig(directory / f"{name}.svg", metadata={"Date": None})
     plt.close(fig)
     if _in_notebook():
         from IPython.display import Image, display
 
-        display(Image(filename=str(png)))
+        display(Image(filename=str(path)))
 
 
 def _in_notebook() -> bool:

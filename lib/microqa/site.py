@@ -25,6 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import jinja2
 import nbformat
 from nbconvert import HTMLExporter
 
@@ -137,8 +138,22 @@ def title_of(nb: nbformat.NotebookNode, fallback: str) -> str:
     return fallback
 
 
+# nbconvert's lab page without the scripts it loads from a CDN (require.js, MathJax, mermaid,
+# widgets): the notebooks use none of them, and a page then makes no third-party request.
+TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js -%}{%- endblock html_head_js -%}
+{%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+"""
+
+
 def render(nb: nbformat.NotebookNode, title: str) -> str:
-    exporter = HTMLExporter(template_name="lab")
+    exporter = HTMLExporter(
+        template_name="lab",
+        extra_loaders=[jinja2.DictLoader({"microqa_report.html.j2": TEMPLATE})],
+        template_file="microqa_report.html.j2",
+    )
     exporter.exclude_input = True  # code hidden: notebooks are thin calls; the page is results
     exporter.exclude_input_prompt = True
     exporter.exclude_output_prompt = True
@@ -184,17 +199,22 @@ def build(notebooks_dir: Path, out_dir: Path) -> list[Path]:
         banner = [c.source for c in nb.cells[:3] if c.source.lstrip().startswith(BANNER_PREFIXES)]
         last_banner = banner[0] if banner else last_banner
         page = out_dir / f"{name}.html"
-        atomic_write_text(page, scrub(render(nb, title), pairs))
+        _write_page(page, scrub(render(nb, title), pairs))
         entries.append((name, title))
         pages.append(page)
     index = out_dir / "index.html"
     banner_html = _markdown_html(last_banner) if last_banner else ""
-    atomic_write_text(index, scrub(index_page(entries, banner_html), pairs))
+    _write_page(index, scrub(index_page(entries, banner_html), pairs))
     pages.insert(0, index)
     total = sum(p.stat().st_size for p in pages)
     if total > MAX_BYTES:
         raise SiteError(f"the report is {total / 2**20:.1f} MB, over {MAX_BYTES / 2**20:.0f} MB")
     return pages
+
+
+def _write_page(path: Path, text: str) -> None:
+    atomic_write_text(path, text)
+    path.chmod(0o644)  # a static host serves it to anyone
 
 
 def _markdown_html(markdown: str) -> str:
