@@ -133,6 +133,21 @@ def test_confident_mistakes_show_the_most_confident_wrong_answers(records):
     _close(gallery)
 
 
+def test_predictions_from_a_long_score_table():
+    scores = pd.DataFrame(
+        {
+            "micrograph_no": [1, 1, 2, 2, 3, 3],
+            "class": ["SEM", "TEM"] * 3,
+            "probability": [0.9, 0.1, 0.3, 0.7, 0.5, 0.5],
+        }
+    )
+    truth = pd.Series({1: "SEM", 2: "SEM"})  # image 3 has no label: left out
+    table = galleries.predictions_from_scores(scores, truth)
+    assert table["micrograph_no"].tolist() == [1, 2]
+    assert table["prediction"].tolist() == ["SEM", "TEM"]
+    assert table["confidence"].tolist() == pytest.approx([0.9, 0.7])
+
+
 def test_descriptions_sit_beside_the_expert_text(records):
     answers = pd.DataFrame(
         {

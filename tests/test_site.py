@@ -107,6 +107,9 @@ def test_the_report_of_the_smoke_pipeline_opens_in_chromium(smoke_pipeline, tmp_
         str(smoke_pipeline.root),
         tempfile.gettempdir() + "/",
     }
+    for table in (smoke_pipeline.root / "tables").glob("*.md"):  # captions name no machine path
+        caption = table.read_text(encoding="utf-8").split("\n\n")[0]
+        assert not any(path in caption for path in forbidden), table.name
     driver = _browser(tmp_path / "chromium-profile")
     try:
         n_images = 0

@@ -311,6 +311,16 @@ def predictions_from_probabilities(
     )
 
 
+def predictions_from_scores(scores: pd.DataFrame, truth: pd.Series) -> pd.DataFrame:
+    """The same from a long score table (micrograph_no, class, probability; e.g. the CLIP
+    stage's probe_scores.csv for one task), `truth` indexed by micrograph_no."""
+    wide = scores.pivot_table(index="micrograph_no", columns="class", values="probability")
+    wide = wide[wide.index.isin(truth.index)]
+    return predictions_from_probabilities(
+        wide.index, wide.to_numpy(), list(wide.columns), truth.loc[wide.index].tolist()
+    )
+
+
 def confident_mistakes(
     records: pd.DataFrame,
     predictions: pd.DataFrame,
