@@ -124,7 +124,7 @@ def test_the_report_of_the_smoke_pipeline_opens_in_chromium(smoke_pipeline, tmp_
             assert all(ok for ok, _ in loaded), f"{page.name}: broken images {loaded}"
             n_images += len(loaded)
             if page.name == "index.html":
-                links = driver.find_elements("css selector", "li a")
+                links = driver.find_elements("css selector", "ol li a")
                 assert len(links) == len(site.NOTEBOOKS)
                 screenshot = REPO / "build" / "report-index.png"
                 screenshot.parent.mkdir(exist_ok=True)
