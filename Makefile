@@ -19,9 +19,10 @@ SCRAPE_DELAY ?= 1.0
 # Your own dataset folder (records.csv + images/), read as it is and never written to.
 DATASET ?=
 DATASET_DIR := $(if $(DATASET),$(abspath $(DATASET)))
-PAPERMILL = $(PY) -m papermill --no-progress-bar --log-output --cwd notebooks -p profile $(PROFILE) $(NB_PARAMS)
+# MICROQA_PUBLISH=1: these runs may publish to figures/, tables/, docs/ (lib/microqa/publishing.py)
+PAPERMILL = MICROQA_PUBLISH=1 $(PY) -m papermill --no-progress-bar --log-output --cwd notebooks -p profile $(PROFILE) $(NB_PARAMS)
 
-.PHONY: help setup reproduce smoke test test-slow bench lab lint sample clean
+.PHONY: help setup reproduce report smoke test test-slow bench lab lint sample clean
 
 help: ## show this help
 	@echo "Targets:"
@@ -35,6 +36,9 @@ $(SETUP_STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@rm -f $(VENV)/.setup-*
+	@# strip notebook outputs on `git add` (a notebook saved in JupyterLab keeps its outputs)
+	@if git rev-parse --git-dir >/dev/null 2>&1; then $(VENV)/bin/nbstripout --install && \
+	  git config filter.nbstripout.clean '$(abspath $(PY)) -m nbstripout --keep-id'; fi
 	@touch $@
 
 # Notebook -> library-module dependencies, computed from the imports (see tools/notebook_deps.py):
@@ -71,7 +75,16 @@ $(NB_OUT)/%.ipynb: notebooks/%.ipynb $(SETUP_STAMP)
 	$(PAPERMILL) $< $(NB_OUT)/partial/$*.ipynb
 	@mv $(NB_OUT)/partial/$*.ipynb $@
 
-reproduce: setup $(NOTEBOOKS:%=$(NB_OUT)/%.ipynb) ## run notebooks 01-05, regenerating figures/ and tables/ (only what changed)
+reproduce: setup $(NOTEBOOKS:%=$(NB_OUT)/%.ipynb) build/report.stamp ## run notebooks 01-05, regenerating figures/, tables/ and docs/ (only what changed)
+
+# microqa.site decides where the report goes: docs/ only for a full-profile run on the full
+# library, else build/runs/<run>/docs. `make reproduce` rebuilds it when a notebook changed.
+report: setup ## render the executed notebooks in build/notebooks/ as the static site docs/
+	MICROQA_PUBLISH=1 $(PY) -m microqa.site --notebooks $(NB_OUT)
+
+build/report.stamp: $(NOTEBOOKS:%=$(NB_OUT)/%.ipynb) lib/microqa/site.py lib/microqa/publishing.py
+	MICROQA_PUBLISH=1 $(PY) -m microqa.site --notebooks $(NB_OUT)
+	@touch $@
 
 # absolute, since the kernels run in notebooks/
 SMOKE := $(CURDIR)/build/smoke
@@ -82,9 +95,10 @@ smoke: setup ## run every notebook in the fast smoke profile into build/smoke/ (
 	  $(PY) -m papermill --no-progress-bar --cwd notebooks -p profile smoke notebooks/$$nb.ipynb $(SMOKE)/notebooks/$$nb.ipynb || exit 1; \
 	done
 
-lint: setup ## ruff (lint and format check) over the library, tests, benchmarks, tools and notebooks
+lint: setup ## ruff (lint and format check) over the library, tests, benchmarks, tools and notebooks; notebooks stored without outputs
 	$(PY) -m ruff check lib tests bench notebooks tools
 	$(PY) -m ruff format --check lib tests bench notebooks tools
+	$(PY) -m nbstripout --keep-id --verify notebooks/*.ipynb
 
 test: setup lint ## lint + the test suite (unit, mirror integration, notebooks in the smoke profile)
 	$(PY) -m pytest -m "not slow" -q
@@ -95,8 +109,9 @@ test-slow: setup ## the slow tests (full-mirror scrape, full pipeline on the mir
 bench: setup ## speed benchmarks (CLIP embedding, VLM answering); prints images/s and ratios
 	$(PY) bench/run.py
 
-lab: setup ## start JupyterLab on the notebooks
-	$(VENV)/bin/jupyter lab notebooks
+# root (a container, CI) needs --allow-root; runs from Lab never publish (publishing.py)
+lab: setup ## start JupyterLab on the notebooks (their figures/tables go to build/runs/, not figures/)
+	$(VENV)/bin/jupyter lab notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 sample: setup ## rebuild the embedded sample data/sample/ from the mirror in ../shared/doitpoms
 	$(PY) -m microqa sample --mirror ../shared/doitpoms --out data/sample

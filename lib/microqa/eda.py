@@ -5,15 +5,13 @@ only calls, displays and saves. Figure titles carry the offline-substitute label
 
 from __future__ import annotations
 
-import textwrap
 from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from microqa import dataset, provenance, taxonomy
+from microqa import dataset, plots, provenance, taxonomy
 
 NONE = "(none)"  # records a single-label task excludes (e.g. category "Device", technique Other)
 # The record fields a reader of a micrograph would use, in the site's order.
@@ -24,10 +22,6 @@ TEXT_FIELDS = [
 
 # Values that stand for "not given" (199 compositions read "Not specified").
 PLACEHOLDERS = {"", "not specified", "none", "n/a", "unknown", "-"}
-
-
-def _wrap(label: str, width: int = 38) -> str:
-    return "\n".join(textwrap.wrap(str(label), width, break_long_words=False)) or str(label)
 
 
 # --- class counts and imbalance --------------------------------------------------------------
@@ -122,7 +116,7 @@ def plot_technique_strings(df: pd.DataFrame, labels: Sequence[str] = ()) -> plt.
     """Every raw technique string, coloured by the family it maps to."""
     table = dataset.taxonomy_table(df).sort_values("n", ascending=False)
     table["label"] = [
-        _wrap(t, 60)
+        plots.wrap(t, 60)
         + (f"  [{f.split(' ')[-1].strip('()')}]" if "cross-polarised light" in t.lower() else "")
         for t, f in zip(table["technique"], table["family"], strict=True)
     ]
@@ -195,20 +189,10 @@ def category_cooccurrence(df: pd.DataFrame) -> pd.DataFrame:
 
 def plot_category_cooccurrence(df: pd.DataFrame, labels: Sequence[str] = ()) -> plt.Figure:
     matrix = category_cooccurrence(df)
-    fig, ax = plt.subplots(figsize=(9, 7.5))
-    sns.heatmap(
-        np.log10(matrix.replace(0, np.nan)),
-        annot=matrix.where(matrix > 0),
-        fmt=".0f",
-        cmap="viridis",
-        cbar_kws={"label": "log10 records"},
-        ax=ax,
-        linewidths=0.5,
-        annot_kws={"fontsize": 9},
-    )
-    ax.set_xticklabels([_wrap(t.get_text(), 18) for t in ax.get_xticklabels()], rotation=90)
-    ax.set_yticklabels([_wrap(t.get_text(), 28) for t in ax.get_yticklabels()], rotation=0)
-    ax.grid(False)
+    fig, ax = plt.subplots(figsize=(9.5, 8))
+    plots.count_heatmap(matrix, ax, cmap="viridis_r", label="records with both tags")
+    plots.wrap_tick_labels(ax, axis="x", width=12, rotation=90)
+    plots.wrap_tick_labels(ax, axis="y", width=24, rotation=0)
     ax.set_title(provenance.stamp("Category co-occurrence (records with both tags)", labels))
     fig.tight_layout()
     return fig
@@ -224,23 +208,15 @@ def technique_by_category(df: pd.DataFrame) -> pd.DataFrame:
 
 def plot_technique_by_category(df: pd.DataFrame, labels: Sequence[str] = ()) -> plt.Figure:
     table = technique_by_category(df)
-    fig, ax = plt.subplots(figsize=(8, 4.8))
-    sns.heatmap(
-        np.log10(table.replace(0, np.nan)),
-        annot=table,
-        fmt="d",
-        cmap="mako_r",
-        cbar_kws={"label": "log10 records"},
-        ax=ax,
-        linewidths=0.5,
-    )
-    ax.grid(False)
+    fig, ax = plt.subplots(figsize=(8.5, 5))
+    plots.count_heatmap(table, ax, cmap="mako_r", label="records")
+    plots.wrap_tick_labels(ax, axis="x", width=12, rotation=0)
+    plots.wrap_tick_labels(ax, axis="y", width=22, rotation=0)
     ax.set(
         xlabel="primary category",
         ylabel="technique family",
         title=provenance.stamp("Technique family × primary category", labels),
     )
-    ax.tick_params(axis="x", rotation=0)
     fig.tight_layout()
     return fig
 
@@ -331,7 +307,7 @@ def plot_missing_fields(df: pd.DataFrame, labels: Sequence[str] = ()) -> plt.Fig
     table = missing_fields(df)
     counts = df["technique_family"].fillna(NONE).value_counts()
     table.columns = [
-        f"{_wrap(c, 12)}\n(n={len(df) if c == 'all' else counts[c]})" for c in table.columns
+        f"{plots.wrap(c, 12)}\n(n={len(df) if c == 'all' else counts[c]})" for c in table.columns
     ]
     fig, ax = plt.subplots(figsize=(11, 6))
     sns.heatmap(
@@ -369,20 +345,25 @@ def records_per(df: pd.DataFrame, column: str, top: int | None = None) -> pd.Dat
 
 
 def plot_contributors(df: pd.DataFrame, labels: Sequence[str] = (), top: int = 12):
-    """Records per contributor and per organisation (top `top`)."""
-    fig, axes = plt.subplots(1, 2, figsize=(16, 0.6 * top + 1.8))
+    """Records per contributor and per organisation (top `top`), names at reading size."""
+    fig, axes = plt.subplots(2, 1, figsize=(11, 2 * (0.45 * top + 1.2)))
     for ax, column in zip(axes, ("contributor", "organisation"), strict=True):
         table = records_per(df, column, top).assign(
-            label=lambda t, column=column: t[column].map(lambda v: _wrap(v, 48))
+            label=lambda t, column=column: t[column].map(lambda v: plots.wrap(v, 60))
         )
         sns.barplot(data=table, y="label", x="n", ax=ax, color=sns.color_palette()[1])
-        ax.bar_label(ax.containers[0], padding=3, fontsize=9)
-        ax.set_xlim(0, table["n"].max() * 1.15)
+        ax.bar_label(
+            ax.containers[0],
+            labels=[f"{n} ({s:.0%})" for n, s in zip(table["n"], table["share"], strict=True)],
+            padding=3,
+            fontsize=10,
+        )
+        ax.set_xlim(0, table["n"].max() * 1.2)
         n_all = df[column].nunique()
         ax.set(
             title=f"Records per {column} (top {len(table)} of {n_all})", xlabel="records", ylabel=""
         )
-        ax.tick_params(axis="y", labelsize=8)
+        ax.tick_params(axis="y", labelsize=11)
     fig.suptitle(provenance.stamp("Who made the library", labels), weight="bold")
     fig.tight_layout()
     return fig

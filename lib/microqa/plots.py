@@ -6,6 +6,7 @@ title/caption (see `provenance.stamp`), so a reader never mistakes it for the re
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -15,8 +16,9 @@ matplotlib.use("Agg")  # figures are files; notebooks still display them inline 
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from microqa import config  # noqa: E402
+from microqa import publishing  # noqa: E402
 
 PALETTE = "colorblind"
 
@@ -36,22 +38,39 @@ def set_style() -> None:
 
 
 def save_figure(
-    fig: plt.Figure, name: str, *, svg: bool = False, directory: Path | None = None
-) -> Path:
-    """Write `figures/<name>.png` (and `.svg`), close the figure, and, inside a notebook,
-    display the file just written (so a notebook shows exactly what lands in figures/)."""
-    directory = directory or config.figures_dir()
+    fig: plt.Figure,
+    name: str,
+    *,
+    svg: bool = False,
+    directory: Path | None = None,
+    degraded: str = "",
+    photo: bool = False,
+) -> None:
+    """Write `<name>.png` where this run's figures go (`publishing.destination`), close the
+    figure, and in a notebook display the file just written (so a notebook shows exactly what
+    was saved). A `photo` (a micrograph gallery) is written as `<name>.jpg`: photographs
+    compress far better as JPEG; `svg` adds `<name>.svg`. `degraded` names why this result is
+    weaker than a published one (e.g. reference features absent): it then never replaces it.
+    Returns nothing, so a notebook cell echoes no path."""
+    directory = (
+        directory
+        or publishing.kept_published("figures", f"{name}.{'jpg' if photo else 'png'}", degraded)
+        or publishing.destination().figures
+    )
     directory.mkdir(parents=True, exist_ok=True)
-    png = directory / f"{name}.png"
-    fig.savefig(png, metadata={"Software": None})
+    if photo:
+        path = directory / f"{name}.jpg"
+        fig.savefig(path, pil_kwargs={"quality": 85, "optimize": True})
+    else:
+        path = directory / f"{name}.png"
+        fig.savefig(path, metadata={"Software": None})
     if svg:
         fig.savefig(directory / f"{name}.svg", metadata={"Date": None})
     plt.close(fig)
     if _in_notebook():
         from IPython.display import Image, display
 
-        display(Image(filename=str(png)))
-    return png
+        display(Image(filename=str(path)))
 
 
 def _in_notebook() -> bool:
@@ -71,13 +90,85 @@ def save_table(
     float_format: str = ".3f",
     index: bool = False,
     directory: Path | None = None,
-) -> Path:
-    """Write `tables/<name>.csv` and `tables/<name>.md` (caption first); returns the CSV path."""
-    directory = directory or config.tables_dir()
+    degraded: str = "",
+) -> None:
+    """Write `<name>.csv` and `<name>.md` (caption first) where this run's tables go; a
+    `degraded` result never replaces a published one (see save_figure). Returns nothing."""
+    directory = (
+        directory
+        or publishing.kept_published("tables", f"{name}.csv", degraded)
+        or publishing.destination().tables
+    )
     directory.mkdir(parents=True, exist_ok=True)
-    csv_path = directory / f"{name}.csv"
-    df.to_csv(csv_path, index=index)
+    df.to_csv(directory / f"{name}.csv", index=index)
     markdown = df.to_markdown(index=index, floatfmt=float_format)
     text = (f"{caption}\n\n" if caption else "") + markdown + "\n"
     (directory / f"{name}.md").write_text(text, encoding="utf-8")
-    return csv_path
+
+
+def wrap_tick_labels(
+    ax: plt.Axes, *, width: int = 14, axis: str = "both", rotation: float | None = None
+) -> None:
+    """Wrap long class names on word boundaries (so "Metal or alloy" and "Ceramic" never run
+    into each other) and optionally rotate them; call after the ticks exist."""
+    for which in ("x", "y") if axis == "both" else (axis,):
+        get = ax.get_xticklabels if which == "x" else ax.get_yticklabels
+        set_ = ax.set_xticklabels if which == "x" else ax.set_yticklabels
+        labels = [wrap(t.get_text(), width) for t in get()]
+        if not any(labels):
+            continue
+        kwargs = {} if rotation is None else {"rotation": rotation}
+        if which == "x" and rotation not in (None, 0, 90):
+            kwargs["ha"] = "right"
+            kwargs["rotation_mode"] = "anchor"
+        set_(labels, **kwargs)
+
+
+def wrap(label: str, width: int = 14) -> str:
+    """A label broken on word boundaries into lines of at most `width` characters."""
+    return "\n".join(textwrap.wrap(str(label), width, break_long_words=False)) or str(label)
+
+
+def legend_outside(ax: plt.Axes, *, title: str | None = None, fontsize: int = 10) -> None:
+    """The axes' legend to the right of the plot, at a readable size, never over the data."""
+    handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        return
+    ax.legend(
+        handles,
+        labels,
+        title=title,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        borderaxespad=0.0,
+        fontsize=fontsize,
+        title_fontsize=fontsize,
+        frameon=False,
+    )
+
+
+def count_heatmap(
+    table: pd.DataFrame, ax: plt.Axes, *, cmap: str = "mako_r", label: str = "records"
+) -> None:
+    """Counts on a LINEAR colour scale starting at 0, every cell annotated, colour bar ticks as
+    whole numbers; zero cells left blank so empty combinations read as empty."""
+    values = table.astype(float)
+    vmax = max(1.0, float(values.to_numpy().max()))
+    sns.heatmap(
+        values.where(values > 0),
+        annot=table.where(table > 0),
+        fmt=".0f",
+        cmap=cmap,
+        vmin=0,
+        vmax=vmax,
+        cbar_kws={"label": label},
+        ax=ax,
+        linewidths=0.5,
+        linecolor="0.85",
+        annot_kws={"fontsize": 9},
+    )
+    colorbar = ax.collections[0].colorbar
+    colorbar.locator = MaxNLocator(integer=True)
+    colorbar.update_ticks()
+    ax.set_facecolor("white")
+    ax.grid(False)

@@ -1,0 +1,484 @@
+"""Micrograph galleries: the images themselves, beside what each method said about them.
+
+Every gallery is a grid of whole micrographs (each image fitted into its cell, never cropped,
+so the scale bar DoITPoMS burns into the image stays visible), decoded by `images.open_rgb`,
+captioned with the record id (#N: the DoITPoMS record page), the true label, and where a
+method answered, its prediction and confidence (✓ right, ✗ wrong). Picks are seeded, titles
+carry the offline-substitute labels (`provenance.stamp`) like every figure.
+
+One call per notebook cell, e.g.
+`galleries.examples_grid(records, labels).save("gallery_examples")`: `save` writes the figure (JPEG)
+where this run's figures go (plots.save_figure) and, in a notebook, lists the records shown as
+links to their DoITPoMS pages.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.patches import Rectangle
+from PIL import ImageOps
+
+from microqa import images, plots, provenance, taxonomy
+
+RECORD_URL = "https://www.doitpoms.ac.uk/miclib/micrograph_record.php?id={}"
+THUMB_PX = 360  # long side of a thumbnail: scale-bar text stays legible at the report's size
+CELL_INCHES = 2.5
+RIGHT, WRONG = "#1a7f37", "#cf222e"  # frame colours; the ✓ / ✗ marks say it without colour
+NONE = "(none)"
+
+
+def record_url(micrograph_no: int) -> str:
+    """The DoITPoMS page of a record."""
+    return RECORD_URL.format(int(micrograph_no))
+
+
+@dataclass
+class Tile:
+    """One cell: a record's image and its caption lines, or an empty cell saying why."""
+
+    micrograph_no: int | None = None
+    image_path: str = ""
+    lines: list[str] = field(default_factory=list)
+    correct: bool | None = None  # None: nothing was predicted
+    empty: str = ""  # text of an empty cell
+
+
+@dataclass
+class Gallery:
+    figure: plt.Figure
+    ids: list[int]
+
+    def links_markdown(self) -> str:
+        links = ", ".join(f"[#{n}]({record_url(n)})" for n in self.ids)
+        return f"Records shown (their DoITPoMS pages): {links}" if self.ids else ""
+
+    def save(self, name: str) -> None:
+        """Write figures/<name>.jpg (via plots.save_figure) and list the records as links."""
+        plots.save_figure(self.figure, name, photo=True)
+        if plots._in_notebook() and self.ids:
+            from IPython.display import Markdown, display
+
+            display(Markdown(self.links_markdown()))
+
+
+def thumbnail(path: str, size: int = THUMB_PX) -> np.ndarray:
+    """The whole image fitted inside size x size (aspect kept, nothing cropped)."""
+    return np.asarray(ImageOps.contain(images.open_rgb(path), (size, size)))
+
+
+def _caption(text: str, width: int = 30) -> str:
+    return "\n".join(textwrap.wrap(str(text), width, break_long_words=True)) or str(text)
+
+
+def _draw_tile(ax: plt.Axes, tile: Tile) -> None:
+    ax.set_xlim(0, THUMB_PX)
+    ax.set_ylim(THUMB_PX, 0)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if tile.micrograph_no is None:
+        ax.add_patch(Rectangle((0, 0), THUMB_PX, THUMB_PX, facecolor="0.95", edgecolor="0.8"))
+        ax.text(THUMB_PX / 2, THUMB_PX / 2, tile.empty, ha="center", va="center", color="0.4")
+        ax.set_title("", fontsize=9, pad=2)
+        return
+    try:
+        pixels = thumbnail(tile.image_path)
+    except images.ImageError as error:
+        ax.text(THUMB_PX / 2, THUMB_PX / 2, _caption(f"cannot decode: {error}", 28), ha="center")
+        pixels = None
+    if pixels is not None:
+        h, w = pixels.shape[:2]
+        x0, y0 = (THUMB_PX - w) / 2, (THUMB_PX - h) / 2
+        ax.imshow(pixels, extent=(x0, x0 + w, y0 + h, y0), interpolation="lanczos")
+        if tile.correct is not None:
+            colour = RIGHT if tile.correct else WRONG
+            ax.add_patch(Rectangle((x0, y0), w, h, fill=False, edgecolor=colour, linewidth=3))
+    mark = {True: " ✓", False: " ✗", None: ""}[tile.correct]
+    ax.set_title(
+        f"#{tile.micrograph_no}{mark}", fontsize=9, pad=2, url=record_url(tile.micrograph_no)
+    )
+    ax.text(
+        0.5,
+        -0.02,
+        "\n".join(_caption(line) for line in tile.lines),
+        transform=ax.transAxes,
+        ha="center",
+        va="top",
+        fontsize=8,
+    )
+
+
+def _figure(
+    rows: list[list[Tile]],
+    title: str,
+    labels: Sequence[str],
+    *,
+    row_labels: Sequence[str] = (),
+    col_labels: Sequence[str] = (),
+    caption_lines: int = 3,
+) -> Gallery:
+    """Lay tiles out row by row (short rows padded with blank cells)."""
+    ncols = max(1, max((len(r) for r in rows), default=1))
+    nrows = max(1, len(rows))
+    height = CELL_INCHES + 0.16 * caption_lines + 0.3
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(CELL_INCHES * ncols + 1.2, height * nrows + 0.8), squeeze=False
+    )
+    ids = []
+    for r in range(nrows):
+        for c in range(ncols):
+            ax = axes[r][c]
+            row = rows[r] if r < len(rows) else []
+            if c >= len(row):
+                ax.axis("off")
+                continue
+            _draw_tile(ax, row[c])
+            if row[c].micrograph_no is not None:
+                ids.append(int(row[c].micrograph_no))
+            if r == 0 and c < len(col_labels):  # column header above the first row's title
+                header = plots.wrap(col_labels[c], 22)
+                tile_title = ax.get_title()
+                ax.set_title(
+                    f"{header}\n{tile_title}" if tile_title else header, fontsize=10, pad=2
+                )
+        if r < len(row_labels):
+            axes[r][0].annotate(
+                plots.wrap(row_labels[r], 14),
+                (-0.08, 0.5),
+                xycoords="axes fraction",
+                ha="right",
+                va="center",
+                fontsize=10,
+                weight="bold",
+            )
+    fig.suptitle(provenance.stamp(title, labels), weight="bold", fontsize=12)
+    fig.tight_layout(h_pad=0.4 + 0.9 * caption_lines / 3, w_pad=0.6)
+    return Gallery(fig, list(dict.fromkeys(ids)))
+
+
+def _seeded_pick(df: pd.DataFrame, n: int, seed: int, by: str | None = None) -> pd.DataFrame:
+    """n rows in a seeded order; with `by`, taken round-robin over its values so every class
+    shows before any class shows twice."""
+    if df.empty or n <= 0:
+        return df.iloc[:0]
+    rng = np.random.default_rng(seed)
+    shuffled = df.iloc[rng.permutation(len(df))]
+    if by is None:
+        return shuffled.head(n)
+    rank = shuffled.groupby(shuffled[by].fillna(NONE), sort=False).cumcount()
+    return shuffled.assign(_rank=rank.to_numpy()).sort_values("_rank", kind="stable").head(n)
+
+
+def _label(value) -> str:
+    return NONE if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
+
+
+def _record_lines(row) -> list[str]:
+    """Family and primary category of a record (a DataFrame row or an itertuples tuple)."""
+    get = row.get if isinstance(row, pd.Series) else lambda key: getattr(row, key)
+    return [_label(get("technique_family")), _label(get("primary_category"))]
+
+
+# --- 01: what a record looks like ------------------------------------------------------------
+
+
+def record_preview(
+    records: pd.DataFrame, n: int = 8, *, seed: int = 0, labels: Sequence[str] = ()
+) -> Gallery:
+    """A seeded handful of records, one technique family after another."""
+    picked = _seeded_pick(records, n, seed, by="technique_family")
+    tiles = [Tile(r.micrograph_no, r.image_path, _record_lines(r)) for r in picked.itertuples()]
+    per_row = 4
+    rows = [tiles[i : i + per_row] for i in range(0, len(tiles), per_row)]
+    return _figure(rows, f"Records of this dataset ({len(picked)} of {len(records)})", labels)
+
+
+# --- 02: technique family x primary category -------------------------------------------------
+
+
+def examples_grid(records: pd.DataFrame, labels: Sequence[str] = (), *, seed: int = 0) -> Gallery:
+    """One seeded example per technique family x primary category; an empty combination is
+    drawn as an empty cell saying so, and each cell says how many records it stands for."""
+    family = records["technique_family"].fillna(NONE)
+    category = records["primary_category"].fillna(NONE)
+    families = [f for f in (*taxonomy.ALL_FAMILIES, NONE) if (family == f).any()]
+    categories = [c for c in (*taxonomy.PRIMARY_CATEGORIES, NONE) if (category == c).any()]
+    rows = []
+    for f in families:
+        row = []
+        for c in categories:
+            cell = records[(family == f) & (category == c)]
+            if cell.empty:
+                row.append(Tile(empty="no records"))
+                continue
+            pick = next(_seeded_pick(cell, 1, seed).itertuples())
+            row.append(
+                Tile(
+                    pick.micrograph_no,
+                    pick.image_path,
+                    [f"{len(cell)} record{'' if len(cell) == 1 else 's'}"],
+                )
+            )
+        rows.append(row)
+    return _figure(
+        rows,
+        f"Examples per technique family × primary category ({len(records)} records)",
+        labels,
+        row_labels=families,
+        col_labels=categories,
+        caption_lines=1,
+    )
+
+
+# --- 03: image -> image retrieval ------------------------------------------------------------
+
+
+def retrieval_panels(
+    records: pd.DataFrame,
+    ids: Sequence[int],
+    features: np.ndarray,
+    *,
+    n_queries: int = 5,
+    k: int = 4,
+    seed: int = 0,
+    labels: Sequence[str] = (),
+    features_name: str = "image features",
+) -> Gallery:
+    """Per query (seeded, one technique family after another): the query and its k nearest
+    neighbours by cosine similarity among images of OTHER specimens (the query's own specimen
+    would be a near-duplicate). ✓ when a neighbour shares the query's technique family."""
+    table = records.set_index("micrograph_no")
+    keep = [i for i, n in enumerate(ids) if int(n) in table.index]
+    ids = np.asarray([int(ids[i]) for i in keep])
+    vectors = np.asarray(features, dtype=np.float64)[keep]
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
+    groups = table.loc[ids, "specimen_group"].to_numpy()
+    candidates = table.loc[ids].reset_index()
+    queries = _seeded_pick(candidates, n_queries, seed, by="technique_family")
+    rows = []
+    for query in queries.itertuples():
+        q = int(np.flatnonzero(ids == query.micrograph_no)[0])
+        similarity = vectors @ vectors[q]
+        similarity[groups == groups[q]] = -np.inf  # same specimen (and the query itself)
+        order = [
+            i for i in np.argsort(-similarity, kind="stable")[:k] if np.isfinite(similarity[i])
+        ]
+        row = [Tile(query.micrograph_no, query.image_path, _record_lines(query))]
+        for i in order:
+            hit = table.loc[ids[i]]
+            row.append(
+                Tile(
+                    int(ids[i]),
+                    hit["image_path"],
+                    [f"cosine {similarity[i]:.2f}", *_record_lines(hit)],
+                    correct=hit["technique_family"] == query.technique_family,
+                )
+            )
+        rows.append(row)
+    return _figure(
+        rows,
+        f"Nearest neighbours from other specimens ({features_name})",
+        labels,
+        col_labels=["query", *[f"neighbour {j + 1}" for j in range(k)]],
+    )
+
+
+# --- 03/04: most confident mistakes ----------------------------------------------------------
+
+
+def predictions_from_probabilities(
+    ids: Sequence[int], probabilities: np.ndarray, classes: Sequence[str], truth: Sequence
+) -> pd.DataFrame:
+    """micrograph_no, truth, prediction, confidence from a probability matrix (rows: images,
+    columns: `classes`), as `confident_mistakes` reads it."""
+    probabilities = np.asarray(probabilities, dtype=float)
+    best = probabilities.argmax(axis=1)
+    return pd.DataFrame(
+        {
+            "micrograph_no": [int(i) for i in ids],
+            "truth": list(truth),
+            "prediction": [classes[j] for j in best],
+            "confidence": probabilities[np.arange(len(best)), best],
+        }
+    )
+
+
+def predictions_from_scores(scores: pd.DataFrame, truth: pd.Series) -> pd.DataFrame:
+    """The same from a long score table (micrograph_no, class, probability; e.g. the CLIP
+    stage's probe_scores.csv for one task), `truth` indexed by micrograph_no."""
+    wide = scores.pivot_table(index="micrograph_no", columns="class", values="probability")
+    wide = wide[wide.index.isin(truth.index)]
+    return predictions_from_probabilities(
+        wide.index, wide.to_numpy(), list(wide.columns), truth.loc[wide.index].tolist()
+    )
+
+
+def confident_mistakes(
+    records: pd.DataFrame,
+    predictions: pd.DataFrame,
+    method: str,
+    *,
+    per_class: int = 3,
+    classes: Sequence[str] | None = None,
+    labels: Sequence[str] = (),
+) -> Gallery:
+    """Per true class, the `per_class` wrong answers the method was most confident in.
+    `predictions`: micrograph_no, truth, prediction, confidence (e.g. from
+    `predictions_from_probabilities`); abstentions (prediction None) are not mistakes shown
+    here. A class without mistakes gets an empty cell saying so."""
+    table = records.set_index("micrograph_no")
+    rows_in = predictions[predictions["micrograph_no"].isin(table.index)]
+    wrong = rows_in[rows_in["prediction"].notna() & (rows_in["prediction"] != rows_in["truth"])]
+    order = list(classes or sorted(rows_in["truth"].dropna().unique()))
+    rows = []
+    for cls in order:
+        mine = wrong[wrong["truth"] == cls].sort_values(
+            ["confidence", "micrograph_no"], ascending=[False, True]
+        )
+        row = [
+            Tile(
+                int(m.micrograph_no),
+                table.loc[int(m.micrograph_no), "image_path"],
+                [f"true: {cls}", f"said: {m.prediction}", f"confidence {m.confidence:.0%}"],
+                correct=False,
+            )
+            for m in mine.head(per_class).itertuples()
+        ]
+        n_class = int((rows_in["truth"] == cls).sum())
+        row = row or [Tile(empty=f"no mistakes\n(n={n_class})")]
+        rows.append(row)
+    n_wrong, n_all = len(wrong), len(rows_in)
+    return _figure(
+        rows,
+        f"{method}: most confident mistakes per true class ({n_wrong} of {n_all} wrong)",
+        labels,
+        row_labels=order,
+    )
+
+
+# --- 04: descriptions beside their image -----------------------------------------------------
+
+
+def descriptions(
+    records: pd.DataFrame,
+    answers: pd.DataFrame,
+    *,
+    n: int = 4,
+    seed: int = 0,
+    labels: Sequence[str] = (),
+    text_width: int = 90,
+) -> Gallery:
+    """Open-question answers beside their image and the expert's description.
+    `answers`: micrograph_no, model, text (one row per model and image)."""
+    table = records.set_index("micrograph_no")
+    described = table.loc[table.index.intersection(answers["micrograph_no"].unique())]
+    picked = _seeded_pick(described.reset_index(), n, seed, by="technique_family")
+    fig, axes = plt.subplots(
+        len(picked) or 1,
+        2,
+        figsize=(13, 3.3 * max(1, len(picked))),
+        squeeze=False,
+        gridspec_kw={"width_ratios": [1, 3.2]},
+    )
+    for (image_ax, text_ax), row in zip(axes, picked.itertuples(), strict=False):
+        _draw_tile(image_ax, Tile(row.micrograph_no, row.image_path, _record_lines(row)))
+        said = answers[answers["micrograph_no"] == row.micrograph_no].sort_values("model")
+        blocks = [f"EXPERT: {row.brief_description}"]
+        if getattr(row, "keywords", ""):
+            blocks.append(f"keywords: {row.keywords}")
+        blocks += [f"{a.model}: {' '.join(str(a.text).split())}" for a in said.itertuples()]
+        text = "\n\n".join(textwrap.fill(b, text_width, max_lines=6) for b in blocks)
+        text_ax.axis("off")
+        text_ax.text(0, 1, text, va="top", ha="left", fontsize=9, family="DejaVu Sans")
+    if picked.empty:
+        axes[0][0].axis("off")
+        axes[0][1].axis("off")
+        axes[0][1].text(0.5, 0.5, "no descriptions in this run", ha="center")
+    title = f"Open question: what each model said, beside the expert ({len(picked)} images)"
+    fig.suptitle(provenance.stamp(title, labels), weight="bold", fontsize=12)
+    fig.tight_layout()
+    return Gallery(fig, [int(i) for i in picked["micrograph_no"]])
+
+
+# --- 05: where methods disagree, where the cascade asks the VLM ------------------------------
+
+
+def disagreements(
+    records: pd.DataFrame,
+    predictions: pd.DataFrame,
+    *,
+    n: int = 8,
+    seed: int = 0,
+    labels: Sequence[str] = (),
+    per_row: int = 4,
+) -> Gallery:
+    """Images where the methods do not all give the same answer, each captioned with the true
+    label and every method's answer (✓/✗). `predictions`: micrograph_no, method, truth,
+    prediction (None: abstained)."""
+    answered = predictions.assign(prediction=predictions["prediction"].fillna("no answer"))
+    distinct = answered.groupby("micrograph_no")["prediction"].nunique()
+    split_ids = distinct[distinct > 1].index
+    table = records.set_index("micrograph_no")
+    pool = table.loc[table.index.intersection(split_ids)].reset_index()
+    picked = _seeded_pick(pool, n, seed, by="technique_family")
+    tiles = []
+    for row in picked.itertuples():
+        mine = answered[answered["micrograph_no"] == row.micrograph_no].sort_values("method")
+        truth = mine["truth"].iloc[0]
+        lines = [f"true: {truth}"] + [
+            f"{'✓' if a.prediction == truth else '✗'} {a.method}: {a.prediction}"
+            for a in mine.itertuples()
+        ]
+        tiles.append(Tile(row.micrograph_no, row.image_path, lines))
+    rows = [tiles[i : i + per_row] for i in range(0, len(tiles), per_row)] or [
+        [Tile(empty="the methods agree on every image")]
+    ]
+    n_methods = predictions["method"].nunique()
+    title = (
+        f"Where {n_methods} methods disagree ({len(split_ids)} of "
+        f"{predictions['micrograph_no'].nunique()} images; {len(picked)} shown)"
+    )
+    return _figure(rows, title, labels, caption_lines=2 + n_methods)
+
+
+def cascade_handoffs(
+    records: pd.DataFrame,
+    cascade: pd.DataFrame,
+    *,
+    n: int = 8,
+    seed: int = 0,
+    labels: Sequence[str] = (),
+    per_row: int = 4,
+) -> Gallery:
+    """Images the cascade sends to the VLM (CLIP not confident enough), with CLIP's answer and
+    confidence, the VLM's answer, and whether the hand-off helped. `cascade`: micrograph_no,
+    truth, clip_prediction, clip_confidence, vlm_prediction, sent (bool)."""
+    sent = cascade[cascade["sent"].astype(bool)]
+    table = records.set_index("micrograph_no")
+    pool = table.loc[table.index.intersection(sent["micrograph_no"])].reset_index()
+    picked = _seeded_pick(pool, n, seed, by="technique_family")
+    tiles = []
+    for row in picked.itertuples():
+        c = sent[sent["micrograph_no"] == row.micrograph_no].iloc[0]
+        vlm = c["vlm_prediction"] if pd.notna(c["vlm_prediction"]) else "no answer"
+        lines = [
+            f"true: {c['truth']}",
+            f"CLIP: {c['clip_prediction']} ({c['clip_confidence']:.2f})",
+            f"→ VLM: {vlm}",
+        ]
+        tiles.append(Tile(row.micrograph_no, row.image_path, lines, correct=vlm == c["truth"]))
+    rows = [tiles[i : i + per_row] for i in range(0, len(tiles), per_row)] or [
+        [Tile(empty="the cascade sent no image to the VLM")]
+    ]
+    title = (
+        f"Images the cascade hands to the VLM ({len(sent)} of {len(cascade)}; {len(picked)} shown)"
+    )
+    return _figure(rows, title, labels, caption_lines=3)

@@ -1,0 +1,63 @@
+"""A notebook's first call: library logs and third-party warnings go to a log file, not red
+stderr noise in the notebook (and the rendered report).
+
+`notebook_setup("03_clip_zero_shot", profile)` routes the root logger, Python warnings
+(TqdmWarning, FutureWarning, ...), and the loggers of transformers / huggingface_hub / open_clip
+(e.g. "Failed to download ...") to `build/logs/<notebook>.log`, turns off the hub's and
+transformers' own model-loading bars (our tqdm bars stay: ipywidgets draws them in a notebook),
+applies the figure style, declares the run to `publishing`, and prints one line saying where
+the log is. Offline-substitute banners are not affected: they are results, shown in the banner.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+from microqa import config, plots, publishing
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Libraries that install their own stderr handler instead of propagating to the root logger.
+_OWN_HANDLER_LIBRARIES = ("transformers", "huggingface_hub")
+
+
+def log_path(notebook: str) -> Path:
+    return config.build_dir() / "logs" / f"{notebook}.log"
+
+
+def notebook_setup(notebook: str, profile: str = "full") -> None:
+    """Call once at the top of a notebook (after its parameters cell). Returns nothing."""
+    path = log_path(notebook)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    # force=True drops the stderr handler a library's bare logging.error() would install
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    logging.captureWarnings(True)
+    warnings.simplefilter("default")  # each distinct warning once, into the log
+    _quiet_hub_libraries()
+    plots.set_style()
+    publishing.begin(notebook, profile)
+    print(f"Library logs and warnings of this run: {publishing.relative(path)}")
+
+
+def _quiet_hub_libraries() -> None:
+    """transformers and huggingface_hub log to their own stderr handler and draw model-loading
+    bars: route their logs through the root logger (so into the file) and drop those bars.
+    Skipped quietly when they are not installed."""
+    try:
+        import huggingface_hub.utils as hub_utils
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.disable_default_handler()
+    hf_logging.enable_propagation()
+    hf_logging.disable_progress_bar()
+    hub_utils.disable_progress_bars()
+    for name in _OWN_HANDLER_LIBRARIES:
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if isinstance(handler, logging.StreamHandler):
+                logger.removeHandler(handler)
+        logger.propagate = True
