@@ -102,10 +102,13 @@ def destination() -> Destination:
         reasons.append("no data stage recorded")
     elif data.get("source") == "sample":
         reasons.append("embedded sample data")
+    elif data.get("source") == "user":
+        reasons.append("a user dataset, not the DoITPoMS library")
     elif data.get("complete") is False:
         reasons.append("partial scrape")
+    kind = {"sample": "sample", "user": "user"}.get(data.get("source", ""), "library")
     run_name = "-".join(
-        [profile, "sample" if data.get("source") == "sample" else "library"]
+        [profile, kind]
         + ([] if os.environ.get(PUBLISH_ENV) == "1" else ["interactive"])
     )
     root = config.build_dir() / "runs" / run_name
