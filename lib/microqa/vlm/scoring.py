@@ -121,7 +121,7 @@ def letter_scores(top: Iterable[tuple[str, float]], letters: Sequence[str]) -> L
 # --- rows of answers.csv -> decisions -----------------------------------------------------------
 
 
-def _with_contract_columns(answers: pd.DataFrame) -> pd.DataFrame:
+def with_contract_columns(answers: pd.DataFrame) -> pd.DataFrame:
     """answers.csv rows with `rotation` and `letter_mass` (files written before rotations
     existed hold rotation 0 only and no letter mass)."""
     df = answers.copy()
@@ -145,7 +145,7 @@ def _parse_probabilities(value) -> dict[str, float] | None:
 
 def aggregate(answers: pd.DataFrame, *, fixed_order: bool = False) -> pd.DataFrame:
     """One row per decision key: the answer over rotations, before abstention (module doc)."""
-    df = _with_contract_columns(answers)
+    df = with_contract_columns(answers)
     if fixed_order:
         df = df[df["rotation"] == 0]
     rows = []
