@@ -1,8 +1,11 @@
 """A protocol-level stub of an OpenAI-compatible chat server, on 127.0.0.1 (real HTTP).
 
 It records every request it receives (path, headers, JSON body), answers deterministically
-from the request (a hash of the prompt and the image picks the option letter), and can inject
-failures (HTTP 500/429 for the next n requests), delays, and servers without logprobs.
+from the request (a hash of the prompt and the image picks the option letter), and can be
+hostile: HTTP errors with or without Retry-After (`fail_next`), malformed 200 replies
+(`garbage_next`: HTML, cut-off JSON, `{"choices": []}`, missing fields, NaN or missing
+logprobs), intermittent garbage on every k-th request (`garbage_every`), delays, and servers
+without logprobs.
 
     with OpenAIStub(delay_s=0.05) as stub:
         backend = OpenAIBackend("stub-vlm", base_url=stub.base_url)
@@ -24,6 +27,38 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from microqa.mirror import BackgroundServer
+
+# Malformed replies with status 200: (content type, body bytes) from the good reply's JSON.
+GARBAGE: dict[str, Any] = {
+    "html": lambda good: ("text/html", b"<html><body><h1>502 Bad Gateway</h1></body></html>"),
+    "cut_json": lambda good: ("application/json", json.dumps(good).encode()[:40]),
+    "empty_choices": lambda good: ("application/json", b'{"id": "x", "choices": []}'),
+    "not_object": lambda good: ("application/json", b'["choices"]'),
+    "no_message": lambda good: (
+        "application/json",
+        json.dumps({**good, "choices": [{"index": 0, "finish_reason": "stop"}]}).encode(),
+    ),
+    "no_logprobs": lambda good: (
+        "application/json",
+        json.dumps({**good, "choices": [{**good["choices"][0], "logprobs": None}]}).encode(),
+    ),
+    # Python's json writes NaN as the bare literal, as some servers do
+    "nan_logprob": lambda good: (
+        "application/json",
+        json.dumps(_with_logprob(good, float("nan"))).encode(),
+    ),
+}
+
+
+def _with_logprob(good: dict[str, Any], value: float) -> dict[str, Any]:
+    """The good reply with every listed log-probability replaced by `value`."""
+    bad = json.loads(json.dumps(good))
+    for entry in (bad["choices"][0].get("logprobs") or {}).get("content") or []:
+        entry["logprob"] = value
+        for top in entry.get("top_logprobs", []):
+            top["logprob"] = value
+    return bad
+
 
 OPTION = re.compile(r"(?<![A-Za-z0-9])([A-Z])\) ")
 
@@ -70,6 +105,7 @@ class OpenAIStub(BackgroundServer):
         top_letter_p: float = 0.6,
         describe_text: str = "A scanning electron micrograph (SEM) of a steel fracture surface.",
         choice_template: str = "The answer is {letter}.",
+        garbage_every: int = 0,
         port: int = 0,
     ):
         self.model = model
@@ -81,7 +117,9 @@ class OpenAIStub(BackgroundServer):
         self.requests: list[dict[str, Any]] = []
         self.in_flight = 0
         self.max_in_flight = 0
-        self._failures: list[int] = []
+        self.garbage_every = garbage_every  # every k-th chat request gets the next GARBAGE kind
+        self._failures: list[tuple[int | str, float | None]] = []
+        self._n_chat = 0
         self._lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.httpd.daemon_threads = True
@@ -91,9 +129,21 @@ class OpenAIStub(BackgroundServer):
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
-    def fail_next(self, n: int, status: int = 500) -> None:
+    def fail_next(self, n: int, status: int = 500, retry_after: float | None = None) -> None:
+        """The next n requests answer `status` (with a Retry-After header when given)."""
         with self._lock:
-            self._failures.extend([status] * n)
+            self._failures.extend([(status, retry_after)] * n)
+
+    def garbage_next(self, n: int, kind: str) -> None:
+        """The next n chat requests get the malformed 200 reply `kind` (a key of GARBAGE)."""
+        if kind not in GARBAGE:
+            raise ValueError(f"unknown garbage {kind!r}; known: {sorted(GARBAGE)}")
+        with self._lock:
+            self._failures.extend([(kind, None)] * n)
+
+    def image_parts(self) -> list[str]:
+        """The image data URL of every chat request, in arrival order."""
+        return [request_text_and_image(body)[1] for body in self.chat_requests()]
 
     def chat_requests(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -141,11 +191,19 @@ class OpenAIStub(BackgroundServer):
             def log_message(self, *args):  # keep test output quiet
                 pass
 
-            def _send(self, status: int, payload: dict[str, Any]) -> None:
-                data = json.dumps(payload).encode("utf-8")
+            def _send(
+                self,
+                status: int,
+                payload: dict[str, Any] | bytes,
+                content_type: str = "application/json",
+                headers: dict[str, str] | None = None,
+            ) -> None:
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(data)
 
@@ -179,14 +237,26 @@ class OpenAIStub(BackgroundServer):
                             "time": time.time(),
                         }
                     )
-                    failure = stub._failures.pop(0) if stub._failures else None
+                    failure, retry_after = stub._failures.pop(0) if stub._failures else (None, None)
+                    if self.path.endswith("/chat/completions"):
+                        stub._n_chat += 1
+                        every = stub.garbage_every
+                        if failure is None and every and stub._n_chat % every == 0:
+                            kinds = sorted(GARBAGE)
+                            failure = kinds[(stub._n_chat // every) % len(kinds)]
                     stub.in_flight += 1
                     stub.max_in_flight = max(stub.max_in_flight, stub.in_flight)
                 try:
                     if stub.delay_s:
                         time.sleep(stub.delay_s)
-                    if failure:
-                        self._send(failure, {"error": {"message": "injected failure"}})
+                    if isinstance(failure, int):
+                        extra = {"Retry-After": f"{retry_after:g}"} if retry_after else {}
+                        self._send(
+                            failure, {"error": {"message": "injected failure"}}, headers=extra
+                        )
+                    elif failure:
+                        content_type, data = GARBAGE[failure](stub.completion(body))
+                        self._send(200, data, content_type)
                     elif not self.path.endswith("/chat/completions"):
                         self._send(404, {"error": {"message": f"no route {self.path}"}})
                     elif body.get("model") != stub.model:

@@ -13,14 +13,10 @@ from PIL import Image
 
 from microqa.vlm.backends import load_backend
 from microqa.vlm.base import VLMRequest
-from microqa.vlm.openai_backend import (
-    LogprobsUnavailable,
-    OpenAIBackendError,
-    letter_probabilities,
-)
+from microqa.vlm.openai_backend import LogprobsUnavailable, OpenAIBackendError
 from microqa.vlm.questions import build_question
 from tests.conftest import REPO
-from tests.openai_stub import OpenAIStub, deterministic_letter
+from tests.openai_stub import GARBAGE, OpenAIStub, deterministic_letter
 
 
 def _image(seed: int, size=(64, 48)) -> Image.Image:
@@ -63,7 +59,9 @@ def test_generate_sends_base64_images_and_returns_texts(stub):
         assert result.text == f"The answer is {deterministic_letter(body)}."
         assert result.latency_s > 0
     headers = [r["headers"] for r in stub.requests if r["path"].endswith("/completions")]
-    assert all(h.get("Authorization") == "Bearer secret" for h in headers)
+    assert all(
+        {k.lower(): v for k, v in h.items()}["authorization"] == "Bearer secret" for h in headers
+    )
 
 
 def test_score_asks_for_logprobs_and_renormalises_over_letters(stub):
@@ -77,37 +75,30 @@ def test_score_asks_for_logprobs_and_renormalises_over_letters(stub):
         # The stub gives its letter 0.6 and each other letter (spelt " X") 0.0875.
         top = deterministic_letter(body)
         assert result.probabilities[top] == pytest.approx(0.6 / 0.95)
+        assert result.letter_mass == pytest.approx(0.95)  # "The" (0.05) is not a letter
         assert max(result.probabilities, key=result.probabilities.get) == top
+        assert result.error is None
     assert backend.revision == f"{stub.base_url}:/weights/stub-vlm"
-
-
-def test_letters_missing_from_top_logprobs_get_a_bounded_share():
-    top = [{"token": "B", "logprob": math.log(0.5)}, {"token": "The", "logprob": math.log(0.3)}]
-    top += [{"token": f"x{i}", "logprob": math.log(0.01)} for i in range(18)]  # 20 listed
-    probs = letter_probabilities(top, ["A", "B", "C"])
-    # Leftover mass 0.02 split over A and C, capped by the smallest listed (0.01): 0.01 each.
-    assert probs["B"] == pytest.approx(0.5 / 0.52)
-    assert probs["A"] == pytest.approx(0.01 / 0.52) == probs["C"]
-    assert letter_probabilities(top[1:], ["A", "B", "C"]) == {}  # no letter listed: no answer
 
 
 def test_retries_5xx_and_429_with_backoff_then_succeeds(stub):
     backend = load_backend(
         "openai", "stub-vlm", base_url=stub.base_url, backoff_s=0.01, concurrency=1
     )
-    stub.fail_next(2, status=500)
-    stub.fail_next(1, status=429)
+    stub.fail_next(2, status=500, retry_after=0.01)
+    stub.fail_next(1, status=429, retry_after=0.01)
     results = backend.generate(_requests(1), max_new_tokens=5)
     assert len(stub.chat_requests()) == 4  # three failures, then the answer
-    assert results[0].text.startswith("The answer is")
+    assert results[0].text.startswith("The answer is") and results[0].error is None
+    assert backend.failure_summary() == "1 answered, 0 failed"
 
 
 def test_gives_up_after_retries_naming_the_server(stub):
     backend = load_backend("openai", "stub-vlm", base_url=stub.base_url, backoff_s=0.0, retries=2)
-    stub.fail_next(5, status=503)
-    with pytest.raises(OpenAIBackendError, match=r"failed after 3 attempts.*HTTP 503"):
+    stub.fail_next(5, status=503, retry_after=0.01)
+    with pytest.raises(OpenAIBackendError, match=r"chat/completions: all 1 requests.*HTTP 503"):
         backend.generate(_requests(1), max_new_tokens=5)
-    assert len(stub.chat_requests()) == 3
+    assert len(stub.chat_requests()) == 3  # the client's bounded retries
 
 
 def test_client_errors_fail_at_once_with_the_servers_message(stub):
@@ -121,7 +112,7 @@ def test_connection_refused_is_retried_then_reported():
     backend = load_backend(
         "openai", "m", base_url="http://127.0.0.1:9/v1", backoff_s=0.0, retries=1, timeout=2
     )
-    with pytest.raises(OpenAIBackendError, match="ConnectionError"):
+    with pytest.raises(OpenAIBackendError, match=r"127.0.0.1:9/v1.*Connection"):
         backend.generate(_requests(1), max_new_tokens=5)
 
 
@@ -134,7 +125,7 @@ def test_concurrency_is_bounded():
 
 def test_server_without_logprobs_raises_a_clear_error():
     with OpenAIStub(logprobs=False) as stub:
-        backend = load_backend("openai", "stub-vlm", base_url=stub.base_url)
+        backend = load_backend("openai", "stub-vlm", base_url=stub.base_url, backoff_s=0.0)
         with pytest.raises(LogprobsUnavailable, match="mode 'generate'"):
             backend.score(_requests(1), ["A", "B"])
 
@@ -155,3 +146,133 @@ def test_openai_path_never_imports_torch():
     )
     env_path = f"{REPO / 'lib'}:{REPO}"
     subprocess.run([sys.executable, "-c", code], check=True, env={"PYTHONPATH": env_path})
+
+
+# --- a hostile server: malformed 200 replies, rate limits, image-major requests ---------------
+
+
+def _backend(stub, **options):
+    options = {"backoff_s": 0.0, "concurrency": 1, "retries": 2, **options}
+    return load_backend("openai", "stub-vlm", base_url=stub.base_url, **options)
+
+
+@pytest.mark.parametrize("kind", sorted(GARBAGE))
+def test_a_malformed_reply_is_retried_like_a_5xx(stub, kind):
+    backend = _backend(stub)
+    stub.garbage_next(1, kind)
+    result = backend.score(_requests(1), ["A", "B", "C", "D", "E"])[0]
+    assert len(stub.chat_requests()) == 2  # the garbage, then the answer
+    assert result.error is None and sum(result.probabilities.values()) == pytest.approx(1)
+    assert backend.failures == {}
+
+
+@pytest.mark.parametrize(
+    "kind,reason",
+    [
+        ("html", "not JSON (text/html)"),
+        ("cut_json", "not JSON (application/json)"),
+        ("empty_choices", "no choices"),
+        ("not_object", "not a JSON object"),
+        ("no_message", "a choice without a message"),
+        ("no_logprobs", "no token log-probabilities"),
+        ("nan_logprob", "invalid log-probabilities"),
+    ],
+)
+def test_persistent_garbage_is_a_counted_failure_and_the_rest_is_answered(stub, kind, reason):
+    backend = _backend(stub)
+    stub.garbage_next(3, kind)  # the first question's three attempts
+    results = backend.score(_requests(3), ["A", "B", "C", "D", "E"])
+    assert reason in results[0].error and results[0].probabilities == {}
+    assert results[0].letter_mass is None
+    assert all(r.error is None and r.probabilities for r in results[1:])
+    assert sum(backend.failures.values()) == 1 and backend.n_answered == 2
+    assert backend.failure_summary().startswith("2 answered, 1 failed: 1 x malformed reply")
+
+
+def test_generate_records_garbage_as_a_failed_answer(stub):
+    backend = _backend(stub, retries=0)
+    stub.garbage_next(1, "no_message")
+    results = backend.generate(_requests(2), max_new_tokens=5)
+    assert results[0].text == "" and "without a message" in results[0].error
+    assert results[1].text.startswith("The answer is")
+
+
+def test_intermittent_garbage_never_crashes_and_every_failure_is_named():
+    with OpenAIStub(garbage_every=2) as stub:  # every second request is malformed
+        backend = _backend(stub, concurrency=3, retries=1)
+        questions_ = [build_question("technique", rotation=r) for r in range(5)]
+        answered = []
+        for i in range(4):
+            answered += backend.score_image(
+                _image(i), [q.prompt for q in questions_], [list(q.letters) for q in questions_]
+            )
+        assert len(stub.chat_requests()) >= 30  # garbage was served, and retried
+    assert len(answered) == 20
+    failed = [r for r in answered if r.error]
+    assert all(r.error.startswith("malformed reply: ") for r in failed)
+    assert all(sum(r.probabilities.values()) == pytest.approx(1) for r in answered if not r.error)
+    assert sum(backend.failures.values()) == len(failed) < len(answered)
+
+
+def test_every_request_failing_is_one_line_naming_the_url_and_the_reason(stub):
+    backend = _backend(stub)
+    stub.garbage_next(100, "html")
+    with pytest.raises(OpenAIBackendError) as error:
+        backend.score_image(_image(0), ["Q1 A) x B) y", "Q2 A) x B) y"], [["A", "B"]] * 2)
+    message = str(error.value)
+    assert "\n" not in message and f"{stub.base_url}/chat/completions" in message
+    assert "all 2 requests failed" in message and "not JSON (text/html)" in message
+
+
+def test_rate_limit_waits_for_retry_after(stub):
+    backend = _backend(stub)
+    stub.fail_next(1, status=429, retry_after=1)
+    result = backend.generate(_requests(1), max_new_tokens=5)[0]
+    first, second = (r["time"] for r in stub.requests if r["path"].endswith("/completions"))
+    assert second - first >= 0.9 and result.error is None
+
+
+def test_5xx_without_retry_after_is_retried_with_the_clients_backoff(stub):
+    backend = _backend(stub, retries=1)
+    stub.fail_next(1, status=500)
+    assert backend.generate(_requests(1), max_new_tokens=5)[0].error is None
+    assert len(stub.chat_requests()) == 2
+
+
+def test_score_image_sends_a_byte_identical_image_part_first_question_alone():
+    with OpenAIStub(delay_s=0.05) as stub:
+        backend = _backend(stub, concurrency=4)
+        questions_ = [build_question("category", rotation=r) for r in range(4)]
+        questions_ += [build_question("technique", rotation=r) for r in range(5)]
+        prompts = [q.prompt for q in questions_]
+        letters = [list(q.letters) for q in questions_]
+        first = backend.score_image(_image(0), prompts, letters)
+        second = backend.score_image(_image(1), prompts, letters)
+        log = [r for r in stub.requests if r["path"].endswith("/chat/completions")]
+    parts = stub.image_parts()
+    assert len(set(parts[:9])) == 1 and len(set(parts[9:])) == 1 and parts[0] != parts[9]
+    for body in stub.chat_requests():  # the image comes before the question text
+        assert body["messages"][-1]["content"][0]["type"] == "image_url"
+    # the first question of an image is answered before the others are sent (cache warm-up)
+    assert all(r["time"] >= log[0]["time"] + 0.05 for r in log[1:9])
+    assert stub.max_in_flight > 1  # the rest go concurrently
+    for q, result in zip(questions_, first + second, strict=False):
+        assert set(result.probabilities) == set(q.letters)
+        assert result.letter_mass == pytest.approx(0.95)
+
+
+def test_generate_image_shares_the_image_part(stub):
+    backend = _backend(stub)
+    results = backend.generate_image(_image(3), ["Describe.", "And again."], max_new_tokens=8)
+    assert len(set(stub.image_parts())) == 1 and len(results) == 2
+    assert [r.error for r in results] == [None, None]
+
+
+def test_score_uses_the_one_scoring_rule(stub):
+    from microqa.vlm.scoring import letter_scores
+
+    backend = _backend(stub)
+    result = backend.score(_requests(1), ["A", "B", "C", "D", "E"])[0]
+    expected = letter_scores(result.logprobs.items(), ["A", "B", "C", "D", "E"])
+    assert result.probabilities == pytest.approx(expected.probabilities)
+    assert result.letter_mass == pytest.approx(expected.letter_mass)

@@ -80,6 +80,36 @@ TABLE = [
     ("It shows SEM-like contrast but could be TEM.", L4, COARSE, None),
     ("options A and B both fit", L4, None, None),
     ("(A) (B)", L4, None, None),
+    # hedges that keep a second option open: no answer
+    ("Probably C, though A is possible.", L4, None, None),
+    ("C, but A is also possible.", L4, None, None),
+    ("Most likely D, possibly B.", L4, None, None),
+    ("I think it is C; however, it could also be A.", L4, None, None),
+    ("C is the best match, although B cannot be ruled out.", L4, None, None),
+    ("It looks like option B... or maybe C.", L4, None, None),
+    ("Likely A (SEM), but could be B (TEM).", L4, COARSE, None),
+    ("Answer: C (or possibly D)", L4, None, None),
+    ("B. I cannot rule out A, given the contrast.", L4, None, None),
+    ("**D** seems right, though **E** might fit as well.", L5, None, None),
+    ("The answer is most likely B; option D is a close second possibility.", L4, None, None),
+    ("I'd go with A, perhaps C.", L4, None, None),
+    # a commitment, then another: no answer
+    ("B. No wait, D.", L4, None, None),
+    ("My answer is C. Final answer: A", L4, None, None),
+    ("The answer is A. Actually, looking again at the fringes, it is B.", L4, None, None),
+    ("Answer: B\nOn second thought, C.", L4, None, None),
+    ("C) AFM. Correction: D) Optical microscopy.", L4, COARSE, None),
+    # one option committed, the others excluded or merely discussed: the answer stands
+    ("The answer is C, not A.", L4, None, "C"),
+    ("C. Not A.", L4, None, "C"),
+    ("C. It is clearly not option A.", L4, None, "C"),
+    ("D, since it is not A or B.", L4, None, "D"),
+    ("B - the contrast rules out A and C.", L4, None, "B"),
+    ("C rather than A.", L4, None, "C"),
+    ("The answer is C. A TEM would show lattice fringes.", L4, None, "C"),
+    ("D. A polarised-light image of a steel.", L4, None, "D"),
+    ("Answer: E. Neither A nor B fits the birefringent colours.", L5, None, "E"),
+    ("The answer is B; there are no signs of an AFM tip artefact.", L4, None, "B"),
 ]
 
 
@@ -89,8 +119,8 @@ def test_parser_table(text, letters, options, expected):
 
 
 def test_table_is_varied():
-    assert len(TABLE) >= 40
-    assert sum(e is None for *_, e in TABLE) >= 15
+    assert len(TABLE) >= 80
+    assert sum(e is None for *_, e in TABLE) >= 40
 
 
 # --- properties --------------------------------------------------------------------------------
@@ -122,6 +152,29 @@ def test_two_different_committed_letters_parse_to_none(data, letters, before, be
     t1, t2 = (data.draw(st.sampled_from(COMMIT_TEMPLATES)) for _ in range(2))
     text = " ".join([before, t1.format(L=first), between, t2.format(L=second), after])
     assert parse_choice(text, letters) is None
+
+
+HEDGES = [
+    "{A}, though {B} is possible.",
+    "Probably {A}, but it could also be {B}.",
+    "{A}; {B} cannot be ruled out.",
+    "Most likely {A}, possibly {B}.",
+    "{A}. Wait, actually {B}.",
+    "The answer is {A}. On second thought, {B}.",
+]
+EXCLUSIONS = ["{A}, not {B}.", "{A}. It is not option {B}.", "{A}, rather than {B}."]
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), letters=letters_strategy)
+def test_a_second_option_kept_open_parses_to_none_an_excluded_one_does_not(data, letters):
+    first, second = data.draw(
+        st.lists(st.sampled_from(letters), min_size=2, max_size=2, unique=True)
+    )
+    hedge = data.draw(st.sampled_from(HEDGES)).format(A=first, B=second)
+    assert parse_choice(hedge, letters) is None, hedge
+    exclusion = data.draw(st.sampled_from(EXCLUSIONS)).format(A=first, B=second)
+    assert parse_choice(exclusion, letters) == first, exclusion
 
 
 @settings(max_examples=500, deadline=None)

@@ -23,6 +23,7 @@ class GenerateResult:
     text: str
     latency_s: float  # wall seconds attributed to this request (batch time / batch size)
     visual_tokens: int | None = None
+    error: str | None = None  # why no answer came back (a server's failed request); else None
 
 
 @dataclass
@@ -37,6 +38,7 @@ class ScoreResult:
     # Total probability, over the whole vocabulary, of every single-token spelling of every
     # option letter at the answer position: how much the model committed to answering at all.
     letter_mass: float | None = None
+    error: str | None = None  # why no answer came back (a server's failed request); else None
 
 
 class Backend(Protocol):

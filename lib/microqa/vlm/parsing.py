@@ -15,6 +15,10 @@ micrograph ...") and never counts. Then:
 - exactly one distinct committed letter, inside `letters`, is the answer;
 - two different committed letters ("A or B", "B/C", an echoed option list), a committed letter
   outside `letters`, or a refusal ("I cannot determine ...") give None;
+- a hedge that keeps a second option open ("probably C, though A is possible", "C, but B
+  cannot be ruled out", "B... or maybe C") and a correction ("B. No wait, D.") give None;
+  a second option that is excluded ("C, not A", "it is clearly not option A", "D, since it is
+  not A or B", "B; the contrast rules out A and C") leaves the committed one standing;
 - with no committed letter, an option's own text ("Scanning electron microscopy (SEM)", "SEM")
   decides when exactly one option is mentioned (mentions after "not", "rather than" ... are
   dropped); a committed letter whose option text contradicts another mentioned option gives None.
@@ -64,6 +68,83 @@ _NEGATION = re.compile(
     re.IGNORECASE,
 )
 _MARKDOWN = re.compile(r"[*_`#>]+")
+# Just before a letter: it is excluded ("not A", "rules out A"), unless the exclusion is itself
+# denied ("cannot rule out A", "B cannot be ruled out" is handled as an open cue below).
+_EXCLUDED = re.compile(
+    r"\b(?:not|isn't|neither|nor|unlike|except|rather than|instead of|"
+    r"rules? out|ruled out|ruling out|exclud\w*)\b[^.;\n]{0,20}$",
+    re.IGNORECASE,
+)
+_DENIED_EXCLUSION = re.compile(
+    r"\b(?:cannot|can't|can not|could not|couldn't|not|don't|do not|won't)\s+"
+    r"(?:be\s+)?(?:rule|ruled|exclude|excluded)\s+out\b[^.;\n]{0,20}$|"
+    r"\b(?:cannot|can't|can not|could not|couldn't|don't|do not)\s+(?:exclude|be excluded)\b"
+    r"[^.;\n]{0,20}$",
+    re.IGNORECASE,
+)
+# A clause that keeps an option open: "A is possible", "could also be A", "or maybe C".
+_OPEN = re.compile(
+    r"\b(?:possibl[ey]|possibility|could|might|may|maybe|perhaps|plausible|alternatively|"
+    r"or|either|likely|ruled out|rule out|exclude[d]?|also fits?|as well|too)\b",
+    re.IGNORECASE,
+)
+# A change of mind: an option named after one of these replaces the first answer.
+_CORRECTION = re.compile(
+    r"\b(?:wait|actually|on second thought|on reflection|correction|i mean|scratch that|"
+    r"let me reconsider|changing my answer|final answer)\b",
+    re.IGNORECASE,
+)
+# A standalone capital letter naming an option; "A" and "I" only where no noun follows
+# ("A is possible", "option A", "(A)", "A." but not "A TEM image").
+_OPTION_MENTION = re.compile(
+    r"(?:\b(?:option|choice|letter)\s+|[\(\[])?(?<![A-Za-z0-9'])([A-Z])(?![A-Za-z0-9'\-])"
+)
+_AFTER_ARTICLE_LETTER = re.compile(
+    r"\s*(?:$|[.,;:!?)\]]|\s*(?:is|was|could|might|may|would|seems?|looks?|remains?|also|"
+    r"too|as well|cannot|can't|fits?|matches)\b)",
+    re.IGNORECASE,
+)
+_CLAUSE_END = re.compile(r"[.;!?\n,]|\.\.\.|\s[-–—]\s")
+
+
+def _excluded(text: str, position: int) -> bool:
+    before = text[:position]
+    return bool(_EXCLUDED.search(before)) and not _DENIED_EXCLUSION.search(before)
+
+
+def _option_mentions(text: str, letters: Sequence[str]) -> list[tuple[int, str]]:
+    """(position, letter) of every offered letter named as an option in `text`."""
+    found = []
+    for match in _OPTION_MENTION.finditer(text):
+        letter = match.group(1)
+        if letter not in letters:
+            continue
+        marked = match.group(0)[0] != letter  # "option A", "(A"
+        if letter in _ARTICLES and not marked:
+            if not _AFTER_ARTICLE_LETTER.match(text, match.end()):
+                continue
+        found.append((match.start(1), letter))
+    return found
+
+
+def _clause(text: str, position: int) -> str:
+    starts = [m.end() for m in _CLAUSE_END.finditer(text, 0, position)]
+    start = starts[-1] if starts else 0
+    end = _CLAUSE_END.search(text, position + 1)
+    return text[start : end.start() if end else len(text)]
+
+
+def _second_option_kept_open(text: str, chosen: str, letters: Sequence[str]) -> bool:
+    """Another offered option is named as still possible, or named after a change of mind."""
+    correction = _CORRECTION.search(text)
+    for position, letter in _option_mentions(text, letters):
+        if letter == chosen or _excluded(text, position):
+            continue
+        if correction and correction.start() < position:
+            return True
+        if _OPEN.search(_clause(text, position)):
+            return True
+    return False
 
 
 def _committed_letters(text: str) -> set[str]:
@@ -81,6 +162,8 @@ def _committed_letters(text: str) -> set[str]:
         letter, rest = match.group(1), plain[match.end() :]
         if letter.upper() in _ARTICLES and re.match(r"\s+[A-Za-z]", rest):
             continue  # "the answer is a thin film", "It is A scanning ..."
+        if _excluded(plain, match.start()):
+            continue  # "it is not option A", "rather than option B"
         found.add(letter)
     return {letter.upper() for letter in found}
 
@@ -141,6 +224,8 @@ def parse_choice(
     for match in _HEDGE.finditer(plain):
         first, second = match.group(1).upper(), match.group(2).upper()
         if first != second and first in letters and second in letters:
+            if _excluded(plain, match.start()):
+                continue  # "not A or B", "rules out A and C": both excluded
             return None  # "A or B", "B/C", "C, D"
     committed = _committed_letters(text)
     if options is not None and not isinstance(options, Mapping):
@@ -151,6 +236,8 @@ def parse_choice(
     if len(committed) == 1:
         (letter,) = committed
         if letter not in letters or (mentioned and mentioned != {letter}):
+            return None
+        if _second_option_kept_open(plain, letter, letters):
             return None
         return letter
     return mentioned.pop() if len(mentioned) == 1 else None

@@ -1,8 +1,11 @@
 """Tables and figures of the VLM stage (notebook 04) from `build/vlm/answers.csv`.
 
-Metrics per model x task x prompt set x context x mode come from `microqa.metrics.summarise`
-(unanswered questions count as wrong). `unparseable_rate` is the share of generated answers
-the strict parser could not read (generate mode; NaN in score mode, where nothing is parsed).
+Metrics are computed on the decisions of `scoring.decisions` (one per model x task x prompt
+set x context x mode x image: every option order averaged, cross-fitted abstention) with
+`microqa.metrics.summarise`; no answer counts as wrong. `unparseable_rate` is the share of
+generated answers the strict parser could not read (generate mode; NaN in score mode). The
+position-bias table is over every question asked; `rotation_effect_table` and
+`agreement_table` say what rotation changed and whether score and generate mode agree.
 """
 
 from __future__ import annotations
@@ -16,14 +19,35 @@ import pandas as pd
 import seaborn as sns
 
 from microqa import metrics, provenance, taxonomy
+from microqa.vlm import scoring
 from microqa.vlm.runner import probability_matrix
 
 GROUP = ["model", "weights", "task", "prompt_set", "context", "mode"]
+BIAS_GROUP = ["model", "backend", "weights", "task", "prompt_set", "mode"]
 
 
-def qa_table(answers: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+def _rows_of(frame: pd.DataFrame, columns: list[str], keys: tuple) -> pd.DataFrame:
+    """The rows of `frame` whose `columns` equal `keys`."""
+    return frame[(frame[columns] == pd.Series(keys, index=columns)).all(axis=1)]
+
+
+def qa_table(
+    answers: pd.DataFrame,
+    *,
+    decided: pd.DataFrame | None = None,
+    fold: pd.Series | None = None,
+    records: pd.DataFrame | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Metrics of the decisions (`scoring.decisions`: rotation-averaged, cross-fitted
+    abstention) per model x task x prompt set x context x mode, with the letter mass, the
+    unanswered rate (abstained or unparseable: counted wrong) and the cost per question."""
+    if decided is None:
+        decided = scoring.decisions(answers, fold=fold, records=records)
+    asked = scoring.with_contract_columns(answers)
     rows = []
-    for keys, group in answers.groupby(GROUP, sort=False):
+    for keys, group in decided.groupby(GROUP, sort=False):
         task = keys[GROUP.index("task")]
         classes = taxonomy.TASKS[task][1]
         scores = probability_matrix(group, classes)
@@ -35,17 +59,29 @@ def qa_table(answers: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0) -> pd.
             n_boot=n_boot,
             seed=seed,
         )
+        questions = _rows_of(asked, GROUP, keys)
         generated = keys[GROUP.index("mode")] == "generate"
+        thresholds = group.groupby("fold")["threshold"].first()
         rows.append(
             {
                 **dict(zip(GROUP, keys, strict=True)),
                 **summary,
-                "unparseable_rate": float(group["prediction"].isna().mean())
+                "rotations": int(group["n_rotations"].max()),
+                "letter_mass_mean": float(group["letter_mass"].mean()),
+                "abstained_rate": float(group["abstained"].mean()),
+                "abstention_threshold": "; ".join(
+                    f"{label}: {value:.3g}" for label, value in thresholds.items()
+                )
+                if not generated
+                else "",
+                # generate mode: share of ASKED questions the strict parser could not read
+                "unparseable_rate": float(questions["prediction"].isna().mean())
                 if generated
                 else np.nan,
-                "seconds_per_question": float(group["latency_s"].mean()),
-                "visual_tokens_mean": float(pd.to_numeric(group["visual_tokens"]).mean()),
-                "n_from_cache": int(group["cached"].sum()),
+                "questions_asked": len(questions),
+                "seconds_per_question": float(questions["latency_s"].mean()),
+                "visual_tokens_mean": float(pd.to_numeric(questions["visual_tokens"]).mean()),
+                "n_from_cache": int(questions["cached"].sum()),
             }
         )
     return pd.DataFrame(rows)
@@ -113,37 +149,132 @@ def confusion_figure(
 
 
 def position_bias_table(answers: pd.DataFrame) -> pd.DataFrame:
-    """Per option position: how often it was chosen vs how often it held the truth.
+    """Per option letter: how often the model chose it vs how often it held the truth, over
+    every question asked (contexts pooled), per model, task, prompt set and mode.
 
-    Meaningful with permuted options (then every class visits every position); a model
-    without position bias chooses each position about as often as the truth sits there."""
+    With every rotation asked, each class sits under each letter equally often, so the truth
+    is under each letter 1/k of the time; a `chosen_share` far from `truth_share` is position
+    bias. In a fixed-order run the truth shares follow the class imbalance instead."""
     rows = []
-    for keys, group in answers.groupby(GROUP, sort=False):
+    for keys, group in scoring.with_contract_columns(answers).groupby(BIAS_GROUP, sort=False):
         order = group["permutation"].str.split("|")
         truth_pos = [o.index(t) for o, t in zip(order, group["truth"], strict=True)]
         pred_pos = [
-            o.index(p) if isinstance(p, str) else None
+            o.index(p) if isinstance(p, str) and p in o else None
             for o, p in zip(order, group["prediction"], strict=True)
         ]
-        for position in range(len(order.iloc[0])):
+        for position in range(max(len(o) for o in order)):
             held = [t == position for t in truth_pos]
+            hits = [p == position for p, h in zip(pred_pos, held, strict=True) if h]
             rows.append(
                 {
-                    **dict(zip(GROUP, keys, strict=True)),
+                    **dict(zip(BIAS_GROUP, keys, strict=True)),
                     "position": chr(ord("A") + position),
+                    "n_questions": len(group),
+                    "rotations": group["rotation"].nunique(),
                     "chosen_share": float(np.mean([p == position for p in pred_pos])),
                     "truth_share": float(np.mean(held)),
-                    "accuracy_when_truth_here": (
-                        float(
-                            np.mean(
-                                [p == position for p, h in zip(pred_pos, held, strict=True) if h]
-                            )
-                        )
-                        if any(held)
-                        else np.nan
-                    ),
+                    "accuracy_when_truth_here": float(np.mean(hits)) if hits else np.nan,
                 }
             )
+    return pd.DataFrame(rows)
+
+
+ROTATION_GROUP = ["model", "weights", "task", "prompt_set", "context", "mode"]
+
+
+def rotation_effect_table(
+    answers: pd.DataFrame, *, fold: pd.Series | None = None, records: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """How much asking every option order changed each model's numbers: balanced accuracy
+    (and accuracy) of the fixed taxonomy order (rotation 0, what a single question gives),
+    of the rotation-averaged answer, and of the study's default (rotation-averaged with
+    abstention), on the same images."""
+    variants = {
+        "fixed_order": scoring.decisions(
+            answers, fold=fold, records=records, fixed_order=True, abstain=False
+        ),
+        "rotated": scoring.decisions(answers, fold=fold, records=records, abstain=False),
+        "rotated_abstaining": scoring.decisions(answers, fold=fold, records=records),
+    }
+    rows = []
+    for keys, fixed in variants["fixed_order"].groupby(ROTATION_GROUP, sort=False):
+        row = dict(zip(ROTATION_GROUP, keys, strict=True)) | {"n": len(fixed)}
+        for name, decided in variants.items():
+            part = _rows_of(decided, ROTATION_GROUP, keys)
+            row[f"rotations_{name}"] = int(part["n_rotations"].max())
+            row[f"balanced_accuracy_{name}"] = metrics.balanced_accuracy(
+                part["truth"].tolist(), part["prediction"].tolist()
+            )
+            row[f"accuracy_{name}"] = metrics.accuracy(
+                part["truth"].tolist(), part["prediction"].tolist()
+            )
+        row["balanced_accuracy_change"] = (
+            row["balanced_accuracy_rotated_abstaining"] - row["balanced_accuracy_fixed_order"]
+        )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def rotation_readme_text(effect: pd.DataFrame) -> str:
+    """The README's paragraph on what rotation changed, from `rotation_effect_table`."""
+    part = effect[(effect["mode"] == "score") & (effect["rotations_rotated"] > 1)]
+    if part.empty:
+        return (
+            "Options were asked in one fixed order only in this run, so the effect of asking "
+            "every option order is not measured."
+        )
+    lines = [
+        "Asking every cyclic order of the options (and abstaining on a low letter mass) "
+        "changed balanced accuracy from the fixed taxonomy order as follows "
+        "(score mode, same images):",
+        "",
+        "| model | task / prompt set | context | n | fixed order | every order | change |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for r in part.itertuples():
+        lines.append(
+            f"| {Path(str(r.model)).name} | {r.task} / {r.prompt_set} | {r.context} | {r.n} "
+            f"| {r.balanced_accuracy_fixed_order:.3f} "
+            f"| {r.balanced_accuracy_rotated_abstaining:.3f} "
+            f"| {r.balanced_accuracy_change:+.3f} |"
+        )
+    return "\n".join(lines)
+
+
+AGREEMENT_KEYS = ["model", "backend", "weights", "task", "context", "prompt_set", "micrograph_no"]
+
+
+def agreement_table(answers: pd.DataFrame, decided: pd.DataFrame) -> pd.DataFrame:
+    """Score vs generate mode on the images both were run on: how often their decisions
+    agree, how often each gave no answer, and generate mode's unparseable rate per question."""
+    score = decided[decided["mode"] == "score"].set_index(AGREEMENT_KEYS)
+    generate = decided[decided["mode"] == "generate"].set_index(AGREEMENT_KEYS)
+    both = score.join(generate, how="inner", suffixes=("_score", "_generate"))
+    asked = scoring.with_contract_columns(answers)
+    asked = asked[asked["mode"] == "generate"].set_index(AGREEMENT_KEYS)
+    rows = []
+    group_keys = ["model", "weights", "task", "prompt_set", "context"]
+    for keys, group in both.reset_index().groupby(group_keys, sort=False):
+        s, g = group["prediction_score"], group["prediction_generate"]
+        answered = s.notna() & g.notna()
+        ids = pd.MultiIndex.from_frame(group[AGREEMENT_KEYS])
+        parsed = asked.loc[asked.index.isin(ids), "prediction"]
+        rows.append(
+            {
+                **dict(zip(group_keys, keys, strict=True)),
+                "n_images": len(group),
+                "agreement": float((s == g).mean()),  # no answer never agrees
+                "agreement_when_both_answered": float((s[answered] == g[answered]).mean())
+                if answered.any()
+                else np.nan,
+                "score_unanswered_rate": float(s.isna().mean()),
+                "generate_unanswered_rate": float(g.isna().mean()),
+                "generate_unparseable_rate": float(parsed.isna().mean()),
+                "score_accuracy": metrics.accuracy(group["truth_score"].tolist(), s.tolist()),
+                "generate_accuracy": metrics.accuracy(group["truth_score"].tolist(), g.tolist()),
+            }
+        )
     return pd.DataFrame(rows)
 
 

@@ -1,5 +1,6 @@
 """Notebook 04 in the smoke profile: the real notebook, executed by papermill after 01-03,
-through the hf backend on the tiny random-weight stand-ins (the offline substitute)."""
+through the hf backend on the tiny random-weight stand-ins (the offline substitute): every
+option order, the agreement subset in generate mode, and the tables of issue 11."""
 
 from __future__ import annotations
 
@@ -24,14 +25,29 @@ def test_notebook_04_smoke(smoke_pipeline):
     assert (answers["weights"] == "random").all() and (answers["backend"] == "hf").all()
     assert set(zip(answers["task"], answers["prompt_set"], strict=True)) == set(DEFAULT_JOBS)
     technique = answers[(answers["task"] == "technique") & (answers["context"] == "none")]
-    assert technique.groupby("model").size().eq(12).all()  # the smoke sample size
+    score = technique[technique["mode"] == "score"]
+    assert score.groupby("model")["micrograph_no"].nunique().eq(12).all()  # the smoke sample
+    # the agreement subset (half the sample) was also asked in generate mode
+    generated = technique[technique["mode"] == "generate"]
+    assert generated.groupby("model")["micrograph_no"].nunique().eq(6).all()
+    assert set(generated["micrograph_no"]) <= set(score["micrograph_no"])
     # score mode: every answer carries a probability over its options
-    for probs in answers["probabilities"]:
+    for probs in answers.loc[answers["mode"] == "score", "probabilities"]:
         assert sum(json.loads(probs).values()) == pytest.approx(1.0)
 
     tables, figures = root / "tables", root / "figures"
     qa = pd.read_csv(tables / "vlm_qa.csv")
     assert set(qa["model"]) == MODELS and qa["n"].gt(0).all()
+    assert {"letter_mass_mean", "unanswered_rate", "abstention_threshold"} <= set(qa.columns)
+    assert set(qa["mode"]) == {"score", "generate"}
+    bias = pd.read_csv(tables / "vlm_position_bias.csv")  # produced without permute_options
+    assert set(bias["model"]) == MODELS and bias["chosen_share"].between(0, 1).all()
+    agreement = pd.read_csv(tables / "vlm_score_generate_agreement.csv")
+    assert set(agreement["model"]) == MODELS and agreement["n_images"].gt(0).all()
+    assert agreement["generate_unparseable_rate"].between(0, 1).all()
+    assert (tables / "vlm_rotation_effect.csv").is_file()
+    thresholds = pd.read_csv(tables / "vlm_abstention_thresholds.csv")
+    assert thresholds["threshold"].between(0, 1).all()
     assert "RANDOM WEIGHTS" in (tables / "vlm_qa.md").read_text(encoding="utf-8")
     assert "RANDOM WEIGHTS" in (tables / "vlm_descriptions.md").read_text(encoding="utf-8")
     tokens = pd.read_csv(tables / "vlm_visual_tokens.csv")
