@@ -108,8 +108,7 @@ def destination() -> Destination:
         reasons.append("partial scrape")
     kind = {"sample": "sample", "user": "user"}.get(data.get("source", ""), "library")
     run_name = "-".join(
-        [profile, kind]
-        + ([] if os.environ.get(PUBLISH_ENV) == "1" else ["interactive"])
+        [profile, kind] + ([] if os.environ.get(PUBLISH_ENV) == "1" else ["interactive"])
     )
     root = config.build_dir() / "runs" / run_name
     # An explicit MICROQA_FIGURES / MICROQA_TABLES (tests, `make smoke`) is where the caller
