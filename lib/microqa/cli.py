@@ -14,7 +14,7 @@ import sys
 COMMANDS = {
     "scrape": ("microqa.doitpoms", "download the DoITPoMS micrograph library (resumable)"),
     "sample": ("microqa.dataset", "build the embedded offline sample from a local mirror"),
-    "embed": ("microqa.clip", "embed a dataset's images with CLIP models (cached)"),
+    "embed": ("microqa.clip.cli", "embed a dataset's images with CLIP models (cached)"),
     "vlm": ("microqa.vlm.runner", "ask a VLM the study's questions about a dataset (cached)"),
 }
 
