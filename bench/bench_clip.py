@@ -29,7 +29,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "lib"))  # run from a checkout without installing
 
-from microqa import clip, config, dataset, images  # noqa: E402
+from microqa import clip, config, dataset  # noqa: E402
+from microqa.images import IMAGE_SUFFIXES, open_rgb  # noqa: E402
 
 ARCH = "ViT-B-32-quickgelu"  # OpenAI's ViT-B/32 (QuickGELU); same FLOPs as HF's CLIPConfig()
 TARGET_VS_BARE, TARGET_VS_EARLIER = 0.85, 1.5
@@ -46,7 +47,7 @@ def image_paths(n: int, images: str | None) -> list[str]:
             folder = dataset.active_dataset_dir() / "images"
         except dataset.DatasetError:
             folder = config.sample_dir() / "images"
-    paths = sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in images.IMAGE_SUFFIXES)
+    paths = sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise SystemExit(f"no images found in {folder}")
     # spread over the id range so every format (JPEG, GIF, BMP) and size takes part
@@ -122,7 +123,7 @@ def bench_pipeline(loaded, paths: list[str], batch: int, workers: int | None) ->
 
 def decode_all(loaded, paths: list[str]) -> tuple[torch.Tensor, float]:
     start = time.perf_counter()
-    pixels = torch.stack([loaded.preprocess(images.open_rgb(p)) for p in paths])
+    pixels = torch.stack([loaded.preprocess(open_rgb(p)) for p in paths])
     return pixels, len(paths) / (time.perf_counter() - start)
 
 
