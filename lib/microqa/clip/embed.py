@@ -21,12 +21,15 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from microqa import config, files, images
-from microqa.clip.models import ClipModel
+
+if TYPE_CHECKING:  # models imports this module for the weights' hash memo
+    from microqa.clip.models import ClipModel
 
 CACHE_FILE = "clip_embeddings.sqlite"
 _SCHEMA = """

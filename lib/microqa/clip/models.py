@@ -239,6 +239,14 @@ def _file_metadata(path: Path) -> dict[str, str]:
         return dict(fh.metadata() or {})
 
 
+def _weights_sha256(path: Path) -> str:
+    """sha256 of a weights file, memoised in the embedding cache (gigabytes hash once)."""
+    from microqa.clip.embed import EmbeddingCache
+
+    with EmbeddingCache() as cache:
+        return cache.file_sha256(path)
+
+
 def _load_hub(spec: ModelSpec, device: str) -> ClipModel:
     import open_clip
 
@@ -293,7 +301,7 @@ def _load(spec: ModelSpec, device: str, stand_in: Path | None = None) -> ClipMod
             spec.name,
             arch,
             "random" if random else "pretrained",
-            f"sha256:{files.sha256_file(path)}",
+            f"sha256:{_weights_sha256(path)}",
             weights_file=path,
             seed=int(metadata["seed"]) if random and "seed" in metadata else None,
             substitute=stand_in is not None,
