@@ -5,7 +5,7 @@ pretrained model), in one run per device:
 
   (a) earlier study: Hugging Face CLIPProcessor + CLIPModel (default config = ViT-B/32),
       one image at a time (decode, preprocess, forward, in turn);
-  (b) project pipeline: microqa.clip.embed_images (DataLoader workers decode and preprocess
+  (b) project pipeline: microqa.clip.embed.embed_images (DataLoader workers decode and preprocess
       while the model runs batched under inference_mode), cache off;
   (c) bare model forward on pre-decoded tensors, same batch size (the ceiling for (b)).
 
@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "lib"))  # run from a checkout without installing
 
 from microqa import clip, config, dataset  # noqa: E402
-from microqa.images import IMAGE_SUFFIXES  # noqa: E402
+from microqa.images import IMAGE_SUFFIXES, open_rgb  # noqa: E402
 
 ARCH = "ViT-B-32-quickgelu"  # OpenAI's ViT-B/32 (QuickGELU); same FLOPs as HF's CLIPConfig()
 TARGET_VS_BARE, TARGET_VS_EARLIER = 0.85, 1.5
@@ -123,7 +123,7 @@ def bench_pipeline(loaded, paths: list[str], batch: int, workers: int | None) ->
 
 def decode_all(loaded, paths: list[str]) -> tuple[torch.Tensor, float]:
     start = time.perf_counter()
-    pixels = torch.stack([loaded.preprocess(clip.load_image(p)) for p in paths])
+    pixels = torch.stack([loaded.preprocess(open_rgb(p)) for p in paths])
     return pixels, len(paths) / (time.perf_counter() - start)
 
 

@@ -21,16 +21,17 @@ COMMANDS = {
     "scrape": ("microqa.doitpoms", "download the DoITPoMS micrograph library (resumable)"),
     "mirror": ("microqa.mirror", "serve a dataset folder as a local stand-in of the site"),
     "sample": ("microqa.sample", "build the embedded offline sample from a local mirror"),
-    "embed": ("microqa.clip", "embed a dataset's images with CLIP models (cached)"),
+    "embed": ("microqa.clip.cli", "embed a dataset's images with CLIP models (cached)"),
     "vlm": ("microqa.vlm.runner", "ask a VLM the study's questions about a dataset (cached)"),
 }
 DEBUG_FLAG = "--debug"
 CRASHED = 70  # EX_SOFTWARE of sysexits.h
 
 
-def expected_errors() -> tuple[type[BaseException], ...]:
+def expected_errors(module=None) -> tuple[type[BaseException], ...]:
     """Errors that are the user's to fix (bad input, a missing file, a refused substitute):
-    one line, no traceback. Anything else is a bug and keeps its traceback."""
+    one line, no traceback. Anything else is a bug and keeps its traceback. A command's module
+    adds its own in `EXPECTED_ERRORS`."""
     from microqa import dataset, images, provenance, taxonomy
 
     found: list[type[BaseException]] = [
@@ -42,6 +43,7 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     ]
     if "microqa.doitpoms" in sys.modules:
         found.append(sys.modules["microqa.doitpoms"].ScrapeError)
+    found.extend(getattr(module, "EXPECTED_ERRORS", ()))
     return tuple(found)
 
 
@@ -66,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().parse_args(argv)  # prints help / usage errors
         return 2
     module_name, help_text = COMMANDS[argv[0]]
+    module = None
     try:
         module = importlib.import_module(module_name)
         parser = argparse.ArgumentParser(prog=f"python -m microqa {argv[0]}", description=help_text)
@@ -77,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: interrupted (work already saved is kept)", file=sys.stderr)
         return 130
     except Exception as error:
-        expected = isinstance(error, expected_errors())
+        expected = isinstance(error, expected_errors(module))
         if debug or not expected:
             traceback.print_exc()
         if not expected:

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from microqa import config, metrics, provenance, taxonomy
+from microqa.clip import outputs as clip_outputs
 from microqa.vlm import runner
 
 HYBRID_NOTES = ("threshold", "fraction_to_vlm", "weight")
@@ -303,13 +304,10 @@ def paired_tests(
 
 
 def default_paths() -> dict[str, Path]:
-    clip_dir, vlm_dir = config.build_dir() / "clip", config.build_dir() / "vlm"
+    clip_files = clip_outputs.paths()
     return {
-        "zero_shot": clip_dir / "zero_shot_scores.csv",
-        "probe": clip_dir / "probe_scores.csv",
-        "best": clip_dir / "best_prompt_sets.csv",
-        "timing": clip_dir / "timing.json",
-        "answers": vlm_dir / "answers.csv",
+        **{kind: clip_files[kind] for kind in ("zero_shot", "probe", "best", "timing")},
+        "answers": config.build_dir() / "vlm" / "answers.csv",
     }
 
 

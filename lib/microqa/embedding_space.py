@@ -11,7 +11,6 @@ near-duplicate images of one specimen inflate the ungrouped numbers.
 from __future__ import annotations
 
 import functools
-import json
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from threadpoolctl import threadpool_limits
 
 from microqa import config, dataset, metrics, provenance, taxonomy
+from microqa.clip import outputs as clip_outputs
 
 REFERENCE_FILE = "clip_vit_b32_openai_image_embeddings.npz"
 # The probes are small (hundreds x 512): multi-threaded BLAS only adds contention; on a busy
@@ -147,19 +147,12 @@ def analysis_sets(run, df: pd.DataFrame, profile: config.Profile) -> list[Featur
 
 def write_features(features: FeatureSet) -> dict[str, Path]:
     """build/clip/features.npz + features.json: the features the VLM stage uses for context."""
-    directory = config.build_dir() / "clip"
-    directory.mkdir(parents=True, exist_ok=True)
-    npz, meta = directory / "features.npz", directory / "features.json"
-    np.savez(
-        npz,
-        micrograph_no=features.records["micrograph_no"].to_numpy(),
-        embeddings=features.embeddings,
+    return clip_outputs.write_features(
+        features.records["micrograph_no"].to_numpy(),
+        features.embeddings,
+        source=features.source,
+        pretrained=features.pretrained,
     )
-    meta.write_text(
-        json.dumps({"source": features.source, "pretrained": features.pretrained}, indent=2),
-        encoding="utf-8",
-    )
-    return {"npz": npz, "json": meta}
 
 
 # --------------------------------------------------------------------------- UMAP
@@ -359,10 +352,7 @@ def probe_scores(features: FeatureSet, *, seed: int = 0) -> pd.DataFrame:
 
 
 def write_probe_scores(frame: pd.DataFrame) -> Path:
-    path = config.build_dir() / "clip" / "probe_scores.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(path, index=False)
-    return path
+    return clip_outputs.write_probe_scores(frame)
 
 
 @_one_thread

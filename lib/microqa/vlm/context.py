@@ -17,19 +17,19 @@ reported unavailable with the reason (the runner skips it), never faked.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from microqa import config
+from microqa.clip import outputs as clip_outputs
 
 VARIANTS = ("none", "clip_topk", "clip_neighbours")
 
 
 def clip_dir() -> Path:
-    return config.build_dir() / "clip"
+    return clip_outputs.directory()
 
 
 class ClipContext:
@@ -57,8 +57,8 @@ class ClipContext:
 
     # --- loading -----------------------------------------------------------------------------
     def _load_labels(self, clip_model: str | None) -> None:
-        scores_path = self.directory / "zero_shot_scores.csv"
-        best_path = self.directory / "best_prompt_sets.csv"
+        scores_path = clip_outputs.path("zero_shot", self.directory)
+        best_path = clip_outputs.path("best", self.directory)
         if not scores_path.is_file():
             self.reasons["clip_topk"] = f"no CLIP zero-shot scores at {scores_path}"
             return
@@ -89,15 +89,12 @@ class ClipContext:
         self.labels_weights = str(scores["weights"].iloc[0]) if len(scores) else None
 
     def _load_features(self) -> None:
-        npz_path = self.directory / "features.npz"
-        if not npz_path.is_file():
-            self.reasons["clip_neighbours"] = f"no CLIP image features at {npz_path}"
+        features = clip_outputs.read_features(self.directory)
+        if features is None:
+            where = clip_outputs.path("features", self.directory)
+            self.reasons["clip_neighbours"] = f"no CLIP image features at {where}"
             return
-        meta_path = self.directory / "features.json"
-        if meta_path.is_file():
-            self.features_source = json.loads(meta_path.read_text(encoding="utf-8"))
-        with np.load(npz_path) as data:
-            numbers, embeddings = data["micrograph_no"].astype(int), data["embeddings"]
+        numbers, embeddings, self.features_source = features
         keep = np.isin(numbers, self.records.index.to_numpy())
         self.numbers, self.embeddings = numbers[keep], embeddings[keep].astype(np.float32)
         self.row_of = {int(n): i for i, n in enumerate(self.numbers)}

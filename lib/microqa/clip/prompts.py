@@ -168,3 +168,14 @@ def prompt_sets(task: str) -> dict[str, dict[str, list[str]]]:
         DESCRIPTIONS: _DESCRIPTIONS[task],
     }
     return {name: {cls: list(prompts[cls]) for cls in classes} for name, prompts in sets.items()}
+
+
+def every_prompt() -> list[str]:
+    """Every text of every prompt set of every task, in a stable order (duplicates kept)."""
+    return [
+        text
+        for task in taxonomy.TASKS
+        for prompt_set in prompt_sets(task).values()
+        for texts in prompt_set.values()
+        for text in texts
+    ]

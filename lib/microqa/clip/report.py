@@ -1,0 +1,228 @@
+"""Tables and figures of the CLIP zero-shot stage. Models are named by `ModelIdentity.label`
+(user-facing name plus weights identity), never by a path of the machine that ran them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from microqa import images, metrics, provenance, taxonomy
+from microqa.clip.zero_shot import ZeroShotRun, labels, predictions
+
+CATEGORY_MULTI = "category_multi"
+CATEGORY_MULTI_NAME = "category_multi (hit@1: prediction is one of the record's material classes)"
+SUBSETS = ("evaluate", "all (incl. select half)")
+
+
+def material_set(categories: Sequence[str]) -> set[str]:
+    """The record's material classes for the multi-label hit view (not the single-label task).
+
+    Every PRIMARY_CATEGORY named in the set, "Composite" for any composite tag (incl. composite
+    foams), and "Ceramic" for "Oxide"; feature tags such as Fracture or Foam add nothing.
+    """
+    out = {c for c in categories if c in taxonomy.PRIMARY_CATEGORIES}
+    if any("composite" in c.lower() for c in categories):
+        out.add(taxonomy.COMPOSITE)
+    if "Oxide" in categories:
+        out.add(taxonomy.CERAMIC)
+    return out
+
+
+def _subsets(df: pd.DataFrame, split: pd.Series) -> dict[str, set]:
+    return {
+        SUBSETS[0]: set(df.loc[split == "evaluate", "micrograph_no"]),
+        SUBSETS[1]: set(df["micrograph_no"]),
+    }
+
+
+def zero_shot_table(
+    scores: pd.DataFrame,
+    df: pd.DataFrame,
+    split: pd.Series,
+    best: pd.DataFrame,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """model x task x prompt_set rows on the "evaluate" half and (labelled) on all images."""
+    subsets = _subsets(df, split)
+    chosen = {(r.model, r.task): r.prompt_set for r in best.itertuples()}
+    rows = []
+    for r in predictions(scores).groupby(["model", "weights", "task", "prompt_set"], sort=False):
+        (model, weights, task, prompt_set), g = r
+        truth, classes = labels(df, task), taxonomy.TASKS[task][1]
+        for subset, ids in subsets.items():
+            h = g[g["micrograph_no"].isin(ids)]
+            y = truth.loc[h["micrograph_no"]].to_numpy()
+            row = metrics.summarise(
+                y,
+                h["predicted"].tolist(),
+                scores=np.stack(h["scores"]) if len(h) else None,
+                classes=classes,
+                n_boot=n_boot,
+                seed=seed,
+            )
+            rows.append(
+                {
+                    "model": model,
+                    "weights": weights,
+                    "task": task,
+                    "prompt_set": prompt_set,
+                    "subset": subset,
+                    "selected": chosen.get((model, task)) == prompt_set,
+                    "selected_on": "select half (balanced accuracy)",
+                    **row,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def category_multi_table(
+    scores: pd.DataFrame, df: pd.DataFrame, split: pd.Series, *, n_boot: int = 1000, seed: int = 0
+) -> pd.DataFrame:
+    """The multi-label *hit* view: argmax of the category task counted as a hit when it is one of
+    the record's material classes. A hit rate over overlapping classes, not an accuracy."""
+    sets = df.set_index("micrograph_no")["category_set"].map(material_set)
+    evaluate = _subsets(df, split)[SUBSETS[0]]
+    pred = predictions(scores[scores["task"] == "category"])
+    rows = []
+    for (model, weights, prompt_set), g in pred.groupby(
+        ["model", "weights", "prompt_set"], sort=False
+    ):
+        for subset, h in ((SUBSETS[0], g[g["micrograph_no"].isin(evaluate)]), (SUBSETS[1], g)):
+            hits = np.array(
+                [p in sets.loc[m] for m, p in zip(h["micrograph_no"], h["predicted"], strict=True)]
+            )
+            low, high = metrics.bootstrap_ci(
+                lambda i, hits=hits: float(hits[i].mean()), len(hits), n_boot=n_boot, seed=seed
+            )
+            rows.append(
+                {
+                    "model": model,
+                    "weights": weights,
+                    "task": CATEGORY_MULTI,
+                    "view": CATEGORY_MULTI_NAME,
+                    "prompt_set": prompt_set,
+                    "subset": subset,
+                    "n": len(hits),
+                    "hit_at_1": float(hits.mean()) if len(hits) else np.nan,
+                    "hit_at_1_ci_low": low,
+                    "hit_at_1_ci_high": high,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _selected(pred: pd.DataFrame, model: str, task: str, prompt_set: str, ids: set) -> pd.DataFrame:
+    return pred[
+        (pred["model"] == model)
+        & (pred["task"] == task)
+        & (pred["prompt_set"] == prompt_set)
+        & pred["micrograph_no"].isin(ids)
+    ]
+
+
+def per_class_tables(
+    scores: pd.DataFrame, df: pd.DataFrame, split: pd.Series, best: pd.DataFrame
+) -> pd.DataFrame:
+    """Per-class P/R/F1/n of each model's selected prompt set, on the "evaluate" half."""
+    evaluate = _subsets(df, split)[SUBSETS[0]]
+    pred = predictions(scores)
+    frames = []
+    for r in best.itertuples():
+        g = _selected(pred, r.model, r.task, r.prompt_set, evaluate)
+        if g.empty:
+            continue
+        y = labels(df, r.task).loc[g["micrograph_no"]].to_numpy()
+        table = metrics.per_class_table(y, g["predicted"].tolist())
+        frames.append(
+            table.assign(
+                model=r.model,
+                weights=g["weights"].iloc[0],
+                task=r.task,
+                prompt_set=r.prompt_set,
+                subset="evaluate",
+            )
+        )
+    if not frames:
+        return pd.DataFrame()
+    columns = ["model", "weights", "task", "prompt_set", "subset", "class"]
+    return pd.concat(frames, ignore_index=True)[columns + ["precision", "recall", "f1", "n"]]
+
+
+def confusion_figure(
+    scores: pd.DataFrame,
+    df: pd.DataFrame,
+    split: pd.Series,
+    best: pd.DataFrame,
+    model: str,
+    title_labels: Sequence[str] = (),
+    *,
+    model_label: str | None = None,
+):
+    """Confusion matrices (rows: truth) of one model's selected prompt sets, "evaluate" half.
+    `model_label`: how the title names the model (default: its name)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    evaluate = _subsets(df, split)[SUBSETS[0]]
+    pred = predictions(scores[scores["model"] == model])
+    chosen = best[best["model"] == model]
+    fig, axes = plt.subplots(1, len(chosen), figsize=(6.2 * len(chosen), 5.0), squeeze=False)
+    for ax, r in zip(axes[0], chosen.itertuples(), strict=True):
+        g = _selected(pred, model, r.task, r.prompt_set, evaluate)
+        classes = list(taxonomy.TASKS[r.task][1])
+        y = labels(df, r.task).loc[g["micrograph_no"]].to_numpy()
+        matrix = metrics.confusion(y, g["predicted"].tolist(), classes)
+        sns.heatmap(matrix, annot=True, fmt="d", cbar=False, cmap="Blues", ax=ax)
+        ax.set_title(f"{r.task} — {r.prompt_set} (n={len(g)})", fontsize=9)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.tick_params(axis="y", rotation=0)
+        ax.tick_params(axis="x", rotation=30)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
+    title = f"CLIP zero-shot confusion, {model_label or model}, evaluate half"
+    fig.suptitle(provenance.stamp(title, list(title_labels)))
+    fig.tight_layout()
+    return fig
+
+
+def status_table(run: ZeroShotRun) -> pd.DataFrame:
+    """One row per requested model: weights used (and their identity), or why it was skipped."""
+    rows = []
+    for model, status in run.status.items():
+        skipped = status.startswith("skipped:")
+        rows.append(
+            {
+                "model": model,
+                "weights": "skipped" if skipped else status,
+                "loaded as": "" if skipped else run.label(model),
+                "reason": status.removeprefix("skipped:") if skipped else "",
+                "seconds_per_image": run.timing.get(model, {}).get("seconds_per_image"),
+                "device": run.timing.get(model, {}).get("device"),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def search_figure(results: pd.DataFrame, df: pd.DataFrame, title_labels: Sequence[str] = ()):
+    """The retrieved images of a text query, best first, with their technique family."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(2.6 * len(results), 3.2), squeeze=False)
+    records = df.set_index("micrograph_no")
+    for ax, r in zip(axes[0], results.itertuples(), strict=True):
+        ax.imshow(images.open_rgb(records.loc[r.micrograph_no, "image_path"]))
+        ax.set_title(
+            f"#{r.rank} {r.micrograph_no}\n{records.loc[r.micrograph_no, 'technique_family']}"
+            f"\ncos {r.cosine:.3f}",
+            fontsize=8,
+        )
+        ax.axis("off")
+    query, model = results["query"].iloc[0], results["model_label"].iloc[0]
+    fig.suptitle(provenance.stamp(f"Text->image search: '{query}' ({model})", list(title_labels)))
+    fig.tight_layout()
+    return fig

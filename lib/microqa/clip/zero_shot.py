@@ -1,0 +1,272 @@
+"""Zero-shot CLIP: prompt-set class embeddings, probabilities, the run over every model, the
+prompt-set choice on the select half, and text -> image search."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from microqa import config, dataset, metrics, provenance, taxonomy
+from microqa.clip import embed, outputs, prompts
+from microqa.clip.models import (
+    STAGE,
+    ArchitectureUnavailable,
+    ClipModel,
+    ModelIdentity,
+    default_device,
+    load_or_substitute,
+)
+
+
+def class_embeddings(encode, prompt_set: dict[str, list[str]]) -> np.ndarray:
+    """One row per class: mean of the normalised prompt embeddings, renormalised.
+
+    `encode(texts) -> (n, d)` normalised embeddings (e.g. a partial of `embed.encode_texts`).
+    """
+    rows = []
+    for cls, texts in prompt_set.items():
+        if not texts:
+            raise ValueError(f"class {cls!r} has no prompts")
+        emb = np.asarray(encode(texts), dtype=np.float64)
+        emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+        mean = emb.mean(axis=0)
+        rows.append(mean / np.linalg.norm(mean))
+    return np.stack(rows)
+
+
+def zero_shot_probabilities(
+    image_embeddings: np.ndarray, class_embeddings_: np.ndarray, logit_scale: float
+) -> np.ndarray:
+    """Softmax over classes of logit_scale x cosine similarity; rows sum to 1."""
+    logits = (
+        logit_scale * np.asarray(image_embeddings, float) @ np.asarray(class_embeddings_, float).T
+    )
+    logits -= logits.max(axis=1, keepdims=True)
+    probs = np.exp(logits)
+    return probs / probs.sum(axis=1, keepdims=True)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class ZeroShotRun:
+    scores: pd.DataFrame  # outputs.SCORE_COLUMNS
+    status: dict[str, str]  # model -> "pretrained" | "random" | "skipped:<reason>"
+    timing: dict[str, dict]
+    embeddings: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    models: dict[str, ModelIdentity] = field(default_factory=dict)  # model -> what was loaded
+    failures: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=outputs.FAILURE_COLUMNS)
+    )
+
+    @property
+    def run_models(self) -> list[str]:
+        return [m for m, s in self.status.items() if not s.startswith("skipped")]
+
+    def weights(self, model: str) -> str:
+        return self.status[model]
+
+    def label(self, model: str) -> str:
+        """The model's name and weights identity, as figures and tables show it."""
+        return self.models[model].label if model in self.models else model
+
+
+def run_zero_shot(
+    df: pd.DataFrame,
+    model_names: Sequence[str],
+    *,
+    profile: config.Profile,
+    device: str | None = None,
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> ZeroShotRun:
+    """Embed every image with every model, score every task x prompt set. One model in memory.
+
+    Images that cannot be decoded are skipped (named once on stderr, kept in `failures`)."""
+    provenance.reset_stage(STAGE)
+    device = device or default_device()
+    run = ZeroShotRun(pd.DataFrame(columns=outputs.SCORE_COLUMNS), {}, {})
+    frames, failures, named = [], [], set()
+    for name in model_names:
+        try:
+            loaded = load_or_substitute(
+                name, device=device, seed=seed, random_archs=profile.clip_random_archs
+            )
+        except ArchitectureUnavailable as err:
+            run.status[name] = f"skipped:{err}"
+            print(f"SKIPPED: {err}", file=sys.stderr)
+            continue
+        run.status[name], run.models[name] = loaded.weights, loaded.identity
+        result = embed.embed_images(
+            loaded,
+            df["image_path"],
+            batch_size=batch_size,
+            num_workers=num_workers,
+            progress=progress,
+        )
+        failed = outputs.failure_rows(df["image_path"], df["micrograph_no"], result.failures)
+        outputs.announce_failures(failed, named)
+        failures.append(failed)
+        ok = result.ok
+        run.embeddings[name] = (df["micrograph_no"].to_numpy()[ok], result.embeddings[ok])
+        if result.n_computed:
+            run.timing[name] = {
+                "seconds_per_image": result.seconds / result.n_computed,
+                "device": result.device,
+                "n": result.n_computed,
+            }
+        elif (previous := embed.last_timing(loaded)) is not None:
+            run.timing[name] = previous
+        frames.append(_score_model(loaded, df[ok].reset_index(drop=True), result.embeddings[ok]))
+        del loaded  # one model in memory at a time
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    if frames:
+        run.scores = pd.concat(frames, ignore_index=True)
+    if failures:
+        run.failures = pd.concat(failures).drop_duplicates("micrograph_no", ignore_index=True)
+    return run
+
+
+def _score_model(loaded: ClipModel, df: pd.DataFrame, image_emb: np.ndarray) -> pd.DataFrame:
+    table = embed.cached_text_embeddings(loaded, prompts.every_prompt())
+
+    def encode(texts):
+        return np.stack([table[t] for t in texts])
+
+    frames = []
+    for task, (column, classes) in taxonomy.TASKS.items():
+        mask = df[column].isin(classes).to_numpy()
+        if not mask.any():
+            continue
+        ids = df.loc[mask, "micrograph_no"].to_numpy()
+        for set_name, prompt_set in prompts.prompt_sets(task).items():
+            probs = zero_shot_probabilities(
+                image_emb[mask], class_embeddings(encode, prompt_set), loaded.logit_scale
+            )
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "micrograph_no": np.repeat(ids, len(classes)),
+                        "model": loaded.name,
+                        "weights": loaded.weights,
+                        "task": task,
+                        "prompt_set": set_name,
+                        "class": np.tile(classes, len(ids)),
+                        "probability": probs.ravel(),
+                    }
+                )
+            )
+    return (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=outputs.SCORE_COLUMNS)
+    )
+
+
+def write_outputs(run: ZeroShotRun, best: pd.DataFrame) -> dict:
+    """The stage's contract files for this run, failures.csv included."""
+    written = outputs.write_zero_shot(run.scores, best, run.timing)
+    written["failures"] = outputs.write_failures(run.failures)
+    return written
+
+
+# --------------------------------------------------------------------------- choices
+
+
+def predictions(scores: pd.DataFrame) -> pd.DataFrame:
+    """Wide view: one row per (model, task, prompt_set, image) with the argmax class and the
+    probability matrix in the task's class order (ties: the earlier class)."""
+    rows = []
+    for (model, weights, task, prompt_set), g in scores.groupby(
+        ["model", "weights", "task", "prompt_set"], sort=False
+    ):
+        classes = list(taxonomy.TASKS[task][1])
+        wide = g.pivot(index="micrograph_no", columns="class", values="probability")[classes]
+        matrix = wide.to_numpy()
+        rows.append(
+            pd.DataFrame(
+                {
+                    "model": model,
+                    "weights": weights,
+                    "task": task,
+                    "prompt_set": prompt_set,
+                    "micrograph_no": wide.index.to_numpy(),
+                    "predicted": [classes[i] for i in matrix.argmax(axis=1)],
+                    "scores": list(matrix),
+                }
+            )
+        )
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+
+
+def labels(df: pd.DataFrame, task: str) -> pd.Series:
+    """The records' true class for `task`, indexed by micrograph_no."""
+    return df.set_index("micrograph_no")[taxonomy.TASKS[task][0]]
+
+
+def choose_prompt_sets(scores: pd.DataFrame, df: pd.DataFrame, split: pd.Series) -> pd.DataFrame:
+    """Best prompt set per (model, task) by balanced accuracy on the "select" half only."""
+    select_ids = set(df.loc[split == "select", "micrograph_no"])
+    pred = predictions(scores)
+    rows = []
+    for (model, task), g in pred.groupby(["model", "task"], sort=False):
+        truth = labels(df, task)
+        best, best_key = None, None
+        for order, (prompt_set, h) in enumerate(g.groupby("prompt_set", sort=False)):
+            h = h[h["micrograph_no"].isin(select_ids)]
+            y = truth.loc[h["micrograph_no"]].to_numpy()
+            key = (
+                metrics.balanced_accuracy(y, h["predicted"]) if len(h) else -1.0,
+                metrics.accuracy(y, h["predicted"]) if len(h) else -1.0,
+                -order,
+            )
+            if best_key is None or key > best_key:
+                best, best_key = prompt_set, key
+        rows.append(
+            {
+                "model": model,
+                "task": task,
+                "prompt_set": best,
+                "select_balanced_accuracy": best_key[0],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- search
+
+
+def text_to_image_search(
+    loaded: ClipModel, query: str, image_ids: np.ndarray, image_embeddings: np.ndarray, k: int = 5
+) -> pd.DataFrame:
+    """The k images whose embeddings are most similar to the text query's (cosine)."""
+    text = embed.encode_texts(loaded, [query])[0]
+    sims = np.asarray(image_embeddings, float) @ text
+    order = np.argsort(-sims, kind="stable")[:k]
+    return pd.DataFrame(
+        {
+            "rank": np.arange(1, len(order) + 1),
+            "micrograph_no": image_ids[order],
+            "cosine": sims[order],
+            "query": query,
+            "model": loaded.name,
+            "weights": loaded.weights,
+            "model_label": loaded.label,
+        }
+    )
+
+
+def stage_labels(run: ZeroShotRun, model: str | None = None) -> list[str]:
+    """Labels for titles: 'random weights' (of `model`, or of any model), 'sample data'."""
+    models = [model] if model else run.run_models
+    random = any(run.status.get(m) == "random" for m in models)
+    return (["random weights"] if random else []) + dataset.data_substitutes()
