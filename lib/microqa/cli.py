@@ -15,7 +15,7 @@ COMMANDS = {
     "scrape": ("microqa.doitpoms", "download the DoITPoMS micrograph library (resumable)"),
     "sample": ("microqa.dataset", "build the embedded offline sample from a local mirror"),
     "embed": ("microqa.clip", "embed a dataset's images with CLIP models (cached)"),
-    "vlm": ("microqa.vlm.runner", "ask a VLM the study's questions about a dataset (cached)"),
+    "vlm": ("microqa.vlm.cli", "ask a VLM the study's questions about a dataset (cached)"),
 }
 
 

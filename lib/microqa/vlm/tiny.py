@@ -29,6 +29,7 @@ import tempfile
 from pathlib import Path
 
 from microqa import config, provenance, taxonomy
+from microqa.vlm import families
 
 FAMILIES = ("qwen3_vl", "llava_next")
 MARKER = "microqa_tiny.json"
@@ -196,13 +197,11 @@ QWEN_SPECIAL_TOKENS = (
 )
 LLAVA_SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "[INST]", "[/INST]", "<image>")
 
-# The real llava-v1.6-mistral anyres grid (height, width), tile 336; the tiny model uses it /6.
-LLAVA_V16_GRID = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+# The tiny LLaVA-NeXT uses the real anyres grid scaled down 6x: 56 px tiles of 14 px patches.
 LLAVA_TINY_SCALE = 6
-LLAVA_TINY_TILE = 336 // LLAVA_TINY_SCALE  # 56 px tiles of 14 px patches: 4x4 per tile
-# Real Qwen3-VL image processor geometry and pixel limits (preprocessor_config.json).
-QWEN3_VL_PATCH, QWEN3_VL_MERGE = 16, 2
-QWEN3_VL_MIN_PIXELS, QWEN3_VL_MAX_PIXELS = 65536, 16777216
+LLAVA_TINY_TILE = families.get("llava_next").processor["tile"] // LLAVA_TINY_SCALE
+# The tiny Qwen3-VL keeps the real image processor (geometry and pixel limits).
+_QWEN3 = families.get("qwen3_vl").processor
 
 
 def _training_corpus() -> list[str]:
@@ -345,8 +344,8 @@ def _qwen3_vl(tokenizer, seed: int):
             "hidden_size": 32,
             "intermediate_size": 64,
             "num_heads": 2,
-            "patch_size": QWEN3_VL_PATCH,
-            "spatial_merge_size": QWEN3_VL_MERGE,
+            "patch_size": _QWEN3["patch_size"],
+            "spatial_merge_size": _QWEN3["merge_size"],
             "temporal_patch_size": 2,
             "out_hidden_size": 64,
             "num_position_embeddings": 2304,
@@ -358,15 +357,15 @@ def _qwen3_vl(tokenizer, seed: int):
         vision_end_token_id=ids("<|vision_end|>"),
     )
     image_processor = Qwen2VLImageProcessor(
-        size={"shortest_edge": QWEN3_VL_MIN_PIXELS, "longest_edge": QWEN3_VL_MAX_PIXELS},
-        patch_size=QWEN3_VL_PATCH,
-        merge_size=QWEN3_VL_MERGE,
+        size={"shortest_edge": _QWEN3["min_pixels"], "longest_edge": _QWEN3["max_pixels"]},
+        patch_size=_QWEN3["patch_size"],
+        merge_size=_QWEN3["merge_size"],
         temporal_patch_size=2,
         image_mean=[0.5, 0.5, 0.5],
         image_std=[0.5, 0.5, 0.5],
     )
     video_processor = Qwen3VLVideoProcessor(
-        patch_size=QWEN3_VL_PATCH, merge_size=QWEN3_VL_MERGE, temporal_patch_size=2
+        patch_size=_QWEN3["patch_size"], merge_size=_QWEN3["merge_size"], temporal_patch_size=2
     )
     processor = Qwen3VLProcessor(
         image_processor=image_processor,
@@ -389,7 +388,7 @@ def _llava_next(tokenizer, seed: int):
     )
 
     ids = tokenizer.convert_tokens_to_ids
-    grid = [[h // LLAVA_TINY_SCALE, w // LLAVA_TINY_SCALE] for h, w in LLAVA_V16_GRID]
+    grid = [[h // LLAVA_TINY_SCALE, w // LLAVA_TINY_SCALE] for h, w in families.LLAVA_V16_GRID]
     cfg = LlavaNextConfig(
         text_config={
             "model_type": "mistral",
@@ -471,7 +470,7 @@ def build_tiny_vlm(family: str, out_dir: str | Path, seed: int = 0) -> Path:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         marker = {
-            "built_by": "microqa.tiny.build_tiny_vlm",
+            "built_by": "microqa.vlm.tiny.build_tiny_vlm",
             "family": family,
             "seed": seed,
             "weights": "random",
@@ -497,16 +496,12 @@ def is_tiny(model_dir: str | Path) -> bool:
 
 
 def family_for_model(model_id: str) -> str:
-    """Map a hub id (or a name containing one) to the tiny family that stands in for it."""
-    name = model_id.lower().replace("_", "-")
-    if "qwen3-vl" in name or "qwen2.5-vl" in name or "qwen2-vl" in name:
-        return "qwen3_vl"
-    if "llava-v1.6" in name or "llava-next" in name:
-        return "llava_next"
-    raise ValueError(
-        f"no offline stand-in for VLM {model_id!r}: known families are Qwen3-VL / Qwen2.5-VL "
-        "(-> qwen3_vl) and LLaVA-v1.6 / LLaVA-NeXT (-> llava_next)"
-    )
+    """The tiny family that stands in for `model_id` (its family's `stand_in`)."""
+    family = families.family_of(model_id)
+    if family is None:
+        known = ", ".join(f"{f.name} (-> {f.stand_in})" for f in families.FAMILIES.values())
+        raise ValueError(f"no offline stand-in for VLM {model_id!r}: known families are {known}")
+    return family.stand_in
 
 
 def offline_vlm_dir(model_id: str, stage: str = "vlm") -> Path:
