@@ -394,3 +394,23 @@ def test_saving_merges_models_and_replaces_a_rerun_model(env, stub):
     }
     runner.save_answers(second)  # rerunning a model replaces its rows, never duplicates them
     assert len(runner.load_answers()) == len(merged)
+
+
+def test_cli_exit_codes_bad_images_one_and_bad_input_two(env):
+    tmp_path, records = env
+    sample = runner.question_sample(records, "all")
+    with open(sample["image_path"].iloc[0], "wb") as fh:
+        fh.write(b"")  # zero-byte image
+    cache = tmp_path / "cli.sqlite"
+    with OpenAIStub() as stub:
+        proc = _cli(tmp_path, stub, cache, ["--fixed-order"])
+        output = proc.communicate(timeout=120)[0]
+        assert proc.returncode == 1, output
+        assert output.count("failed: ") == 1 and "Traceback" not in output
+        answers = runner.load_answers(tmp_path / "build" / "vlm" / "answers.csv")
+        assert len(answers) == 15 + 13 and (answers["rotation"] == 0).all()
+        for extra in (["--tasks", "technique/nonsense"], ["--n", "lots"]):
+            proc = _cli(tmp_path, stub, cache, extra)
+            output = proc.communicate(timeout=120)[0]
+            assert proc.returncode == 2, output
+            assert output.startswith("error: ") and len(output.strip().splitlines()) == 1

@@ -310,7 +310,7 @@ def build_tokenizer(family: str):
     raise ValueError(f"unknown tiny VLM family {family!r}; choose one of {FAMILIES}")
 
 
-def _qwen3_vl(tokenizer, seed: int):
+def _qwen3_vl(tokenizer, seed: int, hidden: int, layers: int):
     from transformers import (
         Qwen2VLImageProcessor,
         Qwen3VLConfig,
@@ -323,11 +323,11 @@ def _qwen3_vl(tokenizer, seed: int):
     cfg = Qwen3VLConfig(
         text_config={
             "vocab_size": len(tokenizer),
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
+            "hidden_size": hidden,
+            "intermediate_size": 2 * hidden,
+            "num_hidden_layers": layers,
+            "num_attention_heads": hidden // 16,  # head_dim 16
+            "num_key_value_heads": hidden // 32,
             "head_dim": 16,
             "max_position_embeddings": 8192,
             # real: mrope_section [24, 20, 20] over head_dim 128; here the same split over 16
@@ -347,7 +347,7 @@ def _qwen3_vl(tokenizer, seed: int):
             "patch_size": _QWEN3["patch_size"],
             "spatial_merge_size": _QWEN3["merge_size"],
             "temporal_patch_size": 2,
-            "out_hidden_size": 64,
+            "out_hidden_size": hidden,
             "num_position_embeddings": 2304,
             "deepstack_visual_indexes": [0, 1],
         },
@@ -379,7 +379,7 @@ def _qwen3_vl(tokenizer, seed: int):
     return model, processor
 
 
-def _llava_next(tokenizer, seed: int):
+def _llava_next(tokenizer, seed: int, hidden: int, layers: int):
     from transformers import (
         LlavaNextConfig,
         LlavaNextForConditionalGeneration,
@@ -393,11 +393,11 @@ def _llava_next(tokenizer, seed: int):
         text_config={
             "model_type": "mistral",
             "vocab_size": len(tokenizer),
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
+            "hidden_size": hidden,
+            "intermediate_size": 2 * hidden,
+            "num_hidden_layers": layers,
+            "num_attention_heads": hidden // 16,  # head_dim 16
+            "num_key_value_heads": hidden // 32,
             "max_position_embeddings": 8192,
             "bos_token_id": ids("<s>"),
             "eos_token_id": ids("</s>"),
@@ -445,8 +445,13 @@ def _seeded(model_class, cfg, seed: int):
     return model_class(cfg).eval()
 
 
-def build_tiny_vlm(family: str, out_dir: str | Path, seed: int = 0) -> Path:
+def build_tiny_vlm(
+    family: str, out_dir: str | Path, seed: int = 0, *, hidden: int = 64, layers: int = 2
+) -> Path:
     """Build the tiny random `family` model and save model + processor to `out_dir`.
+
+    `hidden` / `layers` size its language model (e.g. 512 / 8 for a benchmark whose language
+    model is not negligible); the vision tower and processor stay the same.
 
     Written to a temporary sibling first and renamed, so a killed build never leaves a
     directory that looks complete. Replaces an earlier tiny build in `out_dir`; refuses to
@@ -464,7 +469,7 @@ def build_tiny_vlm(family: str, out_dir: str | Path, seed: int = 0) -> Path:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(family)
     builder = _qwen3_vl if family == "qwen3_vl" else _llava_next
-    model, processor = builder(tokenizer, seed)
+    model, processor = builder(tokenizer, seed, hidden, layers)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         model.save_pretrained(tmp)
@@ -473,6 +478,7 @@ def build_tiny_vlm(family: str, out_dir: str | Path, seed: int = 0) -> Path:
             "built_by": "microqa.vlm.tiny.build_tiny_vlm",
             "family": family,
             "seed": seed,
+            "language_model": {"hidden_size": hidden, "layers": layers},
             "weights": "random",
             "transformers": transformers.__version__,
             "note": "tiny same-family model with RANDOM weights; its answers are noise",
