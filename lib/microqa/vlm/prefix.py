@@ -28,9 +28,25 @@ from PIL import Image
 
 from microqa.vlm.base import ScoreResult
 
+SLOT = "\x00question\x00"
+
 
 class PrefixError(ValueError):
     """A prompt whose template does not start with the shared image prefix."""
+
+
+def prompt_texts(backend, prompts: list[str]) -> list[str]:
+    """The chat-templated text of each prompt: the template is rendered once per backend
+    around a placeholder (it inserts the question verbatim), not once per question."""
+    from microqa.vlm.base import VLMRequest
+
+    parts = getattr(backend, "_template_parts", None)
+    if parts is None:
+        rendered = backend._prompt_text(VLMRequest(None, SLOT))
+        if rendered.count(SLOT) != 1:
+            raise PrefixError(f"{backend.model_id}'s chat template does not show the question once")
+        parts = backend._template_parts = tuple(rendered.split(SLOT))
+    return [parts[0] + prompt + parts[1] for prompt in prompts]
 
 
 def split_prompt(backend, text: str) -> tuple[str, list[int]]:
@@ -50,7 +66,10 @@ def split_prompt(backend, text: str) -> tuple[str, list[int]]:
             raise PrefixError(f"unexpected text after the image in {backend.model_id}'s template")
         end += len(end_marker)
     prefix_text = text[:end]
-    if tokenizer(prefix_text)["input_ids"] != ids[:cut] or cut == len(ids):
+    checked = backend.__dict__.setdefault("_prefix_ids", {})
+    if prefix_text not in checked:
+        checked[prefix_text] = tokenizer(prefix_text)["input_ids"]
+    if checked[prefix_text] != ids[:cut] or cut == len(ids):
         raise PrefixError(f"{backend.model_id}'s prompt does not split after the image")
     return prefix_text, ids[cut:]
 
@@ -119,10 +138,8 @@ def score_image(
     backend, image: Image.Image, prompts: list[str], letters: list[list[str]]
 ) -> list[ScoreResult]:
     """Every question about `image` from one image pass (see the module docstring)."""
-    from microqa.vlm.base import VLMRequest
-
     start = time.perf_counter()
-    splits = [split_prompt(backend, backend._prompt_text(VLMRequest(image, p))) for p in prompts]
+    splits = [split_prompt(backend, text) for text in prompt_texts(backend, prompts)]
     prefix_texts = {text for text, _ in splits}
     if len(prefix_texts) != 1:
         raise PrefixError(f"the prompts of one image do not share a prefix in {backend.model_id}")
