@@ -45,9 +45,9 @@ from microqa.vlm import families, tiny
 from microqa.vlm.base import GenerateResult, ScoreResult, VLMRequest
 
 DEFAULT_BATCH_SIZE = 8
-# Question suffixes scored together against one image prefix: they share the prefix's KV
-# cache, so a batch costs the suffix tokens only.
-DEFAULT_PREFIX_BATCH = 64
+# Question suffixes scored together against one image prefix (sorted by length, so batches
+# carry little padding): they share the prefix's KV cache, so a batch costs its own tokens.
+DEFAULT_PREFIX_BATCH = 12
 
 
 class WrongModelClassError(TypeError):

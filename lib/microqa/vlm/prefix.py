@@ -144,11 +144,16 @@ def score_image(
     if len(prefix_texts) != 1:
         raise PrefixError(f"the prompts of one image do not share a prefix in {backend.model_id}")
     cache, length, deltas, visual = prefill(backend, image, prefix_texts.pop())
-    logits = []
-    for begin in range(0, len(splits), backend.prefix_batch):
-        chunk = [suffix for _, suffix in splits[begin : begin + backend.prefix_batch]]
-        logits.append(suffix_logits(backend, cache, length, deltas, chunk))
     import torch
 
+    # Batches of similar length: suffixes range from a bare question to one with three
+    # neighbours' annotations, and padding a short one to the longest is wasted work.
+    order = sorted(range(len(splits)), key=lambda i: len(splits[i][1]))
+    rows = [None] * len(splits)
+    for begin in range(0, len(order), backend.prefix_batch):
+        chunk = order[begin : begin + backend.prefix_batch]
+        logits = suffix_logits(backend, cache, length, deltas, [splits[i][1] for i in chunk])
+        for i, row in zip(chunk, logits, strict=True):
+            rows[i] = row
     latency = (time.perf_counter() - start) / len(prompts)
-    return backend.letter_results(torch.cat(logits), letters, latency, [visual] * len(prompts))
+    return backend.letter_results(torch.stack(rows), letters, latency, [visual] * len(prompts))
