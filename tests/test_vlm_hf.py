@@ -16,8 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from microqa import provenance, tiny
-from microqa.vlm import hf
+from microqa import images, provenance
+from microqa.vlm import families, hf, tiny, visual_tokens
 from microqa.vlm.base import VLMRequest
 from tests.conftest import MIRROR, needs_mirror
 
@@ -168,7 +168,7 @@ def test_image_modes_give_the_same_answer_as_their_rgb_version(backends):
                 rgb_result.probabilities[letter], abs=1e-5
             ), mode
     sixteen_bit = micrograph(300, 200, 3, mode="I;16")
-    rgb = hf.to_rgb(sixteen_bit)
+    rgb = images.to_rgb(sixteen_bit)
     assert rgb.mode == "RGB" and rgb.getextrema()[0] == (0, 255)  # stretched, not clipped
     assert backend.score([VLMRequest(sixteen_bit, PROMPT)], LETTERS)[0].visual_tokens > 0
 
@@ -207,7 +207,7 @@ def test_qwen_visual_tokens_grow_with_the_budget_and_match_the_real_model(tiny_d
         backend = hf.HFBackend(tiny_dirs["qwen3_vl"], image_budget=budget)
         count = backend.visual_tokens(image)
         # the tiny model keeps Qwen3-VL's 16 px patches and 2x2 merge, so it costs the same
-        assert count == hf.real_processor_visual_tokens("qwen3_vl", image, budget)
+        assert count == visual_tokens.real_processor_visual_tokens("qwen3_vl", image, budget)
         assert count * (16 * 2) ** 2 <= budget
         counts.append(count)
     assert counts == sorted(counts) and len(set(counts)) == len(counts)
@@ -234,23 +234,23 @@ def test_real_visual_token_counts_match_hand_computation():
     # exceeds the budget, so scale by sqrt(480000 / 200704) = 1.5465 and floor to 32:
     # height floor(600 / 1.5465 / 32) * 32 = 384, width floor(800 / 1.5465 / 32) * 32 = 512
     # -> (384 / 16) * (512 / 16) patches / 4 merged = 24 * 32 / 4 = 192 tokens.
-    assert hf.real_processor_visual_tokens("qwen3_vl", (800, 600), 448 * 448) == 192
+    assert visual_tokens.real_processor_visual_tokens("qwen3_vl", (800, 600), 448 * 448) == 192
     # Qwen3-VL default (65536..16777216 px): 608 x 800 fits -> 38 * 50 / 4 = 475.
-    assert hf.real_processor_visual_tokens("qwen3_vl", (800, 600)) == 475
+    assert visual_tokens.real_processor_visual_tokens("qwen3_vl", (800, 600)) == 475
     # Qwen2.5-VL default (14 px patches, factor 28): 588 x 812 -> 42 * 58 / 4 = 609.
-    assert hf.real_processor_visual_tokens("qwen2_5_vl", (800, 600)) == 609
+    assert visual_tokens.real_processor_visual_tokens("qwen2_5_vl", (800, 600)) == 609
     # LLaVA-1.6-Mistral: best grid resolution for 800 x 600 is 672 x 672 (2 x 2 tiles of 336),
     # i.e. 48 x 48 patches of 14 px; unpadding to the 4:3 aspect keeps int(600 * 48 / 800) = 36
     # rows: 36 * 48 = 1728 features + 36 newline tokens + the 24 * 24 = 576 base tile
     # (+1 CLS, then -1 for the "default" feature strategy) = 2340.
-    assert hf.real_processor_visual_tokens("llava_next", (800, 600)) == 2340
+    assert visual_tokens.real_processor_visual_tokens("llava_next", (800, 600)) == 2340
     # Restricted to the 336 x 672 and 672 x 336 (h x w) resolutions: 336 x 672 keeps more of the
     # image (scale 0.56 vs 0.42), i.e. 24 x 48 patches; the image (4:3) is narrower than that
     # grid (2:1), so unpadding cuts columns: int(800 * 24 / 600) = 32 -> 24 * 32 = 768 features
     # + 24 newline tokens + 576 base = 1368.
-    assert hf.real_processor_visual_tokens("llava_next", (800, 600), 336 * 672) == 1368
-    with pytest.raises(ValueError, match="unknown family"):
-        hf.real_processor_visual_tokens("gpt4v", (800, 600))
+    assert visual_tokens.real_processor_visual_tokens("llava_next", (800, 600), 336 * 672) == 1368
+    with pytest.raises(ValueError, match="unknown VLM family"):
+        visual_tokens.real_processor_visual_tokens("gpt4v", (800, 600))
 
 
 def test_visual_token_table_compares_budgets_with_the_defaults(tmp_path):
@@ -259,19 +259,23 @@ def test_visual_token_table_compares_budgets_with_the_defaults(tmp_path):
         path = tmp_path / f"{i}.png"
         micrograph(w, h, i).save(path)
         paths.append(path)
-    table = hf.visual_token_table(paths)
+    table = visual_tokens.visual_token_table(paths)
     assert set(table["family"]) == {"qwen3_vl", "qwen2_5_vl", "llava_next"}
     assert (table["n_images"] == 3).all()
     defaults = table[table["budget_px"].isna()]
     assert (defaults["relative_to_default"] == 1.0).all()
     chosen = table[table["budget_px"].notna()]
     assert (chosen["relative_to_default"] < 1.0).all()
+    # a default run gives LLaVA-NeXT its native grid: no smaller budget is reported for it
+    assert set(chosen["family"]) == {"qwen3_vl", "qwen2_5_vl"}
     qwen = table[(table["family"] == "qwen3_vl") & table["budget_px"].notna()].iloc[0]
     assert qwen["max_tokens"] <= 448 * 448 // 32**2
-    expected_total = sum(hf.real_processor_visual_tokens("qwen3_vl", p, 448 * 448) for p in paths)
+    expected_total = sum(
+        visual_tokens.real_processor_visual_tokens("qwen3_vl", p, 448 * 448) for p in paths
+    )
     assert qwen["total_tokens"] == expected_total
     with pytest.raises(ValueError, match="at least one image"):
-        hf.visual_token_table([])
+        visual_tokens.visual_token_table([])
 
 
 def test_llava_next_must_load_with_its_own_class(tmp_path):
@@ -345,3 +349,42 @@ def test_build_refuses_to_overwrite_other_directories(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["precious"]  # no temporary left behind
     with pytest.raises(ValueError, match="unknown tiny VLM family"):
         tiny.build_tiny_vlm("gpt4v", tmp_path / "x")
+
+
+def test_budget_is_resolved_once_and_keys_the_answer_cache(tiny_dirs, backends, monkeypatch):
+    from dataclasses import replace
+
+    from microqa.vlm import runner
+
+    qwen, llava = backends["qwen3_vl"], backends["llava_next"]
+    assert qwen.image_budget == families.QWEN_DEFAULT_BUDGET  # resolved, never None
+    assert hf.describe(qwen)["image_budget"] == families.QWEN_DEFAULT_BUDGET
+    # LLaVA-NeXT by default: its own grid, recorded as that grid's largest resolution
+    assert llava.image_budget == 112 * 112
+    assert llava.processor.image_processor.image_grid_pinpoints == [
+        [56, 112],
+        [112, 56],
+        [112, 112],
+        [168, 56],
+        [56, 168],
+    ]
+
+    def key(backend):
+        return runner._key(backend, "Q?", ("A", "B"), "0" * 64, "score", {}).key
+
+    before = key(qwen)
+    changed = replace(families.FAMILIES["qwen3_vl"], default_budget=256 * 256)
+    monkeypatch.setitem(families.FAMILIES, "qwen3_vl", changed)
+    moved = hf.HFBackend(tiny_dirs["qwen3_vl"])
+    assert moved.image_budget == 256 * 256
+    assert key(moved) != before  # a changed default never reuses answers made at another one
+    assert key(hf.HFBackend(tiny_dirs["qwen3_vl"], image_budget=448 * 448)) == before
+
+
+def test_family_is_recognised_in_one_place():
+    assert families.family_of("Qwen/Qwen3-VL-8B-Instruct").name == "qwen3_vl"
+    assert families.family_of("Qwen/Qwen2.5-VL-7B-Instruct").name == "qwen2_5_vl"
+    assert families.family_of("llava-hf/llava-v1.6-mistral-7b-hf").name == "llava_next"
+    assert families.family_of("openai/gpt-4o") is None
+    assert families.family_of(model_type="qwen3_vl_moe").name == "qwen3_vl"
+    assert families.family_of(model_type="llava") is None  # LLaVA-1.5: not LLaVA-NeXT

@@ -69,12 +69,25 @@ def test_sample_excludes_other_family_and_runs_every_job(env, stub):
     assert sample_size == 16  # 18 records minus the two photographs
     counts = answers.groupby(["task", "prompt_set"]).size().to_dict()
     # The "Device" specimen (2 images) has no primary category: skipped and reported.
+    # every cyclic rotation of the options is asked: 5 technique options, 4 study categories,
+    # 4 coarse techniques and the earlier study's 5 categories (with "Fracture")
     assert counts == {
-        ("category", "earlier_study"): 14,
-        ("category", "study"): 14,
-        ("technique", "study"): 16,
-        ("technique_coarse", "earlier_study"): 16,
+        ("category", "earlier_study"): 14 * 5,
+        ("category", "study"): 14 * 4,
+        ("technique", "study"): 16 * 5,
+        ("technique_coarse", "earlier_study"): 16 * 4,
     }
+    rotations = answers.groupby(["micrograph_no", "task", "prompt_set"])["rotation"]
+    assert (rotations.nunique() == rotations.size()).all()  # each rotation once per question
+    for (task, prompt_set), group in answers.groupby(["task", "prompt_set"]):
+        k = len(questions.prompt_set(task, prompt_set).option_text)
+        assert set(group["rotation"]) == set(range(k))
+        # rotation r shows the taxonomy order shifted by r: every class under every letter
+        for row in group.itertuples():
+            assert (
+                row.permutation
+                == build_question(task, prompt_set, rotation=row.rotation).permutation
+            )
     assert {s["reason"] for s in result.skipped} == {"no primary_category label"}
     assert len(stub.chat_requests()) == len(answers)
     for row in answers.itertuples():
@@ -113,7 +126,12 @@ def test_generate_mode_parses_the_stubs_sentences(env, stub):
     asked = {request_text_and_image(b): b for b in stub.chat_requests()}
     for row in answers.itertuples():
         q = build_question(
-            row.task, row.prompt_set, permute=True, seed=3, image_key=str(row.micrograph_no)
+            row.task,
+            row.prompt_set,
+            permute=True,
+            seed=3,
+            image_key=str(row.micrograph_no),
+            rotation=row.rotation,
         )
         assert q.permutation == row.permutation
         path = records.set_index("micrograph_no").loc[row.micrograph_no, "image_path"]
@@ -143,10 +161,11 @@ def test_clip_context_variants_and_no_leakage(env, stub):
         stub, records, tmp_path, contexts=("none", "clip_topk", "clip_neighbours"), describe=False
     )
     study = result.answers[result.answers["prompt_set"] == "study"]
+    per_context = 16 * 5 + 14 * 4  # technique and category questions, every rotation
     assert study.groupby("context").size().to_dict() == {
-        "clip_neighbours": 30,
-        "clip_topk": 30,
-        "none": 30,
+        "clip_neighbours": per_context,
+        "clip_topk": per_context,
+        "none": per_context,
     }
     by_text = {request_text_and_image(b)[0]: b for b in stub.chat_requests()}
     for text in by_text:
@@ -184,24 +203,50 @@ def test_cache_stores_a_question_once_and_keys_on_every_parameter(tmp_path):
         assert cache.count() == 1
 
 
-def test_corrupt_cache_file_is_named(tmp_path):
+def test_corrupt_cache_file_is_moved_aside_named_and_rebuilt(tmp_path, capsys):
     bad = tmp_path / "bad.sqlite"
-    bad.write_bytes(b"this is not a database" * 100)
-    with pytest.raises(sqlite3.DatabaseError, match="bad.sqlite"):
-        AnswerCache(bad)
+    garbage = b"this is not a database" * 100
+    bad.write_bytes(garbage)
+    key = AnswerKey("hf", "m", "rev1", "p" * 64, "i" * 64, "score", "{}")
+    with AnswerCache(bad) as cache:
+        assert cache.count() == 0 and cache.put_many([(key, Answer("A", "A", None, 0.1, 1))])
+        aside = cache.moved_aside
+    err = capsys.readouterr().err
+    assert "bad.sqlite" in err and aside.name in err and "moved aside" in err
+    assert aside.read_bytes() == garbage  # the unreadable file is kept, not overwritten
+    with AnswerCache(bad) as cache:
+        assert cache.count() == 1 and cache.moved_aside is None
 
 
-def test_unreadable_image_is_named(env, stub):
+def test_undecodable_images_are_skipped_named_once_and_listed(env, stub, capsys):
     tmp_path, records = env
-    broken = records["image_path"].iloc[0]
+    sample = runner.question_sample(records, "all")
+    broken, truncated = sample["image_path"].iloc[0], sample["image_path"].iloc[3]
     with open(broken, "wb") as fh:
         fh.write(b"not an image")
-    with pytest.raises(OSError, match=os.path.basename(broken)):
-        _run(stub, records, tmp_path, describe=False)
+    data = open(truncated, "rb").read()
+    with open(truncated, "wb") as fh:
+        fh.write(data[: len(data) // 3])
+    result = _run(stub, records, tmp_path, describe=True, mode="generate")
+    bad = {int(sample["micrograph_no"].iloc[0]), int(sample["micrograph_no"].iloc[3])}
+    assert {f["micrograph_no"] for f in result.failures} == bad
+    assert {f["image_file"] for f in result.failures} == {
+        f"images/{os.path.basename(broken)}",
+        f"images/{os.path.basename(truncated)}",
+    }
+    err = capsys.readouterr().err
+    for f in result.failures:
+        assert err.count(f"failed: {f['micrograph_no']} {f['image_file']}: ") == 1
+    assert set(result.answers["micrograph_no"]) == set(sample["micrograph_no"]) - bad
+    assert set(result.descriptions["micrograph_no"]) == set(sample["micrograph_no"]) - bad
+    runner.save_answers(result, fresh=True)
+    listed = pd.read_csv(tmp_path / "build" / "vlm" / "failures.csv")
+    assert list(listed.columns) == ["micrograph_no", "image_file", "reason"]
+    assert set(listed["micrograph_no"]) == bad
 
 
 def test_unloadable_hub_model_is_substituted_loudly_or_refused_under_strict(env, monkeypatch):
-    pytest.importorskip("microqa.tiny")  # the tiny models come with the hf backend
+    pytest.importorskip("microqa.vlm.tiny")  # the tiny models come with the hf backend
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
@@ -236,8 +281,6 @@ def _cli(tmp_path, stub, cache, extra=()):
         "--tasks",
         "technique/study,category/study",
         "--no-describe",
-        "--chunk-size",
-        "2",
         "--concurrency",
         "2",
         "--cache",
@@ -262,19 +305,20 @@ def _rows(cache) -> int:
 def test_sigkill_and_rerun_answers_every_question_exactly_once(env):
     tmp_path, records = env
     cache = tmp_path / "kill.sqlite"
-    total = 16 + 14  # technique + category questions
-    with OpenAIStub(delay_s=0.15) as stub:
+    per_image = 5 + 4  # technique + category questions about one image, every rotation
+    total = 16 * 5 + 14 * 4
+    with OpenAIStub(delay_s=0.05) as stub:
         proc = _cli(tmp_path, stub, cache)
         deadline = time.time() + 60
-        while _rows(cache) < 6 and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.02)
+        while _rows(cache) < per_image and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.01)
         assert proc.poll() is None, proc.communicate()[0]
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         stored = _rows(cache)
         asked_before = len(stub.chat_requests())
-        assert 6 <= stored < total
-        assert asked_before - stored <= 2  # only the chunk in flight was lost
+        assert per_image <= stored < total
+        assert asked_before - stored <= per_image  # only the image in flight was lost
 
         rerun = _cli(tmp_path, stub, cache)
         output = rerun.communicate(timeout=120)[0]
@@ -284,7 +328,9 @@ def test_sigkill_and_rerun_answers_every_question_exactly_once(env):
     assert _rows(cache) == total
     answers = runner.load_answers(tmp_path / "build" / "vlm" / "answers.csv")
     assert len(answers) == total
-    assert not answers.duplicated(["micrograph_no", "task", "prompt_set", "context"]).any()
+    assert not answers.duplicated(
+        ["micrograph_no", "task", "prompt_set", "context", "rotation"]
+    ).any()
     assert answers["cached"].sum() == stored
     assert answers["prediction"].notna().all()
 
@@ -344,7 +390,27 @@ def test_saving_merges_models_and_replaces_a_rerun_model(env, stub):
     merged = runner.load_answers()
     assert merged.groupby("model").size().to_dict() == {
         "other-vlm": len(second.answers),
-        "stub-vlm": 60,
+        "stub-vlm": 16 * 5 + 14 * 4 + 16 * 4 + 14 * 5,
     }
     runner.save_answers(second)  # rerunning a model replaces its rows, never duplicates them
     assert len(runner.load_answers()) == len(merged)
+
+
+def test_cli_exit_codes_bad_images_one_and_bad_input_two(env):
+    tmp_path, records = env
+    sample = runner.question_sample(records, "all")
+    with open(sample["image_path"].iloc[0], "wb") as fh:
+        fh.write(b"")  # zero-byte image
+    cache = tmp_path / "cli.sqlite"
+    with OpenAIStub() as stub:
+        proc = _cli(tmp_path, stub, cache, ["--fixed-order"])
+        output = proc.communicate(timeout=120)[0]
+        assert proc.returncode == 1, output
+        assert output.count("failed: ") == 1 and "Traceback" not in output
+        answers = runner.load_answers(tmp_path / "build" / "vlm" / "answers.csv")
+        assert len(answers) == 15 + 13 and (answers["rotation"] == 0).all()
+        for extra in (["--tasks", "technique/nonsense"], ["--n", "lots"]):
+            proc = _cli(tmp_path, stub, cache, extra)
+            output = proc.communicate(timeout=120)[0]
+            assert proc.returncode == 2, output
+            assert output.startswith("error: ") and len(output.strip().splitlines()) == 1

@@ -22,7 +22,7 @@ COMMANDS = {
     "mirror": ("microqa.mirror", "serve a dataset folder as a local stand-in of the site"),
     "sample": ("microqa.sample", "build the embedded offline sample from a local mirror"),
     "embed": ("microqa.clip.cli", "embed a dataset's images with CLIP models (cached)"),
-    "vlm": ("microqa.vlm.runner", "ask a VLM the study's questions about a dataset (cached)"),
+    "vlm": ("microqa.vlm.cli", "ask a VLM the study's questions about a dataset (cached)"),
 }
 DEBUG_FLAG = "--debug"
 CRASHED = 70  # EX_SOFTWARE of sysexits.h
@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
+    text = error.args[0] if isinstance(error, KeyError) and error.args else error
+    return " ".join(str(text).split()) or type(error).__name__
 
 
 def main(argv: list[str] | None = None) -> int:

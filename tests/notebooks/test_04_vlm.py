@@ -27,6 +27,7 @@ def test_notebook_04_smoke(smoke_pipeline):
     technique = answers[(answers["task"] == "technique") & (answers["context"] == "none")]
     score = technique[technique["mode"] == "score"]
     assert score.groupby("model")["micrograph_no"].nunique().eq(12).all()  # the smoke sample
+    assert score.groupby("model").size().eq(12 * 5).all()  # every image in all 5 rotations
     # the agreement subset (half the sample) was also asked in generate mode
     generated = technique[technique["mode"] == "generate"]
     assert generated.groupby("model")["micrograph_no"].nunique().eq(6).all()

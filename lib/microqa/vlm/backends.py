@@ -4,7 +4,8 @@ The backend modules are imported lazily, so the OpenAI-compatible path never imp
 transformers.
 
 Options: base_url, api_key (openai); image_budget (max pixels per image), batch_size, device,
-dtype (hf); concurrency, timeout (openai). Options a backend does not use are ignored by it.
+dtype, shared_prefix, prefix_batch (hf); concurrency, timeout (openai). Options a backend
+does not use are ignored by it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,15 @@ from typing import Any
 from microqa.vlm.base import Backend
 
 BACKENDS = ("hf", "openai")
-HF_OPTIONS = {"image_budget", "batch_size", "device", "dtype", "revision"}
+HF_OPTIONS = {
+    "image_budget",
+    "batch_size",
+    "device",
+    "dtype",
+    "revision",
+    "shared_prefix",
+    "prefix_batch",
+}
 OPENAI_OPTIONS = {
     "base_url",
     "api_key",

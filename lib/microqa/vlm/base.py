@@ -75,3 +75,28 @@ class Backend(Protocol):
     def visual_tokens(self, image: Image.Image) -> int:
         """How many tokens this image costs the model at its configured resolution budget."""
         ...
+
+
+def answer_image(
+    backend: Backend, image: Image.Image, prompts: list[str], letters: list[list[str]]
+) -> list[ScoreResult]:
+    """`backend.score_image`, or, for a backend that predates it, its `score` per letter set."""
+    if hasattr(backend, "score_image"):
+        return backend.score_image(image, prompts, letters)
+    results: list[ScoreResult | None] = [None] * len(prompts)
+    for letter_set in dict.fromkeys(tuple(x) for x in letters):
+        rows = [i for i, x in enumerate(letters) if tuple(x) == letter_set]
+        answers = backend.score([VLMRequest(image, prompts[i]) for i in rows], list(letter_set))
+        for i, answer in zip(rows, answers, strict=True):
+            results[i] = answer
+    return results
+
+
+def generate_image(
+    backend: Backend, image: Image.Image, prompts: list[str], max_new_tokens: int
+) -> list[GenerateResult]:
+    """`backend.generate_image`, or `generate` for a backend that predates it."""
+    if hasattr(backend, "generate_image"):
+        return backend.generate_image(image, prompts, max_new_tokens=max_new_tokens)
+    requests = [VLMRequest(image, prompt) for prompt in prompts]
+    return backend.generate(requests, max_new_tokens=max_new_tokens)

@@ -10,12 +10,14 @@ what is missing.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import sqlite3
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from microqa.files import sha256_bytes
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
@@ -32,17 +34,14 @@ CREATE TABLE IF NOT EXISTS answers (
     probabilities TEXT,
     latency_s REAL,
     visual_tokens INTEGER,
-    created_at TEXT NOT NULL
+    created_at TEXT NOT NULL,
+    letter_mass REAL
 )
 """
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path | str) -> str:
-    return sha256_bytes(Path(path).read_bytes())
+COLUMNS = (
+    "key, backend, model_id, revision, prompt_hash, image_sha256, mode, params, raw_text, "
+    "choice, probabilities, latency_s, visual_tokens, created_at, letter_mass"
+)
 
 
 def prompt_hash(prompt: str, system: str | None = None, letters: tuple[str, ...] = ()) -> str:
@@ -76,22 +75,55 @@ class Answer:
     probabilities: dict[str, float] | None
     latency_s: float
     visual_tokens: int | None
+    letter_mass: float | None = None
 
 
 class AnswerCache:
-    """The cache file; safe for one writer at a time plus readers (WAL)."""
+    """The cache file; safe for one writer at a time plus readers (WAL).
+
+    A file that is not a readable answer cache (corrupted, or something else) is moved aside
+    to `<name>.corrupt-<time>`, said so on stderr, and a new cache is started: the answers
+    are recomputed, nothing is overwritten."""
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.moved_aside: Path | None = None
         try:
-            self.conn = sqlite3.connect(self.path, timeout=30)
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable per commit
-            self.conn.execute(SCHEMA)
-            self.conn.commit()
+            self.conn = self._open()
         except sqlite3.DatabaseError as exc:
-            raise sqlite3.DatabaseError(f"answer cache {self.path} is unreadable: {exc}") from exc
+            self.moved_aside = self._move_aside(exc)
+            self.conn = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable per commit
+            conn.execute(SCHEMA)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(answers)")}
+            if "letter_mass" not in columns:  # a cache written before letter mass was kept
+                conn.execute("ALTER TABLE answers ADD COLUMN letter_mass REAL")
+            conn.execute("SELECT COUNT(*) FROM answers").fetchone()
+            conn.commit()
+        except sqlite3.DatabaseError:
+            conn.close()
+            raise
+        return conn
+
+    def _move_aside(self, exc: Exception) -> Path:
+        stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S")
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            part = Path(f"{self.path}{suffix}")
+            if part.exists():
+                part.rename(Path(f"{aside}{suffix}"))
+        print(
+            f"warning: answer cache {self.path} is unreadable ({exc}); moved aside to "
+            f"{aside.name} and starting a new cache (answers will be asked again)",
+            file=sys.stderr,
+        )
+        return aside
 
     def close(self) -> None:
         self.conn.close()
@@ -109,12 +141,13 @@ class AnswerCache:
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             rows = self.conn.execute(
-                "SELECT key, raw_text, choice, probabilities, latency_s, visual_tokens "
-                f"FROM answers WHERE key IN ({','.join('?' * len(chunk))})",
+                "SELECT key, raw_text, choice, probabilities, latency_s, visual_tokens, "
+                f"letter_mass FROM answers WHERE key IN ({','.join('?' * len(chunk))})",
                 chunk,
             )
-            for key, raw, choice, probs, latency, vtok in rows:
-                out[key] = Answer(raw, choice, json.loads(probs) if probs else None, latency, vtok)
+            for key, raw, choice, probs, latency, vtok, mass in rows:
+                probs = json.loads(probs) if probs else None
+                out[key] = Answer(raw, choice, probs, latency, vtok, mass)
         return out
 
     def put_many(self, items: list[tuple[AnswerKey, Answer]]) -> int:
@@ -138,13 +171,14 @@ class AnswerCache:
                 a.latency_s,
                 a.visual_tokens,
                 now,
+                a.letter_mass,
             )
             for k, a in items
         ]
         with self.conn:  # one commit per batch
             before = self.conn.total_changes
             self.conn.executemany(
-                "INSERT OR IGNORE INTO answers VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows
+                f"INSERT OR IGNORE INTO answers ({COLUMNS}) VALUES ({','.join('?' * 15)})", rows
             )
             return self.conn.total_changes - before
 

@@ -1,87 +1,57 @@
 """The transformers backend: AutoProcessor + AutoModelForImageTextToText, batched.
 
 One code path for a hub id and a local directory (the offline tiny models are loaded exactly
-like real checkpoints). Model-family specifics:
+like real checkpoints). Family facts (id matching, real processor settings, default image
+budget) live in `microqa.vlm.families`; the budget is resolved there once and applied here:
 
-- Qwen-VL (Qwen3-VL, Qwen2.5-VL, Qwen2-VL): an explicit image-resolution budget in pixels
-  (`image_budget`, default `DEFAULT_QWEN_BUDGET` = 448*448 = 200,704 px: at most 196 visual
-  tokens for Qwen3-VL's 32 px merged patches, 256 for Qwen2.5-VL's 28 px). The processor's own
-  default (16.8 MP for Qwen3-VL, 12.8 MP for Qwen2.5-VL) would spend thousands of tokens on a
-  1024 px micrograph; `visual_token_table` shows the difference.
+- Qwen-VL (Qwen3-VL, Qwen2.5-VL, Qwen2-VL): the budget is the processor's max pixels.
 - LLaVA-NeXT (llava-v1.6-*): must load as LlavaNextForConditionalGeneration (loading it with
   the LLaVA-1.5 class was the earlier study's defect #1; we check and raise). Its processor
-  returns `image_sizes` and expands `<image>` to the anyres feature count. Budget: by default
-  the checkpoint's own anyres grid; an explicit `image_budget` keeps only the grid resolutions
-  with height*width <= budget (in both the processor and the model config, which must agree).
+  returns `image_sizes` and expands `<image>` to the anyres feature count. The budget keeps
+  only the grid resolutions with height*width <= budget (in both the processor and the model
+  config, which must agree); by default the checkpoint's whole grid.
 
 Running with real weights (GPU): `HFBackend("Qwen/Qwen3-VL-8B-Instruct")` or
 `HFBackend("llava-hf/llava-v1.6-mistral-7b-hf")` (or `load_backend("hf", ...)`, or a local
 snapshot directory) picks CUDA and bf16 by itself; about 18 GB of GPU memory for the 8B model.
 Pass `revision=` to pin a hub commit; the answer cache keys on the resolved commit hash.
 
-`score` reads the next-token logits after the chat-templated prompt (one forward pass, as the
-prefill of a 1-token greedy `generate`, so each architecture computes its own position ids
-under left padding). A letter can be a token in several spellings ("A" and "▁A" / "ĠA"); its
-log-probability is the logsumexp over its single-token spellings (the probability that the
-model commits to that letter in any spelling), then the letters are renormalised with a
-softmax.
+Scoring reads the next-token logits after the chat-templated prompt. A letter can be a token in
+several spellings ("A" and "▁A" / "ĠA"); its log-probability is the logsumexp over its
+single-token spellings, then the letters are renormalised with a softmax; the letter mass is
+the total probability of all those spellings.
+
+`score_image` (the runner's path) answers every question about one image from one image pass:
+the chat template puts everything up to and including the image tokens first, identical for
+all questions (the per-question text, CLIP context included, comes after the image), so the
+image is preprocessed once, the vision tower runs once and the shared prefix is prefilled once;
+the questions' own tokens are then scored in batches against that prefix's KV cache (see
+`microqa.vlm.prefix`). `shared_prefix=False` keeps the plain per-question forward pass.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import math
 import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pandas as pd
 from PIL import Image
 
-from microqa import tiny
+from microqa.images import to_rgb
+from microqa.vlm import families, tiny
 from microqa.vlm.base import GenerateResult, ScoreResult, VLMRequest
 
-DEFAULT_QWEN_BUDGET = 448 * 448
 DEFAULT_BATCH_SIZE = 8
-QWEN_MODEL_TYPES = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"}
-
-# Image-processor settings of the real checkpoints (their preprocessor_config.json), so the real
-# models' visual-token counts can be computed exactly without downloading them.
-REAL_PROCESSORS = {
-    # Qwen/Qwen3-VL-*-Instruct
-    "qwen3_vl": {"patch_size": 16, "merge_size": 2, "min_pixels": 65536, "max_pixels": 16777216},
-    # Qwen/Qwen2.5-VL-*-Instruct (the earlier study's processor defaults)
-    "qwen2_5_vl": {"patch_size": 14, "merge_size": 2, "min_pixels": 3136, "max_pixels": 12845056},
-    # llava-hf/llava-v1.6-mistral-7b-hf
-    "llava_next": {
-        "tile": 336,
-        "patch_size": 14,
-        "image_grid_pinpoints": tiny.LLAVA_V16_GRID,
-        "num_additional_image_tokens": 1,
-        "vision_feature_select_strategy": "default",
-    },
-}
+# Question suffixes scored together against one image prefix (sorted by length, so batches
+# carry little padding): they share the prefix's KV cache, so a batch costs its own tokens.
+DEFAULT_PREFIX_BATCH = 12
 
 
 class WrongModelClassError(TypeError):
     """A checkpoint would be loaded with a class that does not match its architecture."""
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL image (1, L, LA, P, PA, RGBA, CMYK, I;16, I, F ...) as 8-bit RGB."""
-    if image.mode == "RGB":
-        return image
-    if image.mode in {"I", "I;16", "I;16B", "I;16L", "F"}:
-        # 16-bit / float images: stretch to 8 bit instead of clipping at 255
-        lo, hi = image.getextrema()
-        scale = 255.0 / (hi - lo) if hi > lo else 1.0
-        image = image.point(lambda v: (v - lo) * scale).convert("L")
-    elif image.mode in {"P", "PA"} and "transparency" in image.info:
-        image = image.convert("RGBA")
-    return image.convert("RGB")
 
 
 def _chunks(items: Sequence, size: int) -> Iterable[Sequence]:
@@ -135,6 +105,8 @@ class HFBackend:
         device: str | None = None,
         dtype: str | None = None,
         revision: str | None = None,
+        shared_prefix: bool = True,
+        prefix_batch: int = DEFAULT_PREFIX_BATCH,
     ):
         import torch
         from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
@@ -155,6 +127,7 @@ class HFBackend:
         )
         config = AutoConfig.from_pretrained(self.model_id, revision=revision)
         self.model_type = config.model_type
+        self.family = families.family_of(model_type=config.model_type)
         check_model_class(self.model_id, config)
         self.processor = AutoProcessor.from_pretrained(self.model_id, revision=revision)
         self.processor.tokenizer.padding_side = "left"  # batched generation continues at the end
@@ -168,30 +141,37 @@ class HFBackend:
         self.image_budget = self._apply_budget(image_budget)
         self.image_token_id = self._image_token_id()
         self._letter_ids: dict[tuple[str, ...], dict[str, list[int]]] = {}
+        if prefix_batch < 1:
+            raise ValueError(f"prefix_batch must be >= 1, got {prefix_batch}")
+        self.shared_prefix, self.prefix_batch = shared_prefix, prefix_batch
 
     # ---- family specifics -------------------------------------------------------------
     def _apply_budget(self, image_budget: int | None) -> int | None:
-        if self.model_type in QWEN_MODEL_TYPES:
-            budget = image_budget or DEFAULT_QWEN_BUDGET
+        """Apply the budget `families.resolve_budget` resolves; returns the resolved value."""
+        family = self.family
+        if family is None:
+            if image_budget is not None:
+                raise ValueError(
+                    f"image_budget is implemented for Qwen-VL and LLaVA-NeXT models, not for "
+                    f"{self.model_id} (model_type {self.model_type!r})"
+                )
+            self._images_kwargs = {}
+            return None
+        if family.is_qwen:
+            budget = families.resolve_budget(family, image_budget)
             size = self.processor.image_processor.size
             min_pixels = size["shortest_edge"] if "shortest_edge" in size else 3136
             self._images_kwargs = {
                 "size": {"shortest_edge": min(min_pixels, budget), "longest_edge": budget}
             }
             return budget
+        native = self.model.config.image_grid_pinpoints
+        budget = families.resolve_budget(family, image_budget, native)
+        grid = families.restrict_grid(native, budget)
+        self.model.config.image_grid_pinpoints = grid
+        self.processor.image_processor.image_grid_pinpoints = grid
         self._images_kwargs = {}
-        if self.model_type == "llava_next":
-            if image_budget is not None:
-                grid = restrict_grid(self.model.config.image_grid_pinpoints, image_budget)
-                self.model.config.image_grid_pinpoints = grid
-                self.processor.image_processor.image_grid_pinpoints = grid
-            return image_budget
-        if image_budget is not None:
-            raise ValueError(
-                f"image_budget is implemented for Qwen-VL and LLaVA-NeXT models, not for "
-                f"{self.model_id} (model_type {self.model_type!r})"
-            )
-        return None
+        return budget
 
     def _image_token_id(self) -> int:
         token_id = getattr(self.processor, "image_token_id", None)
@@ -270,7 +250,7 @@ class HFBackend:
         import torch
 
         extra = {}
-        if self.model_type not in QWEN_MODEL_TYPES:
+        if not (self.family and self.family.is_qwen):
             extra["position_ids"] = (inputs["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
         with torch.inference_mode():
             output = self.model(**inputs, **extra, use_cache=False, logits_to_keep=1)
@@ -293,37 +273,66 @@ class HFBackend:
         return results
 
     def score(self, requests: list[VLMRequest], letters: list[str]) -> list[ScoreResult]:
+        return self._score_plain(requests, [list(letters)] * len(requests))
+
+    def _score_plain(
+        self, requests: Sequence[VLMRequest], letters: Sequence[Sequence[str]]
+    ) -> list[ScoreResult]:
+        """One plain forward pass per question (batched): the image is preprocessed, encoded
+        and prefilled again for every question."""
+        results: list[ScoreResult] = []
+        start, done = time.perf_counter(), 0
+        for batch, inputs in self._prefetched(requests):
+            logits = self._next_token_logits(inputs)
+            rows = letters[done : done + len(batch)]
+            done += len(batch)
+            latency, start = (time.perf_counter() - start) / len(batch), time.perf_counter()
+            results += self.letter_results(logits, rows, latency, self._visual_counts(inputs))
+        return results
+
+    def letter_results(self, logits, letters, latency: float, visual_tokens) -> list[ScoreResult]:
+        """ScoreResults from next-token logits (one row per question, each with its letters)."""
         import torch
 
-        variants = self.letter_token_ids(tuple(letters))
-        results: list[ScoreResult] = []
-        start = time.perf_counter()
-        for batch, inputs in self._prefetched(requests):
-            logprobs = torch.log_softmax(self._next_token_logits(inputs).float(), dim=-1)
+        logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
+        results = []
+        for row, (row_letters, count) in enumerate(zip(letters, visual_tokens, strict=True)):
+            variants = self.letter_token_ids(tuple(row_letters))
             per_letter = torch.stack(
-                [torch.logsumexp(logprobs[:, variants[letter]], dim=-1) for letter in letters],
-                dim=-1,
+                [torch.logsumexp(logprobs[row, variants[x]], dim=-1) for x in row_letters]
             )
-            probabilities = torch.softmax(per_letter, dim=-1).cpu()
-            letter_mass = torch.logsumexp(per_letter, dim=-1).exp().cpu()
-            per_letter = per_letter.cpu()
-            latency, start = (time.perf_counter() - start) / len(batch), time.perf_counter()
-            counts = self._visual_counts(inputs)
-            for row, count in enumerate(counts):
-                results.append(
-                    ScoreResult(
-                        probabilities={
-                            letter: float(probabilities[row, i]) for i, letter in enumerate(letters)
-                        },
-                        logprobs={
-                            letter: float(per_letter[row, i]) for i, letter in enumerate(letters)
-                        },
-                        latency_s=latency,
-                        visual_tokens=count,
-                        letter_mass=float(letter_mass[row]),
-                    )
+            probabilities = torch.softmax(per_letter, dim=-1)
+            results.append(
+                ScoreResult(
+                    probabilities={
+                        x: float(p) for x, p in zip(row_letters, probabilities, strict=True)
+                    },
+                    logprobs={x: float(v) for x, v in zip(row_letters, per_letter, strict=True)},
+                    latency_s=latency,
+                    visual_tokens=int(count),
+                    letter_mass=float(torch.logsumexp(per_letter, dim=-1).exp()),
                 )
+            )
         return results
+
+    def score_image(
+        self, image: Image.Image, prompts: list[str], letters: list[list[str]]
+    ) -> list[ScoreResult]:
+        """Every question about one image: one image pass and one shared prefix prefill
+        (`shared_prefix`), else the plain per-question forward passes."""
+        from microqa.vlm import prefix
+
+        image = to_rgb(image)
+        if not self.shared_prefix:
+            return self._score_plain([VLMRequest(image, p) for p in prompts], letters)
+        return prefix.score_image(self, image, prompts, letters)
+
+    def generate_image(
+        self, image: Image.Image, prompts: list[str], *, max_new_tokens: int
+    ) -> list[GenerateResult]:
+        """Greedy answers to every question about one image (the image decoded once)."""
+        image = to_rgb(image)
+        return self.generate([VLMRequest(image, p) for p in prompts], max_new_tokens=max_new_tokens)
 
     def visual_tokens(self, image: Image.Image) -> int:
         """Image placeholder tokens the processor emits for `image` at this backend's budget
@@ -365,8 +374,8 @@ class HFBackend:
 def check_model_class(model_id: str, config, class_name: str | None = None) -> None:
     """Refuse the earlier study's defect #1: a LLaVA-NeXT (v1.6) checkpoint must be a
     `llava_next` config loaded as LlavaNextForConditionalGeneration."""
-    name = model_id.lower()
-    if ("llava-v1.6" in name or "llava-next" in name) and config.model_type != "llava_next":
+    named = families.family_of(model_id)
+    if named is not None and named.name == "llava_next" and config.model_type != "llava_next":
         raise WrongModelClassError(
             f"{model_id} looks like LLaVA-NeXT (v1.6) but its config says model_type "
             f"{config.model_type!r}; it needs a 'llava_next' config "
@@ -382,136 +391,6 @@ def check_model_class(model_id: str, config, class_name: str | None = None) -> N
         )
 
 
-def restrict_grid(grid: list[list[int]], budget: int) -> list[list[int]]:
-    """The anyres grid resolutions (height, width) whose area fits the pixel budget."""
-    kept = [list(pair) for pair in grid if pair[0] * pair[1] <= budget]
-    if not kept:
-        smallest = min(h * w for h, w in grid)
-        raise ValueError(
-            f"image_budget {budget} px is below the smallest LLaVA-NeXT grid resolution "
-            f"({smallest} px); choose at least {smallest}"
-        )
-    return kept
-
-
-# ---- hardware-free cost: visual tokens of the real checkpoints -------------------------
-
-
-@functools.lru_cache(maxsize=4)
-def _real_llava_processor(grid: tuple[tuple[int, int], ...]):
-    from transformers import LlavaNextImageProcessor, LlavaNextProcessor
-
-    spec = REAL_PROCESSORS["llava_next"]
-    tile = spec["tile"]
-    image_processor = LlavaNextImageProcessor(
-        size={"shortest_edge": tile},
-        crop_size={"height": tile, "width": tile},
-        image_grid_pinpoints=[list(pair) for pair in grid],
-    )
-    # the token count depends on the image processor only; any tokenizer with <image> will do
-    return LlavaNextProcessor(
-        image_processor=image_processor,
-        tokenizer=_llava_tokenizer(),
-        patch_size=spec["patch_size"],
-        vision_feature_select_strategy=spec["vision_feature_select_strategy"],
-        num_additional_image_tokens=spec["num_additional_image_tokens"],
-    )
-
-
-@functools.lru_cache(maxsize=1)
-def _llava_tokenizer():
-    return tiny.build_tokenizer("llava_next")
-
-
-def _size_of(image: Image.Image | str | Path | tuple[int, int]) -> tuple[int, int]:
-    """(width, height) of a PIL image, an image file (header only) or a (width, height) pair."""
-    if isinstance(image, Image.Image):
-        return image.size
-    if isinstance(image, (str, Path)):
-        with Image.open(image) as handle:
-            return handle.size
-    width, height = image
-    return int(width), int(height)
-
-
-def real_processor_visual_tokens(
-    family: str, image: Image.Image | str | Path | tuple[int, int], budget: int | None = None
-) -> int:
-    """Visual tokens the REAL checkpoint of `family` spends on `image` at a pixel `budget`
-    (None: the processor's default), from the same transformers image-processor code.
-
-    family: "qwen3_vl", "qwen2_5_vl" or "llava_next" (llava-v1.6-mistral).
-    """
-    width, height = _size_of(image)
-    if family in ("qwen3_vl", "qwen2_5_vl"):
-        from transformers import Qwen2VLImageProcessor
-
-        spec = REAL_PROCESSORS[family]
-        max_pixels = budget or spec["max_pixels"]
-        processor = Qwen2VLImageProcessor(
-            patch_size=spec["patch_size"], merge_size=spec["merge_size"]
-        )
-        patches = processor.get_number_of_image_patches(
-            height,
-            width,
-            {"min_pixels": min(spec["min_pixels"], max_pixels), "max_pixels": max_pixels},
-        )
-        return patches // spec["merge_size"] ** 2
-    if family == "llava_next":
-        grid = REAL_PROCESSORS["llava_next"]["image_grid_pinpoints"]
-        if budget is not None:
-            grid = restrict_grid(grid, budget)
-        processor = _real_llava_processor(tuple(tuple(pair) for pair in grid))
-        counted = processor._get_num_multimodal_tokens(image_sizes=[(height, width)])
-        return counted.num_image_tokens[0]
-    raise ValueError(f"unknown family {family!r}; choose one of {sorted(REAL_PROCESSORS)}")
-
-
-def visual_token_table(
-    images: Iterable[Image.Image | str | Path | tuple[int, int]],
-    budgets: dict[str, Sequence[int | None]] | None = None,
-) -> pd.DataFrame:
-    """Visual tokens per image of the real checkpoints, per family and pixel budget.
-
-    `budgets` maps a family to the budgets to compare; None stands for the processor default
-    (what the earlier study used). Default: each family's default versus this study's choice
-    (448*448 px for Qwen; LLaVA-NeXT's native grid versus its smallest 2-tile resolutions).
-    Rows: family, budget, n_images, mean / median / p95 / max tokens, total tokens and the
-    mean relative to the family's default.
-    """
-    sizes = [_size_of(image) for image in images]
-    if not sizes:
-        raise ValueError("visual_token_table needs at least one image")
-    budgets = budgets or {
-        "qwen3_vl": [None, DEFAULT_QWEN_BUDGET],
-        "qwen2_5_vl": [None, DEFAULT_QWEN_BUDGET],
-        "llava_next": [None, 336 * 672],
-    }
-    rows = []
-    for family, family_budgets in budgets.items():
-        default_mean = None
-        for budget in family_budgets:
-            counts = pd.Series([real_processor_visual_tokens(family, s, budget) for s in sizes])
-            mean = float(counts.mean())
-            if budget is None:
-                default_mean = mean
-            rows.append(
-                {
-                    "family": family,
-                    "budget": "processor default" if budget is None else f"{budget} px",
-                    "budget_px": budget,
-                    "n_images": len(counts),
-                    "mean_tokens": mean,
-                    "median_tokens": float(counts.median()),
-                    "p95_tokens": float(counts.quantile(0.95)),
-                    "max_tokens": int(counts.max()),
-                    "total_tokens": int(counts.sum()),
-                    "relative_to_default": mean / default_mean if default_mean else math.nan,
-                }
-            )
-    return pd.DataFrame(rows)
-
-
 def describe(backend: HFBackend) -> dict:
     """What a run used, for the provenance record."""
     return {
@@ -525,4 +404,5 @@ def describe(backend: HFBackend) -> dict:
         "dtype": str(backend.dtype).replace("torch.", ""),
         "image_budget": backend.image_budget,
         "batch_size": backend.batch_size,
+        "shared_prefix": backend.shared_prefix,
     }

@@ -20,7 +20,7 @@ import seaborn as sns
 
 from microqa import metrics, provenance, taxonomy
 from microqa.vlm import scoring
-from microqa.vlm.runner import probability_matrix
+from microqa.vlm.outputs import probability_matrix
 
 GROUP = ["model", "weights", "task", "prompt_set", "context", "mode"]
 BIAS_GROUP = ["model", "backend", "weights", "task", "prompt_set", "mode"]
@@ -320,14 +320,10 @@ def description_table(
 
 def model_family(model: str) -> str | None:
     """The real processor family of a model id (for the visual-token cost table)."""
-    name = model.lower().replace("_", "-")
-    if "qwen3-vl" in name:
-        return "qwen3_vl"
-    if "qwen2.5-vl" in name:
-        return "qwen2_5_vl"
-    if "llava-v1.6" in name or "llava-next" in name:
-        return "llava_next"
-    return None
+    from microqa.vlm import families
+
+    family = families.family_of(model)
+    return family.name if family else None
 
 
 def visual_token_table(
@@ -337,16 +333,16 @@ def visual_token_table(
     study used) vs this study's budget, over the real micrographs. Computed from the
     processors' own code, so it needs no weights and no GPU. The earlier study's Qwen2.5-VL
     default is listed beside Qwen3-VL for reference."""
-    from microqa.vlm import hf  # transformers' image processors
+    from microqa.vlm import visual_tokens  # transformers' image processors
 
-    families = list(dict.fromkeys(f for f in map(model_family, models) if f))
-    if "qwen3_vl" in families and "qwen2_5_vl" not in families:
-        families.append("qwen2_5_vl")
-    budgets = None
+    names = list(dict.fromkeys(f for f in map(model_family, models) if f))
+    if "qwen3_vl" in names and "qwen2_5_vl" not in names:
+        names.append("qwen2_5_vl")
+    budgets = visual_tokens.default_budgets(names)  # the budgets a default run resolves
     if image_budget:
-        budgets = {family: [None, image_budget] for family in families}
-    table = hf.visual_token_table(list(image_paths), budgets)
-    return table[table["family"].isin(families)].reset_index(drop=True)
+        budgets = {name: [None, image_budget] for name in names}
+    table = visual_tokens.visual_token_table(list(image_paths), budgets)
+    return table[table["family"].isin(names)].reset_index(drop=True)
 
 
 def title_labels(weights: dict[str, str], substitutes: Sequence[str] = ()) -> list[str]:

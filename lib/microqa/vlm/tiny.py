@@ -29,154 +29,11 @@ import tempfile
 from pathlib import Path
 
 from microqa import config, provenance, taxonomy
+from microqa.vlm import families
+from microqa.vlm.templates import LLAVA_NEXT_MISTRAL_CHAT_TEMPLATE, QWEN3_VL_CHAT_TEMPLATE
 
 FAMILIES = ("qwen3_vl", "llava_next")
 MARKER = "microqa_tiny.json"
-
-# Qwen3-VL-Instruct's chat template (system / user with images and videos / assistant with tool
-# calls / tool responses), as published with the model.
-QWEN3_VL_CHAT_TEMPLATE = """\
-{%- if tools %}
-    {{- '<|im_start|>system\\n' }}
-    {%- if messages[0].role == 'system' %}
-        {%- if messages[0].content is string %}
-            {{- messages[0].content }}
-        {%- else %}
-            {%- for content in messages[0].content %}
-                {%- if 'text' in content %}
-                    {{- content.text }}
-                {%- endif %}
-            {%- endfor %}
-        {%- endif %}
-        {{- '\\n\\n' }}
-    {%- endif %}
-    {{- "# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\n\
-You are provided with function signatures within <tools></tools> XML tags:\\n<tools>" }}
-    {%- for tool in tools %}
-        {{- "\\n" }}
-        {{- tool | tojson }}
-    {%- endfor %}
-    {{- "\\n</tools>\\n\\nFor each function call, return a json object with function name and \
-arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\"name\\": <function-name>, \
-\\"arguments\\": <args-json-object>}\\n</tool_call><|im_end|>\\n" }}
-{%- else %}
-    {%- if messages[0].role == 'system' %}
-        {{- '<|im_start|>system\\n' }}
-        {%- if messages[0].content is string %}
-            {{- messages[0].content }}
-        {%- else %}
-            {%- for content in messages[0].content %}
-                {%- if 'text' in content %}
-                    {{- content.text }}
-                {%- endif %}
-            {%- endfor %}
-        {%- endif %}
-        {{- '<|im_end|>\\n' }}
-    {%- endif %}
-{%- endif %}
-{%- set image_count = namespace(value=0) %}
-{%- set video_count = namespace(value=0) %}
-{%- for message in messages %}
-    {%- if message.role == "user" %}
-        {{- '<|im_start|>' + message.role + '\\n' }}
-        {%- if message.content is string %}
-            {{- message.content }}
-        {%- else %}
-            {%- for content in message.content %}
-                {%- if content.type == 'image' or 'image' in content or 'image_url' in content %}
-                    {%- set image_count.value = image_count.value + 1 %}
-                    {%- if add_vision_id %}Picture {{ image_count.value }}: {% endif -%}
-                    <|vision_start|><|image_pad|><|vision_end|>
-                {%- elif content.type == 'video' or 'video' in content %}
-                    {%- set video_count.value = video_count.value + 1 %}
-                    {%- if add_vision_id %}Video {{ video_count.value }}: {% endif -%}
-                    <|vision_start|><|video_pad|><|vision_end|>
-                {%- elif 'text' in content %}
-                    {{- content.text }}
-                {%- endif %}
-            {%- endfor %}
-        {%- endif %}
-        {{- '<|im_end|>\\n' }}
-    {%- elif message.role == "assistant" %}
-        {{- '<|im_start|>' + message.role + '\\n' }}
-        {%- if message.content is string %}
-            {{- message.content }}
-        {%- else %}
-            {%- for content_item in message.content %}
-                {%- if 'text' in content_item %}
-                    {{- content_item.text }}
-                {%- endif %}
-            {%- endfor %}
-        {%- endif %}
-        {%- if message.tool_calls %}
-            {%- for tool_call in message.tool_calls %}
-                {%- if (loop.first and message.content) or (not loop.first) %}
-                    {{- '\\n' }}
-                {%- endif %}
-                {%- if tool_call.function %}
-                    {%- set tool_call = tool_call.function %}
-                {%- endif %}
-                {{- '<tool_call>\\n{"name": "' }}
-                {{- tool_call.name }}
-                {{- '", "arguments": ' }}
-                {%- if tool_call.arguments is string %}
-                    {{- tool_call.arguments }}
-                {%- else %}
-                    {{- tool_call.arguments | tojson }}
-                {%- endif %}
-                {{- '}\\n</tool_call>' }}
-            {%- endfor %}
-        {%- endif %}
-        {{- '<|im_end|>\\n' }}
-    {%- elif message.role == "tool" %}
-        {%- if loop.first or (messages[loop.index0 - 1].role != "tool") %}
-            {{- '<|im_start|>user' }}
-        {%- endif %}
-        {{- '\\n<tool_response>\\n' }}
-        {%- if message.content is string %}
-            {{- message.content }}
-        {%- else %}
-            {%- for content in message.content %}
-                {%- if 'text' in content %}
-                    {{- content.text }}
-                {%- endif %}
-            {%- endfor %}
-        {%- endif %}
-        {{- '\\n</tool_response>' }}
-        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
-            {{- '<|im_end|>\\n' }}
-        {%- endif %}
-    {%- endif %}
-{%- endfor %}
-{%- if add_generation_prompt %}
-    {{- '<|im_start|>assistant\\n' }}
-{%- endif %}
-"""
-
-# llava-hf/llava-v1.6-mistral-7b-hf's chat template: images first, then text, inside [INST].
-# (The tokenizer adds <s>; the prompt ends with " [/INST]", so no generation prompt is needed.)
-LLAVA_NEXT_MISTRAL_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}"
-    "{{ '<<SYS>>\\n' + message['content'][0]['text'] + '\\n<</SYS>>\\n\\n' }}"
-    "{% elif message['role'] == 'user' %}"
-    "{{ '[INST] ' }}"
-    "{# Render all images first #}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
-    "{{ '<image>\\n' }}"
-    "{% endfor %}"
-    "{# Render all text next #}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
-    "{{ content['text'] }}"
-    "{% endfor %}"
-    "{{' [/INST]' }}"
-    "{% elif message['role'] == 'assistant' %}"
-    "{{ ' ' + message['content'][0]['text'] + '</s> '}}"
-    "{% else %}"
-    "{{ raise_exception('Only user and assistant roles are supported!') }}"
-    "{% endif %}"
-    "{% endfor %}"
-)
 
 QWEN_SPECIAL_TOKENS = (
     "<|endoftext|>",
@@ -196,13 +53,11 @@ QWEN_SPECIAL_TOKENS = (
 )
 LLAVA_SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "[INST]", "[/INST]", "<image>")
 
-# The real llava-v1.6-mistral anyres grid (height, width), tile 336; the tiny model uses it /6.
-LLAVA_V16_GRID = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+# The tiny LLaVA-NeXT uses the real anyres grid scaled down 6x: 56 px tiles of 14 px patches.
 LLAVA_TINY_SCALE = 6
-LLAVA_TINY_TILE = 336 // LLAVA_TINY_SCALE  # 56 px tiles of 14 px patches: 4x4 per tile
-# Real Qwen3-VL image processor geometry and pixel limits (preprocessor_config.json).
-QWEN3_VL_PATCH, QWEN3_VL_MERGE = 16, 2
-QWEN3_VL_MIN_PIXELS, QWEN3_VL_MAX_PIXELS = 65536, 16777216
+LLAVA_TINY_TILE = families.get("llava_next").processor["tile"] // LLAVA_TINY_SCALE
+# The tiny Qwen3-VL keeps the real image processor (geometry and pixel limits).
+_QWEN3 = families.get("qwen3_vl").processor
 
 
 def _training_corpus() -> list[str]:
@@ -311,7 +166,7 @@ def build_tokenizer(family: str):
     raise ValueError(f"unknown tiny VLM family {family!r}; choose one of {FAMILIES}")
 
 
-def _qwen3_vl(tokenizer, seed: int):
+def _qwen3_vl(tokenizer, seed: int, hidden: int, layers: int):
     from transformers import (
         Qwen2VLImageProcessor,
         Qwen3VLConfig,
@@ -324,11 +179,11 @@ def _qwen3_vl(tokenizer, seed: int):
     cfg = Qwen3VLConfig(
         text_config={
             "vocab_size": len(tokenizer),
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
+            "hidden_size": hidden,
+            "intermediate_size": 2 * hidden,
+            "num_hidden_layers": layers,
+            "num_attention_heads": hidden // 16,  # head_dim 16
+            "num_key_value_heads": hidden // 32,
             "head_dim": 16,
             "max_position_embeddings": 8192,
             # real: mrope_section [24, 20, 20] over head_dim 128; here the same split over 16
@@ -345,10 +200,10 @@ def _qwen3_vl(tokenizer, seed: int):
             "hidden_size": 32,
             "intermediate_size": 64,
             "num_heads": 2,
-            "patch_size": QWEN3_VL_PATCH,
-            "spatial_merge_size": QWEN3_VL_MERGE,
+            "patch_size": _QWEN3["patch_size"],
+            "spatial_merge_size": _QWEN3["merge_size"],
             "temporal_patch_size": 2,
-            "out_hidden_size": 64,
+            "out_hidden_size": hidden,
             "num_position_embeddings": 2304,
             "deepstack_visual_indexes": [0, 1],
         },
@@ -358,15 +213,15 @@ def _qwen3_vl(tokenizer, seed: int):
         vision_end_token_id=ids("<|vision_end|>"),
     )
     image_processor = Qwen2VLImageProcessor(
-        size={"shortest_edge": QWEN3_VL_MIN_PIXELS, "longest_edge": QWEN3_VL_MAX_PIXELS},
-        patch_size=QWEN3_VL_PATCH,
-        merge_size=QWEN3_VL_MERGE,
+        size={"shortest_edge": _QWEN3["min_pixels"], "longest_edge": _QWEN3["max_pixels"]},
+        patch_size=_QWEN3["patch_size"],
+        merge_size=_QWEN3["merge_size"],
         temporal_patch_size=2,
         image_mean=[0.5, 0.5, 0.5],
         image_std=[0.5, 0.5, 0.5],
     )
     video_processor = Qwen3VLVideoProcessor(
-        patch_size=QWEN3_VL_PATCH, merge_size=QWEN3_VL_MERGE, temporal_patch_size=2
+        patch_size=_QWEN3["patch_size"], merge_size=_QWEN3["merge_size"], temporal_patch_size=2
     )
     processor = Qwen3VLProcessor(
         image_processor=image_processor,
@@ -380,7 +235,7 @@ def _qwen3_vl(tokenizer, seed: int):
     return model, processor
 
 
-def _llava_next(tokenizer, seed: int):
+def _llava_next(tokenizer, seed: int, hidden: int, layers: int):
     from transformers import (
         LlavaNextConfig,
         LlavaNextForConditionalGeneration,
@@ -389,16 +244,16 @@ def _llava_next(tokenizer, seed: int):
     )
 
     ids = tokenizer.convert_tokens_to_ids
-    grid = [[h // LLAVA_TINY_SCALE, w // LLAVA_TINY_SCALE] for h, w in LLAVA_V16_GRID]
+    grid = [[h // LLAVA_TINY_SCALE, w // LLAVA_TINY_SCALE] for h, w in families.LLAVA_V16_GRID]
     cfg = LlavaNextConfig(
         text_config={
             "model_type": "mistral",
             "vocab_size": len(tokenizer),
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
+            "hidden_size": hidden,
+            "intermediate_size": 2 * hidden,
+            "num_hidden_layers": layers,
+            "num_attention_heads": hidden // 16,  # head_dim 16
+            "num_key_value_heads": hidden // 32,
             "max_position_embeddings": 8192,
             "bos_token_id": ids("<s>"),
             "eos_token_id": ids("</s>"),
@@ -446,8 +301,13 @@ def _seeded(model_class, cfg, seed: int):
     return model_class(cfg).eval()
 
 
-def build_tiny_vlm(family: str, out_dir: str | Path, seed: int = 0) -> Path:
+def build_tiny_vlm(
+    family: str, out_dir: str | Path, seed: int = 0, *, hidden: int = 64, layers: int = 2
+) -> Path:
     """Build the tiny random `family` model and save model + processor to `out_dir`.
+
+    `hidden` / `layers` size its language model (e.g. 512 / 8 for a benchmark whose language
+    model is not negligible); the vision tower and processor stay the same.
 
     Written to a temporary sibling first and renamed, so a killed build never leaves a
     directory that looks complete. Replaces an earlier tiny build in `out_dir`; refuses to
@@ -465,15 +325,16 @@ def build_tiny_vlm(family: str, out_dir: str | Path, seed: int = 0) -> Path:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(family)
     builder = _qwen3_vl if family == "qwen3_vl" else _llava_next
-    model, processor = builder(tokenizer, seed)
+    model, processor = builder(tokenizer, seed, hidden, layers)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         marker = {
-            "built_by": "microqa.tiny.build_tiny_vlm",
+            "built_by": "microqa.vlm.tiny.build_tiny_vlm",
             "family": family,
             "seed": seed,
+            "language_model": {"hidden_size": hidden, "layers": layers},
             "weights": "random",
             "transformers": transformers.__version__,
             "note": "tiny same-family model with RANDOM weights; its answers are noise",
@@ -497,16 +358,12 @@ def is_tiny(model_dir: str | Path) -> bool:
 
 
 def family_for_model(model_id: str) -> str:
-    """Map a hub id (or a name containing one) to the tiny family that stands in for it."""
-    name = model_id.lower().replace("_", "-")
-    if "qwen3-vl" in name or "qwen2.5-vl" in name or "qwen2-vl" in name:
-        return "qwen3_vl"
-    if "llava-v1.6" in name or "llava-next" in name:
-        return "llava_next"
-    raise ValueError(
-        f"no offline stand-in for VLM {model_id!r}: known families are Qwen3-VL / Qwen2.5-VL "
-        "(-> qwen3_vl) and LLaVA-v1.6 / LLaVA-NeXT (-> llava_next)"
-    )
+    """The tiny family that stands in for `model_id` (its family's `stand_in`)."""
+    family = families.family_of(model_id)
+    if family is None:
+        known = ", ".join(f"{f.name} (-> {f.stand_in})" for f in families.FAMILIES.values())
+        raise ValueError(f"no offline stand-in for VLM {model_id!r}: known families are {known}")
+    return family.stand_in
 
 
 def offline_vlm_dir(model_id: str, stage: str = "vlm") -> Path:

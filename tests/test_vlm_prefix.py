@@ -1,0 +1,176 @@
+"""The shared visual prefix (microqa.vlm.prefix) answers exactly as the plain forward pass.
+
+For every question the study asks about real micrographs (every task and prompt set, with and
+without CLIP context, every option rotation), the letter probabilities and letter mass from one
+image pass + one prefix prefill + batched suffixes equal those of a plain per-question forward
+pass (batch 1, fp32) within 1e-4, for both tiny families. The tiny models' language-model
+weights are sharpened so that their answers depend on token positions: the test checks that a
+suffix placed one position off WOULD fail it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+
+from microqa import config, dataset, images
+from microqa.vlm import hf, prefix, questions, runner, tiny
+
+TOLERANCE = 1e-4
+TOPK = (
+    "Hint from a CLIP image classifier (zero-shot; it can be wrong): its top 3 labels for this "
+    "image are SEM (0.61), TEM (0.22), Optical (reflected) (0.09)."
+)
+NEIGHBOURS = (
+    TOPK + "\n\nExpert annotations of the most similar images of other specimens in the "
+    "DoITPoMS micrograph library (by CLIP image similarity):\n1. (similarity 0.91) Ferrite "
+    "and pearlite in a 0.4 wt% C steel. Keywords: pearlite, ferrite, steel."
+)
+
+
+def real_micrographs(n: int):
+    for folder in (config.shared_dir() / "doitpoms" / "images", config.sample_dir() / "images"):
+        if folder.is_dir():
+            paths = sorted(p for p in folder.iterdir() if p.is_file())
+            if len(paths) >= n:
+                return paths[: 7 * n : 7]  # spread over the library: sizes and formats differ
+    pytest.skip("no real micrographs found")
+
+
+def study_questions() -> tuple[list[str], list[list[str]]]:
+    """Every question of a full run about one image: all jobs, contexts and rotations."""
+    prompts, letters = [], []
+    for task, prompt_set in questions.DEFAULT_JOBS:
+        for context in (None, TOPK, NEIGHBOURS) if prompt_set == "study" else (None,):
+            for rotation in questions.rotations(task, prompt_set):
+                q = questions.build_question(
+                    task, prompt_set, context_text=context, rotation=rotation
+                )
+                prompts.append(q.prompt)
+                letters.append(list(q.letters))
+    return prompts, letters
+
+
+def sharpen(backend: hf.HFBackend, factor: float = 6.0) -> hf.HFBackend:
+    with torch.no_grad():
+        for name, weight in backend.model.named_parameters():
+            if "language_model" in name and weight.ndim == 2 and "embed" not in name:
+                weight.mul_(factor)
+    return backend
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny_prefix")
+    return {family: tiny.build_tiny_vlm(family, root / family) for family in tiny.FAMILIES}
+
+
+@pytest.fixture(scope="module")
+def sharp(tiny_dirs):
+    torch.set_num_threads(1)
+    return {
+        family: sharpen(hf.HFBackend(path, prefix_batch=16)) for family, path in tiny_dirs.items()
+    }
+
+
+@pytest.mark.parametrize("family", tiny.FAMILIES)
+def test_shared_prefix_equals_the_plain_forward_pass(family, sharp, monkeypatch):
+    backend = sharp[family]
+    prompts, letters = study_questions()
+    assert len(prompts) == 36 and len({p for p in prompts}) == 36
+    worst = {"probability": 0.0, "mass": 0.0}
+    for path in real_micrographs(3):
+        image = images.open_rgb(path)
+        shared = backend.score_image(image, prompts, letters)
+        plain = [
+            backend._score_plain([hf.VLMRequest(image, p)], [x])[0]
+            for p, x in zip(prompts, letters, strict=True)
+        ]
+        for s, p, x in zip(shared, plain, letters, strict=True):
+            assert list(s.probabilities) == x
+            for letter in x:
+                diff = abs(s.probabilities[letter] - p.probabilities[letter])
+                worst["probability"] = max(worst["probability"], diff)
+            worst["mass"] = max(worst["mass"], abs(s.letter_mass - p.letter_mass))
+            assert s.visual_tokens == p.visual_tokens > 0
+    assert worst["probability"] < TOLERANCE and worst["mass"] < TOLERANCE, worst
+
+    # The control: the same suffixes one position too far must not pass the comparison.
+    real_logits = prefix.suffix_logits
+
+    def one_off(backend_, cache, length, deltas, suffixes):
+        return real_logits(backend_, cache, length + 1, deltas, suffixes)
+
+    monkeypatch.setattr(prefix, "suffix_logits", one_off)
+    off = backend.score_image(image, prompts, letters)
+    drift = max(
+        abs(o.probabilities[letter] - p.probabilities[letter])
+        for o, p, x in zip(off, plain, letters, strict=True)
+        for letter in x
+    )
+    assert drift > TOLERANCE
+
+
+def test_prompt_splits_after_the_image_into_the_plain_tokens(sharp):
+    for backend in sharp.values():
+        image = images.open_rgb(real_micrographs(1)[0])
+        text = backend._prompt_text(hf.VLMRequest(image, "Context first.\n\nQ? A) x B) y"))
+        prefix_text, suffix = prefix.split_prompt(backend, text)
+        tokenizer = backend.processor.tokenizer
+        assert tokenizer(prefix_text)["input_ids"] + suffix == tokenizer(text)["input_ids"]
+        assert "Context first." not in prefix_text  # per-question text comes after the image
+        with pytest.raises(prefix.PrefixError, match="no image placeholder"):
+            prefix.split_prompt(backend, "no image here")
+
+
+def _dataset_of_real_micrographs(root, n=4):
+    """The embedded sample's records for n real micrographs, as a dataset folder."""
+    source = config.sample_dir()
+    records = pd.read_csv(source / "records.csv", dtype=str, keep_default_na=False)
+    (root / "images").mkdir(parents=True)
+    kept = []
+    for _, row in records.iterrows():
+        image = images.find_image(source, int(row["micrograph_no"]))
+        if image is None or "SEM" not in row["technique"] and "light" not in row["technique"]:
+            continue
+        shutil.copy(image, root / "images" / image.name)
+        kept.append(row)
+        if len(kept) == n:
+            break
+    pd.DataFrame(kept).to_csv(root / "records.csv", index=False)
+    return root
+
+
+def test_answers_csv_from_the_shared_prefix_equals_the_plain_path(tiny_dirs, tmp_path, monkeypatch):
+    monkeypatch.setenv("MICROQA_BUILD", str(tmp_path / "build"))
+    monkeypatch.setenv("MICROQA_DATA", str(tmp_path / "data"))
+    records = dataset.load_records(_dataset_of_real_micrographs(tmp_path / "ds"))
+    sample = runner.question_sample(records, "all")
+    settings = runner.RunSettings(describe=False)
+    frames = {}
+    for shared in (True, False):
+        result = runner.run_study(
+            [str(tiny_dirs["qwen3_vl"])],
+            backend="hf",
+            sample=sample,
+            settings=settings,
+            cache_path=tmp_path / f"cache-{shared}.sqlite",
+            backend_options={"shared_prefix": shared, "prefix_batch": 8},
+            log=lambda *_: None,
+        )
+        runner.save_answers(result, fresh=True)
+        frames[shared] = runner.load_answers()
+    shared, plain = frames[True], frames[False]
+    assert len(shared) == len(plain) > 0 and set(shared["rotation"]) == set(range(5))
+    text_columns = ["micrograph_no", "task", "context", "prompt_set", "rotation", "permutation"]
+    pd.testing.assert_frame_equal(shared[text_columns], plain[text_columns])
+    assert (shared["prediction"] == plain["prediction"]).all()
+    assert (shared["visual_tokens"] == plain["visual_tokens"]).all()
+    for a, b in zip(shared["probabilities"], plain["probabilities"], strict=True):
+        a, b = json.loads(a), json.loads(b)
+        assert a.keys() == b.keys() and max(abs(a[k] - b[k]) for k in a) < TOLERANCE
+    assert (shared["letter_mass"] - plain["letter_mass"]).abs().max() < TOLERANCE
