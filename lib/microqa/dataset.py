@@ -99,6 +99,7 @@ def load_records(dataset_dir: Path | str, *, with_images_only: bool = True) -> p
         _family(t, cats, n, csv_path)
         for t, cats, n in zip(df["technique"], df["category_set"], df["micrograph_no"], strict=True)
     ]
+    df["technique_family"] = taxonomy.with_photograph_rule(df)  # macro photographs: Other
     df["technique_coarse"] = df["technique_family"].map(taxonomy.coarse_class)
     df["technique_mode"] = df["technique"].map(taxonomy.technique_mode)
     df["primary_category"] = df["category_set"].map(taxonomy.primary_category)
