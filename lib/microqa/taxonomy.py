@@ -167,6 +167,8 @@ def archaeological_slag(brief_description: str, keywords: str = "") -> bool:
 
 def slag_records(records) -> list[bool]:
     """`archaeological_slag` of every record of a tidy table."""
+    if "brief_description" not in records:
+        return [False] * len(records)
     keywords = records["keywords"] if "keywords" in records else [""] * len(records)
     return [
         archaeological_slag(text, words)
