@@ -7,14 +7,17 @@ import json
 import pandas as pd
 import pytest
 
-from microqa import report
+from microqa import readme
 
 pytestmark = pytest.mark.notebooks
 
 REQUIRED = [
     "task",
-    "method",
+    "subset",
     "label",
+    "model",
+    "context",
+    "partner",
     "kind",
     "n",
     "accuracy",
@@ -40,11 +43,14 @@ def test_pipeline_01_to_05_writes_the_comparison_with_provenance(smoke_pipeline)
     assert table["provenance"].str.contains("data: embedded sample").all()
     assert table["provenance"].str.contains("weights: ").all()
     assert (table.loc[table["kind"] == "vlm", "weights"] == "random").all()
-    # one task's rows are measured on the same images
-    assert table.groupby("task")["n"].nunique().eq(1).all()
+    # one task's rows are measured on the same images, pooled over both folds
+    assert table.groupby(["task", "subset"])["n"].nunique().eq(1).all()
     assert table["accuracy"].between(0, 1).all()
     choices = pd.read_csv(tables / "comparison_choices.csv")
-    assert set(choices["hybrid"]) == {"cascade", "fusion"}
+    assert {"cascade", "fusion"} <= set(choices["kind"])
+    assert set(choices["held_out_fold"]) == {0, 1}
+    paired = pd.read_csv(tables / "comparison_paired_tests.csv")
+    assert {"p_bootstrap_holm", "p_mcnemar_holm", "mdd_80"} <= set(paired.columns)
     record = json.loads((smoke_pipeline.root / "build" / "provenance.json").read_text())
     assert {"data", "clip", "vlm", "comparison"} <= set(record)
     assert {"data", "clip", "vlm"} <= {stage for stage in record if record[stage]["fallbacks"]}
@@ -54,9 +60,9 @@ def test_pipeline_01_to_05_writes_the_comparison_with_provenance(smoke_pipeline)
 
 def test_results_section_replaces_only_between_markers(tmp_path):
     readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{report.START}\nold\n{report.END}\noutro\n")
-    report.update_readme(readme, "new table\n")
-    assert readme.read_text() == f"intro\n{report.START}\nnew table\n{report.END}\noutro\n"
+    readme.write_text(f"intro\n{readme.START}\nold\n{readme.END}\noutro\n")
+    readme.update_readme(readme, "new table\n")
+    assert readme.read_text() == f"intro\n{readme.START}\nnew table\n{readme.END}\noutro\n"
     readme.write_text("no markers here\n")
     with pytest.raises(ValueError, match="lacks the markers"):
-        report.update_readme(readme, "x")
+        readme.update_readme(readme, "x")
