@@ -84,6 +84,33 @@ def paired_view(paired: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def probe_view(probes: pd.DataFrame) -> pd.DataFrame:
+    """Probe rows, compact: mean ± sd over CV fold seeds, and the first seed's 95% CI."""
+    if probes.empty:
+        return pd.DataFrame()
+
+    def spread(r, name):
+        return f"{r[name]:.3f} ± {r[f'{name}_sd']:.3f}"
+
+    return pd.DataFrame(
+        {
+            "features": probes["features"],
+            "task": probes["task"],
+            "probe": probes["probe"],
+            "cv": probes["cv"],
+            "n": probes["n"],
+            "balanced acc. (mean ± sd over seeds)": [
+                spread(r, "balanced_accuracy") for _, r in probes.iterrows()
+            ],
+            "95% CI (seed 0)": [
+                f"[{r['balanced_accuracy_ci_low']:.2f}, {r['balanced_accuracy_ci_high']:.2f}]"
+                for _, r in probes.iterrows()
+            ],
+            "accuracy (mean ± sd)": [spread(r, "accuracy") for _, r in probes.iterrows()],
+        }
+    )
+
+
 def _markdown(frame: pd.DataFrame) -> list[str]:
     return [frame.to_markdown(index=False), ""] if not frame.empty else ["(none)", ""]
 
@@ -114,22 +141,23 @@ def _real_feature_summary() -> list[str]:
     probe = pd.read_csv(path)
     real = probe[
         probe["features"].str.contains("pretrained")
-        & probe["cv"].str.startswith("grouped")
+        & probe["cv"].str.startswith("grouped by")
         & probe["probe"].str.startswith("logreg")
     ]
     if real.empty:
         return []
     lines = [
-        "**Real pretrained features** (logistic-regression probe, 5-fold CV with whole "
-        "specimens held out, all labelled images):",
+        "**Real pretrained features** (logistic-regression probe, 5-fold CV holding out whole "
+        "specimens or whole contributors, mean ± sd over fold seeds, all labelled images):",
         "",
     ]
     for _, row in real.iterrows():
         lines.append(
-            f"- {row['task']} from {row['features']}: balanced accuracy "
-            f"{_ci(row, 'balanced_accuracy')}, accuracy {_ci(row, 'accuracy')} (n = {row['n']})"
+            f"- {row['task']}, {row['cv']}, {row['features']}: balanced accuracy "
+            f"{_ci(row, 'balanced_accuracy')} (sd over seeds {row['balanced_accuracy_sd']:.3f}), "
+            f"accuracy {_ci(row, 'accuracy')} (n = {row['n']})"
         )
-    return lines + ["", "Full comparison on the evaluation images:", ""]
+    return lines + ["", "Full comparison, every labelled image scored once:", ""]
 
 
 def results_markdown(
