@@ -131,26 +131,28 @@ def compare(
     slag = pd.Series(taxonomy.slag_records(df), index=records.index)
     tables, curves, paired, choices = [], [], [], []
     for task, (column, classes) in taxonomy.TASKS.items():
-        task_methods = [m for m in methods if m.task == task]
-        truth = records.loc[records[column].isin(classes), column]
-        for m in task_methods:
-            truth = truth.loc[truth.index.intersection(m.predictions.index)]
-        if not task_methods or folds.loc[truth.index].nunique() < 2:
+        labelled = records.loc[records[column].isin(classes), column]
+        task_methods = [_covering(m, labelled) for m in methods if m.task == task]
+        task_methods = [m for m in task_methods if _two_folds(m.predictions.index, folds)]
+        if not task_methods:
             continue  # nothing to compare, or one fold only: nothing to cross-fit on
-        task_methods = [m.restricted(truth.index) for m in task_methods]
-        stages, pooled = _clip_stages(task_methods, truth, folds, choices)
+        stages, pooled = _clip_stages(task_methods, labelled, folds, choices)
         vlms = [m for m in task_methods if m.kind == "vlm"]
         hybrids = []
         for stage, clip in zip(stages, pooled, strict=True):
             for vlm in _hybrid_partners(vlms):
-                hybrids += _hybrids(stage, clip, vlm, truth, folds, choices, curves)
+                both = labelled.loc[clip.predictions.index.intersection(vlm.predictions.index)]
+                if _two_folds(both.index, folds):
+                    on_both = {k: m.restricted(both.index) for k, m in stage.items()}
+                    pair = (clip.restricted(both.index), vlm.restricted(both.index))
+                    hybrids += _hybrids(on_both, *pair, both, folds, choices, curves)
         everything = pooled + vlms + hybrids
         for subset, exclude in SUBSETS.items():
             if exclude and task != "category":
                 continue
-            keep = truth if not exclude else truth[~slag.loc[truth.index]]
+            keep = labelled if not exclude else labelled[~slag.loc[labelled.index]]
             tables += [_row(m, keep, records, subset, n_boot, seed) for m in everything]
-        paired += _paired_rows(everything, truth, records["specimen_group"], n_boot, seed)
+        paired += _paired_rows(everything, labelled, records["specimen_group"], n_boot, seed)
     table = pd.DataFrame(tables)
     if not table.empty:
         table["provenance"] = table["weights"].map(provenance_line)
@@ -162,13 +164,27 @@ def compare(
     )
 
 
-def _clip_stages(methods, truth, folds, choices) -> tuple[list, list[Method]]:
+def _covering(method: Method, labelled: pd.Series) -> Method:
+    """The method on the labelled images it answered (each method covers its own images)."""
+    return method.restricted(method.predictions.index.intersection(labelled.index))
+
+
+def _two_folds(ids, folds: pd.Series) -> bool:
+    """Cross-fitting needs images in both folds."""
+    return folds.loc[ids].nunique() >= 2
+
+
+def _clip_stages(methods, labelled, folds, choices) -> tuple[list, list[Method]]:
     """CLIP stages as (candidates by prompt set) and their pooled cross-fitted methods:
     zero-shot chooses its prompt set on the other fold; a probe is already out of fold."""
     stages: list[dict[str, Method]] = []
     zero_shot = [m for m in methods if m.kind == "clip_zero_shot"]
     for model in sorted({m.model for m in zero_shot}):
-        stages.append({m.prompt_set: m for m in zero_shot if m.model == model})
+        sets = [m for m in zero_shot if m.model == model]
+        common = labelled.index
+        for m in sets:
+            common = common.intersection(m.predictions.index)
+        stages.append({m.prompt_set: m.restricted(common) for m in sets})
     stages += [{m.prompt_set: m} for m in methods if m.kind == "clip_probe"]
     pooled = []
     for candidates in stages:
@@ -182,6 +198,7 @@ def _clip_stages(methods, truth, folds, choices) -> tuple[list, list[Method]]:
             chosen = choose_prompt_set(candidates, train)
             return {"prompt_set": chosen}, candidates[chosen]
 
+        truth = labelled.loc[first.predictions.index]
         method, rows = cross_fit(truth, folds, fit, template)
         choices += [{"task": first.task, **template.identity(), **r} for r in rows]
         pooled.append(method)
@@ -227,7 +244,8 @@ def _hybrids(candidates, clip, vlm, truth, folds, choices, curves) -> list[Metho
     return out
 
 
-def _row(method: Method, truth: pd.Series, records, subset, n_boot, seed) -> dict:
+def _row(method: Method, labelled: pd.Series, records, subset, n_boot, seed) -> dict:
+    truth = labelled.loc[labelled.index.intersection(method.predictions.index)]
     classes = taxonomy.TASKS[method.task][1]
     probs = None if method.probabilities is None else method.probabilities.loc[truth.index]
     summary = stats.summarise(
@@ -289,9 +307,14 @@ def study_pairs(methods: list[Method]) -> list[tuple[str, Method, Method]]:
     return pairs
 
 
-def _paired_rows(methods, truth, groups, n_boot, seed) -> list[dict]:
+def _paired_rows(methods, labelled, groups, n_boot, seed) -> list[dict]:
+    """Each pair on the images both methods answered."""
     rows = []
     for question, a, b in study_pairs(methods):
+        both = a.predictions.index.intersection(b.predictions.index)
+        truth = labelled.loc[labelled.index.intersection(both)]
+        if len(truth) < 2:
+            continue
         result = stats.paired_comparison(
             truth.to_numpy(),
             list(a.predictions.loc[truth.index]),
