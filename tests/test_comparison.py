@@ -253,3 +253,59 @@ def test_published_numbers_are_marked_and_carry_their_n():
     table = comparison.published_rows()
     assert (table["kind"] == "published").all()
     assert table["n"].gt(0).all() and table["protocol"].str.len().gt(10).all()
+
+
+def test_hybrid_mechanics_on_a_tiny_case():
+    probs = pd.DataFrame(
+        [[0.75, 0.25, 0.0], [1.0, 0.0, 0.0], [0.5, 0.25, 0.25]],
+        index=[1, 2, 3],
+        columns=["x", "y", "z"],
+    )
+    vlm_p = pd.DataFrame(
+        [[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
+        index=[1, 2, 3],
+        columns=["x", "y", "z"],
+    )
+    clip, vlm = _method("clip_zero_shot", probs), _method("vlm", vlm_p)
+    at = hybrids.apply_cascade(clip, vlm, threshold=0.25)  # margins 0.5, 1, 0.25: none below
+    assert at.kind == "cascade" and list(at.predictions) == ["x", "x", "x"]
+    assert at.notes["fraction_to_vlm"] == 0.0
+    assert list(hybrids.apply_cascade(clip, vlm, np.inf).predictions) == ["z", "y", "z"]
+    assert list(hybrids.apply_cascade(clip, vlm, -np.inf).predictions) == ["x", "x", "x"]
+    truth = pd.Series(["z", "x", "z"], index=[1, 2, 3])
+    curve = hybrids.cascade_curve(clip, vlm, truth)
+    assert list(curve["fraction_to_vlm"]) == pytest.approx([0.0, 1 / 3, 2 / 3, 1.0])
+    assert list(curve["accuracy"]) == pytest.approx([1 / 3, 2 / 3, 1.0, 2 / 3])
+    assert hybrids.choose_threshold(curve) == 1.0  # below margin 1: rows 1 and 3 go
+    fused = hybrids.fuse(clip, vlm, 0.5)  # zeros stay finite thanks to eps
+    assert fused.kind == "fusion" and fused.probabilities is not None
+    assert (
+        np.allclose(fused.probabilities.sum(axis=1), 1)
+        and np.isfinite(fused.probabilities).all().all()
+    )
+    assert fused.partner == vlm.model and fused.base == "clip_zero_shot"
+
+
+def test_prompt_set_choice_and_cross_fit_use_the_other_fold():
+    ids = pd.Index(range(8))
+    truth = pd.Series(list("xyxyxyxy"), index=ids)
+    folds = pd.Series([0, 0, 0, 0, 1, 1, 1, 1], index=ids)
+    good_first = pd.Series(list("xyxy") + list("yxyx"), index=ids)  # right on fold 0 only
+    good_second = pd.Series(list("yxyx") + list("xyxy"), index=ids)  # right on fold 1 only
+    one = methods.Method("clip_zero_shot", "technique", "m", good_first, prompt_set="one")
+    two = methods.Method("clip_zero_shot", "technique", "m", good_second, prompt_set="two")
+    candidates = {"one": one, "two": two}
+    assert hybrids.choose_prompt_set(candidates, truth[folds == 0]) == "one"
+    assert hybrids.choose_prompt_set(candidates, truth) == "one"  # a tie goes to name order
+
+    def fit(train):
+        chosen = hybrids.choose_prompt_set(candidates, train)
+        return {"prompt_set": chosen}, candidates[chosen]
+
+    pooled, rows = hybrids.cross_fit(truth, folds, fit, one)
+    # fold 1 is predicted by the set chosen on fold 0 ("one"), and vice versa: all wrong
+    assert (pooled.predictions != truth).all()
+    assert [(r["held_out_fold"], r["prompt_set"], r["n_chosen_on"]) for r in rows] == [
+        (0, "two", 4),
+        (1, "one", 4),
+    ]

@@ -120,3 +120,78 @@ def test_minimal_detectable_difference_at_80_percent_power():
 def test_same_inputs_same_numbers():
     y, pred, groups = _specimens()
     assert stats.summarise(y, pred, groups, seed=5) == stats.summarise(y, pred, groups, seed=5)
+
+
+def test_summary_columns_top2_and_empty_input():
+    y = ["A", "B", "C", "A"]
+    scores = np.array([[0.6, 0.3, 0.1], [0.5, 0.4, 0.1], [0.2, 0.5, 0.3], [0.1, 0.2, 0.7]])
+    pred = ["A", "A", "B", "C"]
+    row = stats.summarise(
+        y, pred, ["s1", "s2", "s3", "s1"], scores=scores, classes="ABC", n_boot=20
+    )
+    assert row["top2_accuracy"] == 0.75  # A yes, B yes, C yes (B, C), A no (C, B)
+    assert row["n_specimens"] == 3 and row["ci_level"] == 0.95
+    assert row["macro_precision"] == pytest.approx((1 / 2 + 0 + 0) / 3)
+    assert row["macro_recall"] == pytest.approx((1 / 2 + 0 + 0) / 3)
+    assert set(row) == {
+        "n", "n_specimens", "accuracy", "balanced_accuracy", "macro_precision", "macro_recall",
+        "macro_f1", "unanswered_rate", "top2_accuracy", "ci_level",
+        *(f"{m}_ci_{side}" for m in stats.CI_METRICS for side in ("low", "high")),
+    }  # fmt: skip
+    assert "top2_accuracy" not in stats.summarise(y, pred, n_boot=5)
+    assert "top2_accuracy" not in stats.summarise(y, pred, scores=scores, n_boot=5)
+    assert stats.summarise(y, pred, n_boot=5)["n_specimens"] == 4
+    empty = stats.summarise([], [], n_boot=5)
+    assert empty["n"] == 0 and np.isnan(empty["balanced_accuracy"])
+    assert np.isnan(empty["accuracy_ci_low"]) and np.isnan(empty["macro_f1"])
+    assert all(np.isnan(v) for v in stats.interval([]))
+    assert np.isnan(stats.bootstrap_p(np.array([])))
+    assert stats.resamples([], n_boot=3) == []
+
+
+def test_defaults_are_1000_resamples_seed_0_and_2000_for_pairs():
+    y, pred, groups = _specimens()
+    assert len(stats.resamples(y, groups)) == 1000
+    assert [list(i) for i in stats.resamples(y, groups, n_boot=3)] == [
+        list(i) for i in stats.resamples(y, groups, n_boot=3, seed=0)
+    ]
+    assert stats.summarise(y, pred, groups) == stats.summarise(y, pred, groups, n_boot=1000, seed=0)
+    other = np.roll(pred, 7)
+    assert stats.paired_comparison(y, pred, other, groups) == stats.paired_comparison(
+        y, pred, other, groups, n_boot=2000, seed=0
+    )
+
+
+def test_paired_interval_respects_specimens_and_its_se_is_the_balanced_one():
+    y, pred, groups = _specimens(n_specimens=20, per_specimen=10)
+    other = np.where(np.repeat(np.arange(20) % 4 == 0, 10), y, pred)
+    clustered = stats.paired_comparison(y, pred, other, groups, n_boot=300, seed=2)
+    naive = stats.paired_comparison(y, pred, other, None, n_boot=300, seed=2)
+    width = clustered["balanced_accuracy_ci_high"] - clustered["balanced_accuracy_ci_low"]
+    assert width > 2 * (naive["balanced_accuracy_ci_high"] - naive["balanced_accuracy_ci_low"])
+    assert clustered["n_specimens"] == 20 and naive["n_specimens"] == 200
+    a = metrics._Codes(y, metrics._clean(pred))
+    b = metrics._Codes(y, metrics._clean(other))
+    boot = [
+        a.balanced_accuracy(i) - b.balanced_accuracy(i)
+        for i in stats.resamples(y, groups, n_boot=300, seed=2)
+    ]
+    assert clustered["balanced_accuracy_se"] == pytest.approx(np.std(boot, ddof=1))
+    assert clustered["ci_level"] == 0.95 and clustered["n"] == 200
+
+
+def test_a_class_only_in_mixed_specimens_is_kept_by_its_stratum():
+    y = np.array(["SEM"] * 40 + ["AFM", "SEM"], dtype=object)
+    groups = np.array(list(range(40)) + [99, 99])  # the AFM image shares a specimen with SEM
+    for index in stats.resamples(y, groups, n_boot=200, seed=0):
+        assert "AFM" in set(y[index])
+
+
+def test_holm_caps_at_one_and_keeps_order_for_ties():
+    assert list(stats.holm([0.9, 0.95])) == [1.0, 1.0]
+    assert list(stats.holm([0.02, 0.02, 0.5])) == pytest.approx([0.06, 0.06, 0.5])
+    table = stats.with_holm(
+        __import__("pandas").DataFrame({"p_bootstrap": [0.01, 0.04], "p_mcnemar": [0.3, 0.2]})
+    )
+    assert list(table["p_bootstrap_holm"]) == pytest.approx([0.02, 0.04])
+    assert list(table["p_mcnemar_holm"]) == pytest.approx([0.4, 0.4])

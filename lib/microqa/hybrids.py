@@ -122,9 +122,7 @@ def cross_fit(
         probs.append(None if method.probabilities is None else method.probabilities.loc[ids])
         if method.notes.get("sent") is not None:
             sent.append(method.notes["sent"].loc[ids])
-        choices.append(
-            {"held_out_fold": fold, "chosen": choice, "n_chosen_on": int((~held_out).sum())}
-        )
+        choices.append({"held_out_fold": fold, **choice, "n_chosen_on": int((~held_out).sum())})
     probabilities = None if any(p is None for p in probs) else pd.concat(probs).loc[truth.index]
     pooled = replace(
         template, predictions=pd.concat(preds).loc[truth.index], probabilities=probabilities
