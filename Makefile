@@ -22,7 +22,7 @@ DATASET_DIR := $(if $(DATASET),$(abspath $(DATASET)))
 # MICROQA_PUBLISH=1: these runs may publish to figures/, tables/, docs/ (lib/microqa/publishing.py)
 PAPERMILL = MICROQA_PUBLISH=1 $(PY) -m papermill --no-progress-bar --log-output --cwd notebooks -p profile $(PROFILE) $(NB_PARAMS)
 
-.PHONY: help setup reproduce report smoke test test-slow bench lab lint sample clean
+.PHONY: help setup reproduce report smoke test test-slow bench lab lint sample clean mutation
 
 help: ## show this help
 	@echo "Targets:"
@@ -102,6 +102,17 @@ lint: setup ## ruff (lint and format check) over the library, tests, benchmarks,
 
 test: setup lint ## lint + the test suite (unit, mirror integration, notebooks in the smoke profile)
 	$(PY) -m pytest -m "not slow" -q
+
+mutation: setup ## mutation testing (mutmut) of the study logic; prints the kill rate (slow)
+	rm -rf build/mutation && mkdir -p build/mutation/data
+	cp -r pyproject.toml tests notebooks build/mutation/ && cp -r data/sample build/mutation/data/
+	cp -r lib build/mutation/src  # mutmut names modules from a src/ layout
+	cd build/mutation && MICROQA_SHARED=$(abspath ..)/shared PYTHONPATH= \
+	  $(abspath $(VENV))/bin/mutmut run --max-children $(shell nproc) $(MUTANTS)
+	cd build/mutation && $(abspath $(VENV))/bin/mutmut export-cicd-stats
+	$(PY) -c "import json; s = json.load(open('build/mutation/mutants/mutmut-cicd-stats.json')); \
+	caught = s['killed'] + s['timeout']; run = caught + s['survived'] + s['no_tests'] + s['suspicious']; \
+	print(f'mutation kill rate: {caught}/{run} = {caught / max(1, run):.1%} of the mutants run', s)"
 
 test-slow: setup ## the slow tests (full-mirror scrape, full pipeline on the mirror)
 	$(PY) -m pytest -m slow -q

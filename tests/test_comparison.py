@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from microqa import comparison, dataset, taxonomy
+from microqa import comparison, hybrids, methods, metrics, splits, stats, taxonomy
 
 CLASSES = taxonomy.TASKS["technique"][1]
 
@@ -25,6 +25,7 @@ def planted(tmp_path, n=200, seed=0):
             "technique_coarse": [taxonomy.coarse_class(t) for t in truth],
             "primary_category": None,
             "specimen_group": [f"specimen {i // 2}" for i in ids],  # pairs of near-duplicates
+            "brief_description": [f"specimen {i // 2}" for i in ids],
         }
     )
     confident = rng.random(n) < 0.6
@@ -89,54 +90,222 @@ def planted(tmp_path, n=200, seed=0):
     return df, paths, confident
 
 
-def test_cascade_sends_unconfident_images_and_beats_both_parts(tmp_path, monkeypatch):
+def _compare(tmp_path, monkeypatch, **kwargs):
     monkeypatch.setenv("MICROQA_BUILD", str(tmp_path / "build"))
     df, paths, confident = planted(tmp_path)
-    split = dataset.selection_split(df, seed=0)
-    result = comparison.compare(df, split, paths=paths, n_boot=100)
+    return df, paths, confident, comparison.compare(df, paths=paths, n_boot=50, **kwargs)
+
+
+def test_every_labelled_image_is_evaluated_once_and_the_cascade_beats_both_parts(
+    tmp_path, monkeypatch
+):
+    df, _, confident, result = _compare(tmp_path, monkeypatch)
     table = result.table.set_index("kind")
-    clip_acc = table.loc["clip_zero_shot", "accuracy"]
-    vlm_acc = table.loc["vlm", "accuracy"]
+    assert (result.table["n"] == len(df)).all()  # pooled out-of-fold: all 200 images
+    assert set(result.table["subset"]) == {"all labelled"}  # no category task here
     cascade = table.loc["cascade"]
-    assert cascade["accuracy"] > max(clip_acc, vlm_acc)
-    # the threshold chosen on the select half routes about the unconfident 40% to the VLM
+    assert cascade["accuracy"] > max(
+        table.loc["clip_zero_shot", "accuracy"], table.loc["vlm", "accuracy"]
+    )
     assert cascade["fraction_to_vlm"] == pytest.approx(1 - confident.mean(), abs=0.12)
     assert cascade["seconds_per_image"] == pytest.approx(0.1 + cascade["fraction_to_vlm"] * 2.0)
-    # every row reports on the same evaluation images, with provenance
-    assert result.table["n"].nunique() == 1
-    evaluate_n = int((split == "evaluate").sum())
-    assert result.table["n"].iloc[0] == evaluate_n
     assert result.table["provenance"].str.contains("weights: random").all()
     curve = result.curves
     assert curve["fraction_to_vlm"].min() == 0.0 and curve["fraction_to_vlm"].max() == 1.0
-    assert set(result.choices["hybrid"]) == {"cascade", "fusion"}
+    # one choice per held-out fold and kind, each made on the other fold's images
+    folds = splits.assign_folds(df)
+    for kind in ("cascade", "fusion"):
+        rows = result.choices[result.choices["kind"] == kind].set_index("held_out_fold")
+        assert sorted(rows.index) == [0, 1]
+        assert rows.loc[0, "n_chosen_on"] == int((folds == 1).sum())
 
 
-def test_choices_never_see_the_evaluation_half(tmp_path, monkeypatch):
-    """Corrupting the VLM on the evaluation half must not change the chosen threshold."""
-    monkeypatch.setenv("MICROQA_BUILD", str(tmp_path / "build"))
-    df, paths, _ = planted(tmp_path)
-    split = dataset.selection_split(df, seed=0)
-    before = comparison.compare(df, split, paths=paths, n_boot=20).choices
+def test_each_fold_is_chosen_without_its_own_labels(tmp_path, monkeypatch):
+    """Corrupting the VLM on fold 1 must leave every choice for fold 1 (made on fold 0) as it
+    was: a threshold or weight chosen on the evaluated fold would move."""
+    df, paths, _, before = _compare(tmp_path, monkeypatch)
     answers = pd.read_csv(paths["answers"])
-    evaluate_ids = set(df.loc[split == "evaluate", "micrograph_no"])
-    answers.loc[answers["micrograph_no"].isin(evaluate_ids), "prediction"] = "AFM"
+    fold_1 = set(df.loc[splits.assign_folds(df) == 1, "micrograph_no"])
+    answers.loc[answers["micrograph_no"].isin(fold_1), "prediction"] = "AFM"
+    answers.loc[answers["micrograph_no"].isin(fold_1), "probabilities"] = json.dumps(
+        {c: (0.96 if c == "AFM" else 0.01) for c in CLASSES}
+    )
     answers.to_csv(paths["answers"], index=False)
-    after = comparison.compare(df, split, paths=paths, n_boot=20).choices
-    pd.testing.assert_frame_equal(before, after)
+    after = comparison.compare(df, paths=paths, n_boot=20).choices
+    held_1 = before.choices["held_out_fold"] == 1
+    pd.testing.assert_frame_equal(
+        before.choices[held_1].reset_index(drop=True),
+        after[after["held_out_fold"] == 1].reset_index(drop=True),
+    )
+    assert not before.choices[~held_1].equals(after[after["held_out_fold"] == 0])
 
 
-def test_fusion_weight_extremes_reproduce_each_part():
-    ids = pd.Index([1, 2, 3])
-    a = pd.DataFrame([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]], index=ids, columns=["x", "y"])
-    b = pd.DataFrame([[0.3, 0.7], [0.6, 0.4], [0.1, 0.9]], index=ids, columns=["x", "y"])
-    ma = comparison.Method("a", "clip_zero_shot", "technique", "a", comparison._argmax(a), a)
-    mb = comparison.Method("b", "vlm", "technique", "b", comparison._argmax(b), b)
-    assert list(comparison.fuse(ma, mb, 1.0).predictions) == list(ma.predictions)
-    assert list(comparison.fuse(ma, mb, 0.0).predictions) == list(mb.predictions)
+def _method(kind, probs, **identity):
+    return methods.Method(
+        kind, "technique", identity.pop("model", kind), methods.argmax(probs), probs, **identity
+    )
+
+
+def test_fusion_weight_extremes_reproduce_each_part_and_the_best_weight_wins():
+    ids = pd.Index([1, 2, 3, 4])
+    a = pd.DataFrame(
+        [[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]], index=ids, columns=["x", "y"]
+    )
+    b = pd.DataFrame(
+        [[0.3, 0.7], [0.6, 0.4], [0.1, 0.9], [0.2, 0.8]], index=ids, columns=["x", "y"]
+    )
+    ma, mb = _method("clip_zero_shot", a), _method("vlm", b)
+    assert list(hybrids.fuse(ma, mb, 1.0).predictions) == list(ma.predictions)
+    assert list(hybrids.fuse(ma, mb, 0.0).predictions) == list(mb.predictions)
+    for truth in (["x", "y", "x", "y"], ["y", "x", "y", "y"]):  # CLIP right; the VLM right
+        truth = pd.Series(truth, index=ids)
+        score = {
+            w: metrics.balanced_accuracy(truth, list(hybrids.fuse(ma, mb, w).predictions))
+            for w in hybrids.FUSION_WEIGHTS
+        }
+        best = max(score.values())
+        tied = [w for w, v in score.items() if v == best]
+        assert min(score.values()) < best  # the weight matters here
+        chosen = hybrids.choose_fusion_weight(ma, mb, truth)
+        assert score[chosen] == best and chosen == min(tied, key=lambda w: abs(w - 0.5))
+
+
+def test_cascade_uses_the_margin_not_the_top_probability():
+    probs = pd.DataFrame([[0.5, 0.45, 0.05], [0.4, 0.3, 0.3]], columns=["x", "y", "z"])
+    assert list(hybrids.confidence(probs)) == pytest.approx([0.05, 0.1])
+    assert list(hybrids.confidence(probs, "top")) == pytest.approx([0.5, 0.4])
+    clip = _method("clip_zero_shot", probs)
+    vlm = _method("vlm", pd.DataFrame([[0, 1, 0], [0, 0, 1]], columns=["x", "y", "z"]))
+    sent = hybrids.apply_cascade(clip, vlm, threshold=0.08)
+    assert list(sent.predictions) == ["y", "x"]  # first image (margin 0.05) goes to the VLM
+    assert sent.notes["fraction_to_vlm"] == 0.5
+
+
+def test_threshold_choice_is_the_best_and_cheapest():
+    curve = pd.DataFrame(
+        {
+            "threshold": [-np.inf, 0.1, 0.2, np.inf],
+            "fraction_to_vlm": [0.0, 0.3, 0.6, 1.0],
+            "balanced_accuracy": [0.5, 0.8, 0.8, 0.6],
+        }
+    )
+    assert hybrids.choose_threshold(curve) == 0.1
+
+
+def test_labels_are_derived_from_identity_and_pairs_found_by_identity():
+    ids = pd.Index([1, 2])
+    p = pd.DataFrame([[0.9, 0.1], [0.2, 0.8]], index=ids, columns=["x", "y"])
+    zs = _method("clip_zero_shot", p, model="ViT-B-32:openai", prompt_set="cross-fitted")
+    probe = _method(
+        "clip_probe", p, model="reference ViT-B/32 (pretrained)", prompt_set="knn-grouped-cv"
+    )
+    plain = _method("vlm", p, model="/somewhere/on/disk/Qwen2-VL-2B", context="none", mode="score")
+    near = replace_context(plain, "clip_neighbours")
+    other = _method("vlm", p, model="llava-hf/llava-v1.6", context="none", mode="score")
+    cascade = hybrids.hybrid("cascade", zs, plain, zs.predictions, None, None)
+    assert methods.label(plain.identity()) == "Qwen2-VL-2B"  # no machine path
+    assert "supervised" in methods.label(near.identity())
+    assert methods.label(cascade.identity()).startswith("cascade CLIP ViT-B-32:openai zero-shot")
+    questions = {
+        (q, a.kind, b.kind, b.model)
+        for q, a, b in comparison.study_pairs([zs, probe, plain, near, other, cascade])
+    }
+    assert ("VLM with CLIP context vs without", "vlm", "vlm", plain.model) in questions
+    assert ("one VLM vs another", "vlm", "vlm", other.model) in questions
+    assert (
+        "CLIP zero-shot vs CLIP probe",
+        "clip_zero_shot",
+        "clip_probe",
+        probe.model,
+    ) in questions
+    assert (
+        "retrieved expert metadata (VLM) vs k-NN probe",
+        "vlm",
+        "clip_probe",
+        probe.model,
+    ) in questions
+    assert ("cascade vs its VLM alone", "cascade", "vlm", plain.model) in questions
+    assert ("cascade vs its CLIP stage", "cascade", "clip_zero_shot", zs.model) in questions
+
+
+def replace_context(method, context):
+    from dataclasses import replace
+
+    return replace(method, context=context)
+
+
+def test_paired_table_differences_match_the_table_and_are_holm_corrected(tmp_path, monkeypatch):
+    _, _, _, result = _compare(tmp_path, monkeypatch)
+    paired, table = result.paired, result.table.set_index("label")
+    assert {"cascade vs its VLM alone", "cascade vs its CLIP stage"} <= set(paired["question"])
+    for row in paired.itertuples():
+        expected = (
+            table.loc[row.method_a, "balanced_accuracy"]
+            - table.loc[row.method_b, "balanced_accuracy"]
+        )
+        assert row.balanced_accuracy_difference == pytest.approx(expected)
+    assert (paired["p_bootstrap_holm"] >= paired["p_bootstrap"]).all()
+    assert np.allclose(paired["p_mcnemar_holm"], stats.holm(paired["p_mcnemar"]))
+    assert (paired["mdd_80"] > 0).all()
 
 
 def test_published_numbers_are_marked_and_carry_their_n():
     table = comparison.published_rows()
     assert (table["kind"] == "published").all()
     assert table["n"].gt(0).all() and table["protocol"].str.len().gt(10).all()
+
+
+def test_hybrid_mechanics_on_a_tiny_case():
+    probs = pd.DataFrame(
+        [[0.75, 0.25, 0.0], [1.0, 0.0, 0.0], [0.5, 0.25, 0.25]],
+        index=[1, 2, 3],
+        columns=["x", "y", "z"],
+    )
+    vlm_p = pd.DataFrame(
+        [[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
+        index=[1, 2, 3],
+        columns=["x", "y", "z"],
+    )
+    clip, vlm = _method("clip_zero_shot", probs), _method("vlm", vlm_p)
+    at = hybrids.apply_cascade(clip, vlm, threshold=0.25)  # margins 0.5, 1, 0.25: none below
+    assert at.kind == "cascade" and list(at.predictions) == ["x", "x", "x"]
+    assert at.notes["fraction_to_vlm"] == 0.0
+    assert list(hybrids.apply_cascade(clip, vlm, np.inf).predictions) == ["z", "y", "z"]
+    assert list(hybrids.apply_cascade(clip, vlm, -np.inf).predictions) == ["x", "x", "x"]
+    truth = pd.Series(["z", "x", "z"], index=[1, 2, 3])
+    curve = hybrids.cascade_curve(clip, vlm, truth)
+    assert list(curve["fraction_to_vlm"]) == pytest.approx([0.0, 1 / 3, 2 / 3, 1.0])
+    assert list(curve["accuracy"]) == pytest.approx([1 / 3, 2 / 3, 1.0, 2 / 3])
+    assert hybrids.choose_threshold(curve) == 1.0  # below margin 1: rows 1 and 3 go
+    fused = hybrids.fuse(clip, vlm, 0.5)  # zeros stay finite thanks to eps
+    assert fused.kind == "fusion" and fused.probabilities is not None
+    assert (
+        np.allclose(fused.probabilities.sum(axis=1), 1)
+        and np.isfinite(fused.probabilities).all().all()
+    )
+    assert fused.partner == vlm.model and fused.base == "clip_zero_shot"
+
+
+def test_prompt_set_choice_and_cross_fit_use_the_other_fold():
+    ids = pd.Index(range(8))
+    truth = pd.Series(list("xyxyxyxy"), index=ids)
+    folds = pd.Series([0, 0, 0, 0, 1, 1, 1, 1], index=ids)
+    good_first = pd.Series(list("xyxy") + list("yxyx"), index=ids)  # right on fold 0 only
+    good_second = pd.Series(list("yxyx") + list("xyxy"), index=ids)  # right on fold 1 only
+    one = methods.Method("clip_zero_shot", "technique", "m", good_first, prompt_set="one")
+    two = methods.Method("clip_zero_shot", "technique", "m", good_second, prompt_set="two")
+    candidates = {"one": one, "two": two}
+    assert hybrids.choose_prompt_set(candidates, truth[folds == 0]) == "one"
+    assert hybrids.choose_prompt_set(candidates, truth) == "one"  # a tie goes to name order
+
+    def fit(train):
+        chosen = hybrids.choose_prompt_set(candidates, train)
+        return {"prompt_set": chosen}, candidates[chosen]
+
+    pooled, rows = hybrids.cross_fit(truth, folds, fit, one)
+    # fold 1 is predicted by the set chosen on fold 0 ("one"), and vice versa: all wrong
+    assert (pooled.predictions != truth).all()
+    assert [(r["held_out_fold"], r["prompt_set"], r["n_chosen_on"]) for r in rows] == [
+        (0, "two", 4),
+        (1, "one", 4),
+    ]

@@ -147,7 +147,12 @@ def test_taxonomy_table_of_the_mirror_splits_cross_polarised(mirror):
     table = dataset.taxonomy_table(mirror)
     assert table["technique"].map(taxonomy.normalise).nunique() == 24
     cross = table[table["technique"] == "Cross-polarised light microscopy"]
-    assert set(cross["family"]) == {taxonomy.OPTICAL_REFLECTED, taxonomy.OPTICAL_TRANSMITTED}
+    # macroscopic photographs between crossed polarisers are Other (taxonomy.macroscopic_photograph)
+    assert set(cross["family"]) == {
+        taxonomy.OPTICAL_REFLECTED,
+        taxonomy.OPTICAL_TRANSMITTED,
+        taxonomy.OTHER,
+    }
 
 
 # --- sampler and split -----------------------------------------------------------------------

@@ -1,264 +1,347 @@
 """Compare every method on the same images, and combine CLIP with a VLM (cascade, fusion).
 
-Inputs are the files the CLIP and VLM stages write under build/ (see their modules). Every
-choice (cascade threshold, fusion weight; the CLIP prompt set upstream) is made on the
-"select" half of `dataset.selection_split` and reported on the "evaluate" half.
+Cross-fitting: the images are split into two folds of whole specimens (`splits`). For each
+fold, every choice (CLIP prompt set, cascade threshold, fusion weight) is made on the *other*
+fold and applied to this one; the out-of-fold predictions of both folds are pooled, so every
+labelled image is evaluated exactly once and no choice sees the image it is scored on.
+
+A method's identity is data (`IDENTITY` columns: kind, base, model, weights, context, mode,
+prompt_set, partner); its display label is derived from them by `label` and never parsed back.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from microqa import config, metrics, provenance, taxonomy
+from microqa import provenance, splits, stats, taxonomy
 from microqa.clip import outputs as clip_outputs
-from microqa.vlm import runner
+from microqa.hybrids import (
+    apply_cascade,
+    cascade_curve,
+    choose_fusion_weight,
+    choose_prompt_set,
+    choose_threshold,
+    cross_fit,
+    fuse,
+    hybrid,
+)
+from microqa.methods import Method, clip_methods, label
+from microqa.vlm import outputs as vlm_outputs
+from microqa.vlm import scoring
 
-HYBRID_NOTES = ("threshold", "fraction_to_vlm", "weight")
-FUSION_WEIGHTS = tuple(np.round(np.linspace(0, 1, 11), 2))
-
-
-@dataclass
-class Method:
-    """One method's answers to one task: predictions (class or None) and, where it has them,
-    probabilities over the task's classes (rows: micrograph_no)."""
-
-    name: str
-    kind: str  # clip_zero_shot | clip_probe | vlm | cascade | fusion
-    task: str
-    label: str  # short and the same across tasks (the README's row name)
-    predictions: pd.Series
-    probabilities: pd.DataFrame | None = None
-    weights: str = "n/a"  # pretrained | random
-    seconds_per_image: float | None = None
-    visual_tokens: float | None = None
-    notes: dict = field(default_factory=dict)
-
-    def restricted(self, ids) -> Method:
-        probs = None if self.probabilities is None else self.probabilities.loc[ids]
-        return replace(self, predictions=self.predictions.loc[ids], probabilities=probs)
+SUBSETS = {"all labelled": None, "without archaeological slags": "slag"}
 
 
-def _pivot(long: pd.DataFrame, classes: tuple[str, ...]) -> pd.DataFrame:
-    table = long.pivot_table(index="micrograph_no", columns="class", values="probability")
-    return table.reindex(columns=list(classes)).fillna(0.0)
-
-
-def _argmax(probs: pd.DataFrame) -> pd.Series:
-    return pd.Series(probs.columns[np.argmax(probs.to_numpy(), axis=1)], index=probs.index)
-
-
-def clip_methods(
-    scores: pd.DataFrame, best: pd.DataFrame, timing: dict, *, kind: str = "clip_zero_shot"
-) -> list[Method]:
-    """CLIP zero-shot methods with the prompt set chosen upstream on the select half."""
-    out: list[Method] = []
-    if scores.empty:
-        return out
-    chosen = {(r.model, r.task): r.prompt_set for r in best.itertuples()} if len(best) else {}
-    for (model, task), group in scores.groupby(["model", "task"], sort=True):
-        if task not in taxonomy.TASKS:
-            continue
-        prompt_set = chosen.get((model, task), group["prompt_set"].iloc[0])
-        group = group[group["prompt_set"] == prompt_set]
-        probs = _pivot(group, taxonomy.TASKS[task][1])
-        label = "probe" if kind == "clip_probe" else f"zero-shot, {prompt_set}"
-        out.append(
-            Method(
-                name=f"CLIP {model.removeprefix('probe:')} ({label})",
-                kind=kind,
-                task=task,
-                label=f"CLIP probe on {model.removeprefix('probe:')}"
-                if kind == "clip_probe"
-                else f"CLIP {model} zero-shot",
-                predictions=_argmax(probs),
-                probabilities=probs,
-                weights=str(group["weights"].iloc[0]),
-                seconds_per_image=_embedding_cost(model, timing),
-            )
-        )
-    return out
-
-
-def _embedding_cost(model: str, timing: dict) -> float | None:
-    """Measured CLIP seconds per image; a probe on ViT-B/32 features costs a ViT-B/32 pass
-    (random weights have the same FLOPs, so the measured random-weight time stands in)."""
-    if model in timing:
-        return timing[model].get("seconds_per_image")
-    if model.startswith("probe:") and ("ViT-B/32" in model or "ViT-B-32" in model):
-        same_arch = [v for k, v in timing.items() if k.startswith("ViT-B-32")]
-        return same_arch[0].get("seconds_per_image") if same_arch else None
-    return None
-
-
-def vlm_methods(answers: pd.DataFrame) -> list[Method]:
-    """One method per VLM x context x mode x prompt set (the identity option order only)."""
-    out = []
+def vlm_decisions(path: Path, folds: pd.Series) -> pd.DataFrame:
+    """THE one reader of VLM answers: `vlm.scoring`'s decisions (class probabilities averaged
+    over the option rotations, abstention below a letter-mass threshold chosen on the other
+    fold of specimens), one per (model, backend, weights, task, context, mode, prompt_set,
+    micrograph_no), with what the decision cost: seconds and visual tokens of every question
+    asked for it (all rotations). Probabilities a dict by class name; prediction None when
+    unanswered."""
+    if not path.exists():
+        return pd.DataFrame()
+    answers = vlm_outputs.load_answers(path)
+    answers = answers[answers["micrograph_no"].isin(folds.index)]
     if answers.empty:
+        return pd.DataFrame()
+    decided = scoring.decisions(answers, fold=folds)
+    cost = answers.groupby(scoring.DECISION_KEYS, dropna=False).agg(
+        latency_s=("latency_s", "sum"), visual_tokens=("visual_tokens", "mean")
+    )
+    decided = decided.join(cost, on=scoring.DECISION_KEYS)
+    text = decided["probabilities"].astype(str)
+    decided["probabilities"] = [json.loads(t) if len(t) > 2 else None for t in text]
+    return decided
+
+
+def vlm_methods(decisions: pd.DataFrame) -> list[Method]:
+    """One method per VLM x context x mode x prompt set."""
+    out = []
+    if decisions.empty:
         return out
-    answers = answers.copy()
-    answered = answers["prediction"].notna() & (answers["prediction"].astype(str) != "")
-    answers["prediction"] = answers["prediction"].where(answered, None)
     keys = ["model", "task", "context", "mode", "prompt_set"]
-    for (model, task, context, mode, prompt_set), group in answers.groupby(keys, sort=True):
+    for (model, task, context, mode, prompt_set), group in decisions.groupby(keys, sort=True):
         if task not in taxonomy.TASKS:
             continue
-        group = group.drop_duplicates("micrograph_no").set_index("micrograph_no")
-        classes = taxonomy.TASKS[task][1]
+        group = group.set_index("micrograph_no")
+        classes = list(taxonomy.TASKS[task][1])
         probs = None
-        if mode == "score" and group["probabilities"].astype(str).str.len().gt(2).all():
-            parsed = [json.loads(p) for p in group["probabilities"]]
-            probs = pd.DataFrame(parsed, index=group.index).reindex(columns=list(classes)).fillna(0)
-        pred = group["prediction"].where(group["prediction"].notna(), None)
+        if mode == "score" and group["probabilities"].notna().all():
+            probs = pd.DataFrame(list(group["probabilities"]), index=group.index)
+            probs = probs.reindex(columns=classes).fillna(0.0)
+        tokens = group["visual_tokens"]
         out.append(
             Method(
-                name=f"{Path(str(model)).name} ({context} context, {mode}, {prompt_set})",
                 kind="vlm",
                 task=task,
-                label=f"{Path(str(model)).name}, {context} context"
-                + (", earlier study's prompt" if prompt_set == "earlier_study" else ""),
-                predictions=pred,
+                model=str(model),
+                predictions=group["prediction"].astype(object),
                 probabilities=probs,
                 weights=str(group["weights"].iloc[0]),
+                context=str(context),
+                mode=str(mode),
+                prompt_set=str(prompt_set),
                 seconds_per_image=float(group["latency_s"].mean()),
-                visual_tokens=float(group["visual_tokens"].mean())
-                if group["visual_tokens"].notna().any()
-                else None,
-                notes={"model": model, "context": context, "mode": mode, "prompt_set": prompt_set},
+                visual_tokens=float(tokens.mean()) if tokens.notna().any() else None,
             )
         )
     return out
-
-
-def confidence(probs: pd.DataFrame, how: str = "margin") -> pd.Series:
-    """Top probability, or margin between the two highest (default: margin)."""
-    values = np.sort(probs.to_numpy(), axis=1)
-    score = values[:, -1] - values[:, -2] if how == "margin" else values[:, -1]
-    return pd.Series(score, index=probs.index)
-
-
-def _score(truth: pd.Series, pred: pd.Series, metric: str) -> float:
-    fn = metrics.balanced_accuracy if metric == "balanced_accuracy" else metrics.accuracy
-    return fn(truth.to_numpy(), list(pred.to_numpy()))
 
 
 def _hybrid_partners(vlms: list[Method]) -> list[Method]:
     """The VLM answers a hybrid uses: asked without CLIP context (the context variants already
     combine the two inside the prompt), in the study's wording where the task has it."""
-    plain = [v for v in vlms if v.notes.get("context") == "none"]
-    study = [v for v in plain if v.notes.get("prompt_set") == "study"]
+    plain = [v for v in vlms if v.context == "none"]
+    study = [v for v in plain if v.prompt_set == "study"]
     return study or plain
 
 
-def cascade_curve(base: Method, vlm: Method, truth: pd.Series, how: str = "margin") -> pd.DataFrame:
-    """Accuracy and balanced accuracy as the least confident images are sent to the VLM."""
-    ids = truth.index
-    conf = confidence(base.probabilities.loc[ids], how)
-    rows = []
-    for threshold in [-np.inf, *np.unique(conf.to_numpy()), np.inf]:
-        send = conf < threshold if np.isfinite(threshold) else conf <= threshold
-        pred = base.predictions.loc[ids].where(~send, vlm.predictions.loc[ids])
-        pred = pred.astype(object).where(pred.notna(), None)
-        rows.append(
-            {
-                "threshold": threshold,
-                "fraction_to_vlm": float(send.mean()),
-                "accuracy": _score(truth, pred, "accuracy"),
-                "balanced_accuracy": _score(truth, pred, "balanced_accuracy"),
-            }
+@dataclass
+class StudyComparison:
+    table: pd.DataFrame  # every method, pooled out-of-fold predictions, per task and subset
+    curves: pd.DataFrame  # cascade curves of the cross-fitted CLIP stage
+    paired: pd.DataFrame  # the study's questions as paired tests, Holm-corrected
+    choices: pd.DataFrame  # what was chosen on which fold
+
+
+def default_paths() -> dict[str, Path]:
+    clip_files = clip_outputs.paths()
+    return {
+        **{kind: clip_files[kind] for kind in ("zero_shot", "probe", "timing")},
+        "answers": vlm_outputs.answers_path(),
+    }
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, keep_default_na=True) if path.exists() else pd.DataFrame()
+
+
+def compare(
+    df: pd.DataFrame, *, paths: dict[str, Path] | None = None, n_boot: int = 1000, seed: int = 0
+) -> StudyComparison:
+    """Cross-fitted comparison of every method on every labelled image each task has."""
+    paths = paths or default_paths()
+    timing = json.loads(paths["timing"].read_text()) if paths["timing"].exists() else {}
+    records = df.set_index("micrograph_no")
+    folds = pd.Series(splits.assign_folds(df, seed=seed).to_numpy(), index=records.index)
+    methods = (
+        clip_methods(_read_csv(paths["zero_shot"]), timing, kind="clip_zero_shot")
+        + clip_methods(_read_csv(paths["probe"]), timing, kind="clip_probe")
+        + vlm_methods(vlm_decisions(paths["answers"], folds))
+    )
+    slag = pd.Series(taxonomy.slag_records(df), index=records.index)
+    tables, curves, paired, choices = [], [], [], []
+    for task, (column, classes) in taxonomy.TASKS.items():
+        labelled = records.loc[records[column].isin(classes), column]
+        task_methods = [_covering(m, labelled) for m in methods if m.task == task]
+        task_methods = [m for m in task_methods if _two_folds(m.predictions.index, folds)]
+        if not task_methods:
+            continue  # nothing to compare, or one fold only: nothing to cross-fit on
+        stages, pooled = _clip_stages(task_methods, labelled, folds, choices)
+        vlms = [m for m in task_methods if m.kind == "vlm"]
+        hybrids = []
+        for stage, clip in zip(stages, pooled, strict=True):
+            for vlm in _hybrid_partners(vlms):
+                both = labelled.loc[clip.predictions.index.intersection(vlm.predictions.index)]
+                if _two_folds(both.index, folds):
+                    on_both = {k: m.restricted(both.index) for k, m in stage.items()}
+                    pair = (clip.restricted(both.index), vlm.restricted(both.index))
+                    hybrids += _hybrids(on_both, *pair, both, folds, choices, curves)
+        everything = pooled + vlms + hybrids
+        for subset, exclude in SUBSETS.items():
+            if exclude and task != "category":
+                continue
+            keep = labelled if not exclude else labelled[~slag.loc[labelled.index]]
+            tables += [_row(m, keep, records, subset, n_boot, seed) for m in everything]
+        paired += _paired_rows(everything, labelled, records["specimen_group"], n_boot, seed)
+    table = pd.DataFrame(tables)
+    if not table.empty:
+        table["provenance"] = table["weights"].map(provenance_line)
+    return StudyComparison(
+        table=table,
+        curves=pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(),
+        paired=stats.with_holm(pd.DataFrame(paired)) if paired else pd.DataFrame(),
+        choices=pd.DataFrame(choices),
+    )
+
+
+def _covering(method: Method, labelled: pd.Series) -> Method:
+    """The method on the labelled images it answered (each method covers its own images)."""
+    return method.restricted(method.predictions.index.intersection(labelled.index))
+
+
+def _two_folds(ids, folds: pd.Series) -> bool:
+    """Cross-fitting needs images in both folds."""
+    return folds.loc[ids].nunique() >= 2
+
+
+def _clip_stages(methods, labelled, folds, choices) -> tuple[list, list[Method]]:
+    """CLIP stages as (candidates by prompt set) and their pooled cross-fitted methods:
+    zero-shot chooses its prompt set on the other fold; a probe is already out of fold."""
+    stages: list[dict[str, Method]] = []
+    zero_shot = [m for m in methods if m.kind == "clip_zero_shot"]
+    for model in sorted({m.model for m in zero_shot}):
+        sets = [m for m in zero_shot if m.model == model]
+        common = labelled.index
+        for m in sets:
+            common = common.intersection(m.predictions.index)
+        stages.append({m.prompt_set: m.restricted(common) for m in sets})
+    stages += [{m.prompt_set: m} for m in methods if m.kind == "clip_probe"]
+    pooled = []
+    for candidates in stages:
+        first = next(iter(candidates.values()))
+        if first.kind == "clip_probe":
+            pooled.append(first)
+            continue
+        template = replace(first, prompt_set="cross-fitted")
+
+        def fit(train, candidates=candidates):
+            chosen = choose_prompt_set(candidates, train)
+            return {"prompt_set": chosen}, candidates[chosen]
+
+        truth = labelled.loc[first.predictions.index]
+        method, rows = cross_fit(truth, folds, fit, template)
+        choices += [{"task": first.task, **template.identity(), **r} for r in rows]
+        pooled.append(method)
+    return stages, pooled
+
+
+def _hybrids(candidates, clip, vlm, truth, folds, choices, curves) -> list[Method]:
+    """Cascade (and fusion, when the VLM has probabilities) of one CLIP stage with one VLM,
+    every choice (prompt set included) made on the other fold."""
+
+    def stage(train) -> tuple[dict, Method]:
+        chosen = choose_prompt_set(candidates, train)
+        return {"prompt_set": chosen} if len(candidates) > 1 else {}, candidates[chosen]
+
+    def fit_cascade(train):
+        choice, base = stage(train)
+        threshold = choose_threshold(cascade_curve(base, vlm, train))
+        return {**choice, "threshold": threshold}, apply_cascade(base, vlm, threshold)
+
+    def fit_fusion(train):
+        choice, base = stage(train)
+        weight = choose_fusion_weight(base, vlm, train)
+        return {**choice, "weight": weight}, fuse(base, vlm, weight)
+
+    fits = {"cascade": fit_cascade, "fusion": fit_fusion if vlm.probabilities is not None else None}
+    out = []
+    for kind, fit in fits.items():
+        if fit is None:
+            continue
+        template = hybrid(kind, clip, vlm, clip.predictions, None, None)
+        method, rows = cross_fit(truth, folds, fit, template)
+        fraction = method.notes.get("fraction_to_vlm", 1.0)
+        method.seconds_per_image = (clip.seconds_per_image or 0.0) + fraction * (
+            vlm.seconds_per_image or 0.0
         )
-    return pd.DataFrame(rows).drop_duplicates("fraction_to_vlm", keep="first")
-
-
-def choose_threshold(curve: pd.DataFrame, metric: str = "balanced_accuracy") -> float:
-    """Best threshold on the selection curve; ties go to the cheaper (fewer images sent)."""
-    best = curve.sort_values([metric, "fraction_to_vlm"], ascending=[False, True]).iloc[0]
-    return float(best["threshold"])
-
-
-def apply_cascade(base: Method, vlm: Method, threshold: float, how: str = "margin") -> Method:
-    ids = base.predictions.index.intersection(vlm.predictions.index)
-    conf = confidence(base.probabilities.loc[ids], how)
-    send = conf < threshold if np.isfinite(threshold) else conf <= threshold
-    pred = base.predictions.loc[ids].where(~send, vlm.predictions.loc[ids])
-    fraction = float(send.mean())
-    cost = (base.seconds_per_image or 0.0) + fraction * (vlm.seconds_per_image or 0.0)
-    return Method(
-        name=f"cascade: {base.name} -> {vlm.name}",
-        kind="cascade",
-        task=base.task,
-        label=f"cascade {base.label} -> {vlm.label.split(',')[0]}",
-        predictions=pred.astype(object).where(pred.notna(), None),
-        weights=_combined_weights(base, vlm),
-        seconds_per_image=cost,
-        visual_tokens=None if vlm.visual_tokens is None else fraction * vlm.visual_tokens,
-        notes={"threshold": threshold, "fraction_to_vlm": fraction, "confidence": how},
+        method.visual_tokens = None if vlm.visual_tokens is None else fraction * vlm.visual_tokens
+        choices += [{"task": clip.task, **method.identity(), **r} for r in rows]
+        out.append(method)
+    curve = cascade_curve(clip, vlm, truth)
+    curves.append(
+        curve.assign(task=clip.task, base=label(clip.identity()), vlm=label(vlm.identity()))
     )
+    return out
 
 
-def fuse(clip: Method, vlm: Method, weight: float) -> Method:
-    """Weighted product of option probabilities: p ∝ p_clip^w · p_vlm^(1-w)."""
-    ids = clip.probabilities.index.intersection(vlm.probabilities.index)
-    eps = 1e-6
-    log_p = weight * np.log(clip.probabilities.loc[ids] + eps) + (1 - weight) * np.log(
-        vlm.probabilities.loc[ids] + eps
-    )
-    probs = np.exp(log_p.sub(log_p.max(axis=1), axis=0))
-    probs = probs.div(probs.sum(axis=1), axis=0)
-    return Method(
-        name=f"fusion (w_clip={weight:.1f}): {clip.name} x {vlm.name}",
-        kind="fusion",
-        task=clip.task,
-        label=f"fusion {clip.label} x {vlm.label.split(',')[0]}",
-        predictions=_argmax(probs),
-        probabilities=probs,
-        weights=_combined_weights(clip, vlm),
-        seconds_per_image=(clip.seconds_per_image or 0.0) + (vlm.seconds_per_image or 0.0),
-        visual_tokens=vlm.visual_tokens,
-        notes={"weight": weight},
-    )
-
-
-def choose_fusion_weight(clip: Method, vlm: Method, truth: pd.Series) -> float:
-    scores = []
-    for w in FUSION_WEIGHTS:
-        fused = fuse(clip.restricted(truth.index), vlm.restricted(truth.index), w)
-        scores.append((_score(truth, fused.predictions, "balanced_accuracy"), -abs(w - 0.5), w))
-    return float(max(scores)[2])
-
-
-def _combined_weights(a: Method, b: Method) -> str:
-    return "random" if "random" in (a.weights, b.weights) else a.weights
-
-
-def summarise_method(method: Method, truth: pd.Series, *, n_boot: int, seed: int) -> dict:
-    ids = truth.index
+def _row(method: Method, labelled: pd.Series, records, subset, n_boot, seed) -> dict:
+    truth = labelled.loc[labelled.index.intersection(method.predictions.index)]
     classes = taxonomy.TASKS[method.task][1]
-    probs = None if method.probabilities is None else method.probabilities.loc[ids]
-    row = metrics.summarise(
+    probs = None if method.probabilities is None else method.probabilities.loc[truth.index]
+    summary = stats.summarise(
         truth.to_numpy(),
-        list(method.predictions.loc[ids].to_numpy()),
+        list(method.predictions.loc[truth.index].to_numpy()),
+        records.loc[truth.index, "specimen_group"].to_numpy(),
         scores=None if probs is None else probs.to_numpy(),
-        classes=classes if probs is not None else None,
+        classes=None if probs is None else classes,
         n_boot=n_boot,
         seed=seed,
     )
     return {
         "task": method.task,
-        "method": method.name,
-        "label": method.label,
-        "kind": method.kind,
-        **row,
-        "weights": method.weights,
+        "subset": subset,
+        **method.identity(),
+        "label": label(method.identity()),
+        **summary,
         "seconds_per_image": method.seconds_per_image,
         "visual_tokens_per_image": method.visual_tokens,
-        **{k: v for k, v in method.notes.items() if k in HYBRID_NOTES},
+        "fraction_to_vlm": method.notes.get("fraction_to_vlm")
+        if method.kind == "cascade"
+        else None,
     }
+
+
+def study_pairs(methods: list[Method]) -> list[tuple[str, Method, Method]]:
+    """The study's questions, as (question, a, b): the difference is a minus b."""
+    vlms = [m for m in methods if m.kind == "vlm"]
+    zero_shot = [m for m in methods if m.kind == "clip_zero_shot"]
+    probes = [m for m in methods if m.kind == "clip_probe"]
+    clips = zero_shot + probes
+    pairs = []
+    for v in vlms:
+        for plain in vlms:
+            same = (plain.model, plain.mode, plain.prompt_set) == (v.model, v.mode, v.prompt_set)
+            if same and plain.context == "none" and v.context != "none":
+                pairs.append(("VLM with CLIP context vs without", v, plain))
+    for i, a in enumerate(vlms):
+        for b in vlms[i + 1 :]:
+            if a.model != b.model and (a.context, a.mode, a.prompt_set) == (
+                b.context,
+                b.mode,
+                b.prompt_set,
+            ):
+                pairs.append(("one VLM vs another", a, b))
+    pairs += [("CLIP zero-shot vs CLIP probe", z, p) for z in zero_shot for p in probes]
+    knn = [p for p in probes if p.prompt_set == "knn-grouped-cv"]
+    for v in vlms:
+        if v.context == "clip_neighbours":
+            pairs += [("retrieved expert metadata (VLM) vs k-NN probe", v, k) for k in knn]
+    for h in (m for m in methods if m.kind in ("cascade", "fusion")):
+        partner = [
+            v for v in vlms if (v.model, v.context, v.mode) == (h.partner, h.context, h.mode)
+        ]
+        stage = [c for c in clips if (c.kind, c.model) == (h.base, h.model)]
+        stage = [c for c in stage if c.prompt_set == h.prompt_set]
+        pairs += [(f"{h.kind} vs its VLM alone", h, v) for v in partner[:1]]
+        pairs += [(f"{h.kind} vs its CLIP stage", h, c) for c in stage[:1]]
+    return pairs
+
+
+def _paired_rows(methods, labelled, groups, n_boot, seed) -> list[dict]:
+    """Each pair on the images both methods answered."""
+    rows = []
+    for question, a, b in study_pairs(methods):
+        both = a.predictions.index.intersection(b.predictions.index)
+        truth = labelled.loc[labelled.index.intersection(both)]
+        if len(truth) < 2:
+            continue
+        result = stats.paired_comparison(
+            truth.to_numpy(),
+            list(a.predictions.loc[truth.index]),
+            list(b.predictions.loc[truth.index]),
+            groups.loc[truth.index].to_numpy(),
+            n_boot=n_boot,
+            seed=seed,
+        )
+        rows.append(
+            {
+                "task": a.task,
+                "question": question,
+                "method_a": label(a.identity()),
+                "method_b": label(b.identity()),
+                **{f"a_{k}": v for k, v in a.identity().items()},
+                **{f"b_{k}": v for k, v in b.identity().items()},
+                **result,
+            }
+        )
+    return rows
 
 
 def published_rows() -> pd.DataFrame:
@@ -277,144 +360,6 @@ def provenance_line(weights: str) -> str:
     return f"data: {data_label}; weights: {weights}; git {provenance.git_sha()}"
 
 
-def paired_tests(
-    methods: list[Method], truth: pd.Series, pairs: list[tuple[str, str]]
-) -> pd.DataFrame:
-    """McNemar and paired-bootstrap accuracy difference for named pairs on the same images."""
-    by_name = {m.name: m for m in methods}
-    rows = []
-    for a, b in pairs:
-        if a not in by_name or b not in by_name:
-            continue
-        ca = by_name[a].predictions.loc[truth.index].to_numpy() == truth.to_numpy()
-        cb = by_name[b].predictions.loc[truth.index].to_numpy() == truth.to_numpy()
-        rows.append(
-            {
-                "task": by_name[a].task,
-                "method_a": a,
-                "method_b": b,
-                **metrics.mcnemar(ca, cb),
-                **{
-                    f"acc_diff_{k}": v
-                    for k, v in metrics.paired_bootstrap_difference(ca, cb).items()
-                },
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def default_paths() -> dict[str, Path]:
-    clip_files = clip_outputs.paths()
-    return {
-        **{kind: clip_files[kind] for kind in ("zero_shot", "probe", "best", "timing")},
-        "answers": config.build_dir() / "vlm" / "answers.csv",
-    }
-
-
-@dataclass
-class StudyComparison:
-    table: pd.DataFrame  # every method on the same evaluation images, per task
-    curves: pd.DataFrame  # cascade curves on the evaluation images
-    paired: pd.DataFrame  # paired tests on the same images
-    choices: pd.DataFrame  # thresholds / weights chosen on the selection half
-
-
-def compare(
-    df: pd.DataFrame,
-    split: pd.Series,
-    *,
-    paths: dict[str, Path] | None = None,
-    n_boot: int = 1000,
-    seed: int = 0,
-) -> StudyComparison:
-    """Build the comparison for every task that has CLIP scores (and VLM answers, if any)."""
-    paths = paths or default_paths()
-    zero_shot = _read_csv(paths["zero_shot"])
-    probe = _read_csv(paths["probe"])
-    best = _read_csv(paths["best"])
-    answers = runner.load_answers(paths["answers"]) if paths["answers"].exists() else pd.DataFrame()
-    timing = json.loads(paths["timing"].read_text()) if paths["timing"].exists() else {}
-    all_methods = (
-        clip_methods(zero_shot, best, timing)
-        + clip_methods(probe, pd.DataFrame(), timing, kind="clip_probe")
-        + vlm_methods(answers)
-    )
-    labels = df.set_index("micrograph_no")
-    halves = pd.Series(split.to_numpy(), index=df["micrograph_no"].to_numpy())
-    tables, curves, paired, choices = [], [], [], []
-    for task, (column, classes) in taxonomy.TASKS.items():
-        methods = [m for m in all_methods if m.task == task]
-        if not methods:
-            continue
-        truth = labels.loc[labels[column].isin(classes), column]  # e.g. no "Other" technique
-        ids = truth.index
-        for m in methods:
-            ids = ids.intersection(m.predictions.index)
-        truth = truth.loc[ids]
-        select = truth[halves.loc[ids] == "select"]
-        evaluate = truth[halves.loc[ids] == "evaluate"]
-        if len(select) == 0 or len(evaluate) == 0:
-            continue
-        methods = [m.restricted(ids) for m in methods]
-        clips = [m for m in methods if m.kind in ("clip_zero_shot", "clip_probe")]
-        vlms = [m for m in methods if m.kind == "vlm"]
-        hybrids = []
-        for base in clips:
-            for vlm in _hybrid_partners(vlms):
-                curve_select = cascade_curve(base, vlm, select)
-                threshold = choose_threshold(curve_select)
-                hybrids.append(apply_cascade(base, vlm, threshold))
-                curve = cascade_curve(base, vlm, evaluate).assign(
-                    task=task, base=base.label, vlm=vlm.label.split(",")[0]
-                )
-                curves.append(curve)
-                choices.append(
-                    {
-                        "task": task,
-                        "hybrid": "cascade",
-                        "base": base.name,
-                        "vlm": vlm.name,
-                        "chosen": threshold,
-                        "n_select": len(select),
-                    }
-                )
-                if vlm.probabilities is not None:
-                    w = choose_fusion_weight(base, vlm, select)
-                    hybrids.append(fuse(base, vlm, w))
-                    choices.append(
-                        {
-                            "task": task,
-                            "hybrid": "fusion",
-                            "base": base.name,
-                            "vlm": vlm.name,
-                            "chosen": w,
-                            "n_select": len(select),
-                        }
-                    )
-        for m in methods + hybrids:
-            tables.append(summarise_method(m, evaluate, n_boot=n_boot, seed=seed))
-        pairs = [(c.name, v.name) for c in clips for v in vlms]
-        pairs += [
-            (h.name, h.name.split(": ", 1)[1].split(" -> ")[0])
-            for h in hybrids
-            if h.kind == "cascade"
-        ]
-        paired.append(paired_tests(methods + hybrids, evaluate, pairs))
-    table = pd.DataFrame(tables)
-    if not table.empty:
-        table["provenance"] = table["weights"].map(provenance_line)
-    return StudyComparison(
-        table=table,
-        curves=pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(),
-        paired=pd.concat(paired, ignore_index=True) if paired else pd.DataFrame(),
-        choices=pd.DataFrame(choices),
-    )
-
-
-def _read_csv(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path, keep_default_na=True) if path.exists() else pd.DataFrame()
-
-
 def plot_cascade(curves: pd.DataFrame, title: str):
     """Accuracy and balanced accuracy against the fraction of images sent to the VLM."""
     import matplotlib.pyplot as plt
@@ -425,15 +370,16 @@ def plot_cascade(curves: pd.DataFrame, title: str):
     )
     for col, task in enumerate(tasks):
         for (base, vlm), curve in curves[curves["task"] == task].groupby(["base", "vlm"]):
-            label = f"{base} -> {vlm}"
             for row, metric in enumerate(("accuracy", "balanced_accuracy")):
-                axes[row, col].plot(curve["fraction_to_vlm"], curve[metric], label=label)
+                axes[row, col].plot(
+                    curve["fraction_to_vlm"], curve[metric], label=f"{base} → {vlm}"
+                )
         axes[0, col].set_title(task)
         axes[1, col].set_xlabel("fraction of images sent to the VLM (cost)")
     axes[0, 0].set_ylabel("accuracy")
     axes[1, 0].set_ylabel("balanced accuracy")
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
-    fig.legend(handles, labels, loc="lower center", fontsize=8, ncol=2, frameon=False)
+    fig.tight_layout(rect=(0, 0.15, 1, 1))
+    fig.legend(handles, labels, loc="lower center", fontsize=10, ncol=1, frameon=False)
     return fig

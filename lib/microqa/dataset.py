@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from microqa import config, files, images, provenance, taxonomy
+from microqa import config, files, images, provenance, splits, taxonomy
 
 # The record columns of the DoITPoMS mirror, in its order: the one statement of them.
 RECORD_COLUMNS = [
@@ -75,8 +75,8 @@ class DatasetError(RuntimeError):
 
 
 def specimen_key(brief_description: str) -> str:
-    """Records sharing a brief description are images of one specimen (near-duplicates)."""
-    return re.sub(r"\s+", " ", str(brief_description).replace("\xa0", " ")).strip().lower()
+    """Records sharing a brief description are images of one specimen (see `splits`)."""
+    return splits.specimen_key(brief_description)
 
 
 def read_records_csv(csv_path: Path | str) -> pd.DataFrame:
@@ -168,10 +168,11 @@ def load_records(dataset_dir: Path | str, *, with_images_only: bool = True) -> p
         _family(t, cats, n, name)
         for t, cats, n in zip(df["technique"], df["category_set"], df["micrograph_no"], strict=True)
     ]
+    df["technique_family"] = taxonomy.with_photograph_rule(df)  # macro photographs: Other
     df["technique_coarse"] = df["technique_family"].map(taxonomy.coarse_class)
     df["technique_mode"] = df["technique"].map(taxonomy.technique_mode)
     df["primary_category"] = df["category_set"].map(taxonomy.primary_category)
-    df["specimen_group"] = df["brief_description"].map(specimen_key)
+    df["specimen_group"] = splits.specimen_groups(df)
     df["image_path"] = _image_paths(dataset_dir, df)
     if "image_file" in df.columns:  # the scraper's image columns: typed, "" -> missing
         for column in ("image_width", "image_height"):
@@ -347,16 +348,13 @@ def stratified_sample(
 
 
 def selection_split(df: pd.DataFrame, *, seed: int = 0) -> pd.Series:
-    """Seeded half split by specimen: "select" (choose prompts, thresholds, weights) or "evaluate".
+    """Each record's fold by specimen, named "select" (fold 0) or "evaluate" (fold 1).
 
-    Every choice the study makes (best prompt set, cascade threshold, fusion weight) is made on
-    the "select" half and reported on the "evaluate" half; whole specimens stay on one side so
-    near-duplicate images cannot leak a choice. Returns a Series aligned with `df`.
+    The two folds of the study's cross-fitting (`splits.assign_folds`: a seeded hash of the
+    specimen key, so whole specimens stay on one side and no other specimen moves one).
+    Returns a Series aligned with `df`.
     """
-    groups = np.array(sorted(df["specimen_group"].unique()))
-    rng = np.random.default_rng(seed)
-    chosen = set(rng.permutation(groups)[: len(groups) // 2])
-    return df["specimen_group"].map(lambda g: "select" if g in chosen else "evaluate")
+    return splits.fold_names(splits.assign_folds(df, seed=seed))
 
 
 # --- Taxonomy documentation ------------------------------------------------------------------

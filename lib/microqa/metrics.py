@@ -1,4 +1,4 @@
-"""Classification metrics with n and seeded bootstrap CIs (scikit-learn underneath).
+"""Classification metric formulas (scikit-learn underneath); CIs and tests live in `stats`.
 
 A missing prediction (None: a VLM answer that committed to no option) counts as wrong in
 every metric and is never replaced by a guess. Macro metrics average over the classes
@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy.stats import binomtest
 from sklearn import metrics as skm
 
 NO_ANSWER = "<no answer>"
@@ -122,43 +122,11 @@ class _Codes:
         return float(np.mean(f1[present]))
 
 
-def summarise(
-    y_true: Sequence,
-    y_pred: Sequence,
-    *,
-    scores: np.ndarray | None = None,
-    classes: Sequence | None = None,
-    n_boot: int = 1000,
-    seed: int = 0,
-) -> dict[str, float | int]:
-    """One row: accuracy, balanced accuracy, macro P/R/F1, unanswered rate, Top-2, n, 95% CIs."""
-    y_true = np.asarray(y_true, dtype=object)
-    y_pred = _clean(y_pred)
-    n = len(y_true)
-    p, r, f = macro_prf(y_true, y_pred) if n else (np.nan,) * 3
-    row: dict[str, float | int] = {
-        "n": n,
-        "accuracy": accuracy(y_true, y_pred) if n else np.nan,
-        "balanced_accuracy": balanced_accuracy(y_true, y_pred) if n else np.nan,
-        "macro_precision": p,
-        "macro_recall": r,
-        "macro_f1": f,
-        "unanswered_rate": float(np.mean(y_pred == NO_ANSWER)) if n else np.nan,
-    }
-    if scores is not None and classes is not None and n:
-        row["top2_accuracy"] = top_k_accuracy(y_true, scores, classes, 2)
-    # Resamples are scored on integer codes (same definitions as above, ~100x faster than
-    # calling scikit-learn a thousand times); test_foundation checks they agree.
-    codes = _Codes(y_true, y_pred)
-    cis = {
-        "accuracy": codes.accuracy,
-        "balanced_accuracy": codes.balanced_accuracy,
-        "macro_f1": codes.macro_f1,
-    }
-    for name, fn in cis.items():
-        low, high = bootstrap_ci(fn, n, n_boot=n_boot, seed=seed)
-        row[f"{name}_ci_low"], row[f"{name}_ci_high"] = low, high
-    return row
+def summarise(y_true: Sequence, y_pred: Sequence, groups: Sequence | None = None, **kwargs):
+    """One metrics row with specimen-clustered CIs: see `stats.summarise` (where it lives)."""
+    from microqa import stats  # stats builds on these formulas; imported late, not circular
+
+    return stats.summarise(y_true, y_pred, groups, **kwargs)
 
 
 def per_class_table(y_true: Sequence, y_pred: Sequence) -> pd.DataFrame:
@@ -180,18 +148,9 @@ def confusion(y_true: Sequence, y_pred: Sequence, classes: Sequence) -> pd.DataF
 
 
 def mcnemar(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> dict[str, float | int]:
-    """Exact McNemar test on paired correctness of two methods on the same images."""
+    """Exact two-sided McNemar test on paired correctness of two methods on the same images."""
     a, b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
     only_a, only_b = int(np.sum(a & ~b)), int(np.sum(~a & b))
     discordant = only_a + only_b
-    p = 1.0 if discordant == 0 else stats.binomtest(only_a, discordant, 0.5).pvalue
+    p = 1.0 if discordant == 0 else binomtest(only_a, discordant, 0.5, "two-sided").pvalue
     return {"n": len(a), "only_a_correct": only_a, "only_b_correct": only_b, "p_value": float(p)}
-
-
-def paired_bootstrap_difference(
-    correct_a: Sequence[bool], correct_b: Sequence[bool], *, n_boot: int = 2000, seed: int = 0
-) -> dict[str, float]:
-    """Accuracy difference a - b with a 95% paired-bootstrap CI (same resampled images)."""
-    a, b = np.asarray(correct_a, float), np.asarray(correct_b, float)
-    low, high = bootstrap_ci(lambda i: a[i].mean() - b[i].mean(), len(a), n_boot=n_boot, seed=seed)
-    return {"difference": float(a.mean() - b.mean()), "ci_low": low, "ci_high": high}

@@ -22,6 +22,21 @@ films viewed in *reflected* cross-polarised light; opaque metals cannot be seen 
 transmission) and polymers / photoelastic models showing birefringence colours (thin films,
 sections on glass slides, transparent mouldings: *transmitted* light). So the rule is:
 reflected when the record is a metal or alloy, transmitted otherwise.
+
+Macroscopic photographs filed as light microscopy (`macroscopic_photograph`): a record whose
+technique is light microscopy but whose scale bar is 5 mm or more, or whose description names
+a macroscopic object or view, is family *Other*, like the site's own photographs. A 5 mm bar
+on a DoITPoMS image means a field of view of centimetres, beyond the lowest objective of a
+metallurgical or polarising microscope; these are photographs of whole parts, e.g. between
+crossed polarisers. Evidence in the 2025 mirror (18 records): injection-moulded rulers,
+protractors, a case, a hinge and a sprue, a thermoformed PET cup, polycarbonate bars and
+polymer films (568-578, bars 1.4-30 mm, J A Curran), photoelastic models (597-599, 6 mm), laser
+welds in PET (625, 12 mm), an aluminium casting section and a commercial-purity Al macro-etch
+(615, 656, 10 mm), and a spot-weld "macrograph" (842).
+
+Archaeological slags (`archaeological_slag`: "slag" in the description or keywords) keep the
+site's material category (Metal or alloy), but results are also reported without them: they
+are one contributor's thin sections of smelting residues, mostly silicate and oxide phases.
 """
 
 from __future__ import annotations
@@ -98,6 +113,68 @@ _RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"photograph|tomograph|x-ray|macro", OTHER),
     )
 )
+
+MACRO_SCALE_MM = 5.0  # a scale bar this long means a field of view of centimetres
+_MACRO_WORDS = re.compile(r"injection-moulded|\bruler\b|protractor|macrograph|\bsprue\b")
+_LENGTH = re.compile(r"([\d.,]+)\s*(mm|cm|m)\b")
+_TO_MM = {"mm": 1.0, "cm": 10.0, "m": 1000.0}
+
+
+def scale_bar_mm(length_bar: str) -> float | None:
+    """The scale bar in millimetres ('14 mm' -> 14.0, '3 cm' -> 30.0); None for µm/nm/none."""
+    match = _LENGTH.search(str(length_bar).replace("\xa0", " "))
+    if not match:
+        return None
+    try:
+        return float(match.group(1).replace(",", ".")) * _TO_MM[match.group(2)]
+    except ValueError:
+        return None
+
+
+def macroscopic_photograph(family: str | None, length_bar: str, brief_description: str) -> bool:
+    """A light-microscopy record that is a photograph of a whole part (see module docstring)."""
+    if family not in (OPTICAL_REFLECTED, OPTICAL_TRANSMITTED):
+        return False
+    bar = scale_bar_mm(length_bar)
+    return (bar is not None and bar >= MACRO_SCALE_MM) or bool(
+        _MACRO_WORDS.search(normalise(brief_description))
+    )
+
+
+def record_family(
+    technique: str, categories: Iterable[str], length_bar: str = "", brief_description: str = ""
+) -> str | None:
+    """A record's technique family: `technique_family`, then the macroscopic-photograph rule."""
+    family = technique_family(technique, categories)
+    return OTHER if macroscopic_photograph(family, length_bar, brief_description) else family
+
+
+def with_photograph_rule(records) -> list[str | None]:
+    """The `technique_family` column of a tidy table with macroscopic photographs as Other
+    (a table without `length_bar` or `brief_description` keeps its families)."""
+    bars = records["length_bar"] if "length_bar" in records else [""] * len(records)
+    texts = records["brief_description"] if "brief_description" in records else [""] * len(records)
+    return [
+        OTHER if macroscopic_photograph(family, bar, text) else family
+        for family, bar, text in zip(records["technique_family"], bars, texts, strict=True)
+    ]
+
+
+def archaeological_slag(brief_description: str, keywords: str = "") -> bool:
+    """An archaeometallurgical slag sample (reported as its own group, see module docstring)."""
+    return "slag" in normalise(f"{brief_description} {keywords}")
+
+
+def slag_records(records) -> list[bool]:
+    """`archaeological_slag` of every record of a tidy table."""
+    if "brief_description" not in records:
+        return [False] * len(records)
+    keywords = records["keywords"] if "keywords" in records else [""] * len(records)
+    return [
+        archaeological_slag(text, words)
+        for text, words in zip(records["brief_description"], keywords, strict=True)
+    ]
+
 
 METAL, CERAMIC, POLYMER, COMPOSITE = "Metal or alloy", "Ceramic", "Polymer", "Composite"
 PRIMARY_CATEGORIES = (METAL, CERAMIC, POLYMER, COMPOSITE)

@@ -1,0 +1,141 @@
+"""CLIP + VLM hybrids (cascade, fusion) and cross-fitting: every choice on the other fold."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+
+from microqa import metrics
+from microqa.methods import Method, argmax
+
+FUSION_WEIGHTS = tuple(np.round(np.linspace(0, 1, 11), 2))
+
+
+def confidence(probs: pd.DataFrame, how: str = "margin") -> pd.Series:
+    """Margin between the two highest probabilities (default), or the top probability."""
+    values = np.sort(probs.to_numpy(), axis=1)
+    score = values[:, -1] - values[:, -2] if how == "margin" else values[:, -1]
+    return pd.Series(score, index=probs.index)
+
+
+def _balanced(truth: pd.Series, pred: pd.Series) -> tuple[float, float]:
+    """(balanced accuracy, accuracy): the order every choice ranks by."""
+    y, p = truth.to_numpy(), list(pred.loc[truth.index].to_numpy())
+    return metrics.balanced_accuracy(y, p), metrics.accuracy(y, p)
+
+
+def _send(conf: pd.Series, threshold: float) -> pd.Series:
+    return conf < threshold if np.isfinite(threshold) else conf <= threshold
+
+
+def apply_cascade(base: Method, vlm: Method, threshold: float, how: str = "margin") -> Method:
+    """CLIP answers; images whose CLIP confidence is below `threshold` go to the VLM."""
+    ids = base.predictions.index.intersection(vlm.predictions.index)
+    send = _send(confidence(base.probabilities.loc[ids], how), threshold)
+    pred = base.predictions.loc[ids].where(~send, vlm.predictions.loc[ids])
+    return hybrid("cascade", base, vlm, pred.astype(object).where(pred.notna(), None), None, send)
+
+
+def cascade_curve(base: Method, vlm: Method, truth: pd.Series, how: str = "margin") -> pd.DataFrame:
+    """Accuracy and balanced accuracy as the least confident images are sent to the VLM."""
+    conf = confidence(base.probabilities.loc[truth.index], how)
+    rows = []
+    for threshold in [-np.inf, *np.unique(conf.to_numpy()), np.inf]:
+        hybrid = apply_cascade(base.restricted(truth.index), vlm, threshold, how)
+        balanced, accuracy = _balanced(truth, hybrid.predictions)
+        rows.append(
+            {
+                "threshold": threshold,
+                "fraction_to_vlm": hybrid.notes["fraction_to_vlm"],
+                "accuracy": accuracy,
+                "balanced_accuracy": balanced,
+            }
+        )
+    return pd.DataFrame(rows).drop_duplicates("fraction_to_vlm", keep="first")
+
+
+def choose_threshold(curve: pd.DataFrame) -> float:
+    """Best balanced accuracy on the choosing fold; ties go to the cheaper (fewer sent)."""
+    best = curve.sort_values(["balanced_accuracy", "fraction_to_vlm"], ascending=[False, True])
+    return float(best["threshold"].iloc[0])
+
+
+def fuse(clip: Method, vlm: Method, weight: float) -> Method:
+    """Weighted product of option probabilities: p ∝ p_clip^w · p_vlm^(1-w)."""
+    ids = clip.probabilities.index.intersection(vlm.probabilities.index)
+    eps = 1e-6
+    log_p = weight * np.log(clip.probabilities.loc[ids] + eps) + (1 - weight) * np.log(
+        vlm.probabilities.loc[ids] + eps
+    )
+    probs = np.exp(log_p.sub(log_p.max(axis=1), axis=0))
+    probs = probs.div(probs.sum(axis=1), axis=0)
+    return hybrid("fusion", clip, vlm, argmax(probs), probs, None)
+
+
+def choose_fusion_weight(clip: Method, vlm: Method, truth: pd.Series) -> float:
+    """The weight with the best (balanced accuracy, accuracy); ties go towards 0.5."""
+    scored = [
+        (*_balanced(truth, fuse(clip.restricted(truth.index), vlm, w).predictions), -abs(w - 0.5))
+        for w in FUSION_WEIGHTS
+    ]
+    return float(FUSION_WEIGHTS[max(range(len(scored)), key=scored.__getitem__)])
+
+
+def hybrid(kind, base: Method, vlm: Method, pred, probs, send) -> Method:
+    fraction = 1.0 if send is None else float(send.mean()) if len(send) else 0.0
+    return Method(
+        kind=kind,
+        task=base.task,
+        model=base.model,
+        predictions=pred,
+        probabilities=probs,
+        weights="random" if "random" in (base.weights, vlm.weights) else base.weights,
+        base=base.kind,
+        context=vlm.context,
+        mode=vlm.mode,
+        prompt_set=base.prompt_set,
+        partner=vlm.model,
+        seconds_per_image=(base.seconds_per_image or 0.0)
+        + fraction * (vlm.seconds_per_image or 0.0),
+        visual_tokens=None if vlm.visual_tokens is None else fraction * vlm.visual_tokens,
+        notes={"fraction_to_vlm": fraction, "sent": send},
+    )
+
+
+Fit = Callable[[pd.Series], tuple[object, Method]]
+
+
+def cross_fit(
+    truth: pd.Series, folds: pd.Series, fit: Fit, template: Method
+) -> tuple[Method, list]:
+    """Pool, over the folds, the predictions on each fold of the method `fit` chose on the
+    other folds' labels. Returns the pooled method and one choice row per fold."""
+    preds, probs, sent, choices = [], [], [], []
+    for fold in sorted(set(folds.loc[truth.index])):
+        held_out = folds.loc[truth.index] == fold
+        choice, method = fit(truth[~held_out])
+        ids = truth.index[held_out]
+        preds.append(method.predictions.loc[ids])
+        probs.append(None if method.probabilities is None else method.probabilities.loc[ids])
+        if method.notes.get("sent") is not None:
+            sent.append(method.notes["sent"].loc[ids])
+        choices.append({"held_out_fold": fold, **choice, "n_chosen_on": int((~held_out).sum())})
+    probabilities = None if any(p is None for p in probs) else pd.concat(probs).loc[truth.index]
+    pooled = replace(
+        template, predictions=pd.concat(preds).loc[truth.index], probabilities=probabilities
+    )
+    if sent:
+        send = pd.concat(sent).loc[truth.index]
+        fraction = float(send.mean())
+        pooled.notes = {"fraction_to_vlm": fraction, "sent": send}
+    return pooled, choices
+
+
+def choose_prompt_set(candidates: dict[str, Method], truth: pd.Series) -> str:
+    """The prompt set with the best (balanced accuracy, accuracy) on `truth`'s images; ties go
+    to the first set in name order."""
+    names = sorted(candidates)
+    return max(names, key=lambda n: (*_balanced(truth, candidates[n].predictions), -names.index(n)))

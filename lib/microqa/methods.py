@@ -1,0 +1,118 @@
+"""The methods the study compares, as data: identity columns, predictions, probabilities.
+
+A method's identity is data (`IDENTITY`: kind, base, model, weights, context, mode,
+prompt_set, partner); its display label is derived from it by `label`, never parsed back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from microqa import taxonomy
+
+IDENTITY = ("kind", "base", "model", "weights", "context", "mode", "prompt_set", "partner")
+CONTEXT_LABELS = {
+    "none": "",
+    "clip_topk": " + CLIP top-k labels",
+    "clip_neighbours": " + retrieved expert metadata of nearest other specimens (supervised)",
+}
+PROBE_LABELS = {"logreg-grouped-cv": "logistic probe", "knn-grouped-cv": "5-NN probe"}
+
+
+@dataclass
+class Method:
+    """One method's answers to one task: predictions (class or None) and, where it has them,
+    probabilities over the task's classes (rows: micrograph_no)."""
+
+    kind: str  # clip_zero_shot | clip_probe | vlm | cascade | fusion
+    task: str
+    model: str
+    predictions: pd.Series
+    probabilities: pd.DataFrame | None = None
+    weights: str = "n/a"  # pretrained | random
+    base: str = ""  # hybrids: the kind of their CLIP stage
+    context: str = ""  # VLMs and hybrids: none | clip_topk | clip_neighbours
+    mode: str = ""  # VLMs and hybrids: score | generate
+    prompt_set: str = ""  # zero-shot: set (or "cross-fitted"); probes: which probe
+    partner: str = ""  # hybrids: the VLM
+    seconds_per_image: float | None = None
+    visual_tokens: float | None = None
+    notes: dict = field(default_factory=dict, compare=False)
+
+    def identity(self) -> dict:
+        return {k: getattr(self, k) for k in IDENTITY}
+
+    def restricted(self, ids) -> Method:
+        probs = None if self.probabilities is None else self.probabilities.loc[ids]
+        return replace(self, predictions=self.predictions.loc[ids], probabilities=probs)
+
+
+def short_name(model: str) -> str:
+    """A model as a reader knows it: a local directory by its last part, never the path."""
+    return Path(str(model)).name if "/" in str(model) and ":" not in str(model) else str(model)
+
+
+def label(identity: dict) -> str:
+    """The display label of a method identity (derived, one way)."""
+    kind, model = identity["kind"], short_name(identity["model"])
+    if kind == "clip_zero_shot":
+        return f"CLIP {model} zero-shot"
+    if kind == "clip_probe":
+        return f"CLIP {PROBE_LABELS.get(identity['prompt_set'], identity['prompt_set'])} ({model})"
+    vlm = short_name(identity["partner"] if kind in ("cascade", "fusion") else model)
+    vlm += CONTEXT_LABELS.get(identity["context"], f" + {identity['context']}")
+    vlm += " (generated)" if identity["mode"] == "generate" else ""
+    if kind == "vlm":
+        return vlm + (
+            ", earlier study's prompt" if identity["prompt_set"] == "earlier_study" else ""
+        )
+    clip = label({**identity, "kind": identity["base"]})
+    return f"{kind} {clip} → {vlm}"
+
+
+def pivot(long: pd.DataFrame, classes: tuple[str, ...]) -> pd.DataFrame:
+    table = long.pivot_table(index="micrograph_no", columns="class", values="probability")
+    return table.reindex(columns=list(classes)).fillna(0.0)
+
+
+def argmax(probs: pd.DataFrame) -> pd.Series:
+    return pd.Series(probs.columns[np.argmax(probs.to_numpy(), axis=1)], index=probs.index)
+
+
+def clip_methods(scores: pd.DataFrame, timing: dict, *, kind: str) -> list[Method]:
+    """One method per CLIP model x task x prompt set (zero-shot) or probe (probe scores)."""
+    out: list[Method] = []
+    if scores.empty:
+        return out
+    for (model, task, prompt_set), group in scores.groupby(["model", "task", "prompt_set"]):
+        if task not in taxonomy.TASKS:
+            continue
+        probs = pivot(group, taxonomy.TASKS[task][1])
+        out.append(
+            Method(
+                kind=kind,
+                task=task,
+                model=str(model).removeprefix("probe:"),
+                predictions=argmax(probs),
+                probabilities=probs,
+                weights=str(group["weights"].iloc[0]),
+                prompt_set=str(prompt_set),
+                seconds_per_image=_embedding_cost(str(model), timing),
+            )
+        )
+    return out
+
+
+def _embedding_cost(model: str, timing: dict) -> float | None:
+    """Measured CLIP seconds per image; a probe on ViT-B/32 features costs a ViT-B/32 pass
+    (random weights have the same FLOPs, so the measured random-weight time stands in)."""
+    if model in timing:
+        return timing[model].get("seconds_per_image")
+    if model.startswith("probe:") and ("ViT-B/32" in model or "ViT-B-32" in model):
+        same_arch = [v for k, v in timing.items() if k.startswith("ViT-B-32")]
+        return same_arch[0].get("seconds_per_image") if same_arch else None
+    return None

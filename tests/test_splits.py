@@ -1,0 +1,114 @@
+"""Specimen keys and folds: one key, stable under additions and removals, shared by all stages."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from microqa import config, dataset, splits
+from tests.conftest import REPO, SHARED, needs_mirror
+
+
+def _records(descriptions):
+    df = pd.DataFrame(
+        {"micrograph_no": range(1, len(descriptions) + 1), "brief_description": descriptions}
+    )
+    return df.assign(specimen_group=splits.specimen_groups(df))
+
+
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ("Medium carbon, low alloy steel", "medium carbon, low alloy steel."),
+        ("Glass ceramic, heat treated at 750° C", "glass ceramic, heat treated at 750°C"),
+        ("Ti, Al 6, V 4 (wt%), Widmanstätten", "Ti, Al 6, V 4 (wt%), WidmanstÃ¤tten"),
+        ("silver production\xa0from ores", "silverproduction from ores"),
+        ("Cu - 5% Sn", "CU-5%SN"),
+    ],
+)
+def test_spellings_of_one_specimen_share_a_key(a, b):
+    assert splits.specimen_key(a) == splits.specimen_key(b) != ""
+
+
+def test_different_specimens_keep_different_keys():
+    assert splits.specimen_key("Al 75, Cu 25") != splits.specimen_key("Al 75, Cu 26")
+    assert splits.specimen_key("Fe-C") != splits.specimen_key("Fe-Co")
+
+
+def test_records_without_a_description_are_specimens_of_their_own():
+    df = _records(["", "  ", "steel", "Steel."])
+    assert df["specimen_group"].nunique() == 3
+    assert df["specimen_group"].iloc[0] != df["specimen_group"].iloc[1]
+
+
+def test_removing_or_adding_a_specimen_moves_no_other_group():
+    df = _records([f"specimen number {i // 3}" for i in range(300)])
+    before = splits.assign_folds(df, seed=0)
+    gone = df["specimen_group"] == df["specimen_group"].iloc[0]
+    after = splits.assign_folds(df[~gone], seed=0)
+    assert after.equals(before[~gone])
+    grown = pd.concat([df, _records(["a brand new specimen"] * 4)], ignore_index=True)
+    assert splits.assign_folds(grown, seed=0).iloc[: len(df)].equals(before)
+
+
+def test_folds_keep_specimens_whole_are_balanced_and_depend_on_the_seed():
+    df = _records([f"specimen {i // 2}" for i in range(2000)])
+    folds = splits.assign_folds(df, seed=0)
+    assert (df.assign(f=folds).groupby("specimen_group")["f"].nunique() == 1).all()
+    assert 0.45 < folds.mean() < 0.55  # a hash spreads 1000 specimens evenly
+    assert set(splits.assign_folds(df, n_folds=5, seed=0)) == set(range(5))
+    assert not folds.equals(splits.assign_folds(df, seed=1))
+    # the hash is fixed: same key, seed and fold count, same fold on any machine
+    assert splits.fold_of("steel", 2, 0) == splits.fold_of("steel", 2, 0)
+    assert [splits.fold_of(k, 7, 3) for k in ("a", "b", "c")] == [
+        int.from_bytes(__import__("hashlib").sha256(f"3\x00{k}".encode()).digest()[:8]) % 7
+        for k in ("a", "b", "c")
+    ]
+
+
+def test_selection_split_names_the_folds():
+    df = _records([f"specimen {i}" for i in range(50)])
+    named = dataset.selection_split(df, seed=0)
+    assert set(named) == {"select", "evaluate"}
+    assert (named == "evaluate").equals(splits.assign_folds(df, seed=0) == 1)
+
+
+@needs_mirror()
+def test_punctuation_no_longer_splits_the_nine_mirror_specimens():
+    """9 specimens (44 images) of the mirror were split into two groups by punctuation alone."""
+    raw = pd.read_csv(SHARED / "doitpoms" / "records.csv", dtype=str, keep_default_na=False)
+    old = raw["brief_description"].map(lambda s: " ".join(str(s).split()).lower())
+    new = raw["brief_description"].map(splits.specimen_key)
+    split_before = old.groupby(new).nunique()
+    assert (split_before > 1).sum() == 9
+    assert new.isin(split_before[split_before > 1].index).sum() == 44
+    df = dataset.load_records(SHARED / "doitpoms")
+    assert df.groupby("specimen_group")["brief_description"].nunique().max() >= 2  # merged
+    assert df.groupby("specimen_group")["specimen_id"].nunique().eq(1).all()
+
+
+def _sample_or_mirror():
+    mirror = SHARED / "doitpoms"
+    found = mirror if (mirror / "records.csv").is_file() else REPO / "data" / "sample"
+    return dataset.load_records(found)
+
+
+@pytest.mark.parametrize("profile", ["smoke", "full"])
+def test_every_profile_subset_reads_the_same_assignment(profile):
+    """Notebook 03 splits the profile's subset, 04 samples questions, 05 the whole dataset:
+    a record's fold is the same in all three."""
+    df = _sample_or_mirror()
+    whole = dataset.selection_split(df, seed=0).set_axis(df["micrograph_no"])
+    subset = dataset.limit_for_profile(df, config.profile(profile), seed=0)
+    part = dataset.selection_split(subset, seed=0).set_axis(subset["micrograph_no"])
+    assert part.equals(whole.loc[part.index])
+
+
+@pytest.mark.parametrize("notebook", ["03_clip_zero_shot", "04_vlm_qa", "05_comparison"])
+def test_notebooks_take_folds_only_from_the_one_function(notebook):
+    cells = json.loads((REPO / "notebooks" / f"{notebook}.ipynb").read_text())["cells"]
+    code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    for own_split in ("permutation(", "GroupKFold", "train_test_split", "specimen_key("):
+        assert own_split not in code

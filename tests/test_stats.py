@@ -1,0 +1,197 @@
+"""Clustered bootstrap, paired tests, Holm and power on small cases with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from microqa import metrics, stats
+
+
+def _specimens(n_specimens=20, per_specimen=10, seed=0):
+    """Each specimen's images are all right or all wrong (near-duplicates)."""
+    rng = np.random.default_rng(seed)
+    right = np.repeat(rng.random(n_specimens) < 0.7, per_specimen)
+    y = np.repeat(np.array(["A", "B"] * (n_specimens // 2), dtype=object), per_specimen)
+    pred = np.where(right, y, np.where(y == "A", "B", "A")).astype(object)
+    groups = np.repeat(np.arange(n_specimens), per_specimen)
+    return y, pred, groups
+
+
+def test_every_class_is_in_every_resample_even_with_one_image():
+    y = np.array(["SEM"] * 30 + ["TEM"] * 5 + ["AFM"], dtype=object)
+    groups = np.arange(len(y)) // 2
+    groups[-1] = 999  # the AFM image is its own specimen
+    for index in stats.resamples(y, groups, n_boot=300, seed=1):
+        assert set(y[index]) == {"SEM", "TEM", "AFM"}
+
+
+def test_specimens_are_resampled_whole():
+    y = np.array(["A"] * 12 + ["B"] * 12, dtype=object)
+    groups = np.arange(24) // 4
+    for index in stats.resamples(y, groups, n_boot=50, seed=0):
+        counts = np.bincount(groups[index], minlength=6)
+        assert (counts % 4 == 0).all()  # a specimen comes with all 4 of its images, or not
+        assert len(index) == 24  # strata keep their number of specimens
+
+
+def test_specimen_clusters_widen_the_interval():
+    y, pred, groups = _specimens()
+    clustered = stats.summarise(y, pred, groups, n_boot=400, seed=0)
+    images = stats.summarise(y, pred, None, n_boot=400, seed=0)
+    width = clustered["accuracy_ci_high"] - clustered["accuracy_ci_low"]
+    naive = images["accuracy_ci_high"] - images["accuracy_ci_low"]
+    assert width > 2 * naive  # 20 independent specimens, not 200 independent images
+    assert clustered["n"] == 200 and clustered["n_specimens"] == 20
+    assert clustered["accuracy"] == images["accuracy"]
+    assert clustered["accuracy_ci_low"] <= clustered["accuracy"] <= clustered["accuracy_ci_high"]
+
+
+def test_interval_is_the_95_percent_one():
+    assert stats.interval(np.arange(1001)) == pytest.approx((25.0, 975.0))
+    assert stats.LEVEL == 0.95
+    y, pred, groups = _specimens()
+    row = stats.summarise(y, pred, groups, n_boot=500, seed=3)
+    codes = metrics._Codes(y, metrics._clean(pred))
+    boot = [codes.balanced_accuracy(i) for i in stats.resamples(y, groups, n_boot=500, seed=3)]
+    assert row["balanced_accuracy_ci_low"] == pytest.approx(np.quantile(boot, 0.025))
+    assert row["balanced_accuracy_ci_high"] == pytest.approx(np.quantile(boot, 0.975))
+    assert row["ci_level"] == 0.95
+
+
+def test_summary_point_values_and_unanswered():
+    y = ["A", "A", "A", "B"]
+    pred = ["A", "A", None, "A"]
+    row = stats.summarise(y, pred, n_boot=20)
+    assert row["accuracy"] == 0.5
+    assert row["balanced_accuracy"] == pytest.approx((2 / 3 + 0) / 2)
+    assert row["unanswered_rate"] == 0.25
+
+
+def test_mcnemar_is_exact_and_two_sided():
+    a = [False] * 5 + [True] * 10
+    b = [True] * 5 + [True] * 10
+    result = metrics.mcnemar(a, b)
+    assert (result["only_a_correct"], result["only_b_correct"]) == (0, 5)
+    assert result["p_value"] == pytest.approx(2 * 0.5**5)  # one-sided would be 0.03125
+    assert metrics.mcnemar(b, a)["p_value"] == result["p_value"]
+
+
+def test_paired_difference_has_the_sign_of_a_minus_b_and_uses_both_methods():
+    y = np.array(["A"] * 40 + ["B"] * 10, dtype=object)
+    good = y.copy()
+    bad = np.array(["A"] * 50, dtype=object)  # always "A": balanced accuracy 0.5
+    groups = np.arange(50)
+    ab = stats.paired_comparison(y, good, bad, groups, n_boot=300)
+    ba = stats.paired_comparison(y, bad, good, groups, n_boot=300)
+    assert ab["balanced_accuracy_difference"] == pytest.approx(0.5)
+    assert ab["accuracy_difference"] == pytest.approx(0.2)
+    assert ba["balanced_accuracy_difference"] == pytest.approx(-0.5)
+    assert ab["balanced_accuracy_ci_low"] > 0 > ba["balanced_accuracy_ci_high"]
+    assert (ab["only_a_correct"], ab["only_b_correct"]) == (10, 0)
+    assert ab["p_mcnemar"] == pytest.approx(2 * 0.5**10)
+    assert ab["p_bootstrap"] < 0.01
+    same = stats.paired_comparison(y, good, good, groups, n_boot=100)
+    assert same["balanced_accuracy_difference"] == 0 and same["p_mcnemar"] == 1.0
+
+
+def test_bootstrap_p_is_two_sided():
+    assert stats.bootstrap_p(np.ones(99)) == pytest.approx(2 / 100)
+    assert stats.bootstrap_p(-np.ones(99)) == pytest.approx(2 / 100)
+    assert stats.bootstrap_p(np.array([-1.0, 1.0] * 50)) == 1.0
+
+
+def test_holm_known_answer():
+    adjusted = stats.holm([0.01, 0.04, 0.03, np.nan])
+    assert adjusted[:3] == pytest.approx([0.03, 0.06, 0.06])
+    assert np.isnan(adjusted[3])
+    assert stats.holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])
+
+
+def test_minimal_detectable_difference_at_80_percent_power():
+    assert stats.mdd(0.1) == pytest.approx((1.959964 + 0.841621) * 0.1, rel=1e-5)
+    y, pred, groups = _specimens(n_specimens=40)
+    other = np.where(np.arange(len(y)) % 3 == 0, y, pred)
+    row = stats.paired_comparison(y, pred, other, groups, n_boot=400)
+    assert row["mdd_80"] == pytest.approx(stats.mdd(row["balanced_accuracy_se"]))
+    assert row["mdd_80"] > 0
+
+
+def test_same_inputs_same_numbers():
+    y, pred, groups = _specimens()
+    assert stats.summarise(y, pred, groups, seed=5) == stats.summarise(y, pred, groups, seed=5)
+
+
+def test_summary_columns_top2_and_empty_input():
+    y = ["A", "B", "C", "A"]
+    scores = np.array([[0.6, 0.3, 0.1], [0.5, 0.4, 0.1], [0.2, 0.5, 0.3], [0.1, 0.2, 0.7]])
+    pred = ["A", "A", "B", "C"]
+    row = stats.summarise(
+        y, pred, ["s1", "s2", "s3", "s1"], scores=scores, classes="ABC", n_boot=20
+    )
+    assert row["top2_accuracy"] == 0.75  # A yes, B yes, C yes (B, C), A no (C, B)
+    assert row["n_specimens"] == 3 and row["ci_level"] == 0.95
+    assert row["macro_precision"] == pytest.approx((1 / 2 + 0 + 0) / 3)
+    assert row["macro_recall"] == pytest.approx((1 / 2 + 0 + 0) / 3)
+    assert set(row) == {
+        "n", "n_specimens", "accuracy", "balanced_accuracy", "macro_precision", "macro_recall",
+        "macro_f1", "unanswered_rate", "top2_accuracy", "ci_level",
+        *(f"{m}_ci_{side}" for m in stats.CI_METRICS for side in ("low", "high")),
+    }  # fmt: skip
+    assert "top2_accuracy" not in stats.summarise(y, pred, n_boot=5)
+    assert "top2_accuracy" not in stats.summarise(y, pred, scores=scores, n_boot=5)
+    assert stats.summarise(y, pred, n_boot=5)["n_specimens"] == 4
+    empty = stats.summarise([], [], n_boot=5)
+    assert empty["n"] == 0 and np.isnan(empty["balanced_accuracy"])
+    assert np.isnan(empty["accuracy_ci_low"]) and np.isnan(empty["macro_f1"])
+    assert all(np.isnan(v) for v in stats.interval([]))
+    assert np.isnan(stats.bootstrap_p(np.array([])))
+    assert stats.resamples([], n_boot=3) == []
+
+
+def test_defaults_are_1000_resamples_seed_0_and_2000_for_pairs():
+    y, pred, groups = _specimens()
+    assert len(stats.resamples(y, groups)) == 1000
+    assert [list(i) for i in stats.resamples(y, groups, n_boot=3)] == [
+        list(i) for i in stats.resamples(y, groups, n_boot=3, seed=0)
+    ]
+    assert stats.summarise(y, pred, groups) == stats.summarise(y, pred, groups, n_boot=1000, seed=0)
+    other = np.roll(pred, 7)
+    assert stats.paired_comparison(y, pred, other, groups) == stats.paired_comparison(
+        y, pred, other, groups, n_boot=2000, seed=0
+    )
+
+
+def test_paired_interval_respects_specimens_and_its_se_is_the_balanced_one():
+    y, pred, groups = _specimens(n_specimens=20, per_specimen=10)
+    other = np.where(np.repeat(np.arange(20) % 4 == 0, 10), y, pred)
+    clustered = stats.paired_comparison(y, pred, other, groups, n_boot=300, seed=2)
+    naive = stats.paired_comparison(y, pred, other, None, n_boot=300, seed=2)
+    width = clustered["balanced_accuracy_ci_high"] - clustered["balanced_accuracy_ci_low"]
+    assert width > 2 * (naive["balanced_accuracy_ci_high"] - naive["balanced_accuracy_ci_low"])
+    assert clustered["n_specimens"] == 20 and naive["n_specimens"] == 200
+    a = metrics._Codes(y, metrics._clean(pred))
+    b = metrics._Codes(y, metrics._clean(other))
+    boot = [
+        a.balanced_accuracy(i) - b.balanced_accuracy(i)
+        for i in stats.resamples(y, groups, n_boot=300, seed=2)
+    ]
+    assert clustered["balanced_accuracy_se"] == pytest.approx(np.std(boot, ddof=1))
+    assert clustered["ci_level"] == 0.95 and clustered["n"] == 200
+
+
+def test_a_class_only_in_mixed_specimens_is_kept_by_its_stratum():
+    y = np.array(["SEM"] * 40 + ["AFM", "SEM"], dtype=object)
+    groups = np.array(list(range(40)) + [99, 99])  # the AFM image shares a specimen with SEM
+    for index in stats.resamples(y, groups, n_boot=200, seed=0):
+        assert "AFM" in set(y[index])
+
+
+def test_holm_caps_at_one_and_keeps_order_for_ties():
+    assert list(stats.holm([0.9, 0.95])) == [1.0, 1.0]
+    assert list(stats.holm([0.02, 0.02, 0.5])) == pytest.approx([0.06, 0.06, 0.5])
+    table = stats.with_holm(
+        __import__("pandas").DataFrame({"p_bootstrap": [0.01, 0.04], "p_mcnemar": [0.3, 0.2]})
+    )
+    assert list(table["p_bootstrap_holm"]) == pytest.approx([0.02, 0.04])
+    assert list(table["p_mcnemar_holm"]) == pytest.approx([0.4, 0.4])
