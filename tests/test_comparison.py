@@ -64,6 +64,8 @@ def planted(tmp_path, n=200, seed=0):
                 "truth": t,
                 "prediction": vlm_pred,
                 "probabilities": json.dumps(vprobs),
+                "rotation": 0,
+                "letter_mass": 0.9,
                 "latency_s": 2.0,
                 "visual_tokens": 256,
                 "raw_text": "",

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from microqa import dataset, provenance, taxonomy
-from microqa.vlm import questions, report, runner
+from microqa.vlm import questions, report, runner, scoring
 from microqa.vlm.cache import Answer, AnswerCache, AnswerKey
 from microqa.vlm.context import ClipContext
 from microqa.vlm.openai_backend import fit_to_budget, image_data_url
@@ -340,11 +340,13 @@ def test_report_tables_agree_with_what_the_server_answered(env, stub):
     result = _run(stub, records, tmp_path, mode="generate", permute=True, seed=1)
     runner.save_answers(result, fresh=True)
     answers = runner.load_answers()
-    qa = report.qa_table(answers, n_boot=50)
+    qa = report.qa_table(answers, records=records, n_boot=50)
     assert len(qa) == 4 and (qa["unparseable_rate"] == 0).all()
+    # one decision per image (its rotations combined), scored against the truth
+    decided = scoring.decisions(answers, records=records)
     for row in qa.itertuples():
-        group = answers[(answers["task"] == row.task) & (answers["prompt_set"] == row.prompt_set)]
-        assert row.n == len(group)
+        group = decided[(decided["task"] == row.task) & (decided["prompt_set"] == row.prompt_set)]
+        assert row.n == group["micrograph_no"].nunique() == len(group)
         assert row.accuracy == pytest.approx((group["truth"] == group["prediction"]).mean())
         assert row.accuracy_ci_low <= row.accuracy <= row.accuracy_ci_high
     bias = report.position_bias_table(answers)
@@ -369,7 +371,7 @@ def test_unparseable_answers_count_as_wrong_never_guessed(env):
         result = _run(stub, records, tmp_path, mode="generate", describe=False)
     answers = result.answers
     assert answers["prediction"].isna().all()
-    qa = report.qa_table(answers, n_boot=20)
+    qa = report.qa_table(answers, records=records, n_boot=20)
     assert (qa["accuracy"] == 0).all() and (qa["unparseable_rate"] == 1).all()
 
 
@@ -414,3 +416,29 @@ def test_cli_exit_codes_bad_images_one_and_bad_input_two(env):
             output = proc.communicate(timeout=120)[0]
             assert proc.returncode == 2, output
             assert output.startswith("error: ") and len(output.strip().splitlines()) == 1
+
+
+def test_server_failures_are_listed_never_cached_and_asked_again(env, stub):
+    """A reply that stays malformed after every retry is a failed question: named in the
+    stage's failures, not stored as "no answer" in the cache, and asked again by a rerun."""
+    tmp_path, records = env
+    sample = runner.question_sample(records, 2)
+
+    def run():
+        return runner.run_study(
+            ["stub-vlm"],
+            backend="openai",
+            sample=sample,
+            settings=runner.RunSettings(describe=False, jobs=(("technique", "study"),)),
+            cache_path=tmp_path / "cache.sqlite",
+            backend_options={"base_url": stub.base_url, "concurrency": 1, "retries": 0},
+            log=lambda *_: None,
+        )
+
+    stub.garbage_next(3, "html")
+    first = run()
+    assert len(first.answers) == 2 * 5 - 3  # two images, five rotations, three lost
+    assert len(first.failures) == 1 and "3 questions unanswered" in first.failures[0]["reason"]
+    second = run()  # the server answers now: only the three lost questions are asked again
+    assert len(second.answers) == 2 * 5 and (~second.answers["cached"]).sum() == 3
+    assert not second.failures

@@ -240,14 +240,21 @@ def _describe_items(backend, sample, settings, shas) -> list[_Item]:
     ]
 
 
-def _ask_image(backend: Backend, image, items: list[_Item]) -> list[tuple[AnswerKey, Answer]]:
-    """All pending questions about one image, in as few backend calls as their kinds allow."""
-    stored = []
+def _ask_image(
+    backend: Backend, image, items: list[_Item]
+) -> tuple[list[tuple[AnswerKey, Answer]], list[str]]:
+    """All pending questions about one image, in as few backend calls as their kinds allow.
+    Returns the answers to store and the reasons of questions that got none (a server's
+    failed request: never cached, so a rerun asks them again)."""
+    stored, errors = [], []
     scored = [it for it in items if it.max_new_tokens is None]
     if scored:
         letters = [list(it.question.letters) for it in scored]
         results = answer_image(backend, image, [it.prompt for it in scored], letters)
         for it, res in zip(scored, results, strict=True):
+            if res.error:
+                errors.append(res.error)
+                continue
             probs = res.probabilities or None
             choice = max(probs, key=probs.get) if probs else None
             top = max(res.logprobs, key=res.logprobs.get) if res.logprobs else ""
@@ -257,6 +264,9 @@ def _ask_image(backend: Backend, image, items: list[_Item]) -> list[tuple[Answer
         group = [it for it in items if it.max_new_tokens == tokens]
         results = generate_image(backend, image, [it.prompt for it in group], tokens)
         for it, res in zip(group, results, strict=True):
+            if res.error:
+                errors.append(res.error)
+                continue
             q, choice = it.question, None
             if q is not None:
                 options = {
@@ -267,7 +277,7 @@ def _ask_image(backend: Backend, image, items: list[_Item]) -> list[tuple[Answer
             stored.append(
                 (it.key, Answer(res.text, choice, None, res.latency_s, res.visual_tokens))
             )
-    return stored
+    return stored, errors
 
 
 def _answer_by_image(opened, items, cache, failures) -> tuple[dict[str, Answer], set[str]]:
@@ -285,7 +295,10 @@ def _answer_by_image(opened, items, cache, failures) -> tuple[dict[str, Answer],
         except images.ImageError as exc:
             failures.append(_failure(todo[0].row, str(exc)))
             continue
-        stored = _ask_image(opened.backend, image, todo)
+        stored, errors = _ask_image(opened.backend, image, todo)
+        if errors:
+            reasons = "; ".join(dict.fromkeys(errors))
+            failures.append(_failure(todo[0].row, f"{len(errors)} questions unanswered: {reasons}"))
         cache.put_many(stored)  # committed: a kill after this line loses nothing of the image
         for key, answer in stored:
             found[key.key] = answer
