@@ -66,14 +66,16 @@ def test_sample_excludes_other_family_and_runs_every_job(env, stub):
     result = _run(stub, records, tmp_path, describe=False)
     answers = result.answers
     sample_size = len(runner.question_sample(records, "all"))
-    assert sample_size == 16  # 18 records minus the two photographs
+    # every record some task can score: the two photographs (family Other) get the material
+    # questions only, the two "Device" records (no primary category) the technique ones only
+    assert sample_size == 18
     counts = answers.groupby(["task", "prompt_set"]).size().to_dict()
     # The "Device" specimen (2 images) has no primary category: skipped and reported.
     # every cyclic rotation of the options is asked: 5 technique options, 4 study categories,
     # 4 coarse techniques and the earlier study's 5 categories (with "Fracture")
     assert counts == {
-        ("category", "earlier_study"): 14 * 5,
-        ("category", "study"): 14 * 4,
+        ("category", "earlier_study"): 16 * 5,
+        ("category", "study"): 16 * 4,
         ("technique", "study"): 16 * 5,
         ("technique_coarse", "earlier_study"): 16 * 4,
     }
@@ -88,7 +90,11 @@ def test_sample_excludes_other_family_and_runs_every_job(env, stub):
                 row.permutation
                 == build_question(task, prompt_set, rotation=row.rotation).permutation
             )
-    assert {s["reason"] for s in result.skipped} == {"no primary_category label"}
+    assert {s["reason"] for s in result.skipped} == {
+        "no primary_category label",
+        "no technique_family label",
+        "no technique_coarse label",
+    }
     assert len(stub.chat_requests()) == len(answers)
     for row in answers.itertuples():
         truth = records.set_index("micrograph_no").loc[row.micrograph_no, JOB_TASKS[row.task]]
@@ -141,7 +147,7 @@ def test_generate_mode_parses_the_stubs_sentences(env, stub):
     assert answers.groupby("task")["permutation"].nunique().min() > 1
     # The descriptive question: the stub describes an SEM image of steel.
     descriptions = result.descriptions
-    assert len(descriptions) == 16
+    assert len(descriptions) == 18
     assert (descriptions["technique_pred"] == taxonomy.SEM).all()
     assert (descriptions["category_pred"] == taxonomy.METAL).all()
 
@@ -161,7 +167,7 @@ def test_clip_context_variants_and_no_leakage(env, stub):
         stub, records, tmp_path, contexts=("none", "clip_topk", "clip_neighbours"), describe=False
     )
     study = result.answers[result.answers["prompt_set"] == "study"]
-    per_context = 16 * 5 + 14 * 4  # technique and category questions, every rotation
+    per_context = 16 * 5 + 16 * 4  # technique and category questions, every rotation
     assert study.groupby("context").size().to_dict() == {
         "clip_neighbours": per_context,
         "clip_topk": per_context,
@@ -306,7 +312,7 @@ def test_sigkill_and_rerun_answers_every_question_exactly_once(env):
     tmp_path, records = env
     cache = tmp_path / "kill.sqlite"
     per_image = 5 + 4  # technique + category questions about one image, every rotation
-    total = 16 * 5 + 14 * 4
+    total = 16 * 5 + 16 * 4
     with OpenAIStub(delay_s=0.05) as stub:
         proc = _cli(tmp_path, stub, cache)
         deadline = time.time() + 60
@@ -392,7 +398,7 @@ def test_saving_merges_models_and_replaces_a_rerun_model(env, stub):
     merged = runner.load_answers()
     assert merged.groupby("model").size().to_dict() == {
         "other-vlm": len(second.answers),
-        "stub-vlm": 16 * 5 + 14 * 4 + 16 * 4 + 14 * 5,
+        "stub-vlm": 16 * 5 + 16 * 4 + 16 * 4 + 16 * 5,
     }
     runner.save_answers(second)  # rerunning a model replaces its rows, never duplicates them
     assert len(runner.load_answers()) == len(merged)
@@ -410,7 +416,7 @@ def test_cli_exit_codes_bad_images_one_and_bad_input_two(env):
         assert proc.returncode == 1, output
         assert output.count("failed: ") == 1 and "Traceback" not in output
         answers = runner.load_answers(tmp_path / "build" / "vlm" / "answers.csv")
-        assert len(answers) == 15 + 13 and (answers["rotation"] == 0).all()
+        assert len(answers) == 15 + 15 and (answers["rotation"] == 0).all()
         for extra in (["--tasks", "technique/nonsense"], ["--n", "lots"]):
             proc = _cli(tmp_path, stub, cache, extra)
             output = proc.communicate(timeout=120)[0]

@@ -8,85 +8,62 @@
     outputs    build/clip/: file names, columns, reading and writing
     cli        `python -m microqa embed`
 
-The names a notebook uses are re-exported here (`from microqa import clip`).
+The names a notebook uses are re-exported here (`from microqa import clip`), loaded on first
+use: importing `microqa.clip.outputs` (as the VLM context and the comparison do) must not
+load torch, so the OpenAI-compatible path stays free of it.
 """
 
-from microqa.clip import embed, models, outputs, prompts, report, zero_shot
-from microqa.clip.embed import EmbeddingResult, default_workers, embed_images, encode_texts
-from microqa.clip.models import (
-    HF_CLIP_B32_PREPROCESSING,
-    ArchitectureUnavailable,
-    ClipModel,
-    ModelIdentity,
-    WeightsUnavailable,
-    default_device,
-    load_identity,
-    load_model,
-    load_or_substitute,
-    parse_model_name,
-    random_weights_file,
-    slug,
-)
-from microqa.clip.outputs import SCORE_COLUMNS
-from microqa.clip.report import (
-    category_multi_table,
-    confusion_figure,
-    material_set,
-    per_class_tables,
-    search_figure,
-    status_table,
-    zero_shot_table,
-)
-from microqa.clip.zero_shot import (
-    ZeroShotRun,
-    choose_prompt_sets,
-    class_embeddings,
-    predictions,
-    run_zero_shot,
-    stage_labels,
-    text_to_image_search,
-    write_outputs,
-    zero_shot_probabilities,
-)
+from __future__ import annotations
 
-__all__ = [
-    "HF_CLIP_B32_PREPROCESSING",
-    "SCORE_COLUMNS",
-    "ArchitectureUnavailable",
-    "ClipModel",
-    "EmbeddingResult",
-    "ModelIdentity",
-    "WeightsUnavailable",
-    "ZeroShotRun",
-    "category_multi_table",
-    "choose_prompt_sets",
-    "class_embeddings",
-    "confusion_figure",
-    "default_device",
-    "default_workers",
-    "embed",
-    "embed_images",
-    "encode_texts",
-    "load_identity",
-    "load_model",
-    "load_or_substitute",
-    "material_set",
-    "models",
-    "outputs",
-    "parse_model_name",
-    "per_class_tables",
-    "predictions",
-    "prompts",
-    "random_weights_file",
-    "report",
-    "run_zero_shot",
-    "search_figure",
-    "slug",
-    "stage_labels",
-    "status_table",
-    "text_to_image_search",
-    "write_outputs",
-    "zero_shot",
-    "zero_shot_probabilities",
-    "zero_shot_table",
-]
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # what the lazy names come from (also read by tools/notebook_deps.py)
+    from microqa.clip import cli, embed, models, outputs, prompts, report, zero_shot  # noqa: F401
+
+SUBMODULES = ("cli", "embed", "models", "outputs", "prompts", "report", "zero_shot")
+# name -> the submodule that defines it
+_EXPORTS = {
+    "EmbeddingResult": "embed",
+    "default_workers": "embed",
+    "embed_images": "embed",
+    "encode_texts": "embed",
+    "HF_CLIP_B32_PREPROCESSING": "models",
+    "ArchitectureUnavailable": "models",
+    "ClipModel": "models",
+    "ModelIdentity": "models",
+    "WeightsUnavailable": "models",
+    "default_device": "models",
+    "load_identity": "models",
+    "load_model": "models",
+    "load_or_substitute": "models",
+    "parse_model_name": "models",
+    "random_weights_file": "models",
+    "slug": "models",
+    "SCORE_COLUMNS": "outputs",
+    "category_multi_table": "report",
+    "confusion_figure": "report",
+    "material_set": "report",
+    "per_class_tables": "report",
+    "search_figure": "report",
+    "status_table": "report",
+    "zero_shot_table": "report",
+    "ZeroShotRun": "zero_shot",
+    "choose_prompt_sets": "zero_shot",
+    "class_embeddings": "zero_shot",
+    "predictions": "zero_shot",
+    "run_zero_shot": "zero_shot",
+    "stage_labels": "zero_shot",
+    "text_to_image_search": "zero_shot",
+    "write_outputs": "zero_shot",
+    "zero_shot_probabilities": "zero_shot",
+}
+__all__ = sorted([*_EXPORTS, *SUBMODULES])
+
+
+def __getattr__(name: str):
+    if name in SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

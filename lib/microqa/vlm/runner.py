@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from microqa import dataset, hub, images, provenance, taxonomy
@@ -94,10 +95,14 @@ class StudyResult:
 
 
 def question_sample(records: pd.DataFrame, n: int | str | None, *, seed: int = 0) -> pd.DataFrame:
-    """The seeded QA sample, stratified by technique family, over microscopy images (the
-    'Other' family, photographs and tomography, has no option in the technique question)."""
-    eligible = records[records["technique_family"].isin(taxonomy.TECHNIQUE_FAMILIES)]
-    return dataset.stratified_sample(eligible, n, by="technique_family", seed=seed)
+    """The seeded QA sample, stratified by technique family, over every record that some task
+    can score. Each question is then asked only where its task has a label: photographs and
+    tomograms (family 'Other') and records without a technique get the material questions
+    but no technique question; records without a primary category no material question."""
+    labelled = np.zeros(len(records), dtype=bool)
+    for column, classes in taxonomy.TASKS.values():
+        labelled |= records[column].isin(classes).to_numpy()
+    return dataset.stratified_sample(records[labelled], n, by="technique_family", seed=seed)
 
 
 def _hub_reason(model: str) -> str | None:
@@ -185,7 +190,7 @@ def _question_items(opened, sample, settings, context, shas, base, skipped) -> l
             no_truth = no_context = 0
             for _, row in sample.iterrows():
                 mno, truth = int(row["micrograph_no"]), row[column]
-                if truth is None or truth != truth:
+                if truth not in taxonomy.TASKS[task][1]:  # no label for this task
                     no_truth += 1
                     continue
                 text = context.render(variant, mno, task) if variant != "none" else ""
