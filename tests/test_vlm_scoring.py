@@ -83,8 +83,7 @@ def test_hf_backend_and_the_rule_agree_on_the_same_log_probabilities(tmp_path, f
     same next-token distribution as a server would list it (every token, as text)."""
     import torch
 
-    from microqa.vlm import tiny
-    from microqa.vlm import hf
+    from microqa.vlm import hf, tiny
     from microqa.vlm.base import VLMRequest
     from tests.test_vlm_hf import micrograph
 
