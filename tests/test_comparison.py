@@ -311,3 +311,46 @@ def test_prompt_set_choice_and_cross_fit_use_the_other_fold():
         (0, "two", 4),
         (1, "one", 4),
     ]
+
+
+def test_per_image_answers_and_cascade_handoffs_agree_with_the_pooled_methods(
+    tmp_path, monkeypatch
+):
+    """The two frames the galleries of notebook 05 read: every method's answer per image, and
+    per cascade which images went to the VLM, on CLIP's confidence and with the VLM's answer."""
+    df, paths, confident, result = _compare(tmp_path, monkeypatch)
+    answers, handoffs = result.predictions, result.handoffs
+    assert set(answers["method"]) == set(result.table["label"])
+    for method, rows in answers.groupby("method"):
+        assert rows["micrograph_no"].is_unique and len(rows) == len(df)
+        n = result.table.set_index("label").loc[method, "n"]
+        right = (rows["prediction"] == rows["truth"]).mean()
+        assert right == pytest.approx(result.table.set_index("label").loc[method, "accuracy"])
+        assert len(rows) == n
+    truth = df.set_index("micrograph_no")["technique_family"]
+    assert (
+        answers.set_index("micrograph_no")["truth"]
+        == truth.loc[answers["micrograph_no"]].to_numpy()
+    ).all()
+
+    (cascade,) = result.table.loc[result.table["kind"] == "cascade", "label"]
+    assert set(handoffs["method"]) == {cascade}
+    handoffs = handoffs.set_index("micrograph_no").loc[df["micrograph_no"]]
+    assert handoffs["sent"].mean() == pytest.approx(
+        result.table.set_index("label").loc[cascade, "fraction_to_vlm"]
+    )
+    # the planted CLIP is confident (margin 0.75/1.05) exactly where it is right
+    margin_confident = handoffs["clip_confidence"] > 0.3
+    assert (margin_confident.to_numpy() == confident).all()
+    assert not handoffs.loc[margin_confident, "sent"].any()  # confident images stay with CLIP
+    assert (
+        handoffs.loc[~handoffs["sent"], "clip_prediction"]
+        == handoffs.loc[~handoffs["sent"], "truth"]
+    ).all()
+    # the cascade's answer is CLIP's where kept and the VLM's where sent
+    said = answers[answers["method"] == cascade].set_index("micrograph_no")["prediction"]
+    expected = handoffs["clip_prediction"].where(~handoffs["sent"], handoffs["vlm_prediction"])
+    assert (said.loc[handoffs.index] == expected).all()
+
+    shown = comparison.gallery_predictions(answers, "technique")
+    assert set(shown["kind"]) == {"clip_zero_shot", "vlm"}

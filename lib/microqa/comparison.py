@@ -12,7 +12,7 @@ prompt_set, partner); its display label is derived from them by `label` and neve
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
@@ -108,6 +108,12 @@ class StudyComparison:
     curves: pd.DataFrame  # cascade curves of the cross-fitted CLIP stage
     paired: pd.DataFrame  # the study's questions as paired tests, Holm-corrected
     choices: pd.DataFrame  # what was chosen on which fold
+    # per image, every method's answer: task, micrograph_no, truth, method (label), the
+    # identity columns, prediction (None: no answer); the galleries of disagreements read it
+    predictions: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # per image and cascade: task, method, micrograph_no, truth, clip_prediction,
+    # clip_confidence (margin), vlm_prediction, sent (handed to the VLM)
+    handoffs: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def default_paths() -> dict[str, Path]:
@@ -136,7 +142,7 @@ def compare(
         + vlm_methods(vlm_decisions(paths["answers"], folds))
     )
     slag = pd.Series(taxonomy.slag_records(df), index=records.index)
-    tables, curves, paired, choices = [], [], [], []
+    tables, curves, paired, choices, answers, handoffs = [], [], [], [], [], []
     for task, (column, classes) in taxonomy.TASKS.items():
         labelled = records.loc[records[column].isin(classes), column]
         task_methods = [_covering(m, labelled) for m in methods if m.task == task]
@@ -152,8 +158,11 @@ def compare(
                 if _two_folds(both.index, folds):
                     on_both = {k: m.restricted(both.index) for k, m in stage.items()}
                     pair = (clip.restricted(both.index), vlm.restricted(both.index))
-                    hybrids += _hybrids(on_both, *pair, both, folds, choices, curves)
+                    made = _hybrids(on_both, *pair, both, folds, choices, curves)
+                    handoffs += [_handoff_rows(h, pair[1], both) for h in made]
+                    hybrids += made
         everything = pooled + vlms + hybrids
+        answers += [_answer_rows(m, labelled) for m in everything]
         for subset, exclude in SUBSETS.items():
             if exclude and task != "category":
                 continue
@@ -168,7 +177,64 @@ def compare(
         curves=pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(),
         paired=stats.with_holm(pd.DataFrame(paired)) if paired else pd.DataFrame(),
         choices=pd.DataFrame(choices),
+        predictions=pd.concat(answers, ignore_index=True) if answers else pd.DataFrame(),
+        handoffs=pd.concat([h for h in handoffs if h is not None], ignore_index=True)
+        if any(h is not None for h in handoffs)
+        else pd.DataFrame(),
     )
+
+
+def _answer_rows(method: Method, labelled: pd.Series) -> pd.DataFrame:
+    """One row per labelled image the method answered."""
+    ids = labelled.index.intersection(method.predictions.index)
+    return pd.DataFrame(
+        {
+            "task": method.task,
+            "micrograph_no": ids,
+            "truth": labelled.loc[ids].to_numpy(),
+            "method": label(method.identity()),
+            **method.identity(),
+            "prediction": method.predictions.loc[ids].astype(object).to_numpy(),
+        }
+    )
+
+
+def _handoff_rows(method: Method, vlm: Method, truth: pd.Series) -> pd.DataFrame | None:
+    """A cascade's per-image hand-off (None for a fusion, which hands nothing off)."""
+    if method.kind != "cascade":
+        return None
+    notes, ids = method.notes, truth.index
+    return pd.DataFrame(
+        {
+            "task": method.task,
+            "method": label(method.identity()),
+            "micrograph_no": ids,
+            "truth": truth.to_numpy(),
+            "clip_prediction": notes["base_prediction"].loc[ids].to_numpy(),
+            "clip_confidence": notes["confidence"].loc[ids].to_numpy(),
+            "vlm_prediction": vlm.predictions.loc[ids].astype(object).to_numpy(),
+            "sent": notes["sent"].loc[ids].astype(bool).to_numpy(),
+        }
+    )
+
+
+def gallery_predictions(predictions: pd.DataFrame, task: str = "technique") -> pd.DataFrame:
+    """The few methods a disagreement gallery compares on one task: each CLIP zero-shot
+    (cross-fitted prompt set), the logistic probe, and each VLM without CLIP context in the
+    study's wording and the run's main mode (the one asked of every image; the context and
+    hybrid variants are combinations of these)."""
+    if predictions.empty:
+        return predictions
+    rows = predictions[predictions["task"] == task]
+    vlm = (rows["kind"] == "vlm") & (rows["context"] == "none") & (rows["prompt_set"] == "study")
+    if vlm.any():
+        vlm &= rows["mode"] == rows.loc[vlm, "mode"].value_counts().index[0]
+    keep = (
+        (rows["kind"] == "clip_zero_shot")
+        | ((rows["kind"] == "clip_probe") & (rows["prompt_set"] == "logreg-grouped-cv"))
+        | vlm
+    )
+    return rows[keep]
 
 
 def _covering(method: Method, labelled: pd.Series) -> Method:

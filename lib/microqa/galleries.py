@@ -58,9 +58,10 @@ class Gallery:
         links = ", ".join(f"[#{n}]({record_url(n)})" for n in self.ids)
         return f"Records shown (their DoITPoMS pages): {links}" if self.ids else ""
 
-    def save(self, name: str) -> None:
-        """Write figures/<name>.jpg (via plots.save_figure) and list the records as links."""
-        plots.save_figure(self.figure, name, photo=True)
+    def save(self, name: str, *, degraded: str = "") -> None:
+        """Write figures/<name>.jpg (via plots.save_figure; `degraded` as there) and list the
+        records as links."""
+        plots.save_figure(self.figure, name, photo=True, degraded=degraded)
         if plots._in_notebook() and self.ids:
             from IPython.display import Markdown, display
 

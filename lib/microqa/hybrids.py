@@ -34,9 +34,13 @@ def _send(conf: pd.Series, threshold: float) -> pd.Series:
 def apply_cascade(base: Method, vlm: Method, threshold: float, how: str = "margin") -> Method:
     """CLIP answers; images whose CLIP confidence is below `threshold` go to the VLM."""
     ids = base.predictions.index.intersection(vlm.predictions.index)
-    send = _send(confidence(base.probabilities.loc[ids], how), threshold)
+    conf = confidence(base.probabilities.loc[ids], how)
+    send = _send(conf, threshold)
     pred = base.predictions.loc[ids].where(~send, vlm.predictions.loc[ids])
-    return hybrid("cascade", base, vlm, pred.astype(object).where(pred.notna(), None), None, send)
+    method = hybrid("cascade", base, vlm, pred.astype(object).where(pred.notna(), None), None, send)
+    # per image, what the hand-off decided on (the galleries of notebook 05 show it)
+    method.notes.update(confidence=conf, base_prediction=base.predictions.loc[ids])
+    return method
 
 
 def cascade_curve(base: Method, vlm: Method, truth: pd.Series, how: str = "margin") -> pd.DataFrame:
@@ -106,6 +110,7 @@ def hybrid(kind, base: Method, vlm: Method, pred, probs, send) -> Method:
 
 
 Fit = Callable[[pd.Series], tuple[object, Method]]
+PER_IMAGE_NOTES = ("sent", "confidence", "base_prediction")  # pooled over folds by cross_fit
 
 
 def cross_fit(
@@ -113,24 +118,25 @@ def cross_fit(
 ) -> tuple[Method, list]:
     """Pool, over the folds, the predictions on each fold of the method `fit` chose on the
     other folds' labels. Returns the pooled method and one choice row per fold."""
-    preds, probs, sent, choices = [], [], [], []
+    preds, probs, choices = [], [], []
+    per_image: dict[str, list[pd.Series]] = {key: [] for key in PER_IMAGE_NOTES}
     for fold in sorted(set(folds.loc[truth.index])):
         held_out = folds.loc[truth.index] == fold
         choice, method = fit(truth[~held_out])
         ids = truth.index[held_out]
         preds.append(method.predictions.loc[ids])
         probs.append(None if method.probabilities is None else method.probabilities.loc[ids])
-        if method.notes.get("sent") is not None:
-            sent.append(method.notes["sent"].loc[ids])
+        for key in PER_IMAGE_NOTES:
+            if method.notes.get(key) is not None:
+                per_image[key].append(method.notes[key].loc[ids])
         choices.append({"held_out_fold": fold, **choice, "n_chosen_on": int((~held_out).sum())})
     probabilities = None if any(p is None for p in probs) else pd.concat(probs).loc[truth.index]
     pooled = replace(
         template, predictions=pd.concat(preds).loc[truth.index], probabilities=probabilities
     )
-    if sent:
-        send = pd.concat(sent).loc[truth.index]
-        fraction = float(send.mean())
-        pooled.notes = {"fraction_to_vlm": fraction, "sent": send}
+    if per_image["sent"]:
+        notes = {key: pd.concat(v).loc[truth.index] for key, v in per_image.items() if v}
+        pooled.notes = {"fraction_to_vlm": float(notes["sent"].mean()), **notes}
     return pooled, choices
 
 

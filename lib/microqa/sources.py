@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from microqa import config, dataset, doitpoms, provenance
+from microqa import config, dataset, doitpoms, provenance, publishing
 
 SMOKE_IDS = "1-40"  # the smoke profile scrapes only these, into build/, never into data/
 SOURCES = {
@@ -179,7 +179,7 @@ def _sample_instead(reason: str, target: Path) -> DatasetChoice:
         )
     if doitpoms.made_by_scraper(target) and (target / "records.csv").is_file():
         reason += (
-            f" (the partial scrape in {config.display_path(target)} is kept; rerun to resume it)"
+            f" (the partial scrape in {publishing.relative(target)} is kept; rerun to resume it)"
         )
     n_records, n_images, notes = inspect_dataset(sample)
     provenance.substitute(

@@ -67,7 +67,7 @@ def test_features_timing_and_probe_scores_are_written(clip_run):
     assert timing["ViT-B-32:openai"]["n"] > 0
     assert timing["ViT-B-32:openai"]["seconds_per_image"] > 0
     probe = pd.read_csv(directory / "probe_scores.csv")
-    assert (probe["prompt_set"] == "logreg-grouped-cv").all()
+    assert set(probe["prompt_set"]) == {"logreg-grouped-cv", "knn-grouped-cv"}  # both probes
     assert probe["model"].str.startswith("probe:").all()
 
 

@@ -352,3 +352,33 @@ def title_labels(weights: dict[str, str], substitutes: Sequence[str] = ()) -> li
     if any(w != "pretrained" for w in weights.values()):
         labels.append("random weights")
     return list(dict.fromkeys(labels))
+
+
+def scored_decisions(
+    decided: pd.DataFrame, model: str, task: str, *, context: str = "none"
+) -> pd.DataFrame:
+    """One model's score-mode decisions on one task, as `galleries.confident_mistakes` reads
+    them: micrograph_no, truth, prediction (None: abstained), confidence (the top class
+    probability, averaged over the option rotations). The task's first prompt set in name
+    order when several were asked. Empty in generate mode (no probabilities)."""
+    rows = decided[
+        (decided["model"] == model)
+        & (decided["task"] == task)
+        & (decided["context"] == context)
+        & (decided["mode"] == "score")
+    ]
+    if rows.empty:
+        return pd.DataFrame(columns=["micrograph_no", "truth", "prediction", "confidence"])
+    rows = rows[rows["prompt_set"] == sorted(rows["prompt_set"].unique())[0]]
+    top = probability_matrix(rows, list(taxonomy.TASKS[task][1]))
+    return pd.DataFrame(
+        {
+            "micrograph_no": rows["micrograph_no"].to_numpy(),
+            "truth": rows["truth"].to_numpy(),
+            "prediction": rows["prediction"]
+            .astype(object)
+            .where(rows["prediction"].notna(), None)
+            .to_numpy(),
+            "confidence": np.nan if top is None else top.max(axis=1),
+        }
+    )
