@@ -33,11 +33,17 @@ def test_full_study_on_the_mirror(tmp_path):
     assert record["data"]["n_images"] == 870
     assert not any(f["what"].startswith("embedded sample") for f in record["data"]["fallbacks"])
     table = pd.read_csv(tmp_path / "tables" / "comparison.csv")
-    # the full profile asks 150 questions; the evaluation half of those is what every row shares
-    assert table.groupby("task")["n"].nunique().eq(1).all()
-    assert table["n"].between(50, 100).all()
+    table = table[table["subset"] == "all labelled"]
     assert table["provenance"].str.contains("scraped").all()
-    probe = table[table["kind"] == "clip_probe"]
+    # cross-fitted: every labelled image of a task is scored once, by every CLIP method and,
+    # in the study's main mode, by every VLM (after relabelling the macroscopic photographs)
+    main = table[
+        table["kind"].isin(["clip_zero_shot", "clip_probe"])
+        | (table["mode"].fillna("score") == "score")
+    ]
+    n = main.groupby("task")["n"].min()
+    assert n["technique"] >= 820 and n["category"] >= 850, n
+    probe = table[(table["kind"] == "clip_probe") & table["label"].str.contains("logistic")]
     assert (probe["weights"] == "pretrained").all()
-    # real reference features separate techniques far above chance (0.2), even on half the set
-    assert probe.set_index("task").loc["technique", "balanced_accuracy"] > 0.5
+    # real reference features separate techniques far above chance (0.2)
+    assert probe.set_index("task").loc["technique", "balanced_accuracy"] > 0.6

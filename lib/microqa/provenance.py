@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import platform
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -135,8 +135,9 @@ def substitute(stage: str, what: str, reason: str) -> str:
         if entry not in fallbacks:
             fallbacks.append(entry)
         _write(record)
-    bar = "!" * min(100, max(40, len(what) + 20))
-    print(f"{bar}\n{message}\n{bar}", file=sys.stderr, flush=True)
+    # Loud where it is read: a notebook shows it in its banner (and logs it to its log file);
+    # a command-line run prints it on stderr (logging's last-resort handler).
+    logging.getLogger(__name__).warning(message)
     return message
 
 

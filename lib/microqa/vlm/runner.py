@@ -18,6 +18,7 @@ CLI: `python -m microqa vlm ...` (`microqa.vlm.cli`).
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -126,7 +127,7 @@ def open_model(backend: str, model: str, **options: Any) -> OpenedModel:
         if reason:
             from microqa.vlm import tiny
 
-            print(f"cannot load {model}: {reason}", file=sys.stderr)
+            logging.getLogger(__name__).warning("cannot load %s: %s", model, reason)
             local = tiny.offline_vlm_dir(model)  # declares the substitute; raises if STRICT=1
             return OpenedModel(model, load_backend("hf", str(local), **options), True)
     return OpenedModel(model, load_backend(backend, model, **options))
