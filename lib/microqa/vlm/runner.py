@@ -18,6 +18,7 @@ CLI: `python -m microqa vlm ...` (`microqa.vlm.cli`).
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -28,11 +29,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from microqa import dataset, hub, images, provenance, taxonomy
+from microqa import dataset, hub, provenance, taxonomy
 from microqa.files import sha256_file
-from microqa.vlm import questions
+from microqa.vlm import asking, questions
 from microqa.vlm.backends import load_backend
-from microqa.vlm.base import Backend, answer_image, generate_image
+from microqa.vlm.base import Backend
 from microqa.vlm.cache import Answer, AnswerCache, AnswerKey, canonical_params, prompt_hash
 from microqa.vlm.context import ClipContext
 from microqa.vlm.outputs import (  # noqa: F401  (the notebook's and users' entry points)
@@ -44,7 +45,7 @@ from microqa.vlm.outputs import (  # noqa: F401  (the notebook's and users' entr
     probability_matrix,
     save_answers,
 )
-from microqa.vlm.parsing import keyword_recall, map_description, parse_choice
+from microqa.vlm.parsing import keyword_recall, map_description
 
 MODES = ("score", "generate")
 
@@ -136,16 +137,6 @@ def open_model(backend: str, model: str, **options: Any) -> OpenedModel:
 # --- one model ---------------------------------------------------------------------------------
 
 
-@dataclass
-class _Item:
-    row: pd.Series
-    key: AnswerKey
-    prompt: str
-    question: questions.Question | None  # None: the descriptive question
-    max_new_tokens: int | None = None  # None: scored
-    truth: str | None = None
-
-
 def _key(backend: Backend, prompt: str, letters: Sequence[str], sha: str, mode: str, params):
     params = {**params, "image_budget": backend.image_budget}  # the RESOLVED budget
     return AnswerKey(
@@ -159,21 +150,7 @@ def _key(backend: Backend, prompt: str, letters: Sequence[str], sha: str, mode: 
     )
 
 
-def image_file(path: str | Path) -> str:
-    """An image's path as a reader knows it: relative to its dataset ("images/000123.jpg")."""
-    path = Path(path)
-    return f"{path.parent.name}/{path.name}"
-
-
-def _failure(row, reason: str) -> dict[str, Any]:
-    return {
-        "micrograph_no": int(row["micrograph_no"]),
-        "image_file": image_file(row["image_path"]),
-        "reason": reason,
-    }
-
-
-def _question_items(opened, sample, settings, context, shas, base, skipped) -> list[_Item]:
+def _question_items(opened, sample, settings, context, shas, base, skipped) -> list[asking.Item]:
     """Every multiple-choice question of the run, in job order."""
     backend, items = opened.backend, []
     for task, pset in settings.jobs:
@@ -217,17 +194,17 @@ def _question_items(opened, sample, settings, context, shas, base, skipped) -> l
                         tokens = settings.max_new_tokens
                         params = {"max_new_tokens": tokens}
                     key = _key(backend, q.prompt, q.letters, shas[mno], settings.mode, params)
-                    items.append(_Item(row, key, q.prompt, q, tokens, truth))
+                    items.append(asking.Item(row, key, q.prompt, q, tokens, truth))
             for count, why in ((no_truth, f"no {column} label"), (no_context, "no CLIP scores")):
                 if count:
                     skipped.append({**where, "n_skipped": count, "reason": why})
     return items
 
 
-def _describe_items(backend, sample, settings, shas) -> list[_Item]:
+def _describe_items(backend, sample, settings, shas) -> list[asking.Item]:
     tokens = settings.describe_tokens
     return [
-        _Item(
+        asking.Item(
             row,
             _key(
                 backend,
@@ -244,72 +221,6 @@ def _describe_items(backend, sample, settings, shas) -> list[_Item]:
         for _, row in sample.iterrows()
         if int(row["micrograph_no"]) in shas
     ]
-
-
-def _ask_image(
-    backend: Backend, image, items: list[_Item]
-) -> tuple[list[tuple[AnswerKey, Answer]], list[str]]:
-    """All pending questions about one image, in as few backend calls as their kinds allow.
-    Returns the answers to store and the reasons of questions that got none (a server's
-    failed request: never cached, so a rerun asks them again)."""
-    stored, errors = [], []
-    scored = [it for it in items if it.max_new_tokens is None]
-    if scored:
-        letters = [list(it.question.letters) for it in scored]
-        results = answer_image(backend, image, [it.prompt for it in scored], letters)
-        for it, res in zip(scored, results, strict=True):
-            if res.error:
-                errors.append(res.error)
-                continue
-            probs = res.probabilities or None
-            choice = max(probs, key=probs.get) if probs else None
-            top = max(res.logprobs, key=res.logprobs.get) if res.logprobs else ""
-            answer = Answer(top, choice, probs, res.latency_s, res.visual_tokens, res.letter_mass)
-            stored.append((it.key, answer))
-    for tokens in dict.fromkeys(it.max_new_tokens for it in items if it.max_new_tokens):
-        group = [it for it in items if it.max_new_tokens == tokens]
-        results = generate_image(backend, image, [it.prompt for it in group], tokens)
-        for it, res in zip(group, results, strict=True):
-            if res.error:
-                errors.append(res.error)
-                continue
-            q, choice = it.question, None
-            if q is not None:
-                options = {
-                    letter: (text, name)
-                    for letter, text, name in zip(q.letters, q.option_texts, q.classes, strict=True)
-                }
-                choice = parse_choice(res.text, q.letters, options)
-            stored.append(
-                (it.key, Answer(res.text, choice, None, res.latency_s, res.visual_tokens))
-            )
-    return stored, errors
-
-
-def _answer_by_image(opened, items, cache, failures) -> tuple[dict[str, Answer], set[str]]:
-    """Cached answers read; the missing ones asked image by image, committed per image."""
-    found = cache.get_many([it.key for it in items])
-    pending: dict[int, dict[str, _Item]] = {}
-    for it in items:
-        if it.key.key not in found:  # the same question twice in one run is asked once
-            pending.setdefault(int(it.row["micrograph_no"]), {}).setdefault(it.key.key, it)
-    fresh: set[str] = set()
-    for todo in pending.values():
-        todo = list(todo.values())
-        try:
-            image = images.open_rgb(todo[0].row["image_path"])
-        except images.ImageError as exc:
-            failures.append(_failure(todo[0].row, str(exc)))
-            continue
-        stored, errors = _ask_image(opened.backend, image, todo)
-        if errors:
-            reasons = "; ".join(dict.fromkeys(errors))
-            failures.append(_failure(todo[0].row, f"{len(errors)} questions unanswered: {reasons}"))
-        cache.put_many(stored)  # committed: a kill after this line loses nothing of the image
-        for key, answer in stored:
-            found[key.key] = answer
-            fresh.add(key.key)
-    return found, fresh
 
 
 def run_model(
@@ -329,10 +240,10 @@ def run_model(
         try:
             shas[int(row["micrograph_no"])] = sha256_file(row["image_path"])
         except OSError as exc:
-            failures.append(_failure(row, f"cannot read the file ({exc.strerror or exc})"))
+            failures.append(asking.failure(row, f"cannot read the file ({exc.strerror or exc})"))
     items = _question_items(opened, sample, settings, context, shas, base, skipped)
     described = _describe_items(backend, sample, settings, shas) if settings.describe else []
-    found, fresh = _answer_by_image(opened, items + described, cache, failures)
+    found, fresh = asking.answer_by_image(opened, items + described, cache, failures)
     answered = [it for it in items if it.key.key in found]
     log(
         f"{opened.label}: {len(answered)} questions about {len(shas)} images, "
@@ -355,8 +266,9 @@ def run_model(
     )
 
 
-def _answer_row(base, it: _Item, answer: Answer, settings: RunSettings, fresh) -> dict[str, Any]:
-    import json
+def _answer_row(
+    base, it: asking.Item, answer: Answer, settings: RunSettings, fresh
+) -> dict[str, Any]:
 
     q = it.question
     probs = ""
@@ -382,7 +294,7 @@ def _answer_row(base, it: _Item, answer: Answer, settings: RunSettings, fresh) -
     }
 
 
-def _description_row(base, it: _Item, answer: Answer, fresh) -> dict[str, Any]:
+def _description_row(base, it: asking.Item, answer: Answer, fresh) -> dict[str, Any]:
     """The open question, mapped back to the taxonomy, with keyword recall."""
     technique, category = map_description(answer.raw_text)
     return {

@@ -1,0 +1,161 @@
+"""How the runner's pending questions reach a backend: image by image.
+
+Every pending multiple-choice question about one image goes to the backend in one call
+(`score_image` / `generate_image`), so the image is decoded, preprocessed and encoded once
+and, in the hf backend, its visual prefix prefilled once (issue: one image pass per image).
+The open question's long generations are batched across images instead. Answers are
+committed to the cache per image (or per batch), so a kill loses at most the one in flight;
+an undecodable image or a server's failed question is listed in the failures, never cached.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from microqa import images
+from microqa.vlm import questions
+from microqa.vlm.base import Backend, VLMRequest, answer_image, generate_image
+from microqa.vlm.cache import Answer, AnswerKey
+from microqa.vlm.parsing import parse_choice
+
+
+@dataclass
+class Item:
+    """One pending question about one image of the sample."""
+
+    row: pd.Series  # the image's record
+    key: AnswerKey
+    prompt: str
+    question: questions.Question | None  # None: the open (descriptive) question
+    max_new_tokens: int | None = None  # None: scored
+    truth: str | None = None
+
+
+def image_file(path: str | Path) -> str:
+    """An image's path as a reader knows it: relative to its dataset ("images/000123.jpg")."""
+    path = Path(path)
+    return f"{path.parent.name}/{path.name}"
+
+
+def failure(row, reason: str) -> dict[str, Any]:
+    return {
+        "micrograph_no": int(row["micrograph_no"]),
+        "image_file": image_file(row["image_path"]),
+        "reason": reason,
+    }
+
+
+def ask_image(
+    backend: Backend, image, items: list[Item]
+) -> tuple[list[tuple[AnswerKey, Answer]], list[str]]:
+    """All pending questions about one image, in as few backend calls as their kinds allow.
+    Returns the answers to store and the reasons of questions that got none (a server's
+    failed request: never cached, so a rerun asks them again)."""
+    stored, errors = [], []
+    scored = [it for it in items if it.max_new_tokens is None]
+    if scored:
+        letters = [list(it.question.letters) for it in scored]
+        results = answer_image(backend, image, [it.prompt for it in scored], letters)
+        for it, res in zip(scored, results, strict=True):
+            if res.error:
+                errors.append(res.error)
+                continue
+            probs = res.probabilities or None
+            choice = max(probs, key=probs.get) if probs else None
+            top = max(res.logprobs, key=res.logprobs.get) if res.logprobs else ""
+            answer = Answer(top, choice, probs, res.latency_s, res.visual_tokens, res.letter_mass)
+            stored.append((it.key, answer))
+    for tokens in dict.fromkeys(it.max_new_tokens for it in items if it.max_new_tokens):
+        group = [it for it in items if it.max_new_tokens == tokens]
+        results = generate_image(backend, image, [it.prompt for it in group], tokens)
+        for it, res in zip(group, results, strict=True):
+            if res.error:
+                errors.append(res.error)
+                continue
+            q, choice = it.question, None
+            if q is not None:
+                options = {
+                    letter: (text, name)
+                    for letter, text, name in zip(q.letters, q.option_texts, q.classes, strict=True)
+                }
+                choice = parse_choice(res.text, q.letters, options)
+            stored.append(
+                (it.key, Answer(res.text, choice, None, res.latency_s, res.visual_tokens))
+            )
+    return stored, errors
+
+
+DESCRIBE_BATCH = 8  # open-question generations batched across images (long outputs)
+
+
+def answer_by_image(opened, items, cache, failures) -> tuple[dict[str, Answer], set[str]]:
+    """Cached answers read; the missing multiple-choice questions asked image by image
+    (committed per image), then the open question in batches across images (its long
+    generations batch well, and a random stand-in never stops before the token limit)."""
+    from tqdm.auto import tqdm
+
+    found = cache.get_many([it.key for it in items])
+    pending: dict[int, dict[str, Item]] = {}
+    for it in items:
+        if it.key.key not in found:  # the same question twice in one run is asked once
+            pending.setdefault(int(it.row["micrograph_no"]), {}).setdefault(it.key.key, it)
+    fresh: set[str] = set()
+    todo_count = sum(len(todo) for todo in pending.values())
+    bar = tqdm(
+        total=todo_count,
+        desc=f"{opened.label}: asking ({len(items) - todo_count} of {len(items)} cached)",
+        unit="q",
+        disable=todo_count == 0,
+    )
+    undecodable: set[int] = set()
+
+    def image_of(row):
+        """The decoded image, or None (listed once in the failures) when it does not decode."""
+        mno = int(row["micrograph_no"])
+        if mno in undecodable:
+            return None
+        try:
+            return images.open_rgb(row["image_path"])
+        except images.ImageError as exc:
+            failures.append(failure(row, str(exc)))
+            undecodable.add(mno)
+            return None
+
+    def store(stored, errors, row):
+        if errors:
+            reasons = "; ".join(dict.fromkeys(errors))
+            failures.append(failure(row, f"{len(errors)} questions unanswered: {reasons}"))
+        cache.put_many(stored)  # committed: a kill after this line loses nothing of it
+        for key, answer in stored:
+            found[key.key] = answer
+            fresh.add(key.key)
+        bar.update(len(stored) + len(errors))
+
+    described: list[Item] = []
+    for todo in pending.values():
+        todo = list(todo.values())
+        described += [it for it in todo if it.question is None]
+        todo = [it for it in todo if it.question is not None]
+        if todo and (image := image_of(todo[0].row)) is not None:
+            store(*ask_image(opened.backend, image, todo), todo[0].row)
+    for start in range(0, len(described), DESCRIBE_BATCH):
+        chunk, requests = [], []
+        for it in described[start : start + DESCRIBE_BATCH]:
+            if (image := image_of(it.row)) is not None:
+                chunk.append(it)
+                requests.append(VLMRequest(image, it.prompt))
+        if not chunk:
+            continue
+        results = opened.backend.generate(requests, max_new_tokens=chunk[0].max_new_tokens)
+        stored = [
+            (it.key, Answer(res.text, None, None, res.latency_s, res.visual_tokens))
+            for it, res in zip(chunk, results, strict=True)
+            if not res.error
+        ]
+        store(stored, [res.error for res in results if res.error], chunk[0].row)
+    bar.close()
+    return found, fresh
