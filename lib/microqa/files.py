@@ -60,3 +60,32 @@ def sha256_file(path: Path | str) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def open_sqlite(path: Path | str, connect, *, what: str, consequence: str):
+    """`connect(path)` (which opens the database and checks its schema), or, when SQLite
+    cannot read the file (corrupted, or not a database), the file moved aside to
+    `<name>.corrupt-<time>` (with its -wal/-shm/-journal: kept, never overwritten), one line
+    on stderr naming it, and a new database. A locked or busy database is left alone."""
+    import sqlite3
+    import sys
+    import time
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return connect(path)
+    except sqlite3.OperationalError:
+        raise  # locked, busy, no permission: the file may be fine
+    except sqlite3.DatabaseError as err:  # "file is not a database", "... malformed"
+        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            part = Path(f"{path}{suffix}")
+            if part.exists():
+                os.replace(part, Path(f"{aside}{suffix}"))
+        print(
+            f"warning: the {what} {path} is unreadable ({err}); moved it aside to {aside.name} "
+            f"and started a new one ({consequence})",
+            file=sys.stderr,
+        )
+        return connect(path)

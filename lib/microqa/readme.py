@@ -160,6 +160,25 @@ def _real_feature_summary() -> list[str]:
     return lines + ["", "Full comparison, every labelled image scored once:", ""]
 
 
+def _rotation_summary() -> list[str]:
+    """What asking every option order changed (tables/vlm_rotation_effect.csv, written by
+    notebook 04), without CLIP context; every context is in the linked table."""
+    path = config.tables_dir() / "vlm_rotation_effect.csv"
+    if not path.exists():
+        return []
+    from microqa.vlm import report as vlm_report  # matplotlib and seaborn, only when needed
+
+    effect = pd.read_csv(path)
+    return [
+        vlm_report.rotation_readme_text(effect[effect["context"] == "none"]),
+        "",
+        "(every context: [tables/vlm_rotation_effect.md](tables/vlm_rotation_effect.md); "
+        "letters chosen per position: "
+        "[tables/vlm_position_bias.md](tables/vlm_position_bias.md))",
+        "",
+    ]
+
+
 def results_markdown(
     table: pd.DataFrame, published: pd.DataFrame, paired: pd.DataFrame | None = None
 ) -> str:
@@ -211,6 +230,7 @@ def results_markdown(
             "",
             *_markdown(paired_view(paired)),
         ]
+    lines += _rotation_summary()
     lines += [TRUST, ""]
     lines += [
         "**Published by the earlier study** (different protocol; not comparable row by row):",

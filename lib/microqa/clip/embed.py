@@ -67,32 +67,17 @@ def _connect(path: Path) -> sqlite3.Connection:
     return db
 
 
-def _open_or_rebuild(path: Path) -> sqlite3.Connection:
-    """The cache database; one SQLite cannot read is moved aside (kept) and started afresh."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        return _connect(path)
-    except sqlite3.OperationalError:
-        raise  # locked, busy, no permission: the file may be fine, so leave it alone
-    except sqlite3.DatabaseError as err:  # "file is not a database", "... malformed"
-        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
-        for suffix in ("-journal", "-wal", "-shm"):
-            Path(f"{path}{suffix}").unlink(missing_ok=True)
-        os.replace(path, aside)
-        print(
-            f"warning: the CLIP embedding cache {path} is corrupted ({err}); moved it aside to "
-            f"{aside.name} and started a new one (its embeddings will be recomputed)",
-            file=sys.stderr,
-        )
-        return _connect(path)
-
-
 class EmbeddingCache:
     """Image and text embeddings per model identity, file hashes, and measured speeds."""
 
     def __init__(self, path: Path | None = None):
         self.path = path or cache_path()
-        self.db = _open_or_rebuild(self.path)
+        self.db = files.open_sqlite(
+            self.path,
+            _connect,
+            what="CLIP embedding cache",
+            consequence="its embeddings will be recomputed",
+        )
 
     def close(self) -> None:
         self.db.close()

@@ -12,11 +12,11 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import sqlite3
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from microqa import files
 from microqa.files import sha256_bytes
 
 SCHEMA = """
@@ -87,16 +87,16 @@ class AnswerCache:
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.moved_aside: Path | None = None
-        try:
-            self.conn = self._open()
-        except sqlite3.DatabaseError as exc:
-            self.moved_aside = self._move_aside(exc)
-            self.conn = self._open()
+        self.conn = files.open_sqlite(
+            self.path,
+            self._open,
+            what="answer cache",
+            consequence="its answers will be asked again",
+        )
 
-    def _open(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=30)
+    @staticmethod
+    def _open(path: Path) -> sqlite3.Connection:
+        conn = sqlite3.connect(path, timeout=30)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable per commit
@@ -110,20 +110,6 @@ class AnswerCache:
             conn.close()
             raise
         return conn
-
-    def _move_aside(self, exc: Exception) -> Path:
-        stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S")
-        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-        for suffix in ("", "-wal", "-shm"):
-            part = Path(f"{self.path}{suffix}")
-            if part.exists():
-                part.rename(Path(f"{aside}{suffix}"))
-        print(
-            f"warning: answer cache {self.path} is unreadable ({exc}); moved aside to "
-            f"{aside.name} and starting a new cache (answers will be asked again)",
-            file=sys.stderr,
-        )
-        return aside
 
     def close(self) -> None:
         self.conn.close()
