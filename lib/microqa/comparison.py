@@ -312,7 +312,12 @@ def _hybrids(candidates, clip, vlm, truth, folds, choices, curves) -> list[Metho
         out.append(method)
     curve = cascade_curve(clip, vlm, truth)
     curves.append(
-        curve.assign(task=clip.task, base=label(clip.identity()), vlm=label(vlm.identity()))
+        curve.assign(
+            task=clip.task,
+            base=label(clip.identity()),
+            vlm=label(vlm.identity()),
+            mode=vlm.mode,
+        )
     )
     return out
 
@@ -427,12 +432,24 @@ def provenance_line(weights: str) -> str:
 
 
 def plot_cascade(curves: pd.DataFrame, title: str):
-    """Accuracy and balanced accuracy against the fraction of images sent to the VLM."""
+    """Accuracy and balanced accuracy against the fraction of images sent to the VLM, for the
+    study's main answer mode (the generate-mode agreement subset stays in the curves table);
+    the legend below the panels."""
     import matplotlib.pyplot as plt
 
+    if "mode" in curves:
+        curves = curves[curves["mode"].fillna("score").ne("generate")]
     tasks = list(dict.fromkeys(curves["task"]))
+    n_lines = curves.groupby(["base", "vlm"]).ngroups
+    columns = 1 if n_lines <= 3 else 2
+    legend_height = 0.3 * -(-n_lines // columns) + 0.4  # inches: legend rows and a margin
     fig, axes = plt.subplots(
-        2, len(tasks), figsize=(6 * len(tasks), 7), squeeze=False, sharex=True, sharey="row"
+        2,
+        len(tasks),
+        figsize=(6 * len(tasks), 7 + legend_height),
+        squeeze=False,
+        sharex=True,
+        sharey="row",
     )
     for col, task in enumerate(tasks):
         for (base, vlm), curve in curves[curves["task"] == task].groupby(["base", "vlm"]):
@@ -446,6 +463,14 @@ def plot_cascade(curves: pd.DataFrame, title: str):
     axes[1, 0].set_ylabel("balanced accuracy")
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.15, 1, 1))
-    fig.legend(handles, labels, loc="lower center", fontsize=10, ncol=1, frameon=False)
+    fig.tight_layout(rect=(0, legend_height / (7 + legend_height), 1, 1))
+    fig.legend(
+        handles,
+        labels,
+        loc="lower center",
+        bbox_to_anchor=(0.5, 0.0),
+        fontsize=11,
+        ncol=columns,
+        frameon=False,
+    )
     return fig

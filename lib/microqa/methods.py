@@ -52,8 +52,10 @@ class Method:
 
 
 def short_name(model: str) -> str:
-    """A model as a reader knows it: a local directory by its last part, never the path."""
-    return Path(str(model)).name if "/" in str(model) and ":" not in str(model) else str(model)
+    """A model as a reader knows it: a hub id or a local directory by its last part (never a
+    path); names with spaces ("reference ViT-B/32 (pretrained)") are already readable."""
+    text = str(model)
+    return Path(text).name if "/" in text and ":" not in text and " " not in text else text
 
 
 def label(identity: dict) -> str:

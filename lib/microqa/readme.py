@@ -160,6 +160,26 @@ def _real_feature_summary() -> list[str]:
     return lines + ["", "Full comparison, every labelled image scored once:", ""]
 
 
+def _main_mode(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the study's main answer mode: CLIP rows and score-mode VLM rows. The
+    generate-mode rows of the score/generate agreement subset stay in tables/comparison.*."""
+    return table[table["mode"].fillna("score").ne("generate")]
+
+
+def _headline_pairs(paired: pd.DataFrame) -> pd.DataFrame:
+    """The pairs the README shows: main mode only, hybrids on the logistic probe or on
+    zero-shot (the k-NN probe's hybrids are in tables/comparison_paired_tests.*)."""
+    if paired.empty:
+        return paired
+    main = paired["a_mode"].fillna("score").ne("generate") & paired["b_mode"].fillna("score").ne(
+        "generate"
+    )
+    knn_hybrid = paired["a_kind"].isin(["cascade", "fusion"]) & paired["a_prompt_set"].astype(
+        str
+    ).str.contains("knn", case=False)
+    return paired[main & ~knn_hybrid]
+
+
 def _rotation_summary() -> list[str]:
     """What asking every option order changed (tables/vlm_rotation_effect.csv, written by
     notebook 04), without CLIP context; every context is in the linked table."""
@@ -204,13 +224,13 @@ def results_markdown(
     else:
         lines += ["All numbers below come from real data and pretrained weights.", ""]
     data = record.get("data", {})
-    origin = (
-        f", scraped from {data['base_url']}"
-        if data.get("source") in ("scraped", "existing") and data.get("base_url")
-        else ""
-    )
+    source = data.get("source", "unknown")
+    if source in ("scraped", "existing") and data.get("base_url"):
+        origin = f"the DoITPoMS library, scraped from {data['base_url']}"
+    else:
+        origin = {"sample": "the embedded sample", "user": "a user dataset"}.get(source, source)
     lines += [
-        f"Data: {data.get('source', 'unknown')}{origin} ({data.get('n_images', '?')} images). "
+        f"Data: {origin} ({data.get('n_images', '?')} images). "
         "Every labelled image is evaluated once: the images are split into two folds of whole "
         "specimens; prompt sets, thresholds and weights are chosen on one fold and applied to "
         "the other, then the folds swap. Brackets: 95% CI, bootstrap by specimen within class.",
@@ -221,14 +241,14 @@ def results_markdown(
         "Balanced accuracy [95% CI] (n) per task (accuracy, macro F1, top-2 and cost per image: "
         "[tables/comparison.md](tables/comparison.md)):",
         "",
-        *_markdown(pivot(table)),
+        *_markdown(pivot(_main_mode(table))),
     ]
     if paired is not None and not paired.empty:
         lines += [
             "Paired comparisons on the same images (Holm-corrected over the table; "
             "[tables/comparison_paired_tests.md](tables/comparison_paired_tests.md)):",
             "",
-            *_markdown(paired_view(paired)),
+            *_markdown(paired_view(_headline_pairs(paired)).drop(columns="p (bootstrap, Holm)")),
         ]
     lines += _rotation_summary()
     lines += [TRUST, ""]
