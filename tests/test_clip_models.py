@@ -83,7 +83,7 @@ def test_hub_architecture_offline_is_skipped_with_a_reason(stage_dirs):  # noqa:
 
 def test_missing_pretrained_weights_fall_back_loudly_in_one_pass(
     stage_dirs,  # noqa: F811
-    capsys,
+    caplog,
     random_b32_file,  # noqa: F811
     monkeypatch,
 ):
@@ -105,7 +105,7 @@ def test_missing_pretrained_weights_fall_back_loudly_in_one_pass(
     assert loaded.label == "ViT-B-32:openai (random weights, seed 0)"
     # the stand-in preprocesses exactly as the pretrained model it replaces (the tag's options)
     assert str(loaded.preprocess) == str(clip.load_model(f"{ARCH}:{placed}").preprocess)
-    assert "OFFLINE SUBSTITUTE" in capsys.readouterr().err
+    assert "OFFLINE SUBSTITUTE" in caplog.text  # logged: a CLI prints it on stderr
     (entry,) = provenance.fallbacks("clip")
     assert "random weights" in entry["what"] and "local file" in entry["reason"]
 

@@ -64,13 +64,13 @@ def test_full_profile_uses_a_complete_scrape_without_network(tree, mirror, monke
     assert provenance.banner(["data"]).startswith("**Provenance:** real data")
 
 
-def test_unreachable_site_falls_back_to_the_sample_loudly(tree, monkeypatch, capsys):
+def test_unreachable_site_falls_back_to_the_sample_loudly(tree, monkeypatch, caplog):
     url = closed_url()
     monkeypatch.setenv("DOITPOMS_URL", url)
     choice = sources.resolve_dataset("full")
     assert choice.source == "sample" and choice.dataset_dir == config.sample_dir()
     assert (choice.n_records, choice.n_images) == (7, 7)
-    assert "OFFLINE SUBSTITUTE" in capsys.readouterr().err
+    assert "OFFLINE SUBSTITUTE" in caplog.text  # logged: a CLI prints it on stderr
     data = provenance.load()["data"]
     assert data["source"] == "sample"
     [fallback] = data["fallbacks"]
