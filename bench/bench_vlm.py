@@ -9,7 +9,8 @@ ways to answer, all through the same HFBackend:
 - plain batched scoring: one forward pass per question, batched (the image is preprocessed,
   encoded and prefilled again for every question);
 - shared prefix: the runner's path, one image pass and one prefill of the image prefix per
-  image, the questions' own tokens scored in batches against its KV cache.
+  image, each text segment the questions share (a CLIP context, a question stem) prefilled
+  once on top of it, and only the questions' distinct tails scored, in batches.
 
 Offline it runs the tiny random-weight model of a family (language model hidden 64, 2 layers)
 and a larger random-weight model of the same family (hidden 512, 8 layers), so the ratio is not
@@ -86,9 +87,9 @@ def prefill_tokens(backend: HFBackend, image, prompts: list[str]) -> tuple[float
     visual = backend.visual_tokens(image)
     tokenizer = backend.processor.tokenizer
     prefix_length = len(tokenizer(splits[0][0])["input_ids"]) - 1 + visual
-    suffixes = [len(suffix) for _, suffix in splits]
-    plain = sum(prefix_length + s for s in suffixes) / len(prompts)
-    shared = (prefix_length + sum(suffixes)) / len(prompts)
+    suffixes = [suffix for _, suffix in splits]
+    plain = sum(prefix_length + len(s) for s in suffixes) / len(prompts)
+    shared = (prefix_length + prefix.planned_tokens(prefix.plan(suffixes))) / len(prompts)
     return plain, shared
 
 

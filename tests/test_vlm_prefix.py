@@ -2,7 +2,8 @@
 
 For every question the study asks about real micrographs (every task and prompt set, with and
 without CLIP context, every option rotation), the letter probabilities and letter mass from one
-image pass + one prefix prefill + batched suffixes equal those of a plain per-question forward
+image pass + one prefix prefill + each shared text segment (a CLIP context, a question stem)
+prefilled once + batched tails equal those of a plain per-question forward
 pass (batch 1, fp32) within 1e-4, for both tiny families. The tiny models' language-model
 weights are sharpened so that their answers depend on token positions: the test checks that a
 suffix placed one position off WOULD fail it.
@@ -99,20 +100,68 @@ def test_shared_prefix_equals_the_plain_forward_pass(family, sharp, monkeypatch)
             assert s.visual_tokens == p.visual_tokens > 0
     assert worst["probability"] < TOLERANCE and worst["mass"] < TOLERANCE, worst
 
-    # The control: the same suffixes one position too far must not pass the comparison.
-    real_logits = prefix.suffix_logits
+    # The controls: tails, or shared segments, one position too far must fail the comparison.
+    for name in ("suffix_logits", "extend"):
+        real = getattr(prefix, name)
 
-    def one_off(backend_, cache, length, deltas, suffixes):
-        return real_logits(backend_, cache, length + 1, deltas, suffixes)
+        def one_off(backend_, cache, length, deltas, tokens, real=real):
+            return real(backend_, cache, length + 1, deltas, tokens)
 
-    monkeypatch.setattr(prefix, "suffix_logits", one_off)
-    off = backend.score_image(image, prompts, letters)
-    drift = max(
-        abs(o.probabilities[letter] - p.probabilities[letter])
-        for o, p, x in zip(off, plain, letters, strict=True)
-        for letter in x
-    )
-    assert drift > TOLERANCE
+        with monkeypatch.context() as patch:
+            patch.setattr(prefix, name, one_off)
+            off = backend.score_image(image, prompts, letters)
+        drift = max(
+            abs(o.probabilities[letter] - p.probabilities[letter])
+            for o, p, x in zip(off, plain, letters, strict=True)
+            for letter in x
+        )
+        assert drift > TOLERANCE, name
+
+
+def _runs(segment, above=()):
+    """{question index: (the shared segments it runs on, its tail)} under a plan."""
+    above = (*above, segment.tokens) if segment.tokens else above
+    out = {index: (above, tail) for index, tail in segment.tails}
+    for child in segment.segments:
+        out.update(_runs(child, above))
+    return out
+
+
+def test_the_plan_shares_each_context_and_each_question_stem(sharp):
+    """The suffixes of one image form a tree: the CLIP context once for all the tasks and
+    rotations asked with it, the question stem once for its rotations; each question still
+    runs exactly its own tokens."""
+    backend = sharp["qwen3_vl"]
+    prompts, _ = study_questions()
+    suffixes = [
+        ids
+        for _, ids in map(
+            prefix.split_prompt, [backend] * 36, prefix.prompt_texts(backend, prompts)
+        )
+    ]
+    runs = _runs(prefix.plan(suffixes))
+    assert sorted(runs) == list(range(36))
+    for index, (segments, tail) in runs.items():
+        assert [t for segment in segments for t in segment] + tail == suffixes[index]
+        assert tail  # the answer is read at the question's own last token
+    tokenizer = backend.processor.tokenizer
+    with_neighbours = [i for i, p in enumerate(prompts) if p.startswith(NEIGHBOURS)]
+    assert len(with_neighbours) == 9  # two study tasks' rotations
+    # Every question asked with the neighbours' context runs that context as shared segments
+    # (the top-k hint, also shared with the top-k questions, then the annotations), then its
+    # question stem, shared by its rotations only.
+    contexts = {tuple(t for s in runs[i][0][:-1] for t in s) for i in with_neighbours}
+    assert len(contexts) == 1, "the context is not shared once"
+    assert "Expert annotations" in tokenizer.decode(list(contexts.pop()))
+    stems = [tuple(runs[i][0][-1]) for i in with_neighbours]
+    assert len(set(stems)) == 2 and all(stems.count(s) >= 4 for s in stems)
+    assert all(len(runs[i][0]) >= 2 for i in with_neighbours)  # context, then the stem
+    assert prefix.planned_tokens(prefix.plan(suffixes)) < sum(map(len, suffixes)) / 2
+    # A segment that would save fewer tokens than a forward call costs stays in the tails.
+    short = prefix.plan([[1, 2, 3, 9], [1, 2, 3, 8]])
+    assert not short.segments and [t for _, t in short.tails] == [[1, 2, 3, 9], [1, 2, 3, 8]]
+    with pytest.raises(prefix.PrefixError, match="no tokens"):
+        prefix.plan([[1], []])
 
 
 def test_prompt_splits_after_the_image_into_the_plain_tokens(sharp):

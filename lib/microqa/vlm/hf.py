@@ -25,8 +25,9 @@ the total probability of all those spellings.
 the chat template puts everything up to and including the image tokens first, identical for
 all questions (the per-question text, CLIP context included, comes after the image), so the
 image is preprocessed once, the vision tower runs once and the shared prefix is prefilled once;
-the questions' own tokens are then scored in batches against that prefix's KV cache (see
-`microqa.vlm.prefix`). `shared_prefix=False` keeps the plain per-question forward pass.
+the text the questions share after it (a CLIP context, a question stem) is prefilled once on
+top, and only each question's distinct tail is scored, in batches (see `microqa.vlm.prefix`).
+`shared_prefix=False` keeps the plain per-question forward pass.
 """
 
 from __future__ import annotations

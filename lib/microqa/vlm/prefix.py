@@ -6,29 +6,42 @@ question (with any CLIP context) after the image. So, per image:
 
 1. the prefix is preprocessed and run once (image processor, vision tower, prefill), keeping
    its KV cache;
-2. every question's own tokens (its suffix) are scored in batches against that cache, shared
-   along the batch dimension (a view, not a copy: each layer's update concatenates the
-   suffix onto it into a fresh tensor, so the prefix stays intact for the next batch);
-   suffixes are right-padded and each row's logits are read at its last real token.
+2. the questions' own tokens (their suffixes) share text too: every task and rotation asked
+   with one CLIP context starts with that context, every rotation of a question with its
+   stem. The suffixes' token ids form a tree (`plan`: a radix tree, where a shared segment is
+   kept only when prefilling it once saves more tokens than it costs a forward call); each
+   shared segment is prefilled once on top of its parent's KV cache, and only the distinct
+   tails (options and the answer instruction) are scored, in batches against that cache;
+3. a cache is shared along the batch dimension as a view, not a copy: each layer's update
+   concatenates the new tokens onto it into a fresh tensor, so a parent's cache stays intact
+   for its next child or batch. Tails are right-padded and each row's logits are read at its
+   last real token.
 
 Positions continue from the prefix: plain 0..n for LLaVA-NeXT's Mistral; for Qwen-VL the
 multimodal rope gives text after the image the position `prefix max + 1 + j` on all three
 axes, which is `P + j + rope_deltas` with the deltas the model computed for the prefix
 (transformers' own incremental-decoding rule). Tokenising the whole prompt and cutting it
 after the image gives exactly the plain path's tokens (the image placeholder is a special
-token, so nothing merges across the cut); this is checked per prompt.
+token, so nothing merges across the cut); this is checked per prompt. The suffixes are cut
+further only on their token ids, never by re-tokenising text pieces, so every question runs
+exactly the tokens of its plain prompt.
 """
 
 from __future__ import annotations
 
 import copy
 import time
+from dataclasses import dataclass, field
 
 from PIL import Image
 
 from microqa.vlm.base import ScoreResult
 
 SLOT = "\x00question\x00"
+# A shared segment gets its own prefill when that saves at least this many suffix tokens
+# (its length times the extra children that would otherwise each run it): below that, the
+# cost of one more forward call outweighs the tokens saved.
+MIN_SAVED_TOKENS = 24
 
 
 class PrefixError(ValueError):
@@ -105,8 +118,69 @@ def prefill(backend, image: Image.Image, prefix_text: str):
     return cache, length, deltas, visual
 
 
-def suffix_logits(backend, cache, length: int, deltas, suffixes: list[list[int]]):
-    """Next-token logits after each suffix, continuing the prefix in `cache`."""
+@dataclass
+class Segment:
+    """Tokens shared by several suffixes (`tokens`), then what follows them: `tails`
+    (question index, the rest of its tokens) scored in batches, and deeper `segments`."""
+
+    tokens: list[int]
+    tails: list[tuple[int, list[int]]] = field(default_factory=list)
+    segments: list[Segment] = field(default_factory=list)
+
+
+def _common_length(items: list[tuple[int, list[int]]]) -> int:
+    """Length of the common prefix of the items' token ids, leaving each at least one token
+    (its last token's logits are the answer)."""
+    shortest = min(len(ids) for _, ids in items)
+    first = items[0][1]
+    length = 0
+    while length < shortest - 1 and all(ids[length] == first[length] for _, ids in items):
+        length += 1
+    return length
+
+
+def _branch(tokens: list[int], items: list[tuple[int, list[int]]]) -> Segment:
+    """The radix tree of `items` (all starting after `tokens`), its branches grouped by their
+    next token; a branch whose shared segment does not pay for its own forward call is
+    dissolved: its tokens go back into each child."""
+    node = Segment(tokens)
+    groups: dict[int, list[tuple[int, list[int]]]] = {}
+    for index, ids in items:
+        groups.setdefault(ids[0], []).append((index, ids))
+    for group in groups.values():
+        shared = _common_length(group) if len(group) > 1 else 0
+        if shared == 0:
+            node.tails += group
+            continue
+        child = _branch(group[0][1][:shared], [(i, ids[shared:]) for i, ids in group])
+        children = len(child.tails) + len(child.segments)
+        if shared * (children - 1) >= MIN_SAVED_TOKENS:
+            node.segments.append(child)
+        else:  # dissolve: the child's tails and segments carry its tokens themselves
+            node.tails += [(i, child.tokens + ids) for i, ids in child.tails]
+            node.segments += [
+                Segment(child.tokens + g.tokens, g.tails, g.segments) for g in child.segments
+            ]
+    return node
+
+
+def plan(suffixes: list[list[int]]) -> Segment:
+    """How the suffixes of one image are run: the root (no tokens of its own: the image
+    prefix) with its tails and shared segments."""
+    if any(not ids for ids in suffixes):
+        raise PrefixError("a question has no tokens after the image")
+    return _branch([], list(enumerate(suffixes)))
+
+
+def planned_tokens(segment: Segment) -> int:
+    """Tokens the language model runs for a plan (every segment once, every tail once)."""
+    own = len(segment.tokens) + sum(len(ids) for _, ids in segment.tails)
+    return own + sum(planned_tokens(child) for child in segment.segments)
+
+
+def _forward(backend, cache, length: int, deltas, suffixes: list[list[int]]):
+    """Run right-padded `suffixes` on top of `cache` (length `length`): (hidden states, the
+    extended cache). Positions continue from the cache's length."""
     import torch
 
     batch, longest = len(suffixes), max(len(s) for s in suffixes)
@@ -121,39 +195,64 @@ def suffix_logits(backend, cache, length: int, deltas, suffixes: list[list[int]]
     if deltas is not None:  # Qwen-VL multimodal rope: text continues on all three axes
         positions = (positions + deltas.cpu()).unsqueeze(0).expand(3, batch, longest)
     device = backend.device
+    extended = _shared(cache, batch)
     with torch.inference_mode():
         hidden = backend.model.model(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
             position_ids=positions.to(device),
-            cache=_shared(cache, batch),
+            cache=extended,
             use_cache=True,
         ).last_hidden_state
+    return hidden, extended
+
+
+def extend(backend, cache, length: int, deltas, tokens: list[int]):
+    """A new cache: `cache` followed by `tokens` (the parent's cache is left intact)."""
+    return _forward(backend, cache, length, deltas, [tokens])[1]
+
+
+def suffix_logits(backend, cache, length: int, deltas, suffixes: list[list[int]]):
+    """Next-token logits after each suffix, continuing the prefix in `cache`."""
+    import torch
+
+    hidden, _ = _forward(backend, cache, length, deltas, suffixes)
+    with torch.inference_mode():
         last = torch.tensor([len(s) - 1 for s in suffixes], device=hidden.device)
-        rows = hidden[torch.arange(batch, device=hidden.device), last]
+        rows = hidden[torch.arange(len(suffixes), device=hidden.device), last]
         return backend.model.get_output_embeddings()(rows)
+
+
+def _score_segment(backend, segment: Segment, cache, length: int, deltas, rows: list) -> None:
+    """Fill `rows[i]` with the logits of every question under `segment` (whose tokens are
+    already in `cache`)."""
+    for child in segment.segments:
+        child_cache = extend(backend, cache, length, deltas, child.tokens)
+        _score_segment(backend, child, child_cache, length + len(child.tokens), deltas, rows)
+        del child_cache
+    # Batches of similar length: tails range from a bare answer instruction to a question
+    # with three neighbours' annotations, and padding a short one to the longest is wasted.
+    tails = sorted(segment.tails, key=lambda item: len(item[1]))
+    for begin in range(0, len(tails), backend.prefix_batch):
+        chunk = tails[begin : begin + backend.prefix_batch]
+        logits = suffix_logits(backend, cache, length, deltas, [ids for _, ids in chunk])
+        for (index, _), row in zip(chunk, logits, strict=True):
+            rows[index] = row
 
 
 def score_image(
     backend, image: Image.Image, prompts: list[str], letters: list[list[str]]
 ) -> list[ScoreResult]:
     """Every question about `image` from one image pass (see the module docstring)."""
+    import torch
+
     start = time.perf_counter()
     splits = [split_prompt(backend, text) for text in prompt_texts(backend, prompts)]
     prefix_texts = {text for text, _ in splits}
     if len(prefix_texts) != 1:
         raise PrefixError(f"the prompts of one image do not share a prefix in {backend.model_id}")
     cache, length, deltas, visual = prefill(backend, image, prefix_texts.pop())
-    import torch
-
-    # Batches of similar length: suffixes range from a bare question to one with three
-    # neighbours' annotations, and padding a short one to the longest is wasted work.
-    order = sorted(range(len(splits)), key=lambda i: len(splits[i][1]))
     rows = [None] * len(splits)
-    for begin in range(0, len(order), backend.prefix_batch):
-        chunk = order[begin : begin + backend.prefix_batch]
-        logits = suffix_logits(backend, cache, length, deltas, [splits[i][1] for i in chunk])
-        for i, row in zip(chunk, logits, strict=True):
-            rows[i] = row
+    _score_segment(backend, plan([ids for _, ids in splits]), cache, length, deltas, rows)
     latency = (time.perf_counter() - start) / len(prompts)
     return backend.letter_results(torch.stack(rows), letters, latency, [visual] * len(prompts))
