@@ -7,7 +7,7 @@ present in y_true, so a class that never occurs cannot inflate or deflate them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -64,28 +64,6 @@ def top_k_accuracy(y_true: Sequence, scores: np.ndarray, classes: Sequence, k: i
     true_idx = np.array([index[t] for t in y_true])
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     return float(np.mean([t in row for t, row in zip(true_idx, order, strict=True)]))
-
-
-def multilabel_hit_at_1(true_sets: Sequence[set], y_pred: Sequence) -> float:
-    """Multi-label *hit* rate: the prediction is one of the record's labels. Not an accuracy."""
-    return float(np.mean([p in s for s, p in zip(true_sets, y_pred, strict=True)]))
-
-
-def bootstrap_ci(
-    metric: Callable[[np.ndarray], float],
-    n: int,
-    *,
-    n_boot: int = 1000,
-    seed: int = 0,
-    level: float = 0.95,
-) -> tuple[float, float]:
-    """Percentile CI of `metric(indices)` over `n_boot` resamples of range(n) (seeded)."""
-    if n == 0:
-        return (float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    values = np.array([metric(rng.integers(0, n, n)) for _ in range(n_boot)])
-    alpha = (1 - level) / 2
-    return float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
 
 
 class _Codes:

@@ -28,7 +28,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from microqa import metrics, provenance, stats, taxonomy
+from microqa import metrics, stats, taxonomy
 from microqa.clip import outputs as clip_outputs
 
 PROBE_C = 1.0  # on standardised features
@@ -270,37 +270,6 @@ def learning_curve(
         macro_f1=("macro_f1", "mean"),
     )
     return summary.reset_index()
-
-
-def learning_curve_figure(curve: pd.DataFrame, title_labels: Sequence[str] = ()):
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for source, g in curve.groupby("features", sort=False):
-        ax.errorbar(
-            g["labels_per_class"],
-            g["balanced_accuracy"],
-            yerr=g["balanced_accuracy_sd"].fillna(0),
-            marker="o",
-            capsize=3,
-            label=f"{source}: balanced acc.",
-        )
-        ax.plot(
-            g["labels_per_class"],
-            g["accuracy"],
-            marker="s",
-            linestyle="--",
-            label=f"{source}: accuracy",
-        )
-    ax.set_xlabel("labelled images per class (training folds)")
-    ax.set_ylabel("grouped-CV score")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
-    ax.set_title(
-        provenance.stamp("Weak labelling: logreg probe vs labels per class", list(title_labels))
-    )
-    fig.tight_layout()
-    return fig
 
 
 def reference_gap_table(

@@ -141,14 +141,6 @@ def macroscopic_photograph(family: str | None, length_bar: str, brief_descriptio
     )
 
 
-def record_family(
-    technique: str, categories: Iterable[str], length_bar: str = "", brief_description: str = ""
-) -> str | None:
-    """A record's technique family: `technique_family`, then the macroscopic-photograph rule."""
-    family = technique_family(technique, categories)
-    return OTHER if macroscopic_photograph(family, length_bar, brief_description) else family
-
-
 def with_photograph_rule(records) -> list[str | None]:
     """The `technique_family` column of a tidy table with macroscopic photographs as Other
     (a table without `length_bar` or `brief_description` keeps its families)."""

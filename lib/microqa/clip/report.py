@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from microqa import images, metrics, provenance, taxonomy
+from microqa import images, metrics, provenance, stats, taxonomy
 from microqa.clip.zero_shot import ZeroShotRun, labels, predictions
 
 CATEGORY_MULTI = "category_multi"
@@ -84,7 +84,8 @@ def category_multi_table(
 ) -> pd.DataFrame:
     """The multi-label *hit* view: argmax of the category task counted as a hit when it is one of
     the record's material classes. A hit rate over overlapping classes, not an accuracy."""
-    sets = df.set_index("micrograph_no")["category_set"].map(material_set)
+    by_id = df.set_index("micrograph_no")
+    sets = by_id["category_set"].map(material_set)
     evaluate = _subsets(df, split)[SUBSETS[0]]
     pred = predictions(scores[scores["task"] == "category"])
     rows = []
@@ -95,9 +96,14 @@ def category_multi_table(
             hits = np.array(
                 [p in sets.loc[m] for m, p in zip(h["micrograph_no"], h["predicted"], strict=True)]
             )
-            low, high = metrics.bootstrap_ci(
-                lambda i, hits=hits: float(hits[i].mean()), len(hits), n_boot=n_boot, seed=seed
+            # specimens resampled within primary-category strata, as every other CI here
+            resampled = stats.resamples(
+                by_id.loc[h["micrograph_no"], "primary_category"].astype(str).to_numpy(),
+                by_id.loc[h["micrograph_no"], "specimen_id"].to_numpy(),
+                n_boot=n_boot,
+                seed=seed,
             )
+            low, high = stats.interval([float(hits[i].mean()) for i in resampled])
             rows.append(
                 {
                     "model": model,
