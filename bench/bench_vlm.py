@@ -52,6 +52,32 @@ NEIGHBOURS = (
     )
 )
 SIZES = {"tiny": (64, 2), "larger": (512, 8)}
+# Qwen3-VL-8B-Instruct's published dimensions (config.json on the hub): an 8.7B-parameter model
+# with random weights costs what the real one costs per token (only the vocabulary is the
+# stand-in tokenizer's); built on a GPU by --sizes 8b.
+QWEN3_VL_8B_TEXT = {
+    "hidden_size": 4096,
+    "intermediate_size": 12288,
+    "num_hidden_layers": 36,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "max_position_embeddings": 262144,
+    "rope_parameters": {
+        "rope_type": "default",
+        "rope_theta": 5_000_000.0,
+        "mrope_section": [24, 20, 20],
+        "mrope_interleaved": True,
+    },
+}
+QWEN3_VL_8B_VISION = {
+    "depth": 27,
+    "hidden_size": 1152,
+    "intermediate_size": 4304,
+    "num_heads": 16,
+    "out_hidden_size": 4096,
+    "deepstack_visual_indexes": [8, 16, 24],
+}
 
 
 def study_questions() -> list[questions.Question]:
@@ -91,6 +117,46 @@ def prefill_tokens(backend: HFBackend, image, prompts: list[str]) -> tuple[float
     plain = sum(prefix_length + len(s) for s in suffixes) / len(prompts)
     shared = (prefix_length + prefix.planned_tokens(prefix.plan(suffixes))) / len(prompts)
     return plain, shared
+
+
+def build_8b_dims(directory: Path, device: str) -> Path:
+    """A random-weight Qwen3-VL with the 8B model's dimensions, saved as a model directory.
+
+    The tiny build gives the real processor (patch 16, merge 2, the family's image budget), the
+    chat template and the stand-in tokenizer; its config is widened to the published
+    dimensions, initialised in bf16 straight on `device`, and saved next to that processor,
+    so the benchmark loads it through HFBackend as a user's model directory is loaded.
+    """
+    import json
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, Qwen3VLForConditionalGeneration
+
+    if tiny.is_tiny(directory):
+        return directory
+    base = tiny.build_tiny_vlm("qwen3_vl", directory.with_name(directory.name + "-base"))
+    cfg = AutoConfig.from_pretrained(base)
+    for key, value in QWEN3_VL_8B_TEXT.items():
+        setattr(cfg.text_config, key, value)
+    for key, value in QWEN3_VL_8B_VISION.items():
+        setattr(cfg.vision_config, key, value)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = Qwen3VLForConditionalGeneration._from_config(cfg, dtype=torch.bfloat16).eval()
+    staging = directory.with_name(directory.name + "-staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(base, staging)
+    model.save_pretrained(staging)
+    marker = json.loads((staging / tiny.MARKER).read_text(encoding="utf-8"))
+    marker["language_model"] = QWEN3_VL_8B_TEXT
+    marker["vision"] = QWEN3_VL_8B_VISION
+    marker["parameters"] = sum(p.numel() for p in model.parameters())
+    marker["note"] = "Qwen3-VL-8B dimensions, RANDOM weights, stand-in tokenizer (benchmark only)"
+    (staging / tiny.MARKER).write_text(json.dumps(marker, indent=2), encoding="utf-8")
+    del model
+    staging.rename(directory)
+    return directory
 
 
 def bench_model(model: str, paths: list[Path], args) -> dict:
@@ -170,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--family", default="qwen3_vl", choices=tiny.FAMILIES)
     parser.add_argument("--model", help="hub id or local dir (default: the random --family models)")
-    parser.add_argument("--sizes", default="tiny,larger", help="random models: tiny,larger")
+    parser.add_argument(
+        "--sizes", default="tiny,larger", help="random models: tiny,larger (GPU: 8b, qwen3_vl)"
+    )
     parser.add_argument("--images", type=Path, help="folder of micrographs (default: mirror)")
     parser.add_argument("-n", "--n-images", type=int, default=32)
     parser.add_argument(
@@ -189,6 +257,12 @@ def main(argv: list[str] | None = None) -> int:
         models["model"] = args.model
     else:
         for size in args.sizes.split(","):
+            if size == "8b":
+                directory = config.models_dir() / "bench" / "qwen3_vl-8b-dims"
+                models["random Qwen3-VL with the 8B dimensions"] = str(
+                    build_8b_dims(directory, args.device or "cuda")
+                )
+                continue
             hidden, layers = SIZES[size]
             directory = config.models_dir() / "bench" / f"{args.family}-{size}"
             if not tiny.is_tiny(directory):
@@ -200,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     for label, model in models.items():
         results[label] = bench_model(model, paths, args)
         report(label, results[label])
-    out = config.build_dir() / "bench" / f"vlm_{args.family}.json"
+    which = "model" if args.model else f"{args.family}_{args.sizes.replace(',', '_')}"
+    out = config.build_dir() / "bench" / f"vlm_{which}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2), encoding="utf-8")
     print(f"\nwrote {out}")

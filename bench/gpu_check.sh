@@ -1,19 +1,32 @@
 #!/usr/bin/env bash
-# GPU check of the transformers VLM backend (for a lent GPU machine; needs no hub access).
-# Builds the tiny Qwen3-VL and LLaVA-NeXT models, checks on CUDA in bf16 that the shared image
-# prefix answers as the plain per-question pass does (bf16: loose tolerance) on real
-# micrographs, then runs the VLM benchmark (earlier loop / plain batched / shared prefix) on
-# CUDA for both families; with real weights cached, pass MODEL=<hub id or dir> to bench that.
+# GPU checks for a lent GPU machine (no hub access needed), each step timed out and logged so
+# one failure does not lose the others' results:
+#   1. the tiny Qwen3-VL and LLaVA-NeXT models on CUDA in bf16: the shared prefix answers as the
+#      plain per-question pass does (bf16: loose tolerance) on real micrographs;
+#   2. the VLM benchmark (earlier loop / plain batched / shared prefix) on CUDA, both families,
+#      tiny and larger random models;
+#   3. the CLIP embedding benchmark on CUDA;
+#   4. the probe table recomputed on this machine's CPU against tables/clip_probe.csv
+#      (bench/probe_portability.py; inputs exported beforehand to .device_inputs/);
+#   5. the VLM benchmark on a random-weight Qwen3-VL with the 8B model's dimensions.
+# With real weights cached, MODEL=<hub id or dir> benches that model too.
 #   bench/gpu_check.sh            (uses .venv/bin/python; override with PY=...)
-set -euo pipefail
+set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-export PYTHONPATH="$PWD/lib:$PWD"
+export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD/lib:$PWD"
 WORK=${OUT:-build}/gpu_check
-N=${N:-32}
+N=${N:-16}
 mkdir -p "$WORK"
+status=0
+step() {  # step SECONDS NAME COMMAND...: run, log, remember a failure, go on
+  local seconds=$1 name=$2
+  shift 2
+  echo "=== $name ($(date +%T))"
+  timeout "$seconds" "$@" || { echo "=== $name FAILED (exit $?)"; status=1; }
+}
 
-"$PY" - "$WORK" <<'PYEOF'
+cat > /tmp/gpu_agreement.py <<'PYEOF'
 import sys, time
 from pathlib import Path
 import torch
@@ -25,7 +38,7 @@ from bench_vlm import find_images, study_questions
 
 assert torch.cuda.is_available(), "no CUDA device visible"
 print(torch.cuda.get_device_name(0), "torch", torch.__version__)
-work = Path(sys.argv[1])
+work = config.models_dir() / "gpu_check"
 qs = study_questions()
 prompts, letters = [q.prompt for q in qs], [list(q.letters) for q in qs]
 decoded = [images.open_rgb(p) for p in find_images(8, None)]
@@ -49,10 +62,21 @@ for family in tiny.FAMILIES:
     assert drift < 2e-2, drift
 print("GPU CHECK OK")
 PYEOF
-
+step 120 "1. shared prefix = plain pass on CUDA (tiny models)" "$PY" /tmp/gpu_agreement.py
 for family in qwen3_vl llava_next; do
-  "$PY" bench/bench_vlm.py --family "$family" --device cuda -n "$N" --batch-size 16
+  step 150 "2. VLM bench $family" "$PY" bench/bench_vlm.py --family "$family" --device cuda \
+    -n "$N" --earlier-images 4 --batch-size 16
 done
-if [ -n "${MODEL:-}" ]; then
-  "$PY" bench/bench_vlm.py --model "$MODEL" --device cuda -n "$N" --batch-size 16 --earlier-images 8
+step 120 "3. CLIP bench" "$PY" bench/bench_clip.py --device cuda --n 60 --json "$WORK/clip.json"
+if [ -f .device_inputs/probe_inputs.npz ]; then
+  step 120 "4. probe table on this CPU" "$PY" bench/probe_portability.py check .device_inputs
 fi
+step 300 "5. VLM bench, Qwen3-VL 8B dimensions" "$PY" bench/bench_vlm.py --sizes 8b \
+  --device cuda -n 8 --earlier-images 2 --batch-size 36
+if [ -n "${MODEL:-}" ]; then
+  step 300 "real model" "$PY" bench/bench_vlm.py --model "$MODEL" --device cuda -n "$N" \
+    --batch-size 16 --earlier-images 8
+fi
+cp build/bench/*.json "$WORK"/ 2>/dev/null
+echo "=== done; failures: $status"
+exit $status
