@@ -113,6 +113,7 @@ mutation: setup ## mutation testing (mutmut) of the study logic; prints the kill
 	$(PY) -c "import json; s = json.load(open('build/mutation/mutants/mutmut-cicd-stats.json')); \
 	caught = s['killed'] + s['timeout']; run = caught + s['survived'] + s['no_tests'] + s['suspicious']; \
 	print(f'mutation kill rate: {caught}/{run} = {caught / max(1, run):.1%} of the mutants run', s)"
+	$(PY) tools/mutant_classes.py  # the hand-written wrong-number bugs, one at a time
 
 test-slow: setup ## the slow tests (full-mirror scrape, full pipeline on the mirror)
 	$(PY) -m pytest -m slow -q

@@ -125,10 +125,13 @@ TRUST = (
     "contributor-grouped scores ([tables/clip_probe.md](tables/clip_probe.md)) is the part of "
     "the probe's skill that is recognising a contributor's style rather than the technique. "
     "Between machines: the probes standardise features and fit to a tight tolerance, so "
-    "different BLAS kernels reach the same optimum; a prediction on a decision boundary may "
-    "still flip, which moves a score by about 1/n (0.001 on 850 images), below the precision "
-    "shown (two decimals when the 95% interval is wider than 0.02). Repeated-CV spreads (sd "
-    "over fold seeds) are larger than that and are shown next to each probe."
+    "different BLAS kernels reach nearly the same optimum, but a prediction on a decision "
+    "boundary can still flip. Measured: on a second machine (Intel Xeon, AVX-512 OpenBLAS, "
+    "newer numpy/scipy, same scikit-learn) every number of the probe table moved by at most "
+    "0.002 (`bench/probe_portability.py`), under half a unit of the two decimals shown, yet "
+    "enough to change the last shown digit of a value that sits on a rounding boundary. "
+    "Repeated-CV spreads (sd over fold seeds, about 0.01) are larger and are shown next to "
+    "each probe."
 )
 
 
