@@ -152,6 +152,31 @@ def test_generate_mode_parses_the_stubs_sentences(env, stub):
     assert (descriptions["category_pred"] == taxonomy.METAL).all()
 
 
+def test_agreement_subset_is_asked_in_the_other_mode_by_the_loaded_model(env, stub, monkeypatch):
+    tmp_path, records = env
+    loaded = []
+    real_open = runner.open_model
+    monkeypatch.setattr(
+        runner,
+        "open_model",
+        lambda backend, model, **o: loaded.append(model) or real_open(backend, model, **o),
+    )
+    answers = _run(stub, records, tmp_path, describe=False, agreement_n=4, seed=5).answers
+    assert loaded == ["stub-vlm"]  # one load answers both modes
+    sample = runner.question_sample(records, "all")
+    subset = runner.question_sample(sample, 4, seed=5)
+    main, other = answers[answers["mode"] == "score"], answers[answers["mode"] == "generate"]
+    assert set(main["micrograph_no"]) == set(sample["micrograph_no"])
+    assert set(other["micrograph_no"]) == set(subset["micrograph_no"])
+    asked = ["micrograph_no", "task", "prompt_set", "context", "rotation"]
+    on_subset = main[main["micrograph_no"].isin(subset["micrograph_no"])]
+    assert sorted(map(tuple, other[asked].to_numpy())) == sorted(
+        map(tuple, on_subset[asked].to_numpy())
+    )
+    with pytest.raises(ValueError, match="agreement_n"):
+        runner.RunSettings(agreement_n=-1)
+
+
 def test_clip_context_variants_and_no_leakage(env, stub):
     tmp_path, records = env
     make_clip_outputs(

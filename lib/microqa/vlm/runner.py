@@ -22,7 +22,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,10 +63,15 @@ class RunSettings:
     describe: bool = True
     describe_tokens: int = 160
     image_budget: int | None = None  # None: each family's default (microqa.vlm.families)
+    # a seeded subset of this many images is also asked in the other mode (no open question),
+    # by the same loaded model, to check that score and generate mode agree; 0: skip
+    agreement_n: int = 0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.agreement_n < 0:
+            raise ValueError(f"agreement_n must be 0 or more, got {self.agreement_n}")
         for context in self.contexts:
             if context not in questions.CONTEXTS:
                 raise ValueError(f"unknown context {context!r}; choose from {questions.CONTEXTS}")
@@ -327,16 +332,28 @@ def run_study(
     backend_options: dict[str, Any] | None = None,
     log=print,
 ) -> StudyResult:
-    """Every model in turn (one loaded at a time), all through one answer cache."""
+    """Every model in turn (one loaded at a time), all through one answer cache; with
+    `settings.agreement_n`, the agreement subset in the other mode while the model is loaded."""
     options = {**(backend_options or {}), "image_budget": settings.image_budget}
     parts: list[StudyResult] = []
     failures: dict[int, dict[str, Any]] = {}
+    agreement = []
+    if settings.agreement_n:
+        other_mode = MODES[1 - MODES.index(settings.mode)]
+        agreement = [
+            question_sample(sample, settings.agreement_n, seed=settings.seed),
+            replace(settings, mode=other_mode, describe=False, agreement_n=0),
+        ]
     with AnswerCache(cache_path or default_cache_path()) as cache:
         for model in models:
             opened = open_model(backend, model, **options)
-            parts.append(run_model(opened, sample, settings, cache, context, log=log))
+            model_parts = [run_model(opened, sample, settings, cache, context, log=log)]
+            if agreement:
+                model_parts.append(run_model(opened, *agreement, cache, context, log=log))
             del opened  # free the weights before the next model
-            for failure in parts[-1].failures:  # each bad image named once, not per model
+            parts += model_parts
+            for failure in (f for part in model_parts for f in part.failures):
+                # each bad image named once, not per model
                 if failure["micrograph_no"] not in failures:
                     failures[failure["micrograph_no"]] = failure
                     print(
@@ -372,6 +389,7 @@ def record_provenance(
         contexts=list(settings.contexts),
         permute_options=settings.permute,
         option_rotations=settings.rotate,
+        agreement_n=settings.agreement_n,  # images also asked in the other mode
         seed=settings.seed,
         image_budget=result.image_budgets,  # the budget each model ran at, as resolved
         clip_model=context.clip_model if context else None,
