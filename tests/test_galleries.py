@@ -165,6 +165,19 @@ def test_descriptions_sit_beside_the_expert_text(records):
     _close(gallery)
 
 
+def test_a_long_run_of_wide_letters_stays_inside_the_figure(records):
+    # a random-weight model's answer: one "word" of hundreds of m's, the widest letter
+    answers = pd.DataFrame(
+        {"micrograph_no": [records["micrograph_no"].iloc[0]], "model": ["m"], "text": ["m" * 600]}
+    )
+    gallery = galleries.descriptions(records, answers, n=1)
+    figure = gallery.figure
+    renderer = figure.canvas.get_renderer()
+    right = max(t.get_window_extent(renderer).x1 for ax in figure.axes for t in ax.texts)
+    assert right <= figure.bbox.x1
+    _close(gallery)
+
+
 def test_disagreements_and_cascade_handoffs(records):
     ids = records["micrograph_no"].head(6).tolist()
     truth = records["technique_family"].head(6).tolist()

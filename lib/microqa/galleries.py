@@ -375,7 +375,7 @@ def descriptions(
     n: int = 4,
     seed: int = 0,
     labels: Sequence[str] = (),
-    text_width: int = 90,
+    text_width: int = 78,  # characters; a line of wide letters ("mmm...") still fits
 ) -> Gallery:
     """Open-question answers beside their image and the expert's description.
     `answers`: micrograph_no, model, text (one row per model and image)."""
