@@ -354,3 +354,44 @@ def test_per_image_answers_and_cascade_handoffs_agree_with_the_pooled_methods(
 
     shown = comparison.gallery_predictions(answers, "technique")
     assert set(shown["kind"]) == {"clip_zero_shot", "vlm"}
+
+
+def test_a_fold_where_the_vlm_fails_and_clip_does_not_moves_only_the_other_folds_choices(
+    tmp_path, monkeypatch
+):
+    """Leakage trap: on fold 1 the VLM becomes always wrong and CLIP right even where unsure,
+    so on fold 1 alone no image should go to the VLM. Fold 1's cascade threshold and fusion
+    weight are chosen on fold 0, whose data did not change, so they must not move; a choice
+    that saw fold 1's labels would (sending images costs 40 right answers there)."""
+    monkeypatch.setenv("MICROQA_BUILD", str(tmp_path / "build"))
+    df, paths, confident = planted(tmp_path)
+    before = comparison.compare(df, paths=paths, n_boot=20).choices
+    fold_1 = df.loc[splits.assign_folds(df) == 1, "micrograph_no"]
+    truth = df.set_index("micrograph_no")["technique_family"]
+    scores = pd.read_csv(paths["zero_shot"])
+    unsure = set(fold_1[~confident[fold_1.index]])
+    rows = scores["micrograph_no"].isin(unsure)
+    right = scores["class"] == scores["micrograph_no"].map(truth)
+    scores.loc[rows, "probability"] = np.where(right[rows], 0.28, 0.18)
+    scores.to_csv(paths["zero_shot"], index=False)
+    answers = pd.read_csv(paths["answers"])
+    wrong = {t: next(c for c in CLASSES if c != t) for t in CLASSES}
+    on_1 = answers["micrograph_no"].isin(set(fold_1))
+    answers.loc[on_1, "prediction"] = answers.loc[on_1, "truth"].map(wrong)
+    answers.loc[on_1, "probabilities"] = [
+        json.dumps({c: (0.7 if c == p else 0.075) for c in CLASSES})
+        for p in answers.loc[on_1, "prediction"]
+    ]
+    answers.to_csv(paths["answers"], index=False)
+    after = comparison.compare(df, paths=paths, n_boot=20).choices
+    held_1 = before["held_out_fold"] == 1
+    pd.testing.assert_frame_equal(
+        before[held_1].reset_index(drop=True),
+        after[after["held_out_fold"] == 1].reset_index(drop=True),
+    )
+    moved = (
+        before[~held_1]
+        .reset_index(drop=True)
+        .compare(after[after["held_out_fold"] == 0].reset_index(drop=True))
+    )
+    assert {"threshold", "weight"} <= set(moved.columns.get_level_values(0))
