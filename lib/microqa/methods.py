@@ -90,7 +90,11 @@ def clip_methods(scores: pd.DataFrame, timing: dict, *, kind: str) -> list[Metho
     out: list[Method] = []
     if scores.empty:
         return out
-    for (model, task, prompt_set), group in scores.groupby(["model", "task", "prompt_set"]):
+    # grouped by weights too, like clip.report: a model name run with pretrained and with random
+    # weights is two methods, never one average of both
+    for (model, weights, task, prompt_set), group in scores.groupby(
+        ["model", "weights", "task", "prompt_set"]
+    ):
         if task not in taxonomy.TASKS:
             continue
         probs = pivot(group, taxonomy.TASKS[task][1])
@@ -101,7 +105,7 @@ def clip_methods(scores: pd.DataFrame, timing: dict, *, kind: str) -> list[Metho
                 model=str(model).removeprefix("probe:"),
                 predictions=argmax(probs),
                 probabilities=probs,
-                weights=str(group["weights"].iloc[0]),
+                weights=str(weights),
                 prompt_set=str(prompt_set),
                 seconds_per_image=_embedding_cost(str(model), timing),
             )

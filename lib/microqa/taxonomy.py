@@ -53,7 +53,8 @@ OPTICAL_REFLECTED, OPTICAL_TRANSMITTED, OTHER = (
 TECHNIQUE_FAMILIES = (SEM, TEM, AFM, OPTICAL_REFLECTED, OPTICAL_TRANSMITTED)
 ALL_FAMILIES = (*TECHNIQUE_FAMILIES, OTHER)
 # The earlier study's coarse 4-class view: both optical families merged.
-COARSE_CLASSES = (SEM, TEM, AFM, "Optical")
+OPTICAL = "Optical"
+COARSE_CLASSES = (SEM, TEM, AFM, OPTICAL)
 CROSS_POLARISED_AMBIGUOUS = "cross-polarised light microscopy"
 
 # Every technique string in the mirror, normalised (see `normalise`) -> (family, mode).
@@ -122,7 +123,7 @@ _TO_MM = {"mm": 1.0, "cm": 10.0, "m": 1000.0}
 
 def scale_bar_mm(length_bar: str) -> float | None:
     """The scale bar in millimetres ('14 mm' -> 14.0, '3 cm' -> 30.0); None for µm/nm/none."""
-    match = _LENGTH.search(str(length_bar).replace("\xa0", " "))
+    match = _LENGTH.search(str(length_bar))  # its white space includes non-breaking spaces
     if not match:
         return None
     try:
@@ -143,29 +144,22 @@ def macroscopic_photograph(family: str | None, length_bar: str, brief_descriptio
 
 def with_photograph_rule(records) -> list[str | None]:
     """The `technique_family` column of a tidy table with macroscopic photographs as Other
-    (a table without `length_bar` or `brief_description` keeps its families)."""
-    bars = records["length_bar"] if "length_bar" in records else [""] * len(records)
-    texts = records["brief_description"] if "brief_description" in records else [""] * len(records)
+    (`dataset.read_records_csv` gives every table all record columns)."""
+    rows = records[["technique_family", "length_bar", "brief_description"]].to_numpy().tolist()
     return [
-        OTHER if macroscopic_photograph(family, bar, text) else family
-        for family, bar, text in zip(records["technique_family"], bars, texts, strict=True)
+        OTHER if macroscopic_photograph(family, bar, text) else family for family, bar, text in rows
     ]
 
 
-def archaeological_slag(brief_description: str, keywords: str = "") -> bool:
+def archaeological_slag(brief_description: str, keywords: str) -> bool:
     """An archaeometallurgical slag sample (reported as its own group, see module docstring)."""
     return "slag" in normalise(f"{brief_description} {keywords}")
 
 
 def slag_records(records) -> list[bool]:
-    """`archaeological_slag` of every record of a tidy table."""
-    if "brief_description" not in records:
-        return [False] * len(records)
-    keywords = records["keywords"] if "keywords" in records else [""] * len(records)
-    return [
-        archaeological_slag(text, words)
-        for text, words in zip(records["brief_description"], keywords, strict=True)
-    ]
+    """`archaeological_slag` of every record of a tidy table (a missing column reads as empty)."""
+    rows = records.reindex(columns=["brief_description", "keywords"], fill_value="").to_numpy()
+    return [archaeological_slag(text, words) for text, words in rows.tolist()]
 
 
 METAL, CERAMIC, POLYMER, COMPOSITE = "Metal or alloy", "Ceramic", "Polymer", "Composite"
@@ -186,16 +180,16 @@ class UnmappedLabelError(ValueError):
 
 
 def normalise(text: str) -> str:
-    """Lower case, non-breaking spaces and runs of white space folded to one space."""
-    return re.sub(r"\s+", " ", str(text).replace("\xa0", " ")).strip().lower()
+    """Lower case, runs of white space (non-breaking spaces included) folded to one space."""
+    return re.sub(r"\s+", " ", str(text)).strip().lower()  # `\s` includes "\xa0"
 
 
 def split_multi(value: str | float | None) -> list[str]:
     """Split a comma-separated field ('Fracture, Metal or alloy') into clean, ordered values."""
-    if value is None or (isinstance(value, float) and value != value):
+    if value is None or value != value:  # None, or NaN (the one value unequal to itself)
         return []
     seen: list[str] = []
-    for part in str(value).replace("\xa0", " ").split(","):
+    for part in str(value).split(","):
         part = re.sub(r"\s+", " ", part).strip()
         if part and part not in seen:
             seen.append(part)
@@ -236,7 +230,7 @@ def technique_family(technique: str, categories: Iterable[str] = ()) -> str | No
 def coarse_class(family: str | None) -> str | None:
     """The earlier study's 4-class view (SEM, TEM, AFM, Optical); None for Other/unknown."""
     if family in (OPTICAL_REFLECTED, OPTICAL_TRANSMITTED):
-        return "Optical"
+        return OPTICAL
     if family in (SEM, TEM, AFM):
         return family
     return None
@@ -253,7 +247,7 @@ def primary_category(categories: Iterable[str]) -> str | None:
        inorganic non-metal, and the tag order on the site puts Ceramic first.
     3. Nothing left ("Device", or no categories) -> None: excluded from the task and counted.
     """
-    cats = {c.strip() for c in categories if c and c.strip()}
+    cats = {c.strip() for c in categories}  # a blank one ("") matches no rule below
     if any("composite" in c.lower() and "foam" not in c.lower() for c in cats):
         return COMPOSITE
     if METAL in cats:
