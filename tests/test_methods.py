@@ -19,6 +19,9 @@ REFERENCE = "reference ViT-B/32 (pretrained)"
         (QWEN, "Qwen3-VL-8B-Instruct"),  # a hub id by its name
         ("/somewhere/on/disk/Qwen2-VL-2B", "Qwen2-VL-2B"),  # never a machine path
         ("ViT-B-32:openai", "ViT-B-32:openai"),  # open_clip ARCH:PRETRAINED, no slash
+        ("ViT-B-32:/home/me/weights/b32.pt", "ViT-B-32:b32.pt"),  # ARCH:/local/file
+        ("ViT-L-14:../models/l14.safetensors", "ViT-L-14:l14.safetensors"),
+        ("ViT-B-32:clip_b32.bin", "ViT-B-32:clip_b32.bin"),
         ("hf-hub:timm/ViT-B-16-SigLIP", "hf-hub:timm/ViT-B-16-SigLIP"),  # the scheme names it
         (REFERENCE, REFERENCE),  # a readable name whose "/" is not a path
     ],

@@ -51,11 +51,20 @@ class Method:
         return replace(self, predictions=self.predictions.loc[ids], probabilities=probs)
 
 
+WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+
+
 def short_name(model: str) -> str:
-    """A model as a reader knows it: a hub id or a local directory by its last part (never a
-    path); names with spaces ("reference ViT-B/32 (pretrained)") are already readable."""
+    """A model as a reader knows it: a hub id or a local directory by its last part, an
+    open_clip `ARCH:/path/weights.pt` by its architecture and file name (never a path); names
+    with spaces ("reference ViT-B/32 (pretrained)") are already readable."""
     text = str(model)
-    return Path(text).name if "/" in text and ":" not in text and " " not in text else text
+    if " " in text:
+        return text
+    head, colon, tail = text.partition(":")
+    if colon and (tail.startswith(("/", "~", ".")) or tail.endswith(WEIGHT_FILE_SUFFIXES)):
+        return f"{head}:{Path(tail).name}"
+    return Path(text).name if "/" in text and not colon else text
 
 
 def label(identity: dict) -> str:
