@@ -354,3 +354,199 @@ def test_per_image_answers_and_cascade_handoffs_agree_with_the_pooled_methods(
 
     shown = comparison.gallery_predictions(answers, "technique")
     assert set(shown["kind"]) == {"clip_zero_shot", "vlm"}
+
+
+def _answer(i, model="tiny-qwen", mode="score", probabilities="", **overrides):
+    """One row of answers.csv (one rotation of one question)."""
+    row = {
+        "micrograph_no": i,
+        "model": model,
+        "backend": "hf",
+        "weights": "random",
+        "task": "technique",
+        "context": "none",
+        "mode": mode,
+        "prompt_set": "study",
+        "permutation": "ABCDE",
+        "truth": "SEM",
+        "prediction": max(probabilities, key=probabilities.get) if probabilities else "SEM",
+        "probabilities": json.dumps(probabilities) if probabilities else "",
+        "rotation": 0,
+        "letter_mass": 0.9,
+        "latency_s": 1.0,
+        "visual_tokens": 100,
+        "raw_text": "",
+        "cached": False,
+    }
+    return {**row, **overrides}
+
+
+def test_vlm_decisions_average_rotations_and_sum_their_cost(tmp_path):
+    answers = [
+        # image 1, two rotations: probabilities averaged, seconds summed, tokens averaged
+        _answer(1, probabilities={"SEM": 0.6, "TEM": 0.4}, latency_s=1.0, visual_tokens=100),
+        _answer(1, probabilities={"SEM": 0.8, "TEM": 0.2}, latency_s=2.0, rotation=1),
+        _answer(2, probabilities={"AFM": 1.0}, latency_s=0.5, visual_tokens=50),
+        _answer(2, probabilities={"AFM": 1.0}, latency_s=0.5, visual_tokens=70, rotation=1),
+        _answer(1, mode="generate", prediction="TEM", latency_s=4.0),  # no probabilities
+        _answer(3, probabilities={"SEM": 1.0}),  # not in the dataset's folds: ignored
+    ]
+    path = tmp_path / "answers.csv"
+    pd.DataFrame(answers).to_csv(path, index=False)
+    folds = pd.Series([0, 1], index=[1, 2])
+    decided = comparison.vlm_decisions(path, folds).set_index(["mode", "micrograph_no"])
+    assert sorted(decided.index) == [("generate", 1), ("score", 1), ("score", 2)]
+    score_1, score_2 = decided.loc[("score", 1)], decided.loc[("score", 2)]
+    generated = decided.loc[("generate", 1)]
+    assert score_1["probabilities"] == pytest.approx({"SEM": 0.7, "TEM": 0.3})
+    assert (score_1["latency_s"], score_1["visual_tokens"]) == (3.0, 100)
+    assert (score_2["latency_s"], score_2["visual_tokens"]) == (1.0, 60)
+    assert score_2["prediction"] == "AFM"
+    assert generated["probabilities"] is None and generated["prediction"] == "TEM"
+    assert generated["latency_s"] == 4.0
+    assert comparison.vlm_decisions(tmp_path / "absent.csv", folds).empty
+
+
+def _decision(i, model, task="technique", mode="score", probabilities=None, **overrides):
+    row = {
+        "model": model,
+        "task": task,
+        "context": "none",
+        "mode": mode,
+        "prompt_set": "study",
+        "micrograph_no": i,
+        "weights": "random",
+        "prediction": max(probabilities, key=probabilities.get) if probabilities else "SEM",
+        "probabilities": probabilities,
+        "latency_s": 1.0,
+        "visual_tokens": 100.0,
+    }
+    return {**row, **overrides}
+
+
+def test_vlm_methods_one_per_question_in_key_order_with_the_task_classes():
+    decisions = pd.DataFrame(
+        [  # listed out of order: methods come sorted by (model, task, context, mode, set)
+            _decision(1, "b-vlm", probabilities={"TEM": 0.6, "SEM": 0.4}, visual_tokens=100.0),
+            _decision(2, "b-vlm", probabilities={"AFM": 1.0}, visual_tokens=300.0, latency_s=3.0),
+            _decision(1, "a-vlm", mode="generate", prediction="AFM", visual_tokens=np.nan),
+            _decision(1, "a-vlm", task="material"),  # not a study task: skipped
+            _decision(1, "a-vlm", probabilities={"SEM": 1.0}),
+            _decision(2, "a-vlm", prediction=None),  # unanswered: no probabilities
+        ]
+    )
+    found = comparison.vlm_methods(decisions)
+    assert [(m.model, m.mode) for m in found] == [
+        ("a-vlm", "generate"),
+        ("a-vlm", "score"),
+        ("b-vlm", "score"),
+    ]
+    generated, partly_answered, scored = found
+    assert all(m.kind == "vlm" and m.task == "technique" for m in found)
+    assert all((m.weights, m.context, m.prompt_set) == ("random", "none", "study") for m in found)
+    assert generated.probabilities is None and generated.visual_tokens is None
+    assert list(generated.predictions) == ["AFM"]
+    assert partly_answered.probabilities is None  # one image has none: no probability method
+    # columns in the task's class order, classes a VLM never named at 0
+    expected = pd.DataFrame(
+        [[0.4, 0.6, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0, 0.0]], index=[1, 2], columns=CLASSES
+    )
+    pd.testing.assert_frame_equal(scored.probabilities, expected, check_names=False)
+    assert scored.seconds_per_image == 2.0 and scored.visual_tokens == 200.0
+    assert comparison.vlm_methods(pd.DataFrame()) == []
+
+
+def test_hybrid_partners_are_the_plain_questions_in_the_study_wording():
+    p = pd.DataFrame([[1.0, 0.0]], index=[1], columns=["x", "y"])
+    plain = _method("vlm", p, model="q", context="none", prompt_set="study")
+    earlier = _method("vlm", p, model="q", context="none", prompt_set="earlier_study")
+    topk = _method("vlm", p, model="q", context="clip_topk", prompt_set="study")
+    assert comparison._hybrid_partners([earlier, plain, topk]) == [plain]
+    # a task asked only in the earlier study's wording: its plain questions
+    assert comparison._hybrid_partners([earlier, topk]) == [earlier]
+    assert comparison._hybrid_partners([topk]) == []
+
+
+def test_default_paths_are_the_stages_output_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("MICROQA_BUILD", str(tmp_path))
+    assert comparison.default_paths() == {
+        "zero_shot": tmp_path / "clip" / "zero_shot_scores.csv",
+        "probe": tmp_path / "clip" / "probe_scores.csv",
+        "timing": tmp_path / "clip" / "timing.json",
+        "answers": tmp_path / "vlm" / "answers.csv",
+    }
+
+
+def test_provenance_line_names_the_data_source_weights_and_commit(monkeypatch):
+    monkeypatch.setattr(comparison.provenance, "git_sha", lambda: "abc1234")
+    for record, data in [
+        ({"data": {"source": "sample"}}, "embedded sample"),
+        ({"data": {"source": "mirror"}}, "DoITPoMS (mirror)"),
+        ({}, "DoITPoMS (unknown)"),
+    ]:
+        monkeypatch.setattr(comparison.provenance, "load", lambda record=record: record)
+        line = comparison.provenance_line("random")
+        assert line == f"data: {data}; weights: random; git abc1234"
+
+
+def test_gallery_shows_zero_shot_the_logistic_probe_and_plain_vlms_in_the_main_mode():
+    rows = pd.DataFrame(
+        [
+            ("technique", "clip_zero_shot", "", "", "cross-fitted"),
+            ("technique", "clip_probe", "", "", "logreg-grouped-cv"),
+            ("technique", "clip_probe", "", "", "knn-grouped-cv"),
+            ("technique", "vlm", "none", "score", "study"),
+            ("technique", "vlm", "none", "score", "study"),  # score: asked of most images
+            ("technique", "vlm", "none", "generate", "study"),
+            ("technique", "vlm", "none", "score", "earlier_study"),
+            ("technique", "vlm", "clip_topk", "score", "study"),
+            ("technique", "cascade", "none", "score", "logreg-grouped-cv"),
+            ("technique", "fusion", "none", "score", "study"),
+            ("category", "clip_zero_shot", "", "", "cross-fitted"),
+        ],
+        columns=["task", "kind", "context", "mode", "prompt_set"],
+    )
+    shown = comparison.gallery_predictions(rows)  # technique by default
+    assert list(shown.index) == [0, 1, 3, 4]
+    assert list(comparison.gallery_predictions(rows, "category").index) == [10]
+    assert comparison.gallery_predictions(pd.DataFrame()).empty
+
+
+def test_published_rows_carry_published_weights():
+    table = comparison.published_rows()
+    assert (table["weights"] == "pretrained (published)").all()
+
+
+def test_study_pairs_are_exactly_the_study_questions():
+    p = pd.DataFrame([[0.9, 0.1], [0.2, 0.8]], index=[1, 2], columns=["x", "y"])
+
+    def vlm(model, context="none", prompt_set="study"):
+        return _method("vlm", p, model=model, context=context, mode="score", prompt_set=prompt_set)
+
+    zs = _method("clip_zero_shot", p, model="ViT-B-32:openai", prompt_set="cross-fitted")
+    logreg = _method("clip_probe", p, model="ref", prompt_set="logreg-grouped-cv")
+    knn = _method("clip_probe", p, model="ref", prompt_set="knn-grouped-cv")
+    # in vlm_methods' order: the earlier study's wording sorts before the study's
+    earlier, q, other = vlm("q", prompt_set="earlier_study"), vlm("q"), vlm("l")
+    topk, neighbours = vlm("q", "clip_topk"), vlm("q", "clip_neighbours")
+    # hybrids are made with the plain question in the study's wording (_hybrid_partners)
+    cascade = hybrids.hybrid("cascade", zs, q, zs.predictions, None, None)
+    fusion = hybrids.hybrid("fusion", zs, q, zs.predictions, None, None)
+    found = comparison.study_pairs(
+        [zs, logreg, knn, earlier, q, other, topk, neighbours, cascade, fusion]
+    )
+    expected = [
+        ("VLM with CLIP context vs without", topk, q),
+        ("VLM with CLIP context vs without", neighbours, q),
+        ("one VLM vs another", q, other),  # same question, other model; a minus b in list order
+        ("CLIP zero-shot vs CLIP probe", zs, logreg),
+        ("CLIP zero-shot vs CLIP probe", zs, knn),
+        ("retrieved expert metadata (VLM) vs k-NN probe", neighbours, knn),
+        ("cascade vs its VLM alone", cascade, q),  # not the earlier wording of the same model
+        ("cascade vs its CLIP stage", cascade, zs),
+        ("fusion vs its VLM alone", fusion, q),
+        ("fusion vs its CLIP stage", fusion, zs),
+    ]
+    assert [(question, a.identity(), b.identity()) for question, a, b in found] == [
+        (question, a.identity(), b.identity()) for question, a, b in expected
+    ]
