@@ -550,3 +550,83 @@ def test_study_pairs_are_exactly_the_study_questions():
     assert [(question, a.identity(), b.identity()) for question, a, b in found] == [
         (question, a.identity(), b.identity()) for question, a, b in expected
     ]
+
+
+def _twelve_images():
+    """12 images of 6 specimens (pairs of one class): three SEM, two TEM, one AFM."""
+    ids = pd.Index(range(1, 13), name="micrograph_no")
+    truth = pd.Series(["SEM"] * 6 + ["TEM"] * 4 + ["AFM"] * 2, index=ids)
+    groups = pd.Series([f"specimen {(i + 1) // 2}" for i in ids], index=ids)
+    return ids, truth, groups
+
+
+def test_table_row_summarises_the_answered_images_by_specimen():
+    ids, truth, groups = _twelve_images()
+    right_top, right_second = {"SEM": 0.6, "TEM": 0.3, "AFM": 0.1}, {"TEM": 0.5, "SEM": 0.3}
+    wrong = {"TEM": 0.5, "AFM": 0.3, "SEM": 0.2}  # truth SEM third
+    rows = [right_top, right_second, wrong, wrong, right_top, right_top]  # SEM images
+    rows += [{"TEM": 0.6, "SEM": 0.3}, {"SEM": 0.5, "TEM": 0.4}]  # right; TEM second
+    rows += [{"SEM": 0.5, "AFM": 0.3, "TEM": 0.2}, {"TEM": 0.6, "SEM": 0.3}]  # TEM third; right
+    rows += [{"AFM": 0.7, "SEM": 0.2}, {"SEM": 0.5, "TEM": 0.3, "AFM": 0.2}]  # right; AFM third
+    probs = pd.DataFrame(rows, index=ids).reindex(columns=CLASSES).fillna(0.0)
+    clip = _method("clip_zero_shot", probs, model="ViT-B-32:openai", prompt_set="cross-fitted")
+    vlm = methods.Method(
+        "vlm", "technique", "q", clip.predictions, context="none", mode="generate",
+        visual_tokens=256.0,
+    )  # fmt: skip
+    cascade = hybrids.hybrid("cascade", clip, vlm, clip.predictions, None, None)
+    cascade.notes["fraction_to_vlm"] = 0.25
+    fusion = hybrids.hybrid("fusion", clip, vlm, clip.predictions, probs, None)
+    labelled = pd.concat([truth, pd.Series(["SEM"], index=[13])])  # 13: nobody answered it
+    records = pd.DataFrame({"specimen_group": pd.concat([groups, pd.Series(["x"], index=[13])])})
+    row = comparison._row(clip, labelled, records, "all labelled", 10, 3)
+    assert (row["task"], row["subset"], row["label"]) == (
+        "technique",
+        "all labelled",
+        "CLIP ViT-B-32:openai zero-shot",
+    )
+    assert (row["n"], row["n_specimens"]) == (12, 6)
+    assert row["accuracy"] == pytest.approx(6 / 12)  # images 1, 5, 6, 7, 10, 11
+    assert row["top2_accuracy"] == pytest.approx(8 / 12)  # and 2, 8
+    assert row["fraction_to_vlm"] is None
+    # the intervals resample specimens with the n_boot and seed asked for
+    expected = stats.summarise(
+        truth.to_numpy(), list(clip.predictions), groups.to_numpy(), n_boot=10, seed=3
+    )
+    assert {k: row[k] for k in expected} == expected
+    assert expected != stats.summarise(
+        truth.to_numpy(), list(clip.predictions), groups.to_numpy(), n_boot=10, seed=5
+    )  # the seed shows here
+    answers_only = comparison._row(vlm, labelled, records, "all labelled", 10, 3)
+    assert "top2_accuracy" not in answers_only  # no probabilities: no top-2
+    assert answers_only["visual_tokens_per_image"] == 256.0
+    assert comparison._row(cascade, labelled, records, "s", 10, 3)["fraction_to_vlm"] == 0.25
+    assert comparison._row(fusion, labelled, records, "s", 10, 3)["fraction_to_vlm"] is None
+
+
+def test_paired_rows_test_each_pair_on_the_images_both_answered():
+    ids, truth, groups = _twelve_images()
+    right = truth.where(truth.index != 3, "TEM")  # all but image 3
+    wrong_on_tem = truth.where(truth != "TEM", "SEM")  # all but the 4 TEM images
+    a = methods.Method("vlm", "technique", "a", right, context="none", mode="score")
+    b = methods.Method("vlm", "technique", "b", wrong_on_tem, context="none", mode="score")
+    (row,) = comparison._paired_rows([a, b], truth, groups, 40, 3)
+    assert (row["task"], row["question"]) == ("technique", "one VLM vs another")
+    assert (row["method_a"], row["method_b"], row["a_model"], row["b_model"]) == ("a", "b") * 2
+    assert (row["n"], row["n_specimens"]) == (12, 6)
+    assert row["accuracy_difference"] == pytest.approx(11 / 12 - 8 / 12)
+    expected = stats.paired_comparison(
+        truth.to_numpy(), list(right), list(wrong_on_tem), groups.to_numpy(), n_boot=40, seed=3
+    )
+    assert {k: row[k] for k in expected} == expected
+    assert expected != stats.paired_comparison(
+        truth.to_numpy(), list(right), list(wrong_on_tem), groups.to_numpy(), n_boot=40, seed=5
+    )  # the seed shows here
+    # two images (of one specimen) are enough; a pair sharing one image is skipped, and the
+    # pairs after it still tested
+    topk = methods.Method(
+        "vlm", "technique", "a", right.loc[[1]], context="clip_topk", mode="score"
+    )
+    few = [a.restricted([1, 2]), b.restricted([1, 2]), topk]
+    (row,) = comparison._paired_rows(few, truth, groups, 40, 3)
+    assert (row["question"], row["n"], row["n_specimens"]) == ("one VLM vs another", 2, 1)

@@ -174,7 +174,7 @@ def compare(
     return StudyComparison(
         table=table,
         curves=pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(),
-        paired=stats.with_holm(pd.DataFrame(paired)) if paired else pd.DataFrame(),
+        paired=stats.with_holm(pd.DataFrame(paired)),
         choices=pd.DataFrame(choices),
         predictions=pd.concat(answers, ignore_index=True) if answers else pd.DataFrame(),
         handoffs=pd.concat([h for h in handoffs if h is not None], ignore_index=True)
