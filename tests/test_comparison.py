@@ -630,3 +630,60 @@ def test_paired_rows_test_each_pair_on_the_images_both_answered():
     few = [a.restricted([1, 2]), b.restricted([1, 2]), topk]
     (row,) = comparison._paired_rows(few, truth, groups, 40, 3)
     assert (row["question"], row["n"], row["n_specimens"]) == ("one VLM vs another", 2, 1)
+
+
+def test_hybrids_choose_on_the_other_fold_and_cost_what_they_send():
+    ids = pd.Index(range(1, 9))
+    folds = pd.Series([0, 0, 0, 0, 1, 1, 1, 1], index=ids)
+    truth = pd.Series(list("xyyx") * 2, index=ids)
+    # CLIP is confident (margin 0.6) and right except on images 3 and 7 (margin 0.1, wrong);
+    # the VLM is always right, so each fold's best and cheapest threshold is 0.6: it sends
+    # just the unconfident image, 2 of 8 in all
+    good = pd.DataFrame([[0.8, 0.2], [0.2, 0.8], [0.55, 0.45], [0.8, 0.2]] * 2, index=ids)
+    good.columns = ["x", "y"]
+    candidates = {
+        "good": _method("clip_zero_shot", good, model="ViT-B-32:openai", prompt_set="good"),
+        "poor": _method("clip_zero_shot", 1 - good, model="ViT-B-32:openai", prompt_set="poor"),
+    }
+    clip = replace_prompt_set(candidates["good"], "cross-fitted")  # seconds unknown: None
+    generated = methods.Method(
+        "vlm", "technique", "q", truth.astype(object), context="none", mode="generate",
+        visual_tokens=256.0,
+    )  # fmt: skip
+    choices, curves = [], []
+    (cascade,) = comparison._hybrids(candidates, clip, generated, truth, folds, choices, curves)
+    assert list(cascade.predictions) == list(truth)
+    assert cascade.notes["fraction_to_vlm"] == 0.25
+    assert cascade.seconds_per_image == 0.0  # no time known for either part
+    assert cascade.visual_tokens == 0.25 * 256
+    assert [(c["task"], c["kind"], c["held_out_fold"], c["prompt_set"]) for c in choices] == [
+        ("technique", "cascade", 0, "good"),
+        ("technique", "cascade", 1, "good"),
+    ]
+    assert [c["threshold"] for c in choices] == pytest.approx([0.6, 0.6])
+    (curve,) = curves
+    assert list(curve["fraction_to_vlm"]) == [0.0, 0.25, 1.0]
+    assert set(zip(curve["task"], curve["base"], curve["vlm"], curve["mode"], strict=True)) == {
+        ("technique", "CLIP ViT-B-32:openai zero-shot", "q (generated)", "generate")
+    }
+
+    # with probabilities the VLM is also fused (every image asked: its full cost); one
+    # prompt set leaves nothing to choose, so the row keeps the method's own identity
+    vlm_probs = pd.DataFrame({"x": (truth == "x") * 1.0, "y": (truth == "y") * 1.0})
+    scored = _method("vlm", vlm_probs, model="q", context="none", mode="score")
+    scored.seconds_per_image = 2.0
+    choices = []
+    made = comparison._hybrids({"good": clip}, clip, scored, truth, folds, choices, [])
+    assert [m.kind for m in made] == ["cascade", "fusion"]
+    assert made[0].seconds_per_image == pytest.approx(0.25 * 2.0)
+    assert made[1].seconds_per_image == 2.0
+    assert made[0].visual_tokens is None and made[1].visual_tokens is None
+    assert all(c["prompt_set"] == "cross-fitted" for c in choices)
+    weights = [c["weight"] for c in choices if c["kind"] == "fusion"]
+    assert len(weights) == 2 and set(weights) <= set(hybrids.FUSION_WEIGHTS)
+
+
+def replace_prompt_set(method, prompt_set):
+    from dataclasses import replace
+
+    return replace(method, prompt_set=prompt_set)
