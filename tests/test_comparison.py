@@ -687,3 +687,150 @@ def replace_prompt_set(method, prompt_set):
     from dataclasses import replace
 
     return replace(method, prompt_set=prompt_set)
+
+
+CATEGORIES = taxonomy.TASKS["category"][1]
+
+
+def _small_study(build, *, probes=True, modes=("score", "generate")):
+    """24 images of 12 specimens with technique and category labels, the first two specimens
+    archaeological slags; CLIP outputs and VLM answers written where the stages write them."""
+    ids = np.arange(1, 25)
+    specimen = (ids + 1) // 2
+    df = pd.DataFrame(
+        {
+            "micrograph_no": ids,
+            "technique_family": [CLASSES[s % 4] for s in specimen],
+            "technique_coarse": None,
+            "primary_category": [CATEGORIES[(s // 4) % 4] for s in specimen],
+            "specimen_group": [f"specimen {s}" for s in specimen],
+            "brief_description": ["slag" if s <= 2 else f"specimen {s}" for s in specimen],
+        }
+    )
+
+    def scores(model, task, prompt_set, shift=0):
+        classes = taxonomy.TASKS[task][1]
+        rows = []
+        for i, truth in zip(ids, df[taxonomy.TASKS[task][0]], strict=True):
+            guess = classes[(classes.index(truth) + shift) % len(classes)]
+            top = 0.7 if i % 3 else 0.3  # every third image unconfident
+            for c in classes:
+                p = top if c == guess else (1 - top) / (len(classes) - 1)
+                rows.append((i, model, "random", task, prompt_set, c, p))
+        return rows
+
+    clip, vlm = build / "clip", build / "vlm"
+    clip.mkdir(parents=True)
+    vlm.mkdir()
+    zero_shot = scores("ViT-B-32:openai", "technique", "good")
+    zero_shot += scores("ViT-B-32:openai", "technique", "poor", shift=1)  # always wrong
+    zero_shot += scores("ViT-B-32:openai", "category", "ensemble")
+    columns = ["micrograph_no", "model", "weights", "task", "prompt_set", "class", "probability"]
+    pd.DataFrame(zero_shot, columns=columns).to_csv(clip / "zero_shot_scores.csv", index=False)
+    if probes:
+        probe = scores("probe:reference ViT-B/32", "technique", "logreg-grouped-cv")
+        probe += scores("probe:reference ViT-B/32", "technique", "knn-grouped-cv")
+        pd.DataFrame(probe, columns=columns).to_csv(clip / "probe_scores.csv", index=False)
+    answers = []
+    for task, mode in [("technique", m) for m in modes] + [("category", "score")] * probes:
+        classes = taxonomy.TASKS[task][1]
+        for i, truth in zip(ids, df[taxonomy.TASKS[task][0]], strict=True):
+            probs = {c: 0.9 if c == truth else 0.1 / (len(classes) - 1) for c in classes}
+            answers.append(
+                _answer(i, mode=mode, task=task, truth=truth, latency_s=2.0, visual_tokens=256)
+                | ({"probabilities": json.dumps(probs)} if mode == "score" else {})
+                | {"prediction": truth}
+            )
+    if answers:
+        pd.DataFrame(answers).to_csv(vlm / "answers.csv", index=False)
+    return df
+
+
+def test_compare_pools_every_method_per_task_and_subset(tmp_path, monkeypatch):
+    monkeypatch.setenv("MICROQA_BUILD", str(tmp_path))
+    monkeypatch.setattr(comparison.provenance, "git_sha", lambda: "abc1234")  # no git per row
+    df = _small_study(tmp_path)
+    result = comparison.compare(df, n_boot=5)  # the stages' own files (no timing.json)
+    table = result.table
+    rows = table.groupby(["task", "subset", "kind"]).size().to_dict()
+    # technique: 3 CLIP stages (zero-shot, 2 probes) x 2 VLMs (score, generated) cascades and
+    # x 1 VLM with probabilities fusions; category: 1 stage x 1 VLM, with and without slags
+    assert rows == {
+        ("technique", "all labelled", "clip_zero_shot"): 1,
+        ("technique", "all labelled", "clip_probe"): 2,
+        ("technique", "all labelled", "vlm"): 2,
+        ("technique", "all labelled", "cascade"): 6,
+        ("technique", "all labelled", "fusion"): 3,
+        **{
+            ("category", subset, kind): 1
+            for subset in ("all labelled", "without archaeological slags")
+            for kind in ("clip_zero_shot", "vlm", "cascade", "fusion")
+        },
+    }
+    n = table.groupby(["task", "subset"])["n"].unique().to_dict()
+    assert {k: list(v) for k, v in n.items()} == {
+        ("category", "all labelled"): [24],
+        ("category", "without archaeological slags"): [20],  # 2 slag specimens, 4 images
+        ("technique", "all labelled"): [24],
+    }
+    by_kind = table[table["subset"] == "all labelled"].groupby("kind")["prompt_set"]
+    assert set(by_kind.get_group("clip_zero_shot")) == {"cross-fitted"}
+    assert set(by_kind.get_group("clip_probe")) == {"logreg-grouped-cv", "knn-grouped-cv"}
+    assert table["seconds_per_image"][table["kind"] == "clip_probe"].isna().all()  # no timing
+    assert list(table["provenance"]) == [comparison.provenance_line(w) for w in table["weights"]]
+    # the zero-shot set is chosen on the other fold: "good" on both
+    zero_shot = result.choices[result.choices["kind"] == "clip_zero_shot"]
+    assert sorted(zip(zero_shot["task"], zero_shot["prompt_set"], strict=True)) == [
+        ("category", "ensemble"),
+        ("category", "ensemble"),
+        ("technique", "good"),
+        ("technique", "good"),
+    ]
+    # every frame of per-image or per-method rows: both tasks, one row per index label
+    everything = table[table["subset"] == "all labelled"]
+    cascades = set(
+        everything.loc[everything["kind"] == "cascade", ["task", "label"]].itertuples(
+            index=False, name=None
+        )
+    )
+    assert set(zip(result.handoffs["task"], result.handoffs["method"], strict=True)) == cascades
+    assert len(result.handoffs) == 24 * len(cascades) == 24 * 7
+    assert (
+        set(result.predictions["task"]) == set(result.paired["task"]) == {"technique", "category"}
+    )
+    assert len(result.predictions) == 24 * len(everything)
+    assert set(result.curves["task"]) == {"technique", "category"}
+    assert len(result.curves.groupby(["task", "base", "vlm", "mode"])) == 3 * 2 + 1
+    for frame in (result.predictions, result.handoffs, result.curves):
+        assert frame.index.equals(pd.RangeIndex(len(frame)))
+
+
+def test_compare_uses_its_seed_for_folds_and_intervals(tmp_path, monkeypatch):
+    monkeypatch.setenv("MICROQA_BUILD", str(tmp_path))
+    df = _small_study(tmp_path, probes=False, modes=("generate",))
+    assert (splits.assign_folds(df, seed=0) != splits.assign_folds(df, seed=1)).any()
+    results = {seed: comparison.compare(df, n_boot=5, seed=seed) for seed in (0, 1)}
+    for seed, result in results.items():
+        folds = splits.assign_folds(df, seed=seed)
+        sizes = result.choices.groupby("held_out_fold")["n_chosen_on"].first()
+        assert sizes.to_dict() == {0: int((folds == 1).sum()), 1: int((folds == 0).sum())}
+    # the same seed gives the same numbers, intervals included
+    again = comparison.compare(df, n_boot=5, seed=1)
+    pd.testing.assert_frame_equal(results[1].table, again.table)
+    pd.testing.assert_frame_equal(results[1].paired, again.paired)
+
+
+def test_compare_with_fewer_stages_leaves_their_frames_empty(tmp_path, monkeypatch):
+    monkeypatch.setenv("MICROQA_BUILD", str(tmp_path))
+    df = _small_study(tmp_path, probes=False, modes=("generate",))
+    generated_only = comparison.compare(df, n_boot=5)
+    # a VLM without probabilities: a cascade, which hands off, and no fusion
+    assert set(generated_only.table["kind"]) == {"clip_zero_shot", "vlm", "cascade"}
+    assert len(generated_only.handoffs) == 24
+    (tmp_path / "vlm" / "answers.csv").unlink()
+    clip_only = comparison.compare(df, n_boot=5)
+    assert set(clip_only.table["task"]) == {"technique", "category"}
+    assert clip_only.curves.empty and clip_only.handoffs.empty and clip_only.paired.empty
+    (tmp_path / "clip" / "zero_shot_scores.csv").unlink()
+    nothing = comparison.compare(df, n_boot=5)
+    assert nothing.table.empty and nothing.predictions.empty and nothing.choices.empty
