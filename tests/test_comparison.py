@@ -395,3 +395,484 @@ def test_a_fold_where_the_vlm_fails_and_clip_does_not_moves_only_the_other_folds
         .compare(after[after["held_out_fold"] == 0].reset_index(drop=True))
     )
     assert {"threshold", "weight"} <= set(moved.columns.get_level_values(0))
+
+
+def _answer(i, model="tiny-qwen", mode="score", probabilities="", **overrides):
+    """One row of answers.csv (one rotation of one question)."""
+    row = {
+        "micrograph_no": i,
+        "model": model,
+        "backend": "hf",
+        "weights": "random",
+        "task": "technique",
+        "context": "none",
+        "mode": mode,
+        "prompt_set": "study",
+        "permutation": "ABCDE",
+        "truth": "SEM",
+        "prediction": max(probabilities, key=probabilities.get) if probabilities else "SEM",
+        "probabilities": json.dumps(probabilities) if probabilities else "",
+        "rotation": 0,
+        "letter_mass": 0.9,
+        "latency_s": 1.0,
+        "visual_tokens": 100,
+        "raw_text": "",
+        "cached": False,
+    }
+    return {**row, **overrides}
+
+
+def test_vlm_decisions_average_rotations_and_sum_their_cost(tmp_path):
+    answers = [
+        # image 1, two rotations: probabilities averaged, seconds summed, tokens averaged
+        _answer(1, probabilities={"SEM": 0.6, "TEM": 0.4}, latency_s=1.0, visual_tokens=100),
+        _answer(1, probabilities={"SEM": 0.8, "TEM": 0.2}, latency_s=2.0, rotation=1),
+        _answer(2, probabilities={"AFM": 1.0}, latency_s=0.5, visual_tokens=50),
+        _answer(2, probabilities={"AFM": 1.0}, latency_s=0.5, visual_tokens=70, rotation=1),
+        _answer(1, mode="generate", prediction="TEM", latency_s=4.0),  # no probabilities
+        _answer(3, probabilities={"SEM": 1.0}),  # not in the dataset's folds: ignored
+    ]
+    path = tmp_path / "answers.csv"
+    pd.DataFrame(answers).to_csv(path, index=False)
+    folds = pd.Series([0, 1], index=[1, 2])
+    decided = comparison.vlm_decisions(path, folds).set_index(["mode", "micrograph_no"])
+    assert sorted(decided.index) == [("generate", 1), ("score", 1), ("score", 2)]
+    score_1, score_2 = decided.loc[("score", 1)], decided.loc[("score", 2)]
+    generated = decided.loc[("generate", 1)]
+    assert score_1["probabilities"] == pytest.approx({"SEM": 0.7, "TEM": 0.3})
+    assert (score_1["latency_s"], score_1["visual_tokens"]) == (3.0, 100)
+    assert (score_2["latency_s"], score_2["visual_tokens"]) == (1.0, 60)
+    assert score_2["prediction"] == "AFM"
+    assert generated["probabilities"] is None and generated["prediction"] == "TEM"
+    assert generated["latency_s"] == 4.0
+    assert comparison.vlm_decisions(tmp_path / "absent.csv", folds).empty
+
+
+def _decision(i, model, task="technique", mode="score", probabilities=None, **overrides):
+    row = {
+        "model": model,
+        "task": task,
+        "context": "none",
+        "mode": mode,
+        "prompt_set": "study",
+        "micrograph_no": i,
+        "weights": "random",
+        "prediction": max(probabilities, key=probabilities.get) if probabilities else "SEM",
+        "probabilities": probabilities,
+        "latency_s": 1.0,
+        "visual_tokens": 100.0,
+    }
+    return {**row, **overrides}
+
+
+def test_vlm_methods_one_per_question_in_key_order_with_the_task_classes():
+    decisions = pd.DataFrame(
+        [  # listed out of order: methods come sorted by (model, task, context, mode, set)
+            _decision(1, "b-vlm", probabilities={"TEM": 0.6, "SEM": 0.4}, visual_tokens=100.0),
+            _decision(2, "b-vlm", probabilities={"AFM": 1.0}, visual_tokens=300.0, latency_s=3.0),
+            _decision(1, "a-vlm", mode="generate", prediction="AFM", visual_tokens=np.nan),
+            _decision(1, "a-vlm", task="material"),  # not a study task: skipped
+            _decision(1, "a-vlm", probabilities={"SEM": 1.0}),
+            _decision(2, "a-vlm", prediction=None),  # unanswered: no probabilities
+        ]
+    )
+    found = comparison.vlm_methods(decisions)
+    assert [(m.model, m.mode) for m in found] == [
+        ("a-vlm", "generate"),
+        ("a-vlm", "score"),
+        ("b-vlm", "score"),
+    ]
+    generated, partly_answered, scored = found
+    assert all(m.kind == "vlm" and m.task == "technique" for m in found)
+    assert all((m.weights, m.context, m.prompt_set) == ("random", "none", "study") for m in found)
+    assert generated.probabilities is None and generated.visual_tokens is None
+    assert list(generated.predictions) == ["AFM"]
+    assert partly_answered.probabilities is None  # one image has none: no probability method
+    # columns in the task's class order, classes a VLM never named at 0
+    expected = pd.DataFrame(
+        [[0.4, 0.6, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0, 0.0]], index=[1, 2], columns=CLASSES
+    )
+    pd.testing.assert_frame_equal(scored.probabilities, expected, check_names=False)
+    assert scored.seconds_per_image == 2.0 and scored.visual_tokens == 200.0
+    assert comparison.vlm_methods(pd.DataFrame()) == []
+
+
+def test_hybrid_partners_are_the_plain_questions_in_the_study_wording():
+    p = pd.DataFrame([[1.0, 0.0]], index=[1], columns=["x", "y"])
+    plain = _method("vlm", p, model="q", context="none", prompt_set="study")
+    earlier = _method("vlm", p, model="q", context="none", prompt_set="earlier_study")
+    topk = _method("vlm", p, model="q", context="clip_topk", prompt_set="study")
+    assert comparison._hybrid_partners([earlier, plain, topk]) == [plain]
+    # a task asked only in the earlier study's wording: its plain questions
+    assert comparison._hybrid_partners([earlier, topk]) == [earlier]
+    assert comparison._hybrid_partners([topk]) == []
+
+
+def test_default_paths_are_the_stages_output_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("MICROQA_BUILD", str(tmp_path))
+    assert comparison.default_paths() == {
+        "zero_shot": tmp_path / "clip" / "zero_shot_scores.csv",
+        "probe": tmp_path / "clip" / "probe_scores.csv",
+        "timing": tmp_path / "clip" / "timing.json",
+        "answers": tmp_path / "vlm" / "answers.csv",
+    }
+
+
+def test_provenance_line_names_the_data_source_weights_and_commit(monkeypatch):
+    monkeypatch.setattr(comparison.provenance, "git_sha", lambda: "abc1234")
+    for record, data in [
+        ({"data": {"source": "sample"}}, "embedded sample"),
+        ({"data": {"source": "mirror"}}, "DoITPoMS (mirror)"),
+        ({}, "DoITPoMS (unknown)"),
+    ]:
+        monkeypatch.setattr(comparison.provenance, "load", lambda record=record: record)
+        line = comparison.provenance_line("random")
+        assert line == f"data: {data}; weights: random; git abc1234"
+
+
+def test_gallery_shows_zero_shot_the_logistic_probe_and_plain_vlms_in_the_main_mode():
+    rows = pd.DataFrame(
+        [
+            ("technique", "clip_zero_shot", "", "", "cross-fitted"),
+            ("technique", "clip_probe", "", "", "logreg-grouped-cv"),
+            ("technique", "clip_probe", "", "", "knn-grouped-cv"),
+            ("technique", "vlm", "none", "score", "study"),
+            ("technique", "vlm", "none", "score", "study"),  # score: asked of most images
+            ("technique", "vlm", "none", "generate", "study"),
+            ("technique", "vlm", "none", "score", "earlier_study"),
+            ("technique", "vlm", "clip_topk", "score", "study"),
+            ("technique", "cascade", "none", "score", "logreg-grouped-cv"),
+            ("technique", "fusion", "none", "score", "study"),
+            ("category", "clip_zero_shot", "", "", "cross-fitted"),
+        ],
+        columns=["task", "kind", "context", "mode", "prompt_set"],
+    )
+    shown = comparison.gallery_predictions(rows)  # technique by default
+    assert list(shown.index) == [0, 1, 3, 4]
+    assert list(comparison.gallery_predictions(rows, "category").index) == [10]
+    assert comparison.gallery_predictions(pd.DataFrame()).empty
+
+
+def test_published_rows_carry_published_weights():
+    table = comparison.published_rows()
+    assert (table["weights"] == "pretrained (published)").all()
+
+
+def test_study_pairs_are_exactly_the_study_questions():
+    p = pd.DataFrame([[0.9, 0.1], [0.2, 0.8]], index=[1, 2], columns=["x", "y"])
+
+    def vlm(model, context="none", prompt_set="study"):
+        return _method("vlm", p, model=model, context=context, mode="score", prompt_set=prompt_set)
+
+    zs = _method("clip_zero_shot", p, model="ViT-B-32:openai", prompt_set="cross-fitted")
+    logreg = _method("clip_probe", p, model="ref", prompt_set="logreg-grouped-cv")
+    knn = _method("clip_probe", p, model="ref", prompt_set="knn-grouped-cv")
+    # in vlm_methods' order: the earlier study's wording sorts before the study's
+    earlier, q, other = vlm("q", prompt_set="earlier_study"), vlm("q"), vlm("l")
+    topk, neighbours = vlm("q", "clip_topk"), vlm("q", "clip_neighbours")
+    # hybrids are made with the plain question in the study's wording (_hybrid_partners)
+    cascade = hybrids.hybrid("cascade", zs, q, zs.predictions, None, None)
+    fusion = hybrids.hybrid("fusion", zs, q, zs.predictions, None, None)
+    found = comparison.study_pairs(
+        [zs, logreg, knn, earlier, q, other, topk, neighbours, cascade, fusion]
+    )
+    expected = [
+        ("VLM with CLIP context vs without", topk, q),
+        ("VLM with CLIP context vs without", neighbours, q),
+        ("one VLM vs another", q, other),  # same question, other model; a minus b in list order
+        ("CLIP zero-shot vs CLIP probe", zs, logreg),
+        ("CLIP zero-shot vs CLIP probe", zs, knn),
+        ("retrieved expert metadata (VLM) vs k-NN probe", neighbours, knn),
+        ("cascade vs its VLM alone", cascade, q),  # not the earlier wording of the same model
+        ("cascade vs its CLIP stage", cascade, zs),
+        ("fusion vs its VLM alone", fusion, q),
+        ("fusion vs its CLIP stage", fusion, zs),
+    ]
+    assert [(question, a.identity(), b.identity()) for question, a, b in found] == [
+        (question, a.identity(), b.identity()) for question, a, b in expected
+    ]
+
+
+def _twelve_images():
+    """12 images of 6 specimens (pairs of one class): three SEM, two TEM, one AFM."""
+    ids = pd.Index(range(1, 13), name="micrograph_no")
+    truth = pd.Series(["SEM"] * 6 + ["TEM"] * 4 + ["AFM"] * 2, index=ids)
+    groups = pd.Series([f"specimen {(i + 1) // 2}" for i in ids], index=ids)
+    return ids, truth, groups
+
+
+def test_table_row_summarises_the_answered_images_by_specimen():
+    ids, truth, groups = _twelve_images()
+    right_top, right_second = {"SEM": 0.6, "TEM": 0.3, "AFM": 0.1}, {"TEM": 0.5, "SEM": 0.3}
+    wrong = {"TEM": 0.5, "AFM": 0.3, "SEM": 0.2}  # truth SEM third
+    rows = [right_top, right_second, wrong, wrong, right_top, right_top]  # SEM images
+    rows += [{"TEM": 0.6, "SEM": 0.3}, {"SEM": 0.5, "TEM": 0.4}]  # right; TEM second
+    rows += [{"SEM": 0.5, "AFM": 0.3, "TEM": 0.2}, {"TEM": 0.6, "SEM": 0.3}]  # TEM third; right
+    rows += [{"AFM": 0.7, "SEM": 0.2}, {"SEM": 0.5, "TEM": 0.3, "AFM": 0.2}]  # right; AFM third
+    probs = pd.DataFrame(rows, index=ids).reindex(columns=CLASSES).fillna(0.0)
+    clip = _method("clip_zero_shot", probs, model="ViT-B-32:openai", prompt_set="cross-fitted")
+    vlm = methods.Method(
+        "vlm", "technique", "q", clip.predictions, context="none", mode="generate",
+        visual_tokens=256.0,
+    )  # fmt: skip
+    cascade = hybrids.hybrid("cascade", clip, vlm, clip.predictions, None, None)
+    cascade.notes["fraction_to_vlm"] = 0.25
+    fusion = hybrids.hybrid("fusion", clip, vlm, clip.predictions, probs, None)
+    labelled = pd.concat([truth, pd.Series(["SEM"], index=[13])])  # 13: nobody answered it
+    records = pd.DataFrame({"specimen_group": pd.concat([groups, pd.Series(["x"], index=[13])])})
+    row = comparison._row(clip, labelled, records, "all labelled", 10, 3)
+    assert (row["task"], row["subset"], row["label"]) == (
+        "technique",
+        "all labelled",
+        "CLIP ViT-B-32:openai zero-shot",
+    )
+    assert (row["n"], row["n_specimens"]) == (12, 6)
+    assert row["accuracy"] == pytest.approx(6 / 12)  # images 1, 5, 6, 7, 10, 11
+    assert row["top2_accuracy"] == pytest.approx(8 / 12)  # and 2, 8
+    assert row["fraction_to_vlm"] is None
+    # the intervals resample specimens with the n_boot and seed asked for
+    expected = stats.summarise(
+        truth.to_numpy(), list(clip.predictions), groups.to_numpy(), n_boot=10, seed=3
+    )
+    assert {k: row[k] for k in expected} == expected
+    assert expected != stats.summarise(
+        truth.to_numpy(), list(clip.predictions), groups.to_numpy(), n_boot=10, seed=5
+    )  # the seed shows here
+    answers_only = comparison._row(vlm, labelled, records, "all labelled", 10, 3)
+    assert "top2_accuracy" not in answers_only  # no probabilities: no top-2
+    assert answers_only["visual_tokens_per_image"] == 256.0
+    assert comparison._row(cascade, labelled, records, "s", 10, 3)["fraction_to_vlm"] == 0.25
+    assert comparison._row(fusion, labelled, records, "s", 10, 3)["fraction_to_vlm"] is None
+
+
+def test_paired_rows_test_each_pair_on_the_images_both_answered():
+    ids, truth, groups = _twelve_images()
+    right = truth.where(truth.index != 3, "TEM")  # all but image 3
+    wrong_on_tem = truth.where(truth != "TEM", "SEM")  # all but the 4 TEM images
+    a = methods.Method("vlm", "technique", "a", right, context="none", mode="score")
+    b = methods.Method("vlm", "technique", "b", wrong_on_tem, context="none", mode="score")
+    (row,) = comparison._paired_rows([a, b], truth, groups, 40, 3)
+    assert (row["task"], row["question"]) == ("technique", "one VLM vs another")
+    assert (row["method_a"], row["method_b"], row["a_model"], row["b_model"]) == ("a", "b") * 2
+    assert (row["n"], row["n_specimens"]) == (12, 6)
+    assert row["accuracy_difference"] == pytest.approx(11 / 12 - 8 / 12)
+    expected = stats.paired_comparison(
+        truth.to_numpy(), list(right), list(wrong_on_tem), groups.to_numpy(), n_boot=40, seed=3
+    )
+    assert {k: row[k] for k in expected} == expected
+    assert expected != stats.paired_comparison(
+        truth.to_numpy(), list(right), list(wrong_on_tem), groups.to_numpy(), n_boot=40, seed=5
+    )  # the seed shows here
+    # two images (of one specimen) are enough; a pair sharing one image is skipped, and the
+    # pairs after it still tested
+    topk = methods.Method(
+        "vlm", "technique", "a", right.loc[[1]], context="clip_topk", mode="score"
+    )
+    few = [a.restricted([1, 2]), b.restricted([1, 2]), topk]
+    (row,) = comparison._paired_rows(few, truth, groups, 40, 3)
+    assert (row["question"], row["n"], row["n_specimens"]) == ("one VLM vs another", 2, 1)
+
+
+def test_hybrids_choose_on_the_other_fold_and_cost_what_they_send():
+    ids = pd.Index(range(1, 9))
+    folds = pd.Series([0, 0, 0, 0, 1, 1, 1, 1], index=ids)
+    truth = pd.Series(list("xyyx") * 2, index=ids)
+    # CLIP is confident (margin 0.6) and right except on images 3 and 7 (margin 0.1, wrong);
+    # the VLM is always right, so each fold's best and cheapest threshold is 0.6: it sends
+    # just the unconfident image, 2 of 8 in all
+    good = pd.DataFrame([[0.8, 0.2], [0.2, 0.8], [0.55, 0.45], [0.8, 0.2]] * 2, index=ids)
+    good.columns = ["x", "y"]
+    candidates = {
+        "good": _method("clip_zero_shot", good, model="ViT-B-32:openai", prompt_set="good"),
+        "poor": _method("clip_zero_shot", 1 - good, model="ViT-B-32:openai", prompt_set="poor"),
+    }
+    clip = replace_prompt_set(candidates["good"], "cross-fitted")  # seconds unknown: None
+    generated = methods.Method(
+        "vlm", "technique", "q", truth.astype(object), context="none", mode="generate",
+        visual_tokens=256.0,
+    )  # fmt: skip
+    choices, curves = [], []
+    (cascade,) = comparison._hybrids(candidates, clip, generated, truth, folds, choices, curves)
+    assert list(cascade.predictions) == list(truth)
+    assert cascade.notes["fraction_to_vlm"] == 0.25
+    assert cascade.seconds_per_image == 0.0  # no time known for either part
+    assert cascade.visual_tokens == 0.25 * 256
+    assert [(c["task"], c["kind"], c["held_out_fold"], c["prompt_set"]) for c in choices] == [
+        ("technique", "cascade", 0, "good"),
+        ("technique", "cascade", 1, "good"),
+    ]
+    assert [c["threshold"] for c in choices] == pytest.approx([0.6, 0.6])
+    (curve,) = curves
+    assert list(curve["fraction_to_vlm"]) == [0.0, 0.25, 1.0]
+    assert set(zip(curve["task"], curve["base"], curve["vlm"], curve["mode"], strict=True)) == {
+        ("technique", "CLIP ViT-B-32:openai zero-shot", "q (generated)", "generate")
+    }
+
+    # with probabilities the VLM is also fused (every image asked: its full cost); one
+    # prompt set leaves nothing to choose, so the row keeps the method's own identity
+    vlm_probs = pd.DataFrame({"x": (truth == "x") * 1.0, "y": (truth == "y") * 1.0})
+    scored = _method("vlm", vlm_probs, model="q", context="none", mode="score")
+    scored.seconds_per_image = 2.0
+    choices = []
+    made = comparison._hybrids({"good": clip}, clip, scored, truth, folds, choices, [])
+    assert [m.kind for m in made] == ["cascade", "fusion"]
+    assert made[0].seconds_per_image == pytest.approx(0.25 * 2.0)
+    assert made[1].seconds_per_image == 2.0
+    assert made[0].visual_tokens is None and made[1].visual_tokens is None
+    assert all(c["prompt_set"] == "cross-fitted" for c in choices)
+    weights = [c["weight"] for c in choices if c["kind"] == "fusion"]
+    assert len(weights) == 2 and set(weights) <= set(hybrids.FUSION_WEIGHTS)
+
+
+def replace_prompt_set(method, prompt_set):
+    from dataclasses import replace
+
+    return replace(method, prompt_set=prompt_set)
+
+
+CATEGORIES = taxonomy.TASKS["category"][1]
+
+
+def _small_study(build, *, probes=True, modes=("score", "generate")):
+    """24 images of 12 specimens with technique and category labels, the first two specimens
+    archaeological slags; CLIP outputs and VLM answers written where the stages write them."""
+    ids = np.arange(1, 25)
+    specimen = (ids + 1) // 2
+    df = pd.DataFrame(
+        {
+            "micrograph_no": ids,
+            "technique_family": [CLASSES[s % 4] for s in specimen],
+            "technique_coarse": None,
+            "primary_category": [CATEGORIES[(s // 4) % 4] for s in specimen],
+            "specimen_group": [f"specimen {s}" for s in specimen],
+            "brief_description": ["slag" if s <= 2 else f"specimen {s}" for s in specimen],
+        }
+    )
+
+    def scores(model, task, prompt_set, shift=0):
+        classes = taxonomy.TASKS[task][1]
+        rows = []
+        for i, truth in zip(ids, df[taxonomy.TASKS[task][0]], strict=True):
+            wrong = shift or (i % 5 == 0)  # right but on every fifth image, or never
+            guess = classes[(classes.index(truth) + (shift or 1) * wrong) % len(classes)]
+            top = 0.7 if i % 3 else 0.3  # every third image unconfident
+            for c in classes:
+                p = top if c == guess else (1 - top) / (len(classes) - 1)
+                rows.append((i, model, "random", task, prompt_set, c, p))
+        return rows
+
+    clip, vlm = build / "clip", build / "vlm"
+    clip.mkdir(parents=True)
+    vlm.mkdir()
+    zero_shot = scores("ViT-B-32:openai", "technique", "good")
+    zero_shot += scores("ViT-B-32:openai", "technique", "poor", shift=1)  # always wrong
+    zero_shot += scores("ViT-B-32:openai", "category", "ensemble")
+    columns = ["micrograph_no", "model", "weights", "task", "prompt_set", "class", "probability"]
+    pd.DataFrame(zero_shot, columns=columns).to_csv(clip / "zero_shot_scores.csv", index=False)
+    if probes:
+        probe = scores("probe:reference ViT-B/32", "technique", "logreg-grouped-cv")
+        probe += scores("probe:reference ViT-B/32", "technique", "knn-grouped-cv")
+        pd.DataFrame(probe, columns=columns).to_csv(clip / "probe_scores.csv", index=False)
+    answers = []
+    for task, mode in [("technique", m) for m in modes] + [("category", "score")] * probes:
+        classes = taxonomy.TASKS[task][1]
+        for i, truth in zip(ids, df[taxonomy.TASKS[task][0]], strict=True):
+            probs = {c: 0.9 if c == truth else 0.1 / (len(classes) - 1) for c in classes}
+            answers.append(
+                _answer(i, mode=mode, task=task, truth=truth, latency_s=2.0, visual_tokens=256)
+                | ({"probabilities": json.dumps(probs)} if mode == "score" else {})
+                | {"prediction": truth}
+            )
+    if answers:
+        pd.DataFrame(answers).to_csv(vlm / "answers.csv", index=False)
+    return df
+
+
+def test_compare_pools_every_method_per_task_and_subset(tmp_path, monkeypatch):
+    monkeypatch.setenv("MICROQA_BUILD", str(tmp_path))
+    monkeypatch.setattr(comparison.provenance, "git_sha", lambda: "abc1234")  # no git per row
+    df = _small_study(tmp_path)
+    result = comparison.compare(df, n_boot=5)  # the stages' own files (no timing.json)
+    table = result.table
+    rows = table.groupby(["task", "subset", "kind"]).size().to_dict()
+    # technique: 3 CLIP stages (zero-shot, 2 probes) x 2 VLMs (score, generated) cascades and
+    # x 1 VLM with probabilities fusions; category: 1 stage x 1 VLM, with and without slags
+    assert rows == {
+        ("technique", "all labelled", "clip_zero_shot"): 1,
+        ("technique", "all labelled", "clip_probe"): 2,
+        ("technique", "all labelled", "vlm"): 2,
+        ("technique", "all labelled", "cascade"): 6,
+        ("technique", "all labelled", "fusion"): 3,
+        **{
+            ("category", subset, kind): 1
+            for subset in ("all labelled", "without archaeological slags")
+            for kind in ("clip_zero_shot", "vlm", "cascade", "fusion")
+        },
+    }
+    n = table.groupby(["task", "subset"])["n"].unique().to_dict()
+    assert {k: list(v) for k, v in n.items()} == {
+        ("category", "all labelled"): [24],
+        ("category", "without archaeological slags"): [20],  # 2 slag specimens, 4 images
+        ("technique", "all labelled"): [24],
+    }
+    by_kind = table[table["subset"] == "all labelled"].groupby("kind")["prompt_set"]
+    assert set(by_kind.get_group("clip_zero_shot")) == {"cross-fitted"}
+    assert set(by_kind.get_group("clip_probe")) == {"logreg-grouped-cv", "knn-grouped-cv"}
+    assert table["seconds_per_image"][table["kind"] == "clip_probe"].isna().all()  # no timing
+    assert list(table["provenance"]) == [comparison.provenance_line(w) for w in table["weights"]]
+    # the zero-shot set is chosen on the other fold: "good" on both
+    zero_shot = result.choices[result.choices["kind"] == "clip_zero_shot"]
+    assert sorted(zip(zero_shot["task"], zero_shot["prompt_set"], strict=True)) == [
+        ("category", "ensemble"),
+        ("category", "ensemble"),
+        ("technique", "good"),
+        ("technique", "good"),
+    ]
+    # every frame of per-image or per-method rows: both tasks, one row per index label
+    everything = table[table["subset"] == "all labelled"]
+    cascades = set(
+        everything.loc[everything["kind"] == "cascade", ["task", "label"]].itertuples(
+            index=False, name=None
+        )
+    )
+    assert set(zip(result.handoffs["task"], result.handoffs["method"], strict=True)) == cascades
+    assert len(result.handoffs) == 24 * len(cascades) == 24 * 7
+    assert (
+        set(result.predictions["task"]) == set(result.paired["task"]) == {"technique", "category"}
+    )
+    assert len(result.predictions) == 24 * len(everything)
+    assert set(result.curves["task"]) == {"technique", "category"}
+    assert len(result.curves.groupby(["task", "base", "vlm", "mode"])) == 3 * 2 + 1
+    for frame in (result.predictions, result.handoffs, result.curves):
+        assert frame.index.equals(pd.RangeIndex(len(frame)))
+
+
+def test_compare_uses_its_seed_for_folds_and_intervals(tmp_path, monkeypatch):
+    monkeypatch.setenv("MICROQA_BUILD", str(tmp_path))
+    df = _small_study(tmp_path, probes=False, modes=("generate",))
+    assert (splits.assign_folds(df, seed=0) != splits.assign_folds(df, seed=1)).any()
+    results = {seed: comparison.compare(df, n_boot=5, seed=seed) for seed in (0, 1)}
+    for seed, result in results.items():
+        folds = splits.assign_folds(df, seed=seed)
+        sizes = result.choices.groupby("held_out_fold")["n_chosen_on"].first()
+        assert sizes.to_dict() == {0: int((folds == 1).sum()), 1: int((folds == 0).sum())}
+    # the same seed gives the same numbers, intervals included
+    again = comparison.compare(df, n_boot=5, seed=1)
+    pd.testing.assert_frame_equal(results[1].table, again.table)
+    pd.testing.assert_frame_equal(results[1].paired, again.paired)
+
+
+def test_compare_with_fewer_stages_leaves_their_frames_empty(tmp_path, monkeypatch):
+    monkeypatch.setenv("MICROQA_BUILD", str(tmp_path))
+    df = _small_study(tmp_path, probes=False, modes=("generate",))
+    generated_only = comparison.compare(df, n_boot=5)
+    # a VLM without probabilities: a cascade, which hands off, and no fusion
+    assert set(generated_only.table["kind"]) == {"clip_zero_shot", "vlm", "cascade"}
+    assert len(generated_only.handoffs) == 24
+    (tmp_path / "vlm" / "answers.csv").unlink()
+    clip_only = comparison.compare(df, n_boot=5)
+    assert set(clip_only.table["task"]) == {"technique", "category"}
+    assert clip_only.curves.empty and clip_only.handoffs.empty and clip_only.paired.empty
+    (tmp_path / "clip" / "zero_shot_scores.csv").unlink()
+    nothing = comparison.compare(df, n_boot=5)
+    assert nothing.table.empty and nothing.predictions.empty and nothing.choices.empty

@@ -34,8 +34,6 @@ from microqa.methods import Method, clip_methods, label
 from microqa.vlm import outputs as vlm_outputs
 from microqa.vlm import scoring
 
-SUBSETS = {"all labelled": None, "without archaeological slags": "slag"}
-
 
 def vlm_decisions(path: Path, folds: pd.Series) -> pd.DataFrame:
     """THE one reader of VLM answers: `vlm.scoring`'s decisions (class probabilities averaged
@@ -51,12 +49,12 @@ def vlm_decisions(path: Path, folds: pd.Series) -> pd.DataFrame:
     if answers.empty:
         return pd.DataFrame()
     decided = scoring.decisions(answers, fold=folds)
-    cost = answers.groupby(scoring.DECISION_KEYS, dropna=False).agg(
+    cost = answers.groupby(scoring.DECISION_KEYS).agg(  # keys are never NaN: read as text
         latency_s=("latency_s", "sum"), visual_tokens=("visual_tokens", "mean")
     )
     decided = decided.join(cost, on=scoring.DECISION_KEYS)
-    text = decided["probabilities"].astype(str)
-    decided["probabilities"] = [json.loads(t) if len(t) > 2 else None for t in text]
+    # JSON, or "" where the mode has no probabilities (generate) or no rotation was answered
+    decided["probabilities"] = [json.loads(t) if t else None for t in decided["probabilities"]]
     return decided
 
 
@@ -66,7 +64,7 @@ def vlm_methods(decisions: pd.DataFrame) -> list[Method]:
     if decisions.empty:
         return out
     keys = ["model", "task", "context", "mode", "prompt_set"]
-    for (model, task, context, mode, prompt_set), group in decisions.groupby(keys, sort=True):
+    for (model, task, context, mode, prompt_set), group in decisions.groupby(keys):  # sorted
         if task not in taxonomy.TASKS:
             continue
         group = group.set_index("micrograph_no")
@@ -125,11 +123,11 @@ def default_paths() -> dict[str, Path]:
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path, keep_default_na=True) if path.exists() else pd.DataFrame()
+    return pd.read_csv(path) if path.exists() else pd.DataFrame()
 
 
 def compare(
-    df: pd.DataFrame, *, paths: dict[str, Path] | None = None, n_boot: int = 1000, seed: int = 0
+    df: pd.DataFrame, *, n_boot: int, paths: dict[str, Path] | None = None, seed: int = 0
 ) -> StudyComparison:
     """Cross-fitted comparison of every method on every labelled image each task has."""
     paths = paths or default_paths()
@@ -149,10 +147,11 @@ def compare(
         task_methods = [m for m in task_methods if _two_folds(m.predictions.index, folds)]
         if not task_methods:
             continue  # nothing to compare, or one fold only: nothing to cross-fit on
-        stages, pooled = _clip_stages(task_methods, labelled, folds, choices)
+        stages = _clip_stages(task_methods, labelled, folds, choices)
+        pooled = [clip for _, clip in stages]
         vlms = [m for m in task_methods if m.kind == "vlm"]
         hybrids = []
-        for stage, clip in zip(stages, pooled, strict=True):
+        for stage, clip in stages:
             for vlm in _hybrid_partners(vlms):
                 both = labelled.loc[clip.predictions.index.intersection(vlm.predictions.index)]
                 if _two_folds(both.index, folds):
@@ -163,10 +162,10 @@ def compare(
                     hybrids += made
         everything = pooled + vlms + hybrids
         answers += [_answer_rows(m, labelled) for m in everything]
-        for subset, exclude in SUBSETS.items():
-            if exclude and task != "category":
-                continue
-            keep = labelled if not exclude else labelled[~slag.loc[labelled.index]]
+        subsets = {"all labelled": labelled}
+        if task == "category":  # archaeological slags are a category question's own group
+            subsets["without archaeological slags"] = labelled[~slag.loc[labelled.index]]
+        for subset, keep in subsets.items():
             tables += [_row(m, keep, records, subset, n_boot, seed) for m in everything]
         paired += _paired_rows(everything, labelled, records["specimen_group"], n_boot, seed)
     table = pd.DataFrame(tables)
@@ -175,7 +174,7 @@ def compare(
     return StudyComparison(
         table=table,
         curves=pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(),
-        paired=stats.with_holm(pd.DataFrame(paired)) if paired else pd.DataFrame(),
+        paired=stats.with_holm(pd.DataFrame(paired)),
         choices=pd.DataFrame(choices),
         predictions=pd.concat(answers, ignore_index=True) if answers else pd.DataFrame(),
         handoffs=pd.concat([h for h in handoffs if h is not None], ignore_index=True)
@@ -247,9 +246,9 @@ def _two_folds(ids, folds: pd.Series) -> bool:
     return folds.loc[ids].nunique() >= 2
 
 
-def _clip_stages(methods, labelled, folds, choices) -> tuple[list, list[Method]]:
-    """CLIP stages as (candidates by prompt set) and their pooled cross-fitted methods:
-    zero-shot chooses its prompt set on the other fold; a probe is already out of fold."""
+def _clip_stages(methods, labelled, folds, choices) -> list[tuple[dict[str, Method], Method]]:
+    """CLIP stages as (candidates by prompt set, their pooled cross-fitted method): zero-shot
+    chooses its prompt set on the other fold; a probe is already out of fold."""
     stages: list[dict[str, Method]] = []
     zero_shot = [m for m in methods if m.kind == "clip_zero_shot"]
     for model in sorted({m.model for m in zero_shot}):
@@ -263,7 +262,7 @@ def _clip_stages(methods, labelled, folds, choices) -> tuple[list, list[Method]]
     for candidates in stages:
         first = next(iter(candidates.values()))
         if first.kind == "clip_probe":
-            pooled.append(first)
+            pooled.append((candidates, first))
             continue
         template = replace(first, prompt_set="cross-fitted")
 
@@ -274,8 +273,8 @@ def _clip_stages(methods, labelled, folds, choices) -> tuple[list, list[Method]]
         truth = labelled.loc[first.predictions.index]
         method, rows = cross_fit(truth, folds, fit, template)
         choices += [{"task": first.task, **template.identity(), **r} for r in rows]
-        pooled.append(method)
-    return stages, pooled
+        pooled.append((candidates, method))
+    return pooled
 
 
 def _hybrids(candidates, clip, vlm, truth, folds, choices, curves) -> list[Method]:
@@ -296,14 +295,14 @@ def _hybrids(candidates, clip, vlm, truth, folds, choices, curves) -> list[Metho
         weight = choose_fusion_weight(base, vlm, train)
         return {**choice, "weight": weight}, fuse(base, vlm, weight)
 
-    fits = {"cascade": fit_cascade, "fusion": fit_fusion if vlm.probabilities is not None else None}
+    fits = {"cascade": fit_cascade}
+    if vlm.probabilities is not None:
+        fits["fusion"] = fit_fusion
     out = []
     for kind, fit in fits.items():
-        if fit is None:
-            continue
-        template = hybrid(kind, clip, vlm, clip.predictions, None, None)
+        template = hybrid(kind, clip, vlm, None, None, None)  # cross_fit fills the predictions
         method, rows = cross_fit(truth, folds, fit, template)
-        fraction = method.notes.get("fraction_to_vlm", 1.0)
+        fraction = method.notes["fraction_to_vlm"]  # a fusion asks the VLM of every image: 1
         method.seconds_per_image = (clip.seconds_per_image or 0.0) + fraction * (
             vlm.seconds_per_image or 0.0
         )
@@ -331,7 +330,7 @@ def _row(method: Method, labelled: pd.Series, records, subset, n_boot, seed) -> 
         list(method.predictions.loc[truth.index].to_numpy()),
         records.loc[truth.index, "specimen_group"].to_numpy(),
         scores=None if probs is None else probs.to_numpy(),
-        classes=None if probs is None else classes,
+        classes=classes,
         n_boot=n_boot,
         seed=seed,
     )
@@ -375,13 +374,17 @@ def study_pairs(methods: list[Method]) -> list[tuple[str, Method, Method]]:
         if v.context == "clip_neighbours":
             pairs += [("retrieved expert metadata (VLM) vs k-NN probe", v, k) for k in knn]
     for h in (m for m in methods if m.kind in ("cascade", "fusion")):
+        # the VLM the hybrid was made with (`_hybrid_partners`: the study's wording where the
+        # task has it) and its CLIP stage: one each, by construction
         partner = [
-            v for v in vlms if (v.model, v.context, v.mode) == (h.partner, h.context, h.mode)
+            v
+            for v in _hybrid_partners(vlms)
+            if (v.model, v.context, v.mode) == (h.partner, h.context, h.mode)
         ]
         stage = [c for c in clips if (c.kind, c.model) == (h.base, h.model)]
         stage = [c for c in stage if c.prompt_set == h.prompt_set]
-        pairs += [(f"{h.kind} vs its VLM alone", h, v) for v in partner[:1]]
-        pairs += [(f"{h.kind} vs its CLIP stage", h, c) for c in stage[:1]]
+        pairs += [(f"{h.kind} vs its VLM alone", h, v) for v in partner]
+        pairs += [(f"{h.kind} vs its CLIP stage", h, c) for c in stage]
     return pairs
 
 
