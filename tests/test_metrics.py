@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from microqa import metrics
+from microqa import metrics, stats
 
 
 def test_metrics_agree_with_scikit_learn_on_random_inputs():
@@ -38,3 +41,122 @@ def test_mcnemar_detects_a_real_difference_only():
     assert metrics.mcnemar(a, a)["p_value"] == 1.0
     b = [False] * 30 + [True] * 10 + [False] * 10
     assert metrics.mcnemar(a, b)["p_value"] < 0.001
+
+
+def test_macro_metrics_average_over_true_classes_only_and_quietly():
+    # a: predicted at images 0 and 4, right at 0 -> P 1/2, R 1/2, F 1/2
+    # b: predicted at 2 and 3, both right -> P 1, R 1, F 1
+    # c: never predicted -> P 0 (not 0/0, not a warning), R 0, F 0
+    # the missing answer is wrong and is not a class of its own: macro over a, b, c
+    y_true = ["a", "a", "b", "b", "c"]
+    y_pred = ["a", None, "b", "b", "a"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert metrics.macro_prf(y_true, y_pred) == pytest.approx((1.5 / 3, 1.5 / 3, 1.5 / 3))
+        assert metrics.macro_f1(y_true, y_pred) == pytest.approx(0.5)
+        assert metrics.balanced_accuracy(y_true, y_pred) == pytest.approx(0.5)
+        assert metrics.accuracy(y_true, y_pred) == pytest.approx(3 / 5)
+
+
+def test_per_class_table_known_answer():
+    y_true = ["a", "a", "a", "b", "b", "c"]
+    y_pred = ["a", "a", "b", "b", None, "z"]  # "z" is no class of y_true: no row of its own
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # c, never predicted, has precision 0 quietly
+        table = metrics.per_class_table(y_true, y_pred)
+    expected = pd.DataFrame(
+        {
+            "class": ["a", "b", "c"],
+            # a: 2 predicted, both right, of 3; b: 2 predicted, 1 right, of 2; c: none
+            "precision": [1.0, 0.5, 0.0],
+            "recall": [2 / 3, 0.5, 0.0],
+            "f1": [0.8, 0.5, 0.0],  # 2PR / (P + R)
+            "n": np.array([3, 2, 1], dtype=int),
+        }
+    )
+    pd.testing.assert_frame_equal(table, expected)
+
+
+def test_confusion_keeps_the_callers_class_order_and_adds_no_answer_only_when_needed():
+    classes = ["b", "a", "c"]
+    y_true = ["a", "a", "b", "b", "c"]
+    y_pred = ["a", "b", "b", None, "z"]  # "z" is not an option: counted nowhere
+    expected = pd.DataFrame(
+        [[1, 0, 0, 1], [1, 1, 0, 0], [0, 0, 0, 0]],
+        index=classes,
+        columns=[*classes, metrics.NO_ANSWER],
+    )
+    pd.testing.assert_frame_equal(metrics.confusion(y_true, y_pred, classes), expected)
+    answered = metrics.confusion(["a", "b"], ["a", "a"], ["a", "b"])
+    pd.testing.assert_frame_equal(
+        answered, pd.DataFrame([[1, 0], [1, 0]], index=["a", "b"], columns=["a", "b"])
+    )
+
+
+def test_fast_bootstrap_metrics_agree_with_the_scikit_learn_ones_on_every_subsample():
+    # "z" is predicted but never true and sorts after every true class; "c" has one image
+    y_true = np.array(["a", "a", "a", "b", "b", "c"], dtype=object)
+    y_pred = metrics._clean(["a", "z", "b", "b", None, "c"])
+    codes = metrics._Codes(y_true, y_pred)
+    whole = np.arange(6)
+    assert codes.accuracy(whole) == pytest.approx(3 / 6)
+    assert codes.balanced_accuracy(whole) == pytest.approx((1 / 3 + 1 / 2 + 1) / 3)
+    # F1 = 2TP / (support + predicted): a 2/4, b 2/4, c 2/2
+    assert codes.macro_f1(whole) == pytest.approx((0.5 + 0.5 + 1) / 3)
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        i = rng.integers(0, 6, 6)
+        t, p = y_true[i], list(y_pred[i])
+        assert codes.accuracy(i) == pytest.approx(metrics.accuracy(t, p))
+        assert codes.balanced_accuracy(i) == pytest.approx(metrics.balanced_accuracy(t, p))
+        assert codes.macro_f1(i) == pytest.approx(metrics.macro_f1(t, p))
+
+
+def test_top_k_ties_go_to_the_lower_index_on_wide_rows():
+    # 40 options scored 0, 1 or 2: many ties, and rows long enough for numpy's default
+    # (unstable) sort to reorder them
+    rng = np.random.default_rng(0)
+    classes = [f"class {j:02d}" for j in range(40)]
+    scores = rng.integers(0, 3, (60, 40)).astype(float)
+    tied_first = [np.flatnonzero(row == row.max()) for row in scores]
+    first = [classes[t[0]] for t in tied_first]
+    second = [classes[t[1]] for t in tied_first]  # each row has several maxima here
+    assert metrics.top_k_accuracy(first, scores, classes, 1) == 1.0
+    assert metrics.top_k_accuracy(second, scores, classes, 1) == 0.0
+    assert metrics.top_k_accuracy(second, scores, classes, 2) == 1.0
+
+
+def test_top_k_takes_one_hot_booleans_and_refuses_misaligned_inputs():
+    one_hot = np.array([[True, False, False], [False, False, True]])
+    assert metrics.top_k_accuracy(["a", "b"], one_hot, "abc", 1) == 0.5
+    assert metrics.top_k_accuracy(["a", "b"], one_hot, "abc", 2) == 0.5  # b ties a, a first
+    with pytest.raises(ValueError):
+        metrics.top_k_accuracy(["a"], one_hot, "abc", 1)
+
+
+def test_integer_labels_with_a_missing_answer():
+    assert metrics.accuracy([1, 2], [1, None]) == 0.5
+
+
+def test_mcnemar_row_and_numeric_correctness():
+    # 0/1 floats (a merged table's column) count like booleans; 5 discordant pairs all for a:
+    # exact two-sided p = 2 * 0.5**5
+    a = [1.0] * 5 + [1.0, 1.0, 0.0]
+    b = [0.0] * 5 + [1.0, 1.0, 0.0]
+    assert metrics.mcnemar(a, b) == {
+        "n": 8,
+        "only_a_correct": 5,
+        "only_b_correct": 0,
+        "p_value": pytest.approx(2 * 0.5**5),
+    }
+
+
+def test_summarise_passes_specimens_and_options_through():
+    y = ["A", "B", "C", "A", "B", "A"]
+    pred = ["A", "A", "C", None, "B", "A"]
+    groups = ["s1", "s1", "s2", "s3", "s3", "s4"]
+    scores = np.vstack([np.eye(3)[[0, 1, 2, 0, 1]], [0.0, 0.5, 1.0]])  # the last A: C, B
+    options = {"scores": scores, "classes": "ABC", "n_boot": 40, "seed": 3}
+    row = metrics.summarise(y, pred, groups, **options)
+    assert row["n_specimens"] == 4 and row["top2_accuracy"] == pytest.approx(5 / 6)
+    assert row == stats.summarise(y, pred, groups, **options)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -150,12 +152,16 @@ def test_summary_columns_top2_and_empty_input():
 
 
 def test_defaults_are_1000_resamples_seed_0_and_2000_for_pairs():
-    y, pred, groups = _specimens()
+    y, pred, groups = _specimens(n_specimens=40, per_specimen=3, seed=2)
+    pred[::7] = None  # finer-grained metrics, so one more resample or another seed shows
     assert len(stats.resamples(y, groups)) == 1000
     assert [list(i) for i in stats.resamples(y, groups, n_boot=3)] == [
         list(i) for i in stats.resamples(y, groups, n_boot=3, seed=0)
     ]
-    assert stats.summarise(y, pred, groups) == stats.summarise(y, pred, groups, n_boot=1000, seed=0)
+    default = stats.summarise(y, pred, groups)
+    assert default == stats.summarise(y, pred, groups, n_boot=1000, seed=0)
+    assert default != stats.summarise(y, pred, groups, n_boot=1001, seed=0)
+    assert default != stats.summarise(y, pred, groups, n_boot=1000, seed=1)
     other = np.roll(pred, 7)
     assert stats.paired_comparison(y, pred, other, groups) == stats.paired_comparison(
         y, pred, other, groups, n_boot=2000, seed=0
@@ -195,3 +201,76 @@ def test_holm_caps_at_one_and_keeps_order_for_ties():
     )
     assert list(table["p_bootstrap_holm"]) == pytest.approx([0.02, 0.04])
     assert list(table["p_mcnemar_holm"]) == pytest.approx([0.4, 0.4])
+
+
+def test_a_specimens_stratum_is_its_rarest_class_not_its_first_by_name():
+    # the one SEM image shares a specimen with an AFM image; SEM is the rarer class, so that
+    # specimen is the SEM stratum by itself and SEM is in every resample
+    y = np.array(["AFM"] * 40 + ["SEM", "AFM"], dtype=object)
+    groups = np.array(list(range(40)) + [99, 99])
+    for index in stats.resamples(y, groups, n_boot=200, seed=0):
+        assert "SEM" in set(y[index])
+
+
+def test_bootstrap_p_counts_zero_differences_in_both_tails():
+    assert stats.bootstrap_p(np.zeros(99)) == 1.0
+    # 10 of 99 at or below 0, 89 above (all below 1): 2 * (10 + 1) / (99 + 1)
+    assert stats.bootstrap_p(np.array([-0.1] * 10 + [0.5] * 89)) == pytest.approx(0.22)
+
+
+def test_empty_and_one_resample_give_nan_quietly():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        empty = stats.summarise([], [], n_boot=5)
+        assert np.isnan(empty["accuracy"]) and np.isnan(empty["unanswered_rate"])
+        pair = stats.paired_comparison([], [], [], n_boot=5)
+        assert np.isnan(pair["balanced_accuracy_difference"])
+        assert np.isnan(pair["accuracy_difference"])
+        y, pred, groups = _specimens()
+        once = stats.paired_comparison(y, pred, np.roll(pred, 10), groups, n_boot=1)
+        assert np.isnan(once["balanced_accuracy_se"])  # no spread from one resample
+    twice = stats.paired_comparison(y, pred, np.roll(pred, 10), groups, n_boot=2)
+    assert np.isfinite(twice["balanced_accuracy_se"])
+
+
+def test_paired_row_columns_and_its_se_and_p_come_from_balanced_accuracy():
+    # imbalanced classes, so balanced accuracy and accuracy resample differently
+    rng = np.random.default_rng(4)
+    y = np.array(["A"] * 45 + ["B"] * 15, dtype=object)
+    pred_a = np.where(rng.random(60) < 0.8, y, np.where(y == "A", "B", "A")).astype(object)
+    pred_b = np.where(rng.random(60) < 0.6, y, "A").astype(object)
+    groups = np.arange(60) // 2
+    row = stats.paired_comparison(y, pred_a, pred_b, groups, n_boot=100, seed=1)
+    assert list(row) == [
+        "n", "n_specimens",
+        "balanced_accuracy_difference", "balanced_accuracy_ci_low", "balanced_accuracy_ci_high",
+        "balanced_accuracy_se", "p_bootstrap", "mdd_80",
+        "accuracy_difference", "accuracy_ci_low", "accuracy_ci_high",
+        "only_a_correct", "only_b_correct", "p_mcnemar", "ci_level",
+    ]  # fmt: skip
+    assert (row["n"], row["n_specimens"]) == (60, 30)
+    samples = stats.resamples(y, groups, n_boot=100, seed=1)
+
+    def boot(metric):  # the scikit-learn formulas on each resample
+        return np.array([metric(y[i], pred_a[i]) - metric(y[i], pred_b[i]) for i in samples])
+
+    balanced, plain = boot(metrics.balanced_accuracy), boot(metrics.accuracy)
+    assert np.std(balanced, ddof=1) != pytest.approx(np.std(plain, ddof=1))
+    assert row["balanced_accuracy_se"] == pytest.approx(np.std(balanced, ddof=1))
+    assert row["p_bootstrap"] == pytest.approx(stats.bootstrap_p(balanced))
+
+
+def test_holm_treats_a_missing_p_value_as_nan():
+    # two real p-values: 2 * 0.01, then max(0.02, 1 * 0.04)
+    adjusted = stats.holm([0.01, None, 0.04])
+    assert adjusted[[0, 2]] == pytest.approx([0.02, 0.04]) and np.isnan(adjusted[1])
+
+
+def test_integer_labels_with_missing_answers_in_a_paired_comparison():
+    # a: right on 0, 2, 3, 4 (no answer on 1): accuracy 0.8, recalls 2/3 and 1
+    # b: always 0: accuracy 0.6, recalls 1 and 0
+    y = [0, 0, 0, 1, 1]
+    row = stats.paired_comparison(y, [0, None, 0, 1, 1], [0] * 5, n_boot=20)
+    assert row["accuracy_difference"] == pytest.approx(0.8 - 0.6)
+    assert row["balanced_accuracy_difference"] == pytest.approx((2 / 3 + 1) / 2 - 0.5)
+    assert (row["only_a_correct"], row["only_b_correct"]) == (2, 1)

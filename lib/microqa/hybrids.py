@@ -16,7 +16,7 @@ FUSION_WEIGHTS = tuple(np.round(np.linspace(0, 1, 11), 2))
 
 def confidence(probs: pd.DataFrame, how: str = "margin") -> pd.Series:
     """Margin between the two highest probabilities (default), or the top probability."""
-    values = np.sort(probs.to_numpy(), axis=1)
+    values = np.sort(probs.to_numpy())  # each row ascending
     score = values[:, -1] - values[:, -2] if how == "margin" else values[:, -1]
     return pd.Series(score, index=probs.index)
 
@@ -27,15 +27,12 @@ def _balanced(truth: pd.Series, pred: pd.Series) -> tuple[float, float]:
     return metrics.balanced_accuracy(y, p), metrics.accuracy(y, p)
 
 
-def _send(conf: pd.Series, threshold: float) -> pd.Series:
-    return conf < threshold if np.isfinite(threshold) else conf <= threshold
-
-
-def apply_cascade(base: Method, vlm: Method, threshold: float, how: str = "margin") -> Method:
-    """CLIP answers; images whose CLIP confidence is below `threshold` go to the VLM."""
+def apply_cascade(base: Method, vlm: Method, threshold: float) -> Method:
+    """CLIP answers; images whose CLIP margin is below `threshold` go to the VLM (margins are
+    finite: -inf sends none, inf sends all)."""
     ids = base.predictions.index.intersection(vlm.predictions.index)
-    conf = confidence(base.probabilities.loc[ids], how)
-    send = _send(conf, threshold)
+    conf = confidence(base.probabilities.loc[ids])
+    send = conf < threshold
     pred = base.predictions.loc[ids].where(~send, vlm.predictions.loc[ids])
     method = hybrid("cascade", base, vlm, pred.astype(object).where(pred.notna(), None), None, send)
     # per image, what the hand-off decided on (the galleries of notebook 05 show it)
@@ -43,12 +40,12 @@ def apply_cascade(base: Method, vlm: Method, threshold: float, how: str = "margi
     return method
 
 
-def cascade_curve(base: Method, vlm: Method, truth: pd.Series, how: str = "margin") -> pd.DataFrame:
+def cascade_curve(base: Method, vlm: Method, truth: pd.Series) -> pd.DataFrame:
     """Accuracy and balanced accuracy as the least confident images are sent to the VLM."""
-    conf = confidence(base.probabilities.loc[truth.index], how)
+    conf = confidence(base.probabilities.loc[truth.index])
     rows = []
     for threshold in [-np.inf, *np.unique(conf.to_numpy()), np.inf]:
-        hybrid = apply_cascade(base.restricted(truth.index), vlm, threshold, how)
+        hybrid = apply_cascade(base.restricted(truth.index), vlm, threshold)
         balanced, accuracy = _balanced(truth, hybrid.predictions)
         rows.append(
             {
@@ -58,7 +55,7 @@ def cascade_curve(base: Method, vlm: Method, truth: pd.Series, how: str = "margi
                 "balanced_accuracy": balanced,
             }
         )
-    return pd.DataFrame(rows).drop_duplicates("fraction_to_vlm", keep="first")
+    return pd.DataFrame(rows).drop_duplicates("fraction_to_vlm")  # keeps the lowest threshold
 
 
 def choose_threshold(curve: pd.DataFrame) -> float:
@@ -74,7 +71,7 @@ def fuse(clip: Method, vlm: Method, weight: float) -> Method:
     log_p = weight * np.log(clip.probabilities.loc[ids] + eps) + (1 - weight) * np.log(
         vlm.probabilities.loc[ids] + eps
     )
-    probs = np.exp(log_p.sub(log_p.max(axis=1), axis=0))
+    probs = np.exp(log_p)  # log_p >= log(eps): no underflow, no max to subtract
     probs = probs.div(probs.sum(axis=1), axis=0)
     return hybrid("fusion", clip, vlm, argmax(probs), probs, None)
 

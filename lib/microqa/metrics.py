@@ -22,29 +22,24 @@ def _clean(y_pred: Sequence) -> np.ndarray:
 
 
 def _classes(y_true: Sequence) -> list:
-    return sorted(set(y_true), key=str)
+    return sorted(set(y_true))
 
 
 def accuracy(y_true: Sequence, y_pred: Sequence) -> float:
-    return float(np.mean(np.asarray(y_true, dtype=object) == _clean(y_pred)))
+    return float(np.mean(np.asarray(y_true) == _clean(y_pred)))
 
 
 def balanced_accuracy(y_true: Sequence, y_pred: Sequence) -> float:
     """Mean recall over the classes present in y_true."""
     return float(
-        skm.recall_score(
-            np.asarray(y_true, dtype=object),
-            _clean(y_pred),
-            labels=_classes(y_true),
-            average="macro",
-            zero_division=0,
-        )
+        # every label has true images, so no recall divides by zero
+        skm.recall_score(y_true, _clean(y_pred), labels=_classes(y_true), average="macro")
     )
 
 
 def macro_prf(y_true: Sequence, y_pred: Sequence) -> tuple[float, float, float]:
     p, r, f, _ = skm.precision_recall_fscore_support(
-        np.asarray(y_true, dtype=object),
+        y_true,
         _clean(y_pred),
         labels=_classes(y_true),
         average="macro",
@@ -62,7 +57,7 @@ def top_k_accuracy(y_true: Sequence, scores: np.ndarray, classes: Sequence, k: i
     scores = np.asarray(scores, dtype=float)
     index = {c: i for i, c in enumerate(classes)}
     true_idx = np.array([index[t] for t in y_true])
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    order = np.argsort(-scores, kind="stable")[:, :k]  # along each row
     return float(np.mean([t in row for t, row in zip(true_idx, order, strict=True)]))
 
 
@@ -95,9 +90,9 @@ class _Codes:
 
     def macro_f1(self, i: np.ndarray) -> float:
         support, predicted, correct, present = self._counts(i)
-        denominator = support + predicted  # 2TP + FP + FN = support + predicted
-        f1 = np.divide(2 * correct, denominator, out=np.zeros(self.k), where=denominator > 0)
-        return float(np.mean(f1[present]))
+        # 2TP + FP + FN = support + predicted, never 0 for a class present in y_true
+        f1 = 2 * correct[present] / (support[present] + predicted[present])
+        return float(np.mean(f1))
 
 
 def summarise(y_true: Sequence, y_pred: Sequence, groups: Sequence | None = None, **kwargs):
@@ -110,7 +105,7 @@ def summarise(y_true: Sequence, y_pred: Sequence, groups: Sequence | None = None
 def per_class_table(y_true: Sequence, y_pred: Sequence) -> pd.DataFrame:
     classes = _classes(y_true)
     p, r, f, s = skm.precision_recall_fscore_support(
-        np.asarray(y_true, dtype=object), _clean(y_pred), labels=classes, zero_division=0
+        y_true, _clean(y_pred), labels=classes, zero_division=0
     )
     return pd.DataFrame(
         {"class": classes, "precision": p, "recall": r, "f1": f, "n": s.astype(int)}
@@ -121,7 +116,7 @@ def confusion(y_true: Sequence, y_pred: Sequence, classes: Sequence) -> pd.DataF
     """Confusion counts (rows: truth, columns: prediction, plus a no-answer column if any)."""
     y_pred = _clean(y_pred)
     columns = list(classes) + ([NO_ANSWER] if (y_pred == NO_ANSWER).any() else [])
-    matrix = skm.confusion_matrix(np.asarray(y_true, dtype=object), y_pred, labels=columns)
+    matrix = skm.confusion_matrix(y_true, y_pred, labels=columns)
     return pd.DataFrame(matrix[: len(classes)], index=list(classes), columns=columns)
 
 
@@ -130,5 +125,6 @@ def mcnemar(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> dict[str, f
     a, b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
     only_a, only_b = int(np.sum(a & ~b)), int(np.sum(~a & b))
     discordant = only_a + only_b
-    p = 1.0 if discordant == 0 else binomtest(only_a, discordant, 0.5, "two-sided").pvalue
+    # binomtest's defaults: success probability 1/2, two-sided
+    p = 1.0 if discordant == 0 else binomtest(only_a, discordant).pvalue
     return {"n": len(a), "only_a_correct": only_a, "only_b_correct": only_b, "p_value": float(p)}

@@ -33,9 +33,7 @@ CI_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 def _strata(y: np.ndarray, groups: np.ndarray) -> np.ndarray:
     """Stratum of each image: the rarest class (fewest images overall) of its specimen."""
     counts = pd.Series(y).value_counts()
-    rarity = pd.Series(counts.loc[y].to_numpy(), index=np.arange(len(y)))
-    frame = pd.DataFrame({"group": groups, "y": y, "count": rarity.to_numpy()})
-    frame["y"] = frame["y"].astype(str)
+    frame = pd.DataFrame({"group": groups, "y": y, "count": counts.loc[y].to_numpy()})
     rarest = frame.sort_values(["count", "y"]).drop_duplicates("group").set_index("group")["y"]
     return rarest.loc[groups].to_numpy()
 
@@ -45,7 +43,7 @@ def resamples(
 ) -> list[np.ndarray]:
     """Index arrays of `n_boot` bootstrap samples: specimens drawn with replacement within
     class strata, each bringing all its images. groups=None: every image its own specimen."""
-    y = np.asarray(y_true, dtype=object)
+    y = np.asarray(y_true)
     if len(y) == 0:
         return []
     groups = np.arange(len(y)) if groups is None else np.asarray(groups)
@@ -69,9 +67,8 @@ def resamples(
 
 def interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, float]:
     """Percentile interval holding `level` of the values (nan when there are none)."""
-    values = np.asarray(values, dtype=float)
     if len(values) == 0:
-        return (float("nan"), float("nan"))
+        return (np.nan, np.nan)
     alpha = (1 - level) / 2
     return float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
 
@@ -93,7 +90,7 @@ def summarise(
     """One row: n, specimens, accuracy, balanced accuracy, macro P/R/F1, unanswered rate,
     Top-2, and specimen-clustered, class-stratified 95% CIs on accuracy, balanced accuracy
     and macro F1."""
-    y_true = np.asarray(y_true, dtype=object)
+    y_true = np.asarray(y_true)
     y_pred = metrics._clean(y_pred)
     n = len(y_true)
     p, r, f = metrics.macro_prf(y_true, y_pred) if n else (np.nan,) * 3
@@ -110,9 +107,9 @@ def summarise(
     if scores is not None and classes is not None and n:
         row["top2_accuracy"] = metrics.top_k_accuracy(y_true, scores, classes, 2)
     samples = resamples(y_true, groups, n_boot=n_boot, seed=seed)
-    functions = _metric_functions(metrics._Codes(y_true, y_pred)) if n else {}
+    functions = _metric_functions(metrics._Codes(y_true, y_pred))
     for name in CI_METRICS:
-        values = [functions[name](i) for i in samples] if n else []
+        values = [functions[name](i) for i in samples]
         row[f"{name}_ci_low"], row[f"{name}_ci_high"] = interval(values)
     row["ci_level"] = LEVEL
     return row
@@ -125,9 +122,9 @@ def mdd(standard_error: float, *, power: float = POWER, level: float = LEVEL) ->
 
 def bootstrap_p(differences: np.ndarray) -> float:
     """Two-sided bootstrap p-value of a zero difference: twice the smaller tail at 0."""
-    d = np.asarray(differences, dtype=float)
+    d = np.asarray(differences)
     if len(d) == 0:
-        return float("nan")
+        return np.nan
     tail = min(np.sum(d <= 0), np.sum(d >= 0))
     return float(min(1.0, 2 * (tail + 1) / (len(d) + 1)))
 
@@ -144,7 +141,7 @@ def paired_comparison(
     """Method a minus method b on the same images: balanced-accuracy and accuracy differences
     with paired clustered-bootstrap 95% CIs, bootstrap p (balanced accuracy), its SE and the
     minimal detectable difference at 80% power, and the exact two-sided McNemar test."""
-    y = np.asarray(y_true, dtype=object)
+    y = np.asarray(y_true)
     a, b = metrics._clean(pred_a), metrics._clean(pred_b)
     codes_a, codes_b = metrics._Codes(y, a), metrics._Codes(y, b)
     samples = resamples(y, groups, n_boot=n_boot, seed=seed)
@@ -172,7 +169,7 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
     p = np.asarray(p_values, dtype=float)
     adjusted = np.full(len(p), np.nan)
     finite = np.flatnonzero(~np.isnan(p))
-    order = finite[np.argsort(p[finite], kind="stable")]
+    order = finite[np.argsort(p[finite])]  # tied p-values get the same adjusted value
     m = len(order)
     running = 0.0
     for rank, i in enumerate(order):
