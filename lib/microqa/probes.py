@@ -55,9 +55,7 @@ def one_thread(fn):
     return wrapper
 
 
-def make_splitter(
-    scheme: str, y: np.ndarray, groups: np.ndarray, *, n_splits: int = 5, seed: int = 0
-):
+def make_splitter(scheme: str, y: np.ndarray, groups: np.ndarray, *, seed: int, n_splits: int = 5):
     """Folds for a scheme: "stratified"; "grouped" and "contributor" (StratifiedGroupKFold over
     the groups passed: specimens or contributors stay whole); "group-kfold" (plain GroupKFold)."""
     smallest = int(pd.Series(y).value_counts().min())
@@ -73,13 +71,13 @@ def make_splitter(
     raise ValueError(f"unknown CV scheme {scheme!r}")
 
 
-def classifier(method: str, *, k: int = 5, seed: int = 0, reference: bool = False):
+def classifier(method: str, *, k: int = 5, reference: bool = False):
+    """A fresh probe. No seed: lbfgs is deterministic (random_state only drives sag/liblinear)."""
     if method == "logreg" and reference:
-        return LogisticRegression(C=REFERENCE_C, max_iter=5000, random_state=seed)
+        return LogisticRegression(C=REFERENCE_C, max_iter=5000)
     if method == "logreg":
         return make_pipeline(
-            StandardScaler(),
-            LogisticRegression(C=PROBE_C, tol=PROBE_TOL, max_iter=20000, random_state=seed),
+            StandardScaler(), LogisticRegression(C=PROBE_C, tol=PROBE_TOL, max_iter=20000)
         )
     if method == "knn":
         return KNeighborsClassifier(n_neighbors=k, metric="cosine", weights="distance")
@@ -92,9 +90,8 @@ def out_of_fold(
     y: np.ndarray,
     groups: np.ndarray,
     *,
-    method: str = "logreg",
-    scheme: str = "grouped",
-    n_splits: int = 5,
+    method: str,
+    scheme: str,
     seed: int = 0,
     classes: Sequence[str] | None = None,
     reference: bool = False,
@@ -103,12 +100,12 @@ def out_of_fold(
     absent from a training fold). `groups`: specimens, or contributors for that scheme."""
     classes = list(classes if classes is not None else sorted(set(y)))
     proba = np.zeros((len(y), len(classes)))
-    splitter = make_splitter(scheme, y, groups, n_splits=n_splits, seed=seed)
+    splitter = make_splitter(scheme, y, groups, seed=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tiny classes: "least populated class" warnings
         for train, test in splitter.split(x, y, groups):
             k = min(5, len(train))
-            model = classifier(method, k=k, seed=seed, reference=reference).fit(x[train], y[train])
+            model = classifier(method, k=k, reference=reference).fit(x[train], y[train])
             columns = [classes.index(c) for c in model.classes_]
             proba[np.ix_(test, columns)] = model.predict_proba(x[test])
     predicted = np.array([classes[i] for i in proba.argmax(axis=1)], dtype=object)
@@ -132,8 +129,8 @@ def probe_table(
     *,
     tasks: Sequence[str] = ("technique",),
     cv_seeds: Sequence[int] = CV_SEEDS,
-    n_boot: int = 1000,
-    seed: int = 0,
+    n_boot: int,
+    seed: int,
 ) -> pd.DataFrame:
     """Logistic and k-NN probes under the three CV schemes, repeated over fold seeds: mean and
     sd over seeds, and the first seed's specimen-clustered 95% CIs."""
@@ -141,11 +138,14 @@ def probe_table(
     for task in tasks:
         x, y, specimens, _ = features.task(task)
         classes = taxonomy.TASKS[task][1]
+        # the contributor scheme only where the records name contributors
+        schemes = {
+            name: (scheme, groups)
+            for name, scheme in CV_SCHEMES.items()
+            if (groups := _cv_groups(features, task, scheme)) is not None
+        }
         for method in ("logreg", "knn"):
-            for cv_name, scheme in CV_SCHEMES.items():
-                groups = _cv_groups(features, task, scheme)
-                if groups is None:
-                    continue
+            for cv_name, (scheme, groups) in schemes.items():
                 repeats = []
                 for cv_seed in cv_seeds:
                     pred, proba = out_of_fold(
@@ -184,7 +184,7 @@ def probe_table(
     return pd.DataFrame(rows)
 
 
-def probe_scores(features, *, seed: int = 0) -> pd.DataFrame:
+def probe_scores(features, *, seed: int) -> pd.DataFrame:
     """Contract file probe_scores.csv: out-of-fold probabilities of the specimen-grouped
     logistic and k-NN probes (the comparison's probe rows and its k-NN reference row)."""
     frames = []
@@ -245,7 +245,7 @@ def learning_curve(
                     continue
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    model = classifier("logreg", seed=seed).fit(x[train], y[train])
+                    model = classifier("logreg").fit(x[train], y[train])
                 pred[test] = model.predict(x[test])
             rows.append(
                 {
@@ -272,9 +272,7 @@ def learning_curve(
     return summary.reset_index()
 
 
-def reference_gap_table(
-    features, *, seeds: Sequence[int] = (0,), n_boot: int = 1000
-) -> pd.DataFrame:
+def reference_gap_table(features, *, n_boot: int, seeds: Sequence[int] = (0,)) -> pd.DataFrame:
     """Why the reference README's balanced accuracy differs from ours: the same logreg probe
     under label variants (plain cross-polarised records: per material as in our taxonomy, all
     reflected, all transmitted) and fold schemes. CIs: bootstrap by specimen within class."""
@@ -293,7 +291,7 @@ def reference_gap_table(
     rows = []
     for label_name, labels in variants.items():
         mask = labels.isin(classes).to_numpy()
-        x, y = features.embeddings[mask], labels[mask].to_numpy(object)
+        x, y = features.embeddings[mask], labels[mask].to_numpy()
         groups = records.loc[mask, "specimen_id"].to_numpy()
         for scheme, cv_name in (
             ("stratified", "StratifiedKFold(5, shuffle)"),
@@ -301,15 +299,9 @@ def reference_gap_table(
             ("group-kfold", "GroupKFold(5)"),
         ):
             for seed in seeds if scheme != "group-kfold" else seeds[:1]:
+                # predictions only: the classes absent from this label variant need no column
                 pred, _ = out_of_fold(
-                    x,
-                    y,
-                    groups,
-                    method="logreg",
-                    scheme=scheme,
-                    seed=seed,
-                    classes=classes,
-                    reference=True,
+                    x, y, groups, method="logreg", scheme=scheme, seed=seed, reference=True
                 )
                 row = stats.summarise(y, pred, groups, n_boot=n_boot, seed=seed)
                 rows.append(

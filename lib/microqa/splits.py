@@ -37,10 +37,11 @@ def specimen_groups(df: pd.DataFrame) -> pd.Series:
     return keys.where(keys != "", alone)
 
 
-def fold_of(key: str, n_folds: int = N_FOLDS, seed: int = 0) -> int:
-    """Fold of one specimen key: sha256 of (seed, key), modulo n_folds. Machine-independent."""
+def fold_of(key: str, n_folds: int, seed: int) -> int:
+    """Fold of one specimen key: sha256 of (seed, key), its first 8 bytes read big-endian
+    (`int.from_bytes`' default since Python 3.11), modulo n_folds. Machine-independent."""
     digest = hashlib.sha256(f"{seed}\x00{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % n_folds
+    return int.from_bytes(digest[:8]) % n_folds
 
 
 def assign_folds(df: pd.DataFrame, *, n_folds: int = N_FOLDS, seed: int = 0) -> pd.Series:
