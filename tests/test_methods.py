@@ -22,6 +22,10 @@ REFERENCE = "reference ViT-B/32 (pretrained)"
         ("ViT-B-32:/home/me/weights/b32.pt", "ViT-B-32:b32.pt"),  # ARCH:/local/file
         ("ViT-L-14:../models/l14.safetensors", "ViT-L-14:l14.safetensors"),
         ("ViT-B-32:clip_b32.bin", "ViT-B-32:clip_b32.bin"),
+        ("ViT-B-32:/srv/b32.ckpt", "ViT-B-32:b32.ckpt"),  # a path by its start alone
+        ("ViT-B-32:~/weights/b32.ckpt", "ViT-B-32:b32.ckpt"),
+        ("ViT-B-32:./b32.ckpt", "ViT-B-32:b32.ckpt"),
+        ("probe:ViT-B-32:/srv/w/b32.pt", "probe:ViT-B-32:b32.pt"),  # a probe on those features
         ("hf-hub:timm/ViT-B-16-SigLIP", "hf-hub:timm/ViT-B-16-SigLIP"),  # the scheme names it
         (REFERENCE, REFERENCE),  # a readable name whose "/" is not a path
     ],

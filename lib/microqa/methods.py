@@ -61,7 +61,7 @@ def short_name(model: str) -> str:
     text = str(model)
     if " " in text:
         return text
-    head, colon, tail = text.partition(":")
+    head, colon, tail = text.rpartition(":")  # the last colon: "probe:ARCH:/path" too
     if colon and (tail.startswith(("/", "~", ".")) or tail.endswith(WEIGHT_FILE_SUFFIXES)):
         return f"{head}:{Path(tail).name}"
     return Path(text).name if "/" in text and not colon else text
