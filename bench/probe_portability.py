@@ -88,7 +88,7 @@ def check(directory: Path) -> int:
         embedding_space.REFERENCE_SOURCE, True, records, embeddings
     )
     fresh = probes.probe_table(
-        features, tasks=("technique", "category"), cv_seeds=range(10), n_boot=1000, seed=0
+        features, tasks=("technique", "category"), cv_seeds=probes.CV_SEEDS, n_boot=1000, seed=0
     )
     committed = pd.read_csv(REPO / "tables" / "clip_probe.csv")
     committed = committed[committed["features"] == embedding_space.REFERENCE_SOURCE]

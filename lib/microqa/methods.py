@@ -51,6 +51,13 @@ class Method:
         return replace(self, predictions=self.predictions.loc[ids], probabilities=probs)
 
 
+def in_main_mode(modes: pd.Series) -> pd.Series:
+    """True for the rows of the study's main answer mode: CLIP rows (no mode) and score-mode
+    VLM rows. Generate-mode rows answer the score/generate agreement subset, a check that stays
+    in the full tables but not in headlines or figures."""
+    return modes.fillna("score").ne("generate")
+
+
 WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 
 

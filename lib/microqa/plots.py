@@ -21,6 +21,7 @@ import seaborn as sns  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from microqa import provenance, publishing  # noqa: E402
+from microqa.methods import in_main_mode  # noqa: E402
 
 PALETTE = "colorblind"
 
@@ -211,7 +212,7 @@ def cascade_figure(curves: pd.DataFrame, title: str):
     study's main answer mode (the generate-mode agreement subset stays in the curves table);
     the legend below the panels."""
     if "mode" in curves:
-        curves = curves[curves["mode"].fillna("score").ne("generate")]
+        curves = curves[in_main_mode(curves["mode"])]
     tasks = list(dict.fromkeys(curves["task"]))
     n_lines = curves.groupby(["base", "vlm"]).ngroups
     columns = 1 if n_lines <= 3 else 2

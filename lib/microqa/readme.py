@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from microqa import config, provenance
+from microqa.methods import in_main_mode
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
@@ -166,7 +167,7 @@ def _real_feature_summary() -> list[str]:
 def _main_mode(table: pd.DataFrame) -> pd.DataFrame:
     """The rows of the study's main answer mode: CLIP rows and score-mode VLM rows. The
     generate-mode rows of the score/generate agreement subset stay in tables/comparison.*."""
-    return table[table["mode"].fillna("score").ne("generate")]
+    return table[in_main_mode(table["mode"])]
 
 
 def _headline_pairs(paired: pd.DataFrame) -> pd.DataFrame:
@@ -174,9 +175,7 @@ def _headline_pairs(paired: pd.DataFrame) -> pd.DataFrame:
     zero-shot (the k-NN probe's hybrids are in tables/comparison_paired_tests.*)."""
     if paired.empty:
         return paired
-    main = paired["a_mode"].fillna("score").ne("generate") & paired["b_mode"].fillna("score").ne(
-        "generate"
-    )
+    main = in_main_mode(paired["a_mode"]) & in_main_mode(paired["b_mode"])
     knn_hybrid = paired["a_kind"].isin(["cascade", "fusion"]) & paired["a_prompt_set"].astype(
         str
     ).str.contains("knn", case=False)

@@ -337,13 +337,13 @@ def run_study(
     options = {**(backend_options or {}), "image_budget": settings.image_budget}
     parts: list[StudyResult] = []
     failures: dict[int, dict[str, Any]] = {}
-    agreement = []
+    agreement: tuple = ()  # (its sample, its settings): the other mode, no open question
     if settings.agreement_n:
         other_mode = MODES[1 - MODES.index(settings.mode)]
-        agreement = [
+        agreement = (
             question_sample(sample, settings.agreement_n, seed=settings.seed),
             replace(settings, mode=other_mode, describe=False, agreement_n=0),
-        ]
+        )
     with AnswerCache(cache_path or default_cache_path()) as cache:
         for model in models:
             opened = open_model(backend, model, **options)
