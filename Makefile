@@ -77,13 +77,13 @@ $(NB_OUT)/%.ipynb: notebooks/%.ipynb $(SETUP_STAMP)
 
 reproduce: setup $(NOTEBOOKS:%=$(NB_OUT)/%.ipynb) build/report.stamp ## run notebooks 01-05, regenerating figures/, tables/ and docs/ (only what changed)
 
-# microqa.site decides where the report goes: docs/ only for a full-profile run on the full
+# microqa.report.site decides where the report goes: docs/ only for a full-profile run on the full
 # library, else build/runs/<run>/docs. `make reproduce` rebuilds it when a notebook changed.
 report: setup ## render the executed notebooks in build/notebooks/ as the static site docs/
-	MICROQA_PUBLISH=1 $(PY) -m microqa.site --notebooks $(NB_OUT)
+	MICROQA_PUBLISH=1 $(PY) -m microqa.report.site --notebooks $(NB_OUT)
 
-build/report.stamp: $(NOTEBOOKS:%=$(NB_OUT)/%.ipynb) lib/microqa/site.py lib/microqa/publishing.py
-	MICROQA_PUBLISH=1 $(PY) -m microqa.site --notebooks $(NB_OUT)
+build/report.stamp: $(NOTEBOOKS:%=$(NB_OUT)/%.ipynb) lib/microqa/report/site.py lib/microqa/publishing.py
+	MICROQA_PUBLISH=1 $(PY) -m microqa.report.site --notebooks $(NB_OUT)
 	@touch $@
 
 # absolute, since the kernels run in notebooks/

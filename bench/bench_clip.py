@@ -29,8 +29,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "lib"))  # run from a checkout without installing
 
-from microqa import clip, config, dataset  # noqa: E402
-from microqa.images import IMAGE_SUFFIXES, open_rgb  # noqa: E402
+from microqa import clip, config  # noqa: E402
+from microqa.data import dataset  # noqa: E402
+from microqa.data.images import IMAGE_SUFFIXES, open_rgb  # noqa: E402
 
 ARCH = "ViT-B-32-quickgelu"  # OpenAI's ViT-B/32 (QuickGELU); same FLOPs as HF's CLIPConfig()
 TARGET_VS_BARE, TARGET_VS_EARLIER = 0.85, 1.5

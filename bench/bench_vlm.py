@@ -28,7 +28,8 @@ import sys
 import time
 from pathlib import Path
 
-from microqa import config, images
+from microqa import config
+from microqa.data import images
 from microqa.vlm import prefix, questions, tiny
 from microqa.vlm.base import VLMRequest
 from microqa.vlm.hf import HFBackend

@@ -30,7 +30,8 @@ cat > /tmp/gpu_agreement.py <<'PYEOF'
 import sys, time
 from pathlib import Path
 import torch
-from microqa import config, images
+from microqa import config
+from microqa.data import images
 from microqa.vlm import tiny
 from microqa.vlm.hf import HFBackend
 sys.path.insert(0, "bench")

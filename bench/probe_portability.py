@@ -28,7 +28,9 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "lib"))  # run from a checkout without installing
 
-from microqa import config, embedding_space, probes, taxonomy  # noqa: E402
+from microqa import config  # noqa: E402
+from microqa.clip import embedding_space, probes  # noqa: E402
+from microqa.data import taxonomy  # noqa: E402
 
 COLUMNS = ("micrograph_no", "specimen_id", "contributor") + tuple(
     column for column, _ in taxonomy.TASKS.values()

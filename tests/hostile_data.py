@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from microqa.dataset import RECORD_COLUMNS
+from microqa.data.dataset import RECORD_COLUMNS
 
 HUGE_LIMIT = 2_000_000  # MICROQA_MAX_PIXELS for these datasets; the huge image is 3 MP
 SEM = ("Scanning electron microscopy (SEM)", "Metal or alloy")

@@ -26,7 +26,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from microqa.mirror import BackgroundServer
+from microqa.data.mirror import BackgroundServer
 
 # Malformed replies with status 200: (content type, body bytes) from the good reply's JSON.
 GARBAGE: dict[str, Any] = {

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from microqa.dataset import RECORD_COLUMNS
+from microqa.data.dataset import RECORD_COLUMNS
 from microqa.files import sha256_file
 from tests.conftest import REPO
 

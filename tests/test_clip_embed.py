@@ -19,8 +19,9 @@ import pytest
 import torch
 from PIL import Image
 
-from microqa import clip, images
-from microqa.clip import embed, outputs
+from microqa import clip
+from microqa.clip import cache, embed, outputs
+from microqa.data import images
 from tests.clip_fixtures import (  # noqa: F401
     ARCH,
     random_b32_file,
@@ -60,7 +61,7 @@ def _env(root: Path, **extra) -> dict:
 
 
 def _cached_rows(root: Path) -> int:
-    path = root / "data" / "cache" / embed.CACHE_FILE
+    path = root / "data" / "cache" / cache.CACHE_FILE
     if not path.exists():
         return 0
     try:
@@ -251,7 +252,7 @@ def test_a_corrupted_cache_is_moved_aside_and_rebuilt(random_b32, stage_dirs, ca
     small_dataset(stage_dirs / "ds", 3)
     paths = sorted((stage_dirs / "ds" / "images").iterdir())
     clip.embed_images(random_b32, paths, batch_size=2, num_workers=0, progress=False)
-    path = embed.cache_path()
+    path = cache.cache_path()
     if damage == "garbage":
         path.write_bytes(b"this is not an SQLite database" * 100)
     else:  # keep the header, scramble the pages: "database disk image is malformed"

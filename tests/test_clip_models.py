@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from microqa import clip, images, provenance
+from microqa import clip, provenance
+from microqa.data import images
 from tests.clip_fixtures import ARCH, place_random_b32, random_b32_file, stage_dirs  # noqa: F401
 from tests.conftest import MIRROR, REFERENCE, needs_mirror, needs_reference
 

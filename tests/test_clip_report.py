@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from microqa import clip, metrics, taxonomy
+from microqa import clip, metrics
 from microqa.clip import outputs
+from microqa.data import taxonomy
 from tests.test_clip_zero_shot import planted_study
 
 
@@ -116,8 +117,8 @@ def test_fast_bootstrap_metrics_agree_with_scikit_learn():
         n, k = int(rng.integers(5, 200)), int(rng.integers(2, 6))
         labels = list("abcdef"[:k])
         y = np.asarray(rng.choice(labels, n), dtype=object)
-        p = metrics._clean(list(rng.choice(labels + [None], n)))
-        codes = metrics._Codes(y, p)
+        p = metrics.clean_predictions(list(rng.choice(labels + [None], n)))
+        codes = metrics.LabelCodes(y, p)
         for _ in range(10):
             i = rng.integers(0, n, n)
             assert codes.accuracy(i) == pytest.approx(metrics.accuracy(y[i], p[i]))

@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from microqa import clip, metrics, taxonomy
+from microqa import clip, metrics
 from microqa.clip import prompts
+from microqa.data import taxonomy
 
 
 def _planted(n_per_class: int, classes, dim: int = 64, noise: float = 0.05, seed: int = 0):

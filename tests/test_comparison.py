@@ -8,7 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from microqa import comparison, hybrids, methods, metrics, splits, stats, taxonomy
+from microqa import metrics, stats
+from microqa.compare import comparison, hybrids, methods
+from microqa.data import splits, taxonomy
 
 CLASSES = taxonomy.TASKS["technique"][1]
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from microqa import dataset, taxonomy
+from microqa.data import dataset, taxonomy
 from tests.conftest import MIRROR, REPO, needs_mirror
 
 SAMPLE = REPO / "data" / "sample"

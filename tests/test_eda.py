@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from microqa import dataset, eda, sample, taxonomy
+from microqa.data import dataset, sample, taxonomy
+from microqa.report import eda
 from tests.conftest import REPO
 
 SAMPLE = REPO / "data" / "sample"

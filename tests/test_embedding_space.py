@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from microqa import embedding_space as space
-from microqa import taxonomy
+from microqa.clip import embedding_space as space
+from microqa.data import taxonomy
 
 FAMILIES = taxonomy.TECHNIQUE_FAMILIES
 

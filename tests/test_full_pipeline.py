@@ -11,7 +11,7 @@ import time
 import pandas as pd
 import pytest
 
-from microqa.mirror import MirrorServer
+from microqa.data.mirror import MirrorServer
 from tests.conftest import MIRROR, NotebookPipeline, needs_mirror, needs_reference
 
 pytestmark = [pytest.mark.slow, pytest.mark.notebooks, needs_mirror(), needs_reference()]

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from microqa import dataset, galleries, taxonomy
+from microqa.data import dataset, taxonomy
+from microqa.report import answer_galleries, galleries
 from tests.conftest import REPO
 
 SAMPLE = REPO / "data" / "sample"
@@ -109,7 +110,7 @@ def test_confident_mistakes_show_the_most_confident_wrong_answers(records):
     labelled = records[records["technique_family"].isin(taxonomy.TECHNIQUE_FAMILIES)]
     rng = np.random.default_rng(1)
     probabilities = rng.dirichlet(np.ones(5), len(labelled))
-    predictions = galleries.predictions_from_probabilities(
+    predictions = answer_galleries.predictions_from_probabilities(
         labelled["micrograph_no"],
         probabilities,
         taxonomy.TECHNIQUE_FAMILIES,
@@ -118,7 +119,7 @@ def test_confident_mistakes_show_the_most_confident_wrong_answers(records):
     # one class predicted perfectly: its row must say "no mistakes"
     perfect = predictions["truth"] == "TEM"
     predictions.loc[perfect, "prediction"] = "TEM"
-    gallery = galleries.confident_mistakes(
+    gallery = answer_galleries.confident_mistakes(
         records, predictions, "probe", per_class=2, classes=taxonomy.TECHNIQUE_FAMILIES
     )
     wrong = predictions[predictions["prediction"] != predictions["truth"]]
@@ -142,7 +143,7 @@ def test_predictions_from_a_long_score_table():
         }
     )
     truth = pd.Series({1: "SEM", 2: "SEM"})  # image 3 has no label: left out
-    table = galleries.predictions_from_scores(scores, truth)
+    table = answer_galleries.predictions_from_scores(scores, truth)
     assert table["micrograph_no"].tolist() == [1, 2]
     assert table["prediction"].tolist() == ["SEM", "TEM"]
     assert table["confidence"].tolist() == pytest.approx([0.9, 0.7])
@@ -156,7 +157,7 @@ def test_descriptions_sit_beside_the_expert_text(records):
             "text": ["a lamellar eutectic seen in SEM"] * 6,
         }
     )
-    gallery = galleries.descriptions(records, answers, n=2, labels=["random weights"])
+    gallery = answer_galleries.descriptions(records, answers, n=2, labels=["random weights"])
     text = _texts(gallery.figure)
     assert len(gallery.ids) == 2 and "[RANDOM WEIGHTS]" in text
     row = records.set_index("micrograph_no").loc[gallery.ids[0]]
@@ -170,7 +171,7 @@ def test_a_long_run_of_wide_letters_stays_inside_the_figure(records):
     answers = pd.DataFrame(
         {"micrograph_no": [records["micrograph_no"].iloc[0]], "model": ["m"], "text": ["m" * 600]}
     )
-    gallery = galleries.descriptions(records, answers, n=1)
+    gallery = answer_galleries.descriptions(records, answers, n=1)
     figure = gallery.figure
     renderer = figure.canvas.get_renderer()
     right = max(t.get_window_extent(renderer).x1 for ax in figure.axes for t in ax.texts)
@@ -188,7 +189,7 @@ def test_disagreements_and_cascade_handoffs(records):
             same.assign(method="vlm", prediction=[truth[0], None, *truth[2:]]),
         ]
     )
-    gallery = galleries.disagreements(records, long)
+    gallery = answer_galleries.disagreements(records, long)
     assert gallery.ids == [ids[1]]  # only the abstention differs
     assert "vlm: no answer" in _texts(gallery.figure)
     _close(gallery)
@@ -202,7 +203,7 @@ def test_disagreements_and_cascade_handoffs(records):
             "sent": [True, True, False, False, False, False],
         }
     )
-    gallery = galleries.cascade_handoffs(records, cascade)
+    gallery = answer_galleries.cascade_handoffs(records, cascade)
     assert sorted(gallery.ids) == sorted(ids[:2])
     assert "→ VLM: SEM" in _texts(gallery.figure) and "(2 of 6;" in _texts(gallery.figure)
     _close(gallery)

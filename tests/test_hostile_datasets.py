@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from microqa import dataset, images, sources
+from microqa.data import dataset, images, sources
 from tests import hostile_data
 from tests.clip_fixtures import place_random_b32, random_b32_file  # noqa: F401
 from tests.conftest import REPO

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from microqa import hybrids, methods
+from microqa.compare import hybrids, methods
 
 OPTIONS = ["x", "y"]
 

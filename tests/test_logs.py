@@ -9,7 +9,7 @@ from tests.conftest import REPO
 
 SCRIPT = """
 import logging, warnings
-from microqa import logs
+from microqa.report import logs
 logs.notebook_setup("03_clip_zero_shot", "smoke")
 logging.error("Failed to download weights from the hub")
 logging.getLogger("transformers.modeling_utils").warning("some weights were not initialised")

@@ -123,4 +123,6 @@ def test_the_dependency_generator_runs_with_the_system_python():
     assert set(rules) == {f"build/notebooks/{p.name}" for p in (REPO / "notebooks").glob("*.ipynb")}
     for deps in rules.values():
         assert "lib/microqa/config.py" in deps.split()
-    assert "lib/microqa/sources.py" in rules["build/notebooks/01_scrape_doitpoms.ipynb"].split()
+    assert (
+        "lib/microqa/data/sources.py" in rules["build/notebooks/01_scrape_doitpoms.ipynb"].split()
+    )

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from microqa import methods, taxonomy
+from microqa.compare import methods
+from microqa.data import taxonomy
 
 SEM, TEM, AFM = taxonomy.SEM, taxonomy.TEM, taxonomy.AFM
 R, T = taxonomy.OPTICAL_REFLECTED, taxonomy.OPTICAL_TRANSMITTED

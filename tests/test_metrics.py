@@ -17,7 +17,7 @@ def test_metrics_agree_with_scikit_learn_on_random_inputs():
     classes = ["a", "b", "c", "d"]
     y_true = rng.choice(classes, 300, p=[0.6, 0.2, 0.15, 0.05])
     y_pred = rng.choice(classes, 300)
-    row = metrics.summarise(y_true, y_pred, n_boot=200)
+    row = stats.summarise(y_true, y_pred, n_boot=200)
     assert row["accuracy"] == pytest.approx(skm.accuracy_score(y_true, y_pred))
     assert row["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y_true, y_pred))
     assert row["macro_f1"] == pytest.approx(skm.f1_score(y_true, y_pred, average="macro"))
@@ -30,7 +30,7 @@ def test_metrics_agree_with_scikit_learn_on_random_inputs():
 
 def test_missing_answers_count_as_wrong_never_as_a_guess():
     y_true = ["a", "a", "b", "b"]
-    row = metrics.summarise(y_true, ["a", None, "b", None], n_boot=50)
+    row = stats.summarise(y_true, ["a", None, "b", None], n_boot=50)
     assert row["accuracy"] == 0.5
     assert row["unanswered_rate"] == 0.5
     assert row["balanced_accuracy"] == 0.5
@@ -96,8 +96,8 @@ def test_confusion_keeps_the_callers_class_order_and_adds_no_answer_only_when_ne
 def test_fast_bootstrap_metrics_agree_with_the_scikit_learn_ones_on_every_subsample():
     # "z" is predicted but never true and sorts after every true class; "c" has one image
     y_true = np.array(["a", "a", "a", "b", "b", "c"], dtype=object)
-    y_pred = metrics._clean(["a", "z", "b", "b", None, "c"])
-    codes = metrics._Codes(y_true, y_pred)
+    y_pred = metrics.clean_predictions(["a", "z", "b", "b", None, "c"])
+    codes = metrics.LabelCodes(y_true, y_pred)
     whole = np.arange(6)
     assert codes.accuracy(whole) == pytest.approx(3 / 6)
     assert codes.balanced_accuracy(whole) == pytest.approx((1 / 3 + 1 / 2 + 1) / 3)
@@ -149,14 +149,3 @@ def test_mcnemar_row_and_numeric_correctness():
         "only_b_correct": 0,
         "p_value": pytest.approx(2 * 0.5**5),
     }
-
-
-def test_summarise_passes_specimens_and_options_through():
-    y = ["A", "B", "C", "A", "B", "A"]
-    pred = ["A", "A", "C", None, "B", "A"]
-    groups = ["s1", "s1", "s2", "s3", "s3", "s4"]
-    scores = np.vstack([np.eye(3)[[0, 1, 2, 0, 1]], [0.0, 0.5, 1.0]])  # the last A: C, B
-    options = {"scores": scores, "classes": "ABC", "n_boot": 40, "seed": 3}
-    row = metrics.summarise(y, pred, groups, **options)
-    assert row["n_specimens"] == 4 and row["top2_accuracy"] == pytest.approx(5 / 6)
-    assert row == stats.summarise(y, pred, groups, **options)

@@ -13,8 +13,10 @@ import pytest
 from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 
-from microqa import clip, config, metrics, probes, stats, taxonomy
-from microqa import embedding_space as space
+from microqa import clip, config, metrics, stats
+from microqa.clip import embedding_space as space
+from microqa.clip import probes
+from microqa.data import taxonomy
 from tests.conftest import needs_mirror, needs_reference
 from tests.test_embedding_space import FAMILIES, _feature_set
 

@@ -7,7 +7,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 
-from microqa import config, plots, provenance, publishing
+from microqa import config, provenance, publishing
+from microqa.report import plots
 
 
 @pytest.fixture

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from microqa import cli, dataset, images, taxonomy
-from microqa import sample as builder
+from microqa import cli
+from microqa.data import dataset, images, taxonomy
+from microqa.data import sample as builder
 from tests.conftest import MIRROR, REPO, needs_mirror
 from tests.test_dataset import magic_format
 

@@ -12,8 +12,9 @@ import sys
 import pytest
 from PIL import Image
 
-from microqa import config, doitpoms
-from microqa.mirror import Faults, MirrorServer
+from microqa import config
+from microqa.data import doitpoms
+from microqa.data.mirror import Faults, MirrorServer
 from tests.conftest import MIRROR, REPO, needs_mirror
 from tests.scraper_helpers import (
     TINY_LAYOUT,

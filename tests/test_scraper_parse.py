@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from microqa import doitpoms, images
+from microqa.data import doitpoms, images
 from tests.conftest import REPO
 
 PAGES = REPO / "tests" / "data"

@@ -8,8 +8,8 @@ import signal
 import subprocess
 import time
 
-from microqa import doitpoms
-from microqa.mirror import MirrorServer
+from microqa.data import doitpoms
+from microqa.data.mirror import MirrorServer
 from tests.scraper_helpers import cli_command, cli_env, make_numbered_mirror, read_rows, snapshot
 
 MISSING_RUN = 3  # the numbered mirror's gaps are single ids (every fifth is empty)

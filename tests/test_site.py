@@ -9,7 +9,7 @@ import tempfile
 import nbformat
 import pytest
 
-from microqa import site
+from microqa.report import site
 from tests.conftest import REPO
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

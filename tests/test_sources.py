@@ -8,8 +8,9 @@ import socket
 
 import pytest
 
-from microqa import config, doitpoms, provenance, sources
-from microqa.mirror import MirrorServer
+from microqa import config, provenance
+from microqa.data import doitpoms, sources
+from microqa.data.mirror import MirrorServer
 from tests import hostile_data
 from tests.conftest import REPO, execute_notebook
 from tests.scraper_helpers import make_mirror, run_cli, snapshot

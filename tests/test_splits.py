@@ -7,7 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from microqa import config, dataset, splits
+from microqa import config
+from microqa.data import dataset, splits
 from tests.conftest import REPO, SHARED, needs_mirror
 
 

@@ -54,7 +54,7 @@ def test_interval_is_the_95_percent_one():
     assert stats.LEVEL == 0.95
     y, pred, groups = _specimens()
     row = stats.summarise(y, pred, groups, n_boot=500, seed=3)
-    codes = metrics._Codes(y, metrics._clean(pred))
+    codes = metrics.LabelCodes(y, metrics.clean_predictions(pred))
     boot = [codes.balanced_accuracy(i) for i in stats.resamples(y, groups, n_boot=500, seed=3)]
     assert row["balanced_accuracy_ci_low"] == pytest.approx(np.quantile(boot, 0.025))
     assert row["balanced_accuracy_ci_high"] == pytest.approx(np.quantile(boot, 0.975))
@@ -176,8 +176,8 @@ def test_paired_interval_respects_specimens_and_its_se_is_the_balanced_one():
     width = clustered["balanced_accuracy_ci_high"] - clustered["balanced_accuracy_ci_low"]
     assert width > 2 * (naive["balanced_accuracy_ci_high"] - naive["balanced_accuracy_ci_low"])
     assert clustered["n_specimens"] == 20 and naive["n_specimens"] == 200
-    a = metrics._Codes(y, metrics._clean(pred))
-    b = metrics._Codes(y, metrics._clean(other))
+    a = metrics.LabelCodes(y, metrics.clean_predictions(pred))
+    b = metrics.LabelCodes(y, metrics.clean_predictions(other))
     boot = [
         a.balanced_accuracy(i) - b.balanced_accuracy(i)
         for i in stats.resamples(y, groups, n_boot=300, seed=2)

@@ -8,7 +8,7 @@ import csv
 import pandas as pd
 import pytest
 
-from microqa import dataset, taxonomy
+from microqa.data import dataset, taxonomy
 from tests.conftest import MIRROR, SHARED, needs_mirror
 
 R, T = taxonomy.OPTICAL_REFLECTED, taxonomy.OPTICAL_TRANSMITTED

@@ -16,7 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from microqa import images, provenance
+from microqa import provenance
+from microqa.data import images
 from microqa.vlm import families, hf, tiny, visual_tokens
 from microqa.vlm.base import VLMRequest
 from tests.conftest import MIRROR, needs_mirror

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from microqa import taxonomy
+from microqa.data import taxonomy
 from microqa.vlm import parse_choice
 from microqa.vlm.parsing import keyword_recall, map_description
 from microqa.vlm.questions import build_question

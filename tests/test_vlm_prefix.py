@@ -18,7 +18,8 @@ import pandas as pd
 import pytest
 import torch
 
-from microqa import config, dataset, images
+from microqa import config
+from microqa.data import dataset, images
 from microqa.vlm import hf, prefix, questions, runner, tiny
 
 TOLERANCE = 1e-4

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from microqa import taxonomy
+from microqa.data import taxonomy
 from microqa.vlm.questions import ANSWER_INSTRUCTION, build_question
 
 

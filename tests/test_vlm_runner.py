@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from microqa import dataset, provenance, taxonomy
+from microqa import provenance
+from microqa.data import dataset, taxonomy
 from microqa.vlm import questions, report, runner, scoring
 from microqa.vlm.cache import Answer, AnswerCache, AnswerKey
 from microqa.vlm.context import ClipContext

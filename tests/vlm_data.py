@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from microqa.dataset import RECORD_COLUMNS
+from microqa.data.dataset import RECORD_COLUMNS
 
 # (technique string as on the site, categories): two records (one specimen) each.
 SPECIMENS = [

@@ -63,8 +63,8 @@ BUGS = (
         "microqa/stats.py",
         (
             (
-                "codes_a, codes_b = metrics._Codes(y, a), metrics._Codes(y, b)",
-                "codes_a, codes_b = metrics._Codes(y, a), metrics._Codes(y, a)",
+                "codes_a, codes_b = metrics.LabelCodes(y, a), metrics.LabelCodes(y, b)",
+                "codes_a, codes_b = metrics.LabelCodes(y, a), metrics.LabelCodes(y, a)",
             ),
         ),
         ("tests/test_stats.py",),

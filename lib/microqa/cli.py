@@ -18,9 +18,9 @@ import sys
 import traceback
 
 COMMANDS = {
-    "scrape": ("microqa.doitpoms", "download the DoITPoMS micrograph library (resumable)"),
-    "mirror": ("microqa.mirror", "serve a dataset folder as a local stand-in of the site"),
-    "sample": ("microqa.sample", "build the embedded offline sample from a local mirror"),
+    "scrape": ("microqa.data.doitpoms", "download the DoITPoMS micrograph library (resumable)"),
+    "mirror": ("microqa.data.mirror", "serve a dataset folder as a local stand-in of the site"),
+    "sample": ("microqa.data.sample", "build the embedded offline sample from a local mirror"),
     "embed": ("microqa.clip.cli", "embed a dataset's images with CLIP models (cached)"),
     "vlm": ("microqa.vlm.cli", "ask a VLM the study's questions about a dataset (cached)"),
 }
@@ -32,7 +32,8 @@ def expected_errors(module=None) -> tuple[type[BaseException], ...]:
     """Errors that are the user's to fix (bad input, a missing file, a refused substitute):
     one line, no traceback. Anything else is a bug and keeps its traceback. A command's module
     adds its own in `EXPECTED_ERRORS`."""
-    from microqa import dataset, images, provenance, taxonomy
+    from microqa import provenance
+    from microqa.data import dataset, images, taxonomy
 
     found: list[type[BaseException]] = [
         dataset.DatasetError,
@@ -41,8 +42,8 @@ def expected_errors(module=None) -> tuple[type[BaseException], ...]:
         taxonomy.UnmappedLabelError,
         OSError,
     ]
-    if "microqa.doitpoms" in sys.modules:
-        found.append(sys.modules["microqa.doitpoms"].ScrapeError)
+    if "microqa.data.doitpoms" in sys.modules:
+        found.append(sys.modules["microqa.data.doitpoms"].ScrapeError)
     found.extend(getattr(module, "EXPECTED_ERRORS", ()))
     return tuple(found)
 

@@ -17,7 +17,7 @@ from sklearn import metrics as skm
 NO_ANSWER = "<no answer>"
 
 
-def _clean(y_pred: Sequence) -> np.ndarray:
+def clean_predictions(y_pred: Sequence) -> np.ndarray:
     return np.array([NO_ANSWER if p is None or p != p else p for p in y_pred], dtype=object)
 
 
@@ -26,21 +26,23 @@ def _classes(y_true: Sequence) -> list:
 
 
 def accuracy(y_true: Sequence, y_pred: Sequence) -> float:
-    return float(np.mean(np.asarray(y_true) == _clean(y_pred)))
+    return float(np.mean(np.asarray(y_true) == clean_predictions(y_pred)))
 
 
 def balanced_accuracy(y_true: Sequence, y_pred: Sequence) -> float:
     """Mean recall over the classes present in y_true."""
     return float(
         # every label has true images, so no recall divides by zero
-        skm.recall_score(y_true, _clean(y_pred), labels=_classes(y_true), average="macro")
+        skm.recall_score(
+            y_true, clean_predictions(y_pred), labels=_classes(y_true), average="macro"
+        )
     )
 
 
 def macro_prf(y_true: Sequence, y_pred: Sequence) -> tuple[float, float, float]:
     p, r, f, _ = skm.precision_recall_fscore_support(
         y_true,
-        _clean(y_pred),
+        clean_predictions(y_pred),
         labels=_classes(y_true),
         average="macro",
         zero_division=0,
@@ -61,7 +63,7 @@ def top_k_accuracy(y_true: Sequence, scores: np.ndarray, classes: Sequence, k: i
     return float(np.mean([t in row for t, row in zip(true_idx, order, strict=True)]))
 
 
-class _Codes:
+class LabelCodes:
     """y_true / y_pred as integer codes, for fast metrics on bootstrap index samples.
 
     Macro metrics average over the classes present in the (resampled) y_true, like
@@ -95,17 +97,10 @@ class _Codes:
         return float(np.mean(f1))
 
 
-def summarise(y_true: Sequence, y_pred: Sequence, groups: Sequence | None = None, **kwargs):
-    """One metrics row with specimen-clustered CIs: see `stats.summarise` (where it lives)."""
-    from microqa import stats  # stats builds on these formulas; imported late, not circular
-
-    return stats.summarise(y_true, y_pred, groups, **kwargs)
-
-
 def per_class_table(y_true: Sequence, y_pred: Sequence) -> pd.DataFrame:
     classes = _classes(y_true)
     p, r, f, s = skm.precision_recall_fscore_support(
-        y_true, _clean(y_pred), labels=classes, zero_division=0
+        y_true, clean_predictions(y_pred), labels=classes, zero_division=0
     )
     return pd.DataFrame(
         {"class": classes, "precision": p, "recall": r, "f1": f, "n": s.astype(int)}
@@ -114,7 +109,7 @@ def per_class_table(y_true: Sequence, y_pred: Sequence) -> pd.DataFrame:
 
 def confusion(y_true: Sequence, y_pred: Sequence, classes: Sequence) -> pd.DataFrame:
     """Confusion counts (rows: truth, columns: prediction, plus a no-answer column if any)."""
-    y_pred = _clean(y_pred)
+    y_pred = clean_predictions(y_pred)
     columns = list(classes) + ([NO_ANSWER] if (y_pred == NO_ANSWER).any() else [])
     matrix = skm.confusion_matrix(y_true, y_pred, labels=columns)
     return pd.DataFrame(matrix[: len(classes)], index=list(classes), columns=columns)

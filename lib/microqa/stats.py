@@ -73,7 +73,7 @@ def interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, floa
     return float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
 
 
-def _metric_functions(codes: metrics._Codes) -> dict[str, Callable[[np.ndarray], float]]:
+def _metric_functions(codes: metrics.LabelCodes) -> dict[str, Callable[[np.ndarray], float]]:
     return {name: getattr(codes, name) for name in CI_METRICS}
 
 
@@ -91,7 +91,7 @@ def summarise(
     Top-2, and specimen-clustered, class-stratified 95% CIs on accuracy, balanced accuracy
     and macro F1."""
     y_true = np.asarray(y_true)
-    y_pred = metrics._clean(y_pred)
+    y_pred = metrics.clean_predictions(y_pred)
     n = len(y_true)
     p, r, f = metrics.macro_prf(y_true, y_pred) if n else (np.nan,) * 3
     row: dict[str, float | int] = {
@@ -107,7 +107,7 @@ def summarise(
     if scores is not None and classes is not None and n:
         row["top2_accuracy"] = metrics.top_k_accuracy(y_true, scores, classes, 2)
     samples = resamples(y_true, groups, n_boot=n_boot, seed=seed)
-    functions = _metric_functions(metrics._Codes(y_true, y_pred))
+    functions = _metric_functions(metrics.LabelCodes(y_true, y_pred))
     for name in CI_METRICS:
         values = [functions[name](i) for i in samples]
         row[f"{name}_ci_low"], row[f"{name}_ci_high"] = interval(values)
@@ -142,8 +142,8 @@ def paired_comparison(
     with paired clustered-bootstrap 95% CIs, bootstrap p (balanced accuracy), its SE and the
     minimal detectable difference at 80% power, and the exact two-sided McNemar test."""
     y = np.asarray(y_true)
-    a, b = metrics._clean(pred_a), metrics._clean(pred_b)
-    codes_a, codes_b = metrics._Codes(y, a), metrics._Codes(y, b)
+    a, b = metrics.clean_predictions(pred_a), metrics.clean_predictions(pred_b)
+    codes_a, codes_b = metrics.LabelCodes(y, a), metrics.LabelCodes(y, b)
     samples = resamples(y, groups, n_boot=n_boot, seed=seed)
     row: dict[str, float | int] = {"n": len(y)}
     row["n_specimens"] = len(y) if groups is None else int(pd.Series(groups).nunique())

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from microqa import taxonomy
+from microqa.data import taxonomy
 from tests.conftest import REFERENCE, REPO
 
 pytestmark = pytest.mark.notebooks

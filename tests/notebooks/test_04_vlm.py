@@ -9,7 +9,7 @@ import json
 import pandas as pd
 import pytest
 
-from microqa import taxonomy
+from microqa.data import taxonomy
 from microqa.vlm import runner
 from microqa.vlm.questions import DEFAULT_JOBS
 

@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from microqa import readme
+from microqa.report import readme
 
 pytestmark = pytest.mark.notebooks
 

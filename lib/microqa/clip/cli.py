@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from microqa import dataset, files, provenance
+from microqa import files, provenance
 from microqa.clip import embed, outputs
 from microqa.clip.models import (
     ArchitectureUnavailable,
@@ -24,6 +24,7 @@ from microqa.clip.models import (
     load_or_substitute,
     slug,
 )
+from microqa.data import dataset
 
 # Failures a user can act on from the message alone (microqa.cli prints them as one line);
 # anything else is a bug and keeps its traceback.

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sqlite3
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,133 +25,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from microqa import config, files, images
+from microqa.clip.cache import EmbeddingCache
+from microqa.data import images
 
-if TYPE_CHECKING:  # models imports this module for the weights' hash memo
+if TYPE_CHECKING:
     from microqa.clip.models import ClipModel
-
-CACHE_FILE = "clip_embeddings.sqlite"
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS embeddings (
-    model_key TEXT NOT NULL, image_sha256 TEXT NOT NULL, vector BLOB NOT NULL,
-    PRIMARY KEY (model_key, image_sha256));
-CREATE TABLE IF NOT EXISTS text_embeddings (
-    model_key TEXT NOT NULL, text TEXT NOT NULL, vector BLOB NOT NULL,
-    PRIMARY KEY (model_key, text));
-CREATE TABLE IF NOT EXISTS file_hashes (
-    path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, sha256 TEXT);
-CREATE TABLE IF NOT EXISTS timings (
-    model_key TEXT NOT NULL, device TEXT NOT NULL, n INTEGER, seconds REAL,
-    recorded_at REAL);
-"""
-
-
-# --------------------------------------------------------------------------- the cache
-
-
-def cache_path() -> Path:
-    return config.cache_dir() / CACHE_FILE
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(path, timeout=60)
-    try:
-        db.executescript(_SCHEMA)
-        check = db.execute("PRAGMA quick_check").fetchone()[0]
-        if check != "ok":
-            raise sqlite3.DatabaseError(f"integrity check: {check}")
-    except BaseException:
-        db.close()
-        raise
-    return db
-
-
-class EmbeddingCache:
-    """Image and text embeddings per model identity, file hashes, and measured speeds."""
-
-    def __init__(self, path: Path | None = None):
-        self.path = path or cache_path()
-        self.db = files.open_sqlite(
-            self.path,
-            _connect,
-            what="CLIP embedding cache",
-            consequence="its embeddings will be recomputed",
-        )
-
-    def close(self) -> None:
-        self.db.close()
-
-    def __enter__(self) -> EmbeddingCache:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def file_sha256(self, path: Path | str) -> str:
-        """sha256 of a file, memoised by (path, size, mtime) so big files hash once."""
-        path = Path(path).resolve()
-        stat = path.stat()
-        key = (str(path), stat.st_size, stat.st_mtime_ns)
-        row = self.db.execute(
-            "SELECT sha256 FROM file_hashes WHERE path=? AND size=? AND mtime_ns=?", key
-        ).fetchone()
-        if row:
-            return row[0]
-        value = files.sha256_file(path)
-        self.db.execute("INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?)", (*key, value))
-        self.db.commit()
-        return value
-
-    def _get(self, table: str, column: str, model_key: str, keys: Iterable[str]) -> dict:
-        found = {}
-        for key in dict.fromkeys(keys):
-            row = self.db.execute(
-                f"SELECT vector FROM {table} WHERE model_key=? AND {column}=?", (model_key, key)
-            ).fetchone()
-            if row:
-                found[key] = np.frombuffer(row[0], dtype=np.float32).copy()
-        return found
-
-    def _put(self, table: str, model_key: str, items: Iterable[tuple[str, np.ndarray]]) -> None:
-        self.db.executemany(
-            f"INSERT OR REPLACE INTO {table} VALUES (?, ?, ?)",
-            [(model_key, key, np.asarray(v, np.float32).tobytes()) for key, v in items],
-        )
-        self.db.commit()  # committed now: a later kill or failure keeps these rows
-
-    def images(self, model_key: str, hashes: Iterable[str]) -> dict[str, np.ndarray]:
-        return self._get("embeddings", "image_sha256", model_key, hashes)
-
-    def put_images(self, model_key: str, items: Iterable[tuple[str, np.ndarray]]) -> None:
-        self._put("embeddings", model_key, items)
-
-    def count_images(self, model_key: str) -> int:
-        query = "SELECT COUNT(*) FROM embeddings WHERE model_key=?"
-        return int(self.db.execute(query, (model_key,)).fetchone()[0])
-
-    def texts(self, model_key: str, texts: Iterable[str]) -> dict[str, np.ndarray]:
-        return self._get("text_embeddings", "text", model_key, texts)
-
-    def put_texts(self, model_key: str, items: Iterable[tuple[str, np.ndarray]]) -> None:
-        self._put("text_embeddings", model_key, items)
-
-    def record_timing(self, model_key: str, device: str, n: int, seconds: float) -> None:
-        self.db.execute(
-            "INSERT INTO timings VALUES (?, ?, ?, ?, ?)",
-            (model_key, device, n, seconds, time.time()),
-        )
-        self.db.commit()
-
-    def last_timing(self, model_key: str) -> dict | None:
-        """The latest measured embedding speed of this model (from any run), or None."""
-        row = self.db.execute(
-            "SELECT device, n, seconds FROM timings WHERE model_key=? AND n>0 "
-            "ORDER BY recorded_at DESC LIMIT 1",
-            (model_key,),
-        ).fetchone()
-        if not row:
-            return None
-        return {"seconds_per_image": row[2] / row[1], "device": row[0], "n": int(row[1])}
 
 
 def last_timing(loaded: ClipModel) -> dict | None:

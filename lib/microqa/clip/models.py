@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from microqa import config, files, hub, provenance
+from microqa.clip.cache import EmbeddingCache
 
 STAGE = "clip"
 RANDOM_WEIGHTS_METADATA = "microqa_weights"  # safetensors metadata key marking a stand-in file
@@ -241,8 +242,6 @@ def _file_metadata(path: Path) -> dict[str, str]:
 
 def _weights_sha256(path: Path) -> str:
     """sha256 of a weights file, memoised in the embedding cache (gigabytes hash once)."""
-    from microqa.clip.embed import EmbeddingCache
-
     with EmbeddingCache() as cache:
         return cache.file_sha256(path)
 

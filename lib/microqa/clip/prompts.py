@@ -14,7 +14,7 @@ Three prompt sets per task (classes as in `taxonomy.TASKS`), compared in noteboo
 
 from __future__ import annotations
 
-from microqa import taxonomy
+from microqa.data import taxonomy
 
 EARLIER, ENSEMBLE, DESCRIPTIONS = "earlier-study", "ensemble", "descriptions"
 PROMPT_SET_NAMES = (EARLIER, ENSEMBLE, DESCRIPTIONS)

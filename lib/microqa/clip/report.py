@@ -8,8 +8,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from microqa import images, metrics, provenance, stats, taxonomy
+from microqa import metrics, provenance, stats
 from microqa.clip.zero_shot import ZeroShotRun, labels, predictions
+from microqa.data import images, taxonomy
 
 CATEGORY_MULTI = "category_multi"
 CATEGORY_MULTI_NAME = "category_multi (hit@1: prediction is one of the record's material classes)"
@@ -56,7 +57,7 @@ def zero_shot_table(
         for subset, ids in subsets.items():
             h = g[g["micrograph_no"].isin(ids)]
             y = truth.loc[h["micrograph_no"]].to_numpy()
-            row = metrics.summarise(
+            row = stats.summarise(
                 y,
                 h["predicted"].tolist(),
                 scores=np.stack(h["scores"]) if len(h) else None,

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from microqa import config, dataset, metrics, provenance, taxonomy
+from microqa import config, metrics, provenance
 from microqa.clip import embed, outputs, prompts
 from microqa.clip.models import (
     STAGE,
@@ -21,6 +21,7 @@ from microqa.clip.models import (
     default_device,
     load_or_substitute,
 )
+from microqa.data import dataset, taxonomy
 
 
 def class_embeddings(encode, prompt_set: dict[str, list[str]]) -> np.ndarray:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from microqa import images
+from microqa.data import images
 from microqa.vlm import questions
 from microqa.vlm.base import Backend, VLMRequest, answer_image, generate_image
 from microqa.vlm.cache import Answer, AnswerKey

@@ -18,7 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from microqa import dataset, provenance
+from microqa import provenance
+from microqa.data import dataset
 from microqa.vlm import outputs, questions, runner
 from microqa.vlm.context import ClipContext
 

@@ -41,7 +41,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from microqa.images import to_rgb
+from microqa.data.images import to_rgb
 from microqa.vlm import families, tiny
 from microqa.vlm.base import GenerateResult, ScoreResult, VLMRequest
 

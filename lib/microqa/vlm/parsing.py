@@ -29,7 +29,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
-from microqa import taxonomy
+from microqa.data import taxonomy
 
 _ARTICLES = {"A", "I"}  # single-letter English words that start sentences
 # A standalone letter: not part of a word, "3D", "D's", "C-shaped".

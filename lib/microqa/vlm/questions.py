@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from microqa import taxonomy
+from microqa.data import taxonomy
 
 ANSWER_INSTRUCTION = "Answer with the letter only."
 

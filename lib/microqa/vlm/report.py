@@ -2,7 +2,7 @@
 
 Metrics are computed on the decisions of `scoring.decisions` (one per model x task x prompt
 set x context x mode x image: every option order averaged, cross-fitted abstention) with
-`microqa.metrics.summarise`; no answer counts as wrong. `unparseable_rate` is the share of
+`microqa.stats.summarise`; no answer counts as wrong. `unparseable_rate` is the share of
 generated answers the strict parser could not read (generate mode; NaN in score mode). The
 position-bias table is over every question asked; `rotation_effect_table` and
 `agreement_table` say what rotation changed and whether score and generate mode agree.
@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from microqa import metrics, provenance, taxonomy
+from microqa import metrics, provenance, stats
+from microqa.data import taxonomy
 from microqa.vlm import scoring
 from microqa.vlm.outputs import probability_matrix
 
@@ -51,7 +52,7 @@ def qa_table(
         task = keys[GROUP.index("task")]
         classes = taxonomy.TASKS[task][1]
         scores = probability_matrix(group, classes)
-        summary = metrics.summarise(
+        summary = stats.summarise(
             group["truth"].tolist(),
             group["prediction"].tolist(),
             scores=scores,
@@ -287,7 +288,7 @@ def description_table(
     for (model, weights), group in descriptions.groupby(["model", "weights"], sort=False):
         row = {"model": model, "weights": weights, "n": len(group)}
         tech = group[group["technique_truth"].notna() & (group["technique_truth"] != "")]
-        summary = metrics.summarise(
+        summary = stats.summarise(
             tech["technique_truth"].tolist(),
             tech["technique_pred"].tolist(),
             n_boot=n_boot,
@@ -357,7 +358,7 @@ def title_labels(weights: dict[str, str], substitutes: Sequence[str] = ()) -> li
 def scored_decisions(
     decided: pd.DataFrame, model: str, task: str, *, context: str = "none"
 ) -> pd.DataFrame:
-    """One model's score-mode decisions on one task, as `galleries.confident_mistakes` reads
+    """One model's score-mode decisions on one task, as `answer_galleries.confident_mistakes` reads
     them: micrograph_no, truth, prediction (None: abstained), confidence (the top class
     probability, averaged over the option rotations). The task's first prompt set in name
     order when several were asked. Empty in generate mode (no probabilities)."""

@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from microqa import dataset, hub, provenance, taxonomy
+from microqa import hub, provenance
+from microqa.data import dataset, taxonomy
 from microqa.files import sha256_file
 from microqa.vlm import asking, questions
 from microqa.vlm.backends import load_backend

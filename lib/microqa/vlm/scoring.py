@@ -207,7 +207,7 @@ def choose_threshold(
 
 def default_folds(records: pd.DataFrame) -> pd.Series:
     """Each image's fold of specimens (`dataset.selection_split`), indexed by micrograph_no."""
-    from microqa import dataset
+    from microqa.data import dataset
 
     split = dataset.selection_split(records)
     return pd.Series(split.to_numpy(), index=records["micrograph_no"].astype(int), name="fold")

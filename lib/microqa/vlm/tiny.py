@@ -28,7 +28,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from microqa import config, provenance, taxonomy
+from microqa import config, provenance
+from microqa.data import taxonomy
 from microqa.vlm import families
 from microqa.vlm.templates import LLAVA_NEXT_MISTRAL_CHAT_TEMPLATE, QWEN3_VL_CHAT_TEMPLATE
 

@@ -34,8 +34,8 @@ from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 from microqa import config
-from microqa.dataset import FIELD_COLUMNS, IMAGE_COLUMNS, RECORD_COLUMNS  # noqa: F401 (API)
-from microqa.doitpoms.fetch import (
+from microqa.data.dataset import FIELD_COLUMNS, IMAGE_COLUMNS, RECORD_COLUMNS  # noqa: F401 (API)
+from microqa.data.doitpoms.fetch import (
     DEFAULT_BACKOFF,
     DEFAULT_DELAY,
     DEFAULT_RETRIES,
@@ -45,7 +45,7 @@ from microqa.doitpoms.fetch import (
     ScrapeError,
     SiteUnreachable,
 )
-from microqa.doitpoms.parse import (  # noqa: F401 (the scraper's API)
+from microqa.data.doitpoms.parse import (  # noqa: F401 (the scraper's API)
     IdRanges,
     ParsedRecord,
     inspect_image,
@@ -53,7 +53,7 @@ from microqa.doitpoms.parse import (  # noqa: F401 (the scraper's API)
     parse_ids,
     parse_record,
 )
-from microqa.doitpoms.store import (  # noqa: F401 (the scraper's API)
+from microqa.data.doitpoms.store import (  # noqa: F401 (the scraper's API)
     OUTPUT_COLUMNS,
     STATE_DIR,
     Failure,
@@ -63,7 +63,7 @@ from microqa.doitpoms.store import (  # noqa: F401 (the scraper's API)
     made_by_scraper,
     refuse_foreign,
 )
-from microqa.images import ImageInfo
+from microqa.data.images import ImageInfo
 
 RECORD_PAGE = "micrograph_record.php?id={id}"
 IMAGE_PATH = "micrographs/large/{id:06d}.jpg"

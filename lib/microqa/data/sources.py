@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from microqa import config, dataset, doitpoms, provenance, publishing
+from microqa import config, provenance, publishing
+from microqa.data import dataset, doitpoms
 
 SMOKE_IDS = "1-40"  # the smoke profile scrapes only these, into build/, never into data/
 SOURCES = {

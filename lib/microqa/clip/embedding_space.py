@@ -18,8 +18,10 @@ import pandas as pd
 from sklearn.cluster import AgglomerativeClustering, KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from microqa import config, dataset, probes, provenance, stats, taxonomy
+from microqa import config, provenance, stats
 from microqa.clip import outputs as clip_outputs
+from microqa.clip import probes
+from microqa.data import dataset, taxonomy
 
 REFERENCE_FILE = "clip_vit_b32_openai_image_embeddings.npz"
 # The probes are small (hundreds x 512): multi-threaded BLAS only adds contention; on a busy

@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from microqa import config, taxonomy
-from microqa.dataset import (
+from microqa import config
+from microqa.data import taxonomy
+from microqa.data.dataset import (
     IMAGE_COLUMNS,
     RECORD_COLUMNS,
     DatasetError,
@@ -26,8 +27,8 @@ from microqa.dataset import (
     read_records_csv,
     with_image_metadata,
 )
+from microqa.data.images import FORMAT_EXTENSIONS
 from microqa.files import atomic_write_csv, atomic_write_text
-from microqa.images import FORMAT_EXTENSIONS
 
 SAMPLE_SIZE = 60
 SAMPLE_MAX_SIDE = 512

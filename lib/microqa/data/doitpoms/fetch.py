@@ -15,8 +15,8 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from microqa import config
-from microqa.doitpoms.parse import decode_text
-from microqa.images import ImageError
+from microqa.data.doitpoms.parse import decode_text
+from microqa.data.images import ImageError
 
 DEFAULT_DELAY = 1.0
 DEFAULT_RETRIES = 5

@@ -24,7 +24,9 @@ import pandas as pd
 from matplotlib.patches import Rectangle
 from PIL import ImageOps
 
-from microqa import images, plots, provenance, taxonomy
+from microqa import provenance
+from microqa.data import images, taxonomy
+from microqa.report import plots
 
 RECORD_URL = "https://www.doitpoms.ac.uk/miclib/micrograph_record.php?id={}"
 THUMB_PX = 360  # long side of a thumbnail: scale-bar text stays legible at the report's size
@@ -77,7 +79,7 @@ def _caption(text: str, width: int = 30) -> str:
     return "\n".join(textwrap.wrap(str(text), width, break_long_words=True)) or str(text)
 
 
-def _draw_tile(ax: plt.Axes, tile: Tile) -> None:
+def draw_tile(ax: plt.Axes, tile: Tile) -> None:
     ax.set_xlim(0, THUMB_PX)
     ax.set_ylim(THUMB_PX, 0)
     ax.set_aspect("equal")
@@ -117,7 +119,7 @@ def _draw_tile(ax: plt.Axes, tile: Tile) -> None:
     )
 
 
-def _figure(
+def tile_figure(
     rows: list[list[Tile]],
     title: str,
     labels: Sequence[str],
@@ -141,7 +143,7 @@ def _figure(
             if c >= len(row):
                 ax.axis("off")
                 continue
-            _draw_tile(ax, row[c])
+            draw_tile(ax, row[c])
             if row[c].micrograph_no is not None:
                 ids.append(int(row[c].micrograph_no))
             if r == 0 and c < len(col_labels):  # column header above the first row's title
@@ -165,7 +167,7 @@ def _figure(
     return Gallery(fig, list(dict.fromkeys(ids)))
 
 
-def _seeded_pick(df: pd.DataFrame, n: int, seed: int, by: str | None = None) -> pd.DataFrame:
+def seeded_pick(df: pd.DataFrame, n: int, seed: int, by: str | None = None) -> pd.DataFrame:
     """n rows in a seeded order; with `by`, taken round-robin over its values so every class
     shows before any class shows twice."""
     if df.empty or n <= 0:
@@ -182,7 +184,7 @@ def _label(value) -> str:
     return NONE if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
 
 
-def _record_lines(row) -> list[str]:
+def record_lines(row) -> list[str]:
     """Family and primary category of a record (a DataFrame row or an itertuples tuple)."""
     get = row.get if isinstance(row, pd.Series) else lambda key: getattr(row, key)
     return [_label(get("technique_family")), _label(get("primary_category"))]
@@ -195,11 +197,11 @@ def record_preview(
     records: pd.DataFrame, n: int = 8, *, seed: int = 0, labels: Sequence[str] = ()
 ) -> Gallery:
     """A seeded handful of records, one technique family after another."""
-    picked = _seeded_pick(records, n, seed, by="technique_family")
-    tiles = [Tile(r.micrograph_no, r.image_path, _record_lines(r)) for r in picked.itertuples()]
+    picked = seeded_pick(records, n, seed, by="technique_family")
+    tiles = [Tile(r.micrograph_no, r.image_path, record_lines(r)) for r in picked.itertuples()]
     per_row = 4
     rows = [tiles[i : i + per_row] for i in range(0, len(tiles), per_row)]
-    return _figure(rows, f"Records of this dataset ({len(picked)} of {len(records)})", labels)
+    return tile_figure(rows, f"Records of this dataset ({len(picked)} of {len(records)})", labels)
 
 
 # --- 02: technique family x primary category -------------------------------------------------
@@ -220,7 +222,7 @@ def examples_grid(records: pd.DataFrame, labels: Sequence[str] = (), *, seed: in
             if cell.empty:
                 row.append(Tile(empty="no records"))
                 continue
-            pick = next(_seeded_pick(cell, 1, seed).itertuples())
+            pick = next(seeded_pick(cell, 1, seed).itertuples())
             row.append(
                 Tile(
                     pick.micrograph_no,
@@ -229,7 +231,7 @@ def examples_grid(records: pd.DataFrame, labels: Sequence[str] = (), *, seed: in
                 )
             )
         rows.append(row)
-    return _figure(
+    return tile_figure(
         rows,
         f"Examples per technique family × primary category ({len(records)} records)",
         labels,
@@ -263,7 +265,7 @@ def retrieval_panels(
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
     groups = table.loc[ids, "specimen_group"].to_numpy()
     candidates = table.loc[ids].reset_index()
-    queries = _seeded_pick(candidates, n_queries, seed, by="technique_family")
+    queries = seeded_pick(candidates, n_queries, seed, by="technique_family")
     rows = []
     for query in queries.itertuples():
         q = int(np.flatnonzero(ids == query.micrograph_no)[0])
@@ -272,214 +274,21 @@ def retrieval_panels(
         order = [
             i for i in np.argsort(-similarity, kind="stable")[:k] if np.isfinite(similarity[i])
         ]
-        row = [Tile(query.micrograph_no, query.image_path, _record_lines(query))]
+        row = [Tile(query.micrograph_no, query.image_path, record_lines(query))]
         for i in order:
             hit = table.loc[ids[i]]
             row.append(
                 Tile(
                     int(ids[i]),
                     hit["image_path"],
-                    [f"cosine {similarity[i]:.2f}", *_record_lines(hit)],
+                    [f"cosine {similarity[i]:.2f}", *record_lines(hit)],
                     correct=hit["technique_family"] == query.technique_family,
                 )
             )
         rows.append(row)
-    return _figure(
+    return tile_figure(
         rows,
         f"Nearest neighbours from other specimens ({features_name})",
         labels,
         col_labels=["query", *[f"neighbour {j + 1}" for j in range(k)]],
     )
-
-
-# --- 03/04: most confident mistakes ----------------------------------------------------------
-
-
-def predictions_from_probabilities(
-    ids: Sequence[int], probabilities: np.ndarray, classes: Sequence[str], truth: Sequence
-) -> pd.DataFrame:
-    """micrograph_no, truth, prediction, confidence from a probability matrix (rows: images,
-    columns: `classes`), as `confident_mistakes` reads it."""
-    probabilities = np.asarray(probabilities, dtype=float)
-    best = probabilities.argmax(axis=1)
-    return pd.DataFrame(
-        {
-            "micrograph_no": [int(i) for i in ids],
-            "truth": list(truth),
-            "prediction": [classes[j] for j in best],
-            "confidence": probabilities[np.arange(len(best)), best],
-        }
-    )
-
-
-def predictions_from_scores(scores: pd.DataFrame, truth: pd.Series) -> pd.DataFrame:
-    """The same from a long score table (micrograph_no, class, probability; e.g. the CLIP
-    stage's probe_scores.csv for one task), `truth` indexed by micrograph_no."""
-    wide = scores.pivot_table(index="micrograph_no", columns="class", values="probability")
-    wide = wide[wide.index.isin(truth.index)]
-    return predictions_from_probabilities(
-        wide.index, wide.to_numpy(), list(wide.columns), truth.loc[wide.index].tolist()
-    )
-
-
-def confident_mistakes(
-    records: pd.DataFrame,
-    predictions: pd.DataFrame,
-    method: str,
-    *,
-    per_class: int = 3,
-    classes: Sequence[str] | None = None,
-    labels: Sequence[str] = (),
-) -> Gallery:
-    """Per true class, the `per_class` wrong answers the method was most confident in.
-    `predictions`: micrograph_no, truth, prediction, confidence (e.g. from
-    `predictions_from_probabilities`); abstentions (prediction None) are not mistakes shown
-    here. A class without mistakes gets an empty cell saying so."""
-    table = records.set_index("micrograph_no")
-    rows_in = predictions[predictions["micrograph_no"].isin(table.index)]
-    wrong = rows_in[rows_in["prediction"].notna() & (rows_in["prediction"] != rows_in["truth"])]
-    order = list(classes or sorted(rows_in["truth"].dropna().unique()))
-    rows = []
-    for cls in order:
-        mine = wrong[wrong["truth"] == cls].sort_values(
-            ["confidence", "micrograph_no"], ascending=[False, True]
-        )
-        row = [
-            Tile(
-                int(m.micrograph_no),
-                table.loc[int(m.micrograph_no), "image_path"],
-                [f"true: {cls}", f"said: {m.prediction}", f"confidence {m.confidence:.0%}"],
-                correct=False,
-            )
-            for m in mine.head(per_class).itertuples()
-        ]
-        n_class = int((rows_in["truth"] == cls).sum())
-        row = row or [Tile(empty=f"no mistakes\n(n={n_class})")]
-        rows.append(row)
-    n_wrong, n_all = len(wrong), len(rows_in)
-    return _figure(
-        rows,
-        f"{method}: most confident mistakes per true class ({n_wrong} of {n_all} wrong)",
-        labels,
-        row_labels=order,
-    )
-
-
-# --- 04: descriptions beside their image -----------------------------------------------------
-
-
-def descriptions(
-    records: pd.DataFrame,
-    answers: pd.DataFrame,
-    *,
-    n: int = 4,
-    seed: int = 0,
-    labels: Sequence[str] = (),
-    text_width: int = 78,  # characters; a line of wide letters ("mmm...") still fits
-) -> Gallery:
-    """Open-question answers beside their image and the expert's description.
-    `answers`: micrograph_no, model, text (one row per model and image)."""
-    table = records.set_index("micrograph_no")
-    described = table.loc[table.index.intersection(answers["micrograph_no"].unique())]
-    picked = _seeded_pick(described.reset_index(), n, seed, by="technique_family")
-    fig, axes = plt.subplots(
-        len(picked) or 1,
-        2,
-        figsize=(13, 3.3 * max(1, len(picked))),
-        squeeze=False,
-        gridspec_kw={"width_ratios": [1, 3.2]},
-    )
-    for (image_ax, text_ax), row in zip(axes, picked.itertuples(), strict=False):
-        _draw_tile(image_ax, Tile(row.micrograph_no, row.image_path, _record_lines(row)))
-        said = answers[answers["micrograph_no"] == row.micrograph_no].sort_values("model")
-        blocks = [f"EXPERT: {row.brief_description}"]
-        if getattr(row, "keywords", ""):
-            blocks.append(f"keywords: {row.keywords}")
-        blocks += [f"{a.model}: {' '.join(str(a.text).split())}" for a in said.itertuples()]
-        text = "\n\n".join(textwrap.fill(b, text_width, max_lines=6) for b in blocks)
-        text_ax.axis("off")
-        text_ax.text(0, 1, text, va="top", ha="left", fontsize=9, family="DejaVu Sans")
-    if picked.empty:
-        axes[0][0].axis("off")
-        axes[0][1].axis("off")
-        axes[0][1].text(0.5, 0.5, "no descriptions in this run", ha="center")
-    title = f"Open question: what each model said, beside the expert ({len(picked)} images)"
-    fig.suptitle(provenance.stamp(title, labels), weight="bold", fontsize=12)
-    fig.tight_layout()
-    return Gallery(fig, [int(i) for i in picked["micrograph_no"]])
-
-
-# --- 05: where methods disagree, where the cascade asks the VLM ------------------------------
-
-
-def disagreements(
-    records: pd.DataFrame,
-    predictions: pd.DataFrame,
-    *,
-    n: int = 8,
-    seed: int = 0,
-    labels: Sequence[str] = (),
-    per_row: int = 4,
-) -> Gallery:
-    """Images where the methods do not all give the same answer, each captioned with the true
-    label and every method's answer (✓/✗). `predictions`: micrograph_no, method, truth,
-    prediction (None: abstained)."""
-    answered = predictions.assign(prediction=predictions["prediction"].fillna("no answer"))
-    distinct = answered.groupby("micrograph_no")["prediction"].nunique()
-    split_ids = distinct[distinct > 1].index
-    table = records.set_index("micrograph_no")
-    pool = table.loc[table.index.intersection(split_ids)].reset_index()
-    picked = _seeded_pick(pool, n, seed, by="technique_family")
-    tiles = []
-    for row in picked.itertuples():
-        mine = answered[answered["micrograph_no"] == row.micrograph_no].sort_values("method")
-        truth = mine["truth"].iloc[0]
-        lines = [f"true: {truth}"] + [
-            f"{'✓' if a.prediction == truth else '✗'} {a.method}: {a.prediction}"
-            for a in mine.itertuples()
-        ]
-        tiles.append(Tile(row.micrograph_no, row.image_path, lines))
-    rows = [tiles[i : i + per_row] for i in range(0, len(tiles), per_row)] or [
-        [Tile(empty="the methods agree on every image")]
-    ]
-    n_methods = predictions["method"].nunique()
-    title = (
-        f"Where {n_methods} methods disagree ({len(split_ids)} of "
-        f"{predictions['micrograph_no'].nunique()} images; {len(picked)} shown)"
-    )
-    return _figure(rows, title, labels, caption_lines=2 + n_methods)
-
-
-def cascade_handoffs(
-    records: pd.DataFrame,
-    cascade: pd.DataFrame,
-    *,
-    n: int = 8,
-    seed: int = 0,
-    labels: Sequence[str] = (),
-    per_row: int = 4,
-) -> Gallery:
-    """Images the cascade sends to the VLM (CLIP not confident enough), with CLIP's answer and
-    confidence, the VLM's answer, and whether the hand-off helped. `cascade`: micrograph_no,
-    truth, clip_prediction, clip_confidence, vlm_prediction, sent (bool)."""
-    sent = cascade[cascade["sent"].astype(bool)]
-    table = records.set_index("micrograph_no")
-    pool = table.loc[table.index.intersection(sent["micrograph_no"])].reset_index()
-    picked = _seeded_pick(pool, n, seed, by="technique_family")
-    tiles = []
-    for row in picked.itertuples():
-        c = sent[sent["micrograph_no"] == row.micrograph_no].iloc[0]
-        vlm = c["vlm_prediction"] if pd.notna(c["vlm_prediction"]) else "no answer"
-        lines = [
-            f"true: {c['truth']}",
-            f"CLIP: {c['clip_prediction']} ({c['clip_confidence']:.2f})",
-            f"→ VLM: {vlm}",
-        ]
-        tiles.append(Tile(row.micrograph_no, row.image_path, lines, correct=vlm == c["truth"]))
-    rows = [tiles[i : i + per_row] for i in range(0, len(tiles), per_row)] or [
-        [Tile(empty="the cascade sent no image to the VLM")]
-    ]
-    title = (
-        f"Images the cascade hands to the VLM ({len(sent)} of {len(cascade)}; {len(picked)} shown)"
-    )
-    return _figure(rows, title, labels, caption_lines=3)

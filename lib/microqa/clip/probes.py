@@ -28,8 +28,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from microqa import metrics, stats, taxonomy
+from microqa import metrics, stats
 from microqa.clip import outputs as clip_outputs
+from microqa.data import taxonomy
 
 PROBE_C = 1.0  # on standardised features
 PROBE_TOL = 1e-8

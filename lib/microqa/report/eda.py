@@ -11,7 +11,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from microqa import dataset, plots, provenance, taxonomy
+from microqa import provenance
+from microqa.data import dataset, taxonomy
+from microqa.report import plots
 
 NONE = "(none)"  # records a single-label task excludes (e.g. category "Device", technique Other)
 # The record fields a reader of a micrograph would use, in the site's order.

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from microqa import config, files, images, provenance, splits, taxonomy
+from microqa import config, files, provenance
+from microqa.data import images, splits, taxonomy
 
 # The record columns of the DoITPoMS mirror, in its order: the one statement of them.
 RECORD_COLUMNS = [
@@ -364,7 +365,7 @@ def taxonomy_table(df: pd.DataFrame) -> pd.DataFrame:
     """Every raw technique string with its record count, family, mode and coarse class.
 
     "Cross-polarised light microscopy" appears twice: its family is decided per record by the
-    material (see microqa.taxonomy), so the table shows how many went each way.
+    material (see microqa.data.taxonomy), so the table shows how many went each way.
     """
     table = (
         df.assign(

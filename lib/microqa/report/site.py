@@ -11,7 +11,7 @@ hidden, and a few preprocessing steps on each executed notebook before rendering
 - widget outputs (tqdm bars) keep only their text form, which a static page can show;
 - a navigation line links the index and the other notebooks.
 
-`python -m microqa.site [--notebooks build/notebooks] [--out docs]` writes index.html and
+`python -m microqa.report.site [--notebooks build/notebooks] [--out docs]` writes index.html and
 one page per notebook, refusing notebooks that hold an error, and checks the 20 MB budget.
 """
 
@@ -241,7 +241,7 @@ def default_out(notebooks_dir: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m microqa.site", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m microqa.report.site", description=__doc__)
     parser.add_argument("--notebooks", default=str(config.build_dir() / "notebooks"))
     parser.add_argument("--out", default=None, help="default: docs/ for a publishing run")
     args = parser.parse_args(argv)

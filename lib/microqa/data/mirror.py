@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Self
 from urllib.parse import parse_qs, urlsplit
 
-from microqa import images
-from microqa.dataset import read_records_csv
+from microqa.data import images
+from microqa.data.dataset import read_records_csv
 
 
 class BackgroundServer:

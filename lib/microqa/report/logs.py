@@ -15,7 +15,8 @@ import logging
 import warnings
 from pathlib import Path
 
-from microqa import config, plots, publishing
+from microqa import config, publishing
+from microqa.report import plots
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Libraries that install their own stderr handler instead of propagating to the root logger.

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from microqa import provenance, splits, stats, taxonomy
+from microqa import provenance, stats
 from microqa.clip import outputs as clip_outputs
-from microqa.hybrids import (
+from microqa.compare.hybrids import (
     apply_cascade,
     cascade_curve,
     choose_fusion_weight,
@@ -30,7 +30,8 @@ from microqa.hybrids import (
     fuse,
     hybrid,
 )
-from microqa.methods import Method, clip_methods, label
+from microqa.compare.methods import Method, clip_methods, label
+from microqa.data import splits, taxonomy
 from microqa.vlm import outputs as vlm_outputs
 from microqa.vlm import scoring
 

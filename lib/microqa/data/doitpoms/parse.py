@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from lxml import html as lxml_html
 
-from microqa.dataset import FIELD_COLUMNS
-from microqa.images import ImageInfo, inspect_bytes
+from microqa.data.dataset import FIELD_COLUMNS
+from microqa.data.images import ImageInfo, inspect_bytes
 
 # Labels as the site writes them, normalised by _label_key (lower case, single spaces, no colon).
 LABEL_ALIASES = {

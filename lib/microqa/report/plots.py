@@ -1,5 +1,6 @@
 """One seaborn style for every figure, the helpers that write figures and tables, and the
-study's line figures drawn from computed tables (learning curve, cascade).
+generic figure helpers (wrapped tick labels, count heatmaps). A stage's own figures live in its
+package (`clip.figures`, `compare.figures`) and are saved through `save_figure` here.
 
 Every figure and table produced from offline substitutes carries the substitute in its
 title/caption (see `provenance.stamp`), so a reader never mistakes it for the real study.
@@ -8,7 +9,6 @@ title/caption (see `provenance.stamp`), so a reader never mistakes it for the re
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -20,8 +20,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from microqa import provenance, publishing  # noqa: E402
-from microqa.methods import in_main_mode  # noqa: E402
+from microqa import publishing  # noqa: E402
 
 PALETTE = "colorblind"
 
@@ -132,24 +131,6 @@ def wrap(label: str, width: int = 14) -> str:
     return "\n".join(textwrap.wrap(str(label), width, break_long_words=False)) or str(label)
 
 
-def legend_outside(ax: plt.Axes, *, title: str | None = None, fontsize: int = 10) -> None:
-    """The axes' legend to the right of the plot, at a readable size, never over the data."""
-    handles, labels = ax.get_legend_handles_labels()
-    if not handles:
-        return
-    ax.legend(
-        handles,
-        labels,
-        title=title,
-        loc="upper left",
-        bbox_to_anchor=(1.02, 1.0),
-        borderaxespad=0.0,
-        fontsize=fontsize,
-        title_fontsize=fontsize,
-        frameon=False,
-    )
-
-
 def count_heatmap(
     table: pd.DataFrame, ax: plt.Axes, *, cmap: str = "mako_r", label: str = "records"
 ) -> None:
@@ -175,76 +156,3 @@ def count_heatmap(
     colorbar.update_ticks()
     ax.set_facecolor("white")
     ax.grid(False)
-
-
-def learning_curve_figure(curve: pd.DataFrame, title_labels: Sequence[str] = ()):
-    """Grouped-CV probe scores against labelled images per class (probes.learning_curve)."""
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for source, g in curve.groupby("features", sort=False):
-        ax.errorbar(
-            g["labels_per_class"],
-            g["balanced_accuracy"],
-            yerr=g["balanced_accuracy_sd"].fillna(0),
-            marker="o",
-            capsize=3,
-            label=f"{source}: balanced acc.",
-        )
-        ax.plot(
-            g["labels_per_class"],
-            g["accuracy"],
-            marker="s",
-            linestyle="--",
-            label=f"{source}: accuracy",
-        )
-    ax.set_xlabel("labelled images per class (training folds)")
-    ax.set_ylabel("grouped-CV score")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
-    ax.set_title(
-        provenance.stamp("Weak labelling: logreg probe vs labels per class", list(title_labels))
-    )
-    fig.tight_layout()
-    return fig
-
-
-def cascade_figure(curves: pd.DataFrame, title: str):
-    """Accuracy and balanced accuracy against the fraction of images sent to the VLM, for the
-    study's main answer mode (the generate-mode agreement subset stays in the curves table);
-    the legend below the panels."""
-    if "mode" in curves:
-        curves = curves[in_main_mode(curves["mode"])]
-    tasks = list(dict.fromkeys(curves["task"]))
-    n_lines = curves.groupby(["base", "vlm"]).ngroups
-    columns = 1 if n_lines <= 3 else 2
-    legend_height = 0.3 * -(-n_lines // columns) + 0.4  # inches: legend rows and a margin
-    fig, axes = plt.subplots(
-        2,
-        len(tasks),
-        figsize=(6 * len(tasks), 7 + legend_height),
-        squeeze=False,
-        sharex=True,
-        sharey="row",
-    )
-    for col, task in enumerate(tasks):
-        for (base, vlm), curve in curves[curves["task"] == task].groupby(["base", "vlm"]):
-            for row, metric in enumerate(("accuracy", "balanced_accuracy")):
-                axes[row, col].plot(
-                    curve["fraction_to_vlm"], curve[metric], label=f"{base} → {vlm}"
-                )
-        axes[0, col].set_title(task)
-        axes[1, col].set_xlabel("fraction of images sent to the VLM (cost)")
-    axes[0, 0].set_ylabel("accuracy")
-    axes[1, 0].set_ylabel("balanced accuracy")
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.suptitle(title)
-    fig.tight_layout(rect=(0, legend_height / (7 + legend_height), 1, 1))
-    fig.legend(
-        handles,
-        labels,
-        loc="lower center",
-        bbox_to_anchor=(0.5, 0.0),
-        fontsize=11,
-        ncol=columns,
-        frameon=False,
-    )
-    return fig

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from microqa import taxonomy
+from microqa.data import taxonomy
 
 IDENTITY = ("kind", "base", "model", "weights", "context", "mode", "prompt_set", "partner")
 CONTEXT_LABELS = {

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from microqa import config
-from microqa.dataset import IMAGE_COLUMNS, RECORD_COLUMNS
-from microqa.doitpoms.fetch import ScrapeError
+from microqa.data.dataset import IMAGE_COLUMNS, RECORD_COLUMNS
+from microqa.data.doitpoms.fetch import ScrapeError
+from microqa.data.images import ImageInfo
 from microqa.files import PARTIAL_SUFFIX, atomic_write_bytes
-from microqa.images import ImageInfo
 
 OUTPUT_COLUMNS = RECORD_COLUMNS + IMAGE_COLUMNS  # records.csv: the record's, then the file's
 STATE_DIR = ".scrape"

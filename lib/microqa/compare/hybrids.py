@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from microqa import metrics
-from microqa.methods import Method, argmax
+from microqa.compare.methods import Method, argmax
 
 FUSION_WEIGHTS = tuple(np.round(np.linspace(0, 1, 11), 2))
 

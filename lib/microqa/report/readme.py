@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from microqa import config, provenance
-from microqa.methods import in_main_mode
+from microqa.compare.methods import in_main_mode
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
