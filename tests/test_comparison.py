@@ -113,7 +113,9 @@ def test_every_labelled_image_is_evaluated_once_and_the_cascade_beats_both_parts
     )
     assert cascade["fraction_to_vlm"] == pytest.approx(1 - confident.mean(), abs=0.12)
     assert cascade["seconds_per_image"] == pytest.approx(0.1 + cascade["fraction_to_vlm"] * 2.0)
-    assert result.table["provenance"].str.contains("weights: random").all()
+    models = ~result.table["kind"].isin(["chance", "majority"])  # baselines use no weights
+    assert result.table.loc[models, "provenance"].str.contains("weights: random").all()
+    assert result.table.loc[~models, "provenance"].str.contains("weights: none").all()
     curve = result.curves
     assert curve["fraction_to_vlm"].min() == 0.0 and curve["fraction_to_vlm"].max() == 1.0
     # one choice per held-out fold and kind, each made on the other fold's images
@@ -322,7 +324,8 @@ def test_per_image_answers_and_cascade_handoffs_agree_with_the_pooled_methods(
     per cascade which images went to the VLM, on CLIP's confidence and with the VLM's answer."""
     df, paths, confident, result = _compare(tmp_path, monkeypatch)
     answers, handoffs = result.predictions, result.handoffs
-    assert set(answers["method"]) == set(result.table["label"])
+    baseline = result.table["kind"].isin(["chance", "majority"])  # no answers of their own
+    assert set(answers["method"]) == set(result.table.loc[~baseline, "label"])
     for method, rows in answers.groupby("method"):
         assert rows["micrograph_no"].is_unique and len(rows) == len(df)
         n = result.table.set_index("label").loc[method, "n"]
@@ -461,6 +464,8 @@ def _decision(i, model, task="technique", mode="score", probabilities=None, **ov
         "weights": "random",
         "prediction": max(probabilities, key=probabilities.get) if probabilities else "SEM",
         "probabilities": probabilities,
+        "choice": max(probabilities, key=probabilities.get) if probabilities else "SEM",
+        "letter_mass": 0.9,
         "latency_s": 1.0,
         "visual_tokens": 100.0,
     }
@@ -808,8 +813,10 @@ def test_compare_pools_every_method_per_task_and_subset(tmp_path, monkeypatch):
         **{
             ("category", subset, kind): 1
             for subset in ("all labelled", "without archaeological slags")
-            for kind in ("clip_zero_shot", "vlm", "cascade", "fusion")
+            for kind in ("clip_zero_shot", "vlm", "cascade", "fusion", "chance", "majority")
         },
+        ("technique", "all labelled", "chance"): 1,
+        ("technique", "all labelled", "majority"): 1,
     }
     n = table.groupby(["task", "subset"])["n"].unique().to_dict()
     assert {k: list(v) for k, v in n.items()} == {
@@ -832,6 +839,7 @@ def test_compare_pools_every_method_per_task_and_subset(tmp_path, monkeypatch):
     ]
     # every frame of per-image or per-method rows: both tasks, one row per index label
     everything = table[table["subset"] == "all labelled"]
+    everything = everything[~everything["kind"].isin(["chance", "majority"])]  # no answers
     cascades = set(
         everything.loc[everything["kind"] == "cascade", ["task", "label"]].itertuples(
             index=False, name=None
@@ -869,7 +877,9 @@ def test_compare_with_fewer_stages_leaves_their_frames_empty(tmp_path, monkeypat
     df = _small_study(tmp_path, probes=False, modes=("generate",))
     generated_only = comparison.compare(df, n_boot=5)
     # a VLM without probabilities: a cascade, which hands off, and no fusion
-    assert set(generated_only.table["kind"]) == {"clip_zero_shot", "vlm", "cascade"}
+    assert set(generated_only.table["kind"]) == {
+        "clip_zero_shot", "vlm", "cascade", "chance", "majority"
+    }  # fmt: skip
     assert len(generated_only.handoffs) == 24
     (tmp_path / "vlm" / "answers.csv").unlink()
     clip_only = comparison.compare(df, n_boot=5)

@@ -13,6 +13,7 @@ LIB = Path(microqa.__file__).parent
 LAYERS = {
     "metrics": 0,
     "stats": 0,
+    "calibration": 0,
     "config": 0,
     "files": 0,
     "provenance": 0,

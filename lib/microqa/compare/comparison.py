@@ -20,6 +20,7 @@ import pandas as pd
 
 from microqa import provenance, stats
 from microqa.clip import outputs as clip_outputs
+from microqa.compare import baselines
 from microqa.compare.hybrids import (
     apply_cascade,
     cascade_curve,
@@ -88,6 +89,9 @@ def vlm_methods(decisions: pd.DataFrame) -> list[Method]:
                 prompt_set=str(prompt_set),
                 seconds_per_image=float(group["latency_s"].mean()),
                 visual_tokens=float(tokens.mean()) if tokens.notna().any() else None,
+                # what selective prediction orders by: the answer before abstention and the
+                # letter mass it was abstained on
+                notes={"choice": group["choice"], "letter_mass": group["letter_mass"]},
             )
         )
     return out
@@ -113,6 +117,11 @@ class StudyComparison:
     # per image and cascade: task, method, micrograph_no, truth, clip_prediction,
     # clip_confidence (margin), vlm_prediction, sent (handed to the VLM)
     handoffs: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # every method of the table on all its labelled images (pooled out of fold, probabilities
+    # included), and the specimen folds the choices were made on: what calibration, selective
+    # prediction and the per-class results read
+    methods: list[Method] = field(default_factory=list)
+    folds: pd.Series = field(default_factory=pd.Series)
 
 
 def default_paths() -> dict[str, Path]:
@@ -142,6 +151,7 @@ def compare(
     )
     slag = pd.Series(taxonomy.slag_records(df), index=records.index)
     tables, curves, paired, choices, answers, handoffs = [], [], [], [], [], []
+    evaluated: list[Method] = []
     for task, (column, classes) in taxonomy.TASKS.items():
         labelled = records.loc[records[column].isin(classes), column]
         task_methods = [_covering(m, labelled) for m in methods if m.task == task]
@@ -162,12 +172,15 @@ def compare(
                     handoffs += [_handoff_rows(h, pair[1], both) for h in made]
                     hybrids += made
         everything = pooled + vlms + hybrids
+        evaluated += everything
         answers += [_answer_rows(m, labelled) for m in everything]
         subsets = {"all labelled": labelled}
         if task == "category":  # archaeological slags are a category question's own group
             subsets["without archaeological slags"] = labelled[~slag.loc[labelled.index]]
         for subset, keep in subsets.items():
             tables += [_row(m, keep, records, subset, n_boot, seed) for m in everything]
+            groups = records["specimen_group"]
+            tables += baselines.rows(keep, folds, groups, task, subset, n_boot, seed)
         paired += _paired_rows(everything, labelled, records["specimen_group"], n_boot, seed)
     table = pd.DataFrame(tables)
     if not table.empty:
@@ -181,6 +194,8 @@ def compare(
         handoffs=pd.concat([h for h in handoffs if h is not None], ignore_index=True)
         if any(h is not None for h in handoffs)
         else pd.DataFrame(),
+        methods=evaluated,
+        folds=folds,
     )
 
 

@@ -21,6 +21,10 @@ CONTEXT_LABELS = {
     "clip_neighbours": " + retrieved expert metadata of nearest other specimens (supervised)",
 }
 PROBE_LABELS = {"logreg-grouped-cv": "logistic probe", "knn-grouped-cv": "5-NN probe"}
+BASELINE_LABELS = {  # `compare.baselines`: the rows every other row is read against
+    "chance": "chance (uniform over the options)",
+    "majority": "majority class (chosen on the other fold)",
+}
 
 
 @dataclass
@@ -28,7 +32,7 @@ class Method:
     """One method's answers to one task: predictions (class or None) and, where it has them,
     probabilities over the task's classes (rows: micrograph_no)."""
 
-    kind: str  # clip_zero_shot | clip_probe | vlm | cascade | fusion
+    kind: str  # clip_zero_shot | clip_probe | vlm | cascade | fusion | chance | majority
     task: str
     model: str
     predictions: pd.Series
@@ -77,6 +81,8 @@ def short_name(model: str) -> str:
 def label(identity: dict) -> str:
     """The display label of a method identity (derived, one way)."""
     kind, model = identity["kind"], short_name(identity["model"])
+    if kind in BASELINE_LABELS:
+        return BASELINE_LABELS[kind]
     if kind == "clip_zero_shot":
         return f"CLIP {model} zero-shot"
     if kind == "clip_probe":
