@@ -504,15 +504,15 @@ def test_vlm_methods_one_per_question_in_key_order_with_the_task_classes():
     assert comparison.vlm_methods(pd.DataFrame()) == []
 
 
-def test_hybrid_partners_are_the_plain_questions_in_the_study_wording():
+def testhybrid_partners_are_the_plain_questions_in_the_study_wording():
     p = pd.DataFrame([[1.0, 0.0]], index=[1], columns=["x", "y"])
     plain = _method("vlm", p, model="q", context="none", prompt_set="study")
     earlier = _method("vlm", p, model="q", context="none", prompt_set="earlier_study")
     topk = _method("vlm", p, model="q", context="clip_topk", prompt_set="study")
-    assert comparison._hybrid_partners([earlier, plain, topk]) == [plain]
+    assert comparison.hybrid_partners([earlier, plain, topk]) == [plain]
     # a task asked only in the earlier study's wording: its plain questions
-    assert comparison._hybrid_partners([earlier, topk]) == [earlier]
-    assert comparison._hybrid_partners([topk]) == []
+    assert comparison.hybrid_partners([earlier, topk]) == [earlier]
+    assert comparison.hybrid_partners([topk]) == []
 
 
 def test_default_paths_are_the_stages_output_files(tmp_path, monkeypatch):
@@ -577,7 +577,7 @@ def test_study_pairs_are_exactly_the_study_questions():
     # in vlm_methods' order: the earlier study's wording sorts before the study's
     earlier, q, other = vlm("q", prompt_set="earlier_study"), vlm("q"), vlm("l")
     topk, neighbours = vlm("q", "clip_topk"), vlm("q", "clip_neighbours")
-    # hybrids are made with the plain question in the study's wording (_hybrid_partners)
+    # hybrids are made with the plain question in the study's wording (hybrid_partners)
     cascade = hybrids.hybrid("cascade", zs, q, zs.predictions, None, None)
     fusion = hybrids.hybrid("fusion", zs, q, zs.predictions, None, None)
     found = comparison.study_pairs(

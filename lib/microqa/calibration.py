@@ -71,12 +71,15 @@ def reliability_bins(
 
 
 def ece(confidence: np.ndarray, correct: np.ndarray, n_bins: int = N_BINS) -> float:
-    """Expected calibration error over equal-mass bins (module doc)."""
+    """Expected calibration error over equal-mass bins (module doc): sum over bins of
+    |correct - confidence| summed in the bin, over n (= share x |accuracy - confidence|)."""
+    confidence = np.asarray(confidence, dtype=float)
     if len(confidence) == 0:
         return np.nan
-    bins = reliability_bins(confidence, correct, n_bins)
-    gap = (bins["accuracy"] - bins["confidence"]).abs()
-    return float(np.sum(bins["n"] * gap) / bins["n"].sum())
+    bins = equal_mass_bins(confidence, n_bins)
+    right = np.bincount(bins, weights=np.asarray(correct, dtype=float), minlength=n_bins)
+    said = np.bincount(bins, weights=confidence, minlength=n_bins)
+    return float(np.sum(np.abs(right - said)) / len(confidence))
 
 
 def brier(probs: np.ndarray, y: np.ndarray) -> float:

@@ -97,7 +97,7 @@ def vlm_methods(decisions: pd.DataFrame) -> list[Method]:
     return out
 
 
-def _hybrid_partners(vlms: list[Method]) -> list[Method]:
+def hybrid_partners(vlms: list[Method]) -> list[Method]:
     """The VLM answers a hybrid uses: asked without CLIP context (the context variants already
     combine the two inside the prompt), in the study's wording where the task has it."""
     plain = [v for v in vlms if v.context == "none"]
@@ -163,7 +163,7 @@ def compare(
         vlms = [m for m in task_methods if m.kind == "vlm"]
         hybrids = []
         for stage, clip in stages:
-            for vlm in _hybrid_partners(vlms):
+            for vlm in hybrid_partners(vlms):
                 both = labelled.loc[clip.predictions.index.intersection(vlm.predictions.index)]
                 if _two_folds(both.index, folds):
                     on_both = {k: m.restricted(both.index) for k, m in stage.items()}
@@ -390,11 +390,11 @@ def study_pairs(methods: list[Method]) -> list[tuple[str, Method, Method]]:
         if v.context == "clip_neighbours":
             pairs += [("retrieved expert metadata (VLM) vs k-NN probe", v, k) for k in knn]
     for h in (m for m in methods if m.kind in ("cascade", "fusion")):
-        # the VLM the hybrid was made with (`_hybrid_partners`: the study's wording where the
+        # the VLM the hybrid was made with (`hybrid_partners`: the study's wording where the
         # task has it) and its CLIP stage: one each, by construction
         partner = [
             v
-            for v in _hybrid_partners(vlms)
+            for v in hybrid_partners(vlms)
             if (v.model, v.context, v.mode) == (h.partner, h.context, h.mode)
         ]
         stage = [c for c in clips if (c.kind, c.model) == (h.base, h.model)]
