@@ -1,0 +1,120 @@
+"""compare.calibration, compare.selective, compare.per_class on planted methods whose
+calibration, orderings and recalls are known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn import metrics as skm
+
+from microqa import calibration
+from microqa.compare import calibration as study_calibration
+from microqa.compare import methods, per_class, selective
+from tests.test_comparison import CLASSES, _compare
+
+
+def _planted_probs(n=4000, seed=0):
+    """True probabilities, labels drawn from them, and folds alternating by image."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 2, (n, len(CLASSES)))
+    true_p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    y = np.array([rng.choice(len(CLASSES), p=row) for row in true_p])
+    return true_p, y, np.tile([0, 1], n // 2)
+
+
+def test_the_temperature_applied_to_a_fold_never_sees_that_folds_labels():
+    probs, y, folds = _planted_probs()
+    overconfident = calibration.scale(probs, 0.5)
+    scaled, temps = study_calibration.cross_fitted_scaling(overconfident, y, folds)
+    shuffled = y.copy()
+    rng = np.random.default_rng(1)
+    shuffled[folds == 1] = rng.permutation(shuffled[folds == 1])
+    scaled_2, temps_2 = study_calibration.cross_fitted_scaling(overconfident, shuffled, folds)
+    assert temps_2[1] == temps[1]  # fitted on fold 0, whose labels did not move
+    assert scaled_2[folds == 1] == pytest.approx(scaled[folds == 1])
+    assert temps_2[0] != pytest.approx(temps[0], rel=0.05)  # fitted on the shuffled fold
+    assert temps[0] == pytest.approx(2.0, rel=0.1) and temps[1] == pytest.approx(2.0, rel=0.1)
+
+
+def test_calibration_row_of_an_overconfident_method_improves_after_scaling():
+    probs, y, folds = _planted_probs()
+    ids = pd.RangeIndex(1, len(y) + 1)
+    frame = pd.DataFrame(calibration.scale(probs, 0.5), index=ids, columns=list(CLASSES))
+    method = methods.Method("clip_probe", "technique", "probe", methods.argmax(frame), frame)
+    truth = pd.Series(np.array(CLASSES)[y], index=ids)
+    groups = pd.Series((ids // 2).astype(str), index=ids)  # pairs of near-duplicates
+    row = study_calibration.calibration_row(
+        method, truth, pd.Series(folds, index=ids), groups, 100, 0
+    )
+    conf, correct = calibration.top_label(frame.to_numpy(), y)
+    assert row["ece_before"] == pytest.approx(calibration.ece(conf, correct))
+    assert row["mean_confidence"] > row["accuracy"] + 0.05  # overconfident by construction
+    assert row["ece_after"] < row["ece_before"] / 2 and row["nll_after"] < row["nll_before"]
+    assert row["ece_before_ci_low"] <= row["ece_before"] <= row["ece_before_ci_high"]
+    assert row["ece_change_ci_high"] < 0
+    assert row["n_specimens"] == len(set(groups))
+
+
+def test_calibration_table_holds_every_probabilistic_method_and_both_baselines(
+    tmp_path, monkeypatch
+):
+    df, _, _, result = _compare(tmp_path, monkeypatch)
+    table = study_calibration.calibration_table(result, df, n_boot=20).set_index("kind")
+    assert set(table.index) == {"clip_zero_shot", "vlm", "fusion", "majority", "chance"}
+    assert (table["n"] == len(df)).all()
+    assert table.loc["chance", "brier_before"] == pytest.approx(1 - 1 / 5)
+    assert table.loc["chance", "nll_before"] == pytest.approx(np.log(5))
+    assert np.isnan(table.loc["chance", "ece_before"])
+    # the planted VLM says 0.7 for its answer and is right 92% of the time
+    vlm = table.loc["vlm"]
+    assert vlm["mean_confidence"] == pytest.approx(0.7)
+    assert vlm["ece_before"] == pytest.approx(abs(vlm["accuracy"] - 0.7))
+    bins = study_calibration.reliability_table(result, df)
+    counts = bins.groupby(["label", "when"])["n"].sum()
+    assert (counts == len(df)).all()
+
+
+def test_the_cascade_on_raw_confidence_reproduces_the_comparisons_cascade(tmp_path, monkeypatch):
+    df, _, _, result = _compare(tmp_path, monkeypatch)
+    table = study_calibration.cascade_table(result, df, n_boot=20)
+    assert len(table) == 1
+    row = table.iloc[0]
+    compared = result.table[result.table["kind"] == "cascade"].iloc[0]
+    assert row["balanced_accuracy_before"] == pytest.approx(compared["balanced_accuracy"])
+    assert row["fraction_to_vlm_before"] == pytest.approx(compared["fraction_to_vlm"])
+    # CLIP's two confidence levels keep their order under any temperature: nothing changes
+    assert row["images_answered_differently"] == 0 and not row["changes_cascade"]
+    assert row["temperature_fold_0"] > 0 and row["temperature_fold_1"] > 0
+
+
+def test_selective_orderings_against_their_references(tmp_path, monkeypatch):
+    df, _, _, result = _compare(tmp_path, monkeypatch)
+    table = selective.selective_table(result, df, n_boot=20).set_index(["kind", "confidence"])
+    # the planted CLIP is right exactly when its margin is high: its ordering is the oracle's
+    clip = table.loc[("clip_zero_shot", "margin")]
+    assert clip["aurc"] == pytest.approx(clip["oracle_aurc"])
+    assert clip["random_aurc"] == pytest.approx(clip["error_rate"]) and clip["aurc"] < 0.2
+    # the planted VLM's letter mass is the same everywhere: no better than a random order
+    vlm = table.loc[("vlm", "letter mass (abstention)")]
+    assert vlm["aurc"] == pytest.approx(vlm["random_aurc"])
+    assert (table["oracle_aurc"] <= table["aurc"] + 1e-12).all()
+    assert (table["aurc_ci_low"] <= table["aurc"] + 1e-12).all()
+    assert ("cascade", "CLIP margin (cascade hand-off)") in table.index
+    curves = selective.curves_table(result, df)
+    assert set(curves["ordering"]) == {"method", "oracle", "random"}
+
+
+def test_per_class_recall_agrees_with_scikit_learn(tmp_path, monkeypatch):
+    df, _, _, result = _compare(tmp_path, monkeypatch)
+    table = per_class.per_class_table(result, df, n_boot=20)
+    truth = df.set_index("micrograph_no")["technique_family"]
+    for method in result.methods:
+        rows = table[table["label"] == methods.label(method.identity())].set_index("class")
+        pred = method.predictions.loc[truth.index].astype(object).fillna("none")
+        expected = skm.recall_score(truth, pred, labels=list(rows.index), average=None)
+        assert rows["recall"].to_numpy() == pytest.approx(expected)
+    assert (table["recall_ci_low"] <= table["recall"] + 1e-12).all()
+    assert (table["recall"] <= table["recall_ci_high"] + 1e-12).all()
+    assert "majority" in set(table["kind"])
+    assert (table["chance_recall"] == 1 / 5).all()
