@@ -118,3 +118,19 @@ def test_per_class_recall_agrees_with_scikit_learn(tmp_path, monkeypatch):
     assert (table["recall"] <= table["recall_ci_high"] + 1e-12).all()
     assert "majority" in set(table["kind"])
     assert (table["chance_recall"] == 1 / 5).all()
+
+
+def test_figures_have_a_panel_per_method_and_a_cell_per_class(tmp_path, monkeypatch):
+    from microqa.compare import calibration_figures
+
+    df, _, _, result = _compare(tmp_path, monkeypatch)
+    bins = study_calibration.reliability_table(result, df)
+    fig = calibration_figures.reliability_figure(bins, "technique", "t")
+    assert sum(ax.get_visible() for ax in fig.axes) == bins["label"].nunique()
+    curves = selective.curves_table(result, df)
+    fig = calibration_figures.risk_coverage_figure(curves, "technique", "t")
+    assert sum(ax.get_visible() for ax in fig.axes) == len(curves.groupby(["label", "confidence"]))
+    table = per_class.per_class_table(result, df, n_boot=10)
+    fig = calibration_figures.per_class_figure(table, "technique", "t")
+    cells = [t for t in fig.axes[0].texts if "[" in t.get_text()]
+    assert len(cells) == len(table)
