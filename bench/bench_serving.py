@@ -42,9 +42,9 @@ def _jobs(n_images: int, seed: int) -> list[ImageJob]:
     jobs = []
     for i in range(n_images):
         image = Image.new("RGB", (32, 24), ((i * 37 + seed) % 256, i % 256, (i * 11) % 256))
+        prompt = "Question {q} about image {i}: A) x B) y C) z\nAnswer with the letter only."
         asks = tuple(
-            Ask(f"Question {q} about image {i}: A) x B) y C) z\nAnswer with the letter only.", "ABC")
-            for q in range(QUESTIONS_PER_IMAGE)
+            Ask(prompt.format(q=q, i=i), ("A", "B", "C")) for q in range(QUESTIONS_PER_IMAGE)
         )
         jobs.append(ImageJob(f"{seed}-{i}", lambda image=image: image, asks))
     return jobs
@@ -56,9 +56,7 @@ def questions_per_latency(
     """(questions per L, questions asked) for one configuration, on fresh servers."""
     with contextlib.ExitStack() as stack:
         servers = [
-            stack.enter_context(
-                OpenAIStub(delay_s=latency, capacity=capacity, record_bodies=False)
-            )
+            stack.enter_context(OpenAIStub(delay_s=latency, capacity=capacity, record_bodies=False))
             for _ in range(n_replicas)
         ]
         backend = OpenAIBackend(
