@@ -113,9 +113,11 @@ class OpenAIStub(BackgroundServer):
         garbage_every: int = 0,
         capacity: int | None = None,
         record_bodies: bool = True,
+        root: str | None = None,
         port: int = 0,
     ):
         self.model = model
+        self.root = root  # the weights /models names (default /weights/<model>)
         self.delay_s = delay_s
         self.logprobs = logprobs
         self.top_letter_p = top_letter_p
@@ -226,7 +228,7 @@ class OpenAIStub(BackgroundServer):
                                 {
                                     "id": stub.model,
                                     "object": "model",
-                                    "root": f"/weights/{stub.model}",
+                                    "root": stub.root or f"/weights/{stub.model}",
                                 }
                             ],
                         },
