@@ -54,7 +54,8 @@ def server(tmp_path_factory):
     try:
         while True:  # bounded: until /health answers, the server exits, or the deadline
             if proc.poll() is not None or time.time() > deadline:
-                pytest.fail(f"transformers serve did not start: {(root / 'server.log').read_text()}")
+                output = (root / "server.log").read_text()
+                pytest.fail(f"transformers serve did not start: {output}")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
                     break
