@@ -95,6 +95,11 @@ def deterministic_letter(body: dict[str, Any]) -> str:
     return letters[digest[0] % len(letters)]
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 512  # the listen backlog: room for a client with hundreds in flight
+    daemon_threads = True
+
+
 class OpenAIStub(BackgroundServer):
     def __init__(
         self,
@@ -106,9 +111,13 @@ class OpenAIStub(BackgroundServer):
         describe_text: str = "A scanning electron micrograph (SEM) of a steel fracture surface.",
         choice_template: str = "The answer is {letter}.",
         garbage_every: int = 0,
+        capacity: int | None = None,
+        record_bodies: bool = True,
+        root: str | None = None,
         port: int = 0,
     ):
         self.model = model
+        self.root = root  # the weights /models names (default /weights/<model>)
         self.delay_s = delay_s
         self.logprobs = logprobs
         self.top_letter_p = top_letter_p
@@ -118,11 +127,13 @@ class OpenAIStub(BackgroundServer):
         self.in_flight = 0
         self.max_in_flight = 0
         self.garbage_every = garbage_every  # every k-th chat request gets the next GARBAGE kind
+        # at most this many requests are served at once (each for delay_s); the rest queue
+        self._capacity = threading.BoundedSemaphore(capacity) if capacity else None
+        self.record_bodies = record_bodies  # False: keep only path and time (benchmarks)
         self._failures: list[tuple[int | str, float | None]] = []
         self._n_chat = 0
         self._lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
-        self.httpd.daemon_threads = True
+        self.httpd = _Server(("127.0.0.1", port), self._handler())
         self._thread: threading.Thread | None = None
 
     @property
@@ -217,7 +228,7 @@ class OpenAIStub(BackgroundServer):
                                 {
                                     "id": stub.model,
                                     "object": "model",
-                                    "root": f"/weights/{stub.model}",
+                                    "root": stub.root or f"/weights/{stub.model}",
                                 }
                             ],
                         },
@@ -232,8 +243,8 @@ class OpenAIStub(BackgroundServer):
                     stub.requests.append(
                         {
                             "path": self.path,
-                            "headers": dict(self.headers),
-                            "body": body,
+                            "headers": dict(self.headers) if stub.record_bodies else {},
+                            "body": body if stub.record_bodies else {},
                             "time": time.time(),
                         }
                     )
@@ -246,6 +257,8 @@ class OpenAIStub(BackgroundServer):
                             failure = kinds[(stub._n_chat // every) % len(kinds)]
                     stub.in_flight += 1
                     stub.max_in_flight = max(stub.max_in_flight, stub.in_flight)
+                if stub._capacity:
+                    stub._capacity.acquire()  # queue until the server has room
                 try:
                     if stub.delay_s:
                         time.sleep(stub.delay_s)
@@ -267,6 +280,8 @@ class OpenAIStub(BackgroundServer):
                     else:
                         self._send(200, stub.completion(body))
                 finally:
+                    if stub._capacity:
+                        stub._capacity.release()
                     with stub._lock:
                         stub.in_flight -= 1
 

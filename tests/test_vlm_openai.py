@@ -7,16 +7,19 @@ import io
 import math
 import subprocess
 import sys
+import time
+from collections import Counter
 
 import pytest
 from PIL import Image
 
 from microqa.vlm.backends import load_backend
-from microqa.vlm.base import VLMRequest
+from microqa.vlm.base import Ask, ImageJob, VLMRequest
 from microqa.vlm.openai_backend import LogprobsUnavailable, OpenAIBackendError
 from microqa.vlm.questions import build_question
+from microqa.vlm.replicas import parse_urls, public_url, rendezvous
 from tests.conftest import REPO
-from tests.openai_stub import GARBAGE, OpenAIStub, deterministic_letter
+from tests.openai_stub import GARBAGE, OpenAIStub, deterministic_letter, request_text_and_image
 
 
 def _image(seed: int, size=(64, 48)) -> Image.Image:
@@ -152,8 +155,14 @@ def test_openai_path_never_imports_torch():
 
 
 def _backend(stub, **options):
-    options = {"backoff_s": 0.0, "concurrency": 1, "retries": 2, **options}
-    return load_backend("openai", "stub-vlm", base_url=stub.base_url, **options)
+    options = {
+        "base_url": stub.base_url,
+        "backoff_s": 0.0,
+        "concurrency": 1,
+        "retries": 2,
+        **options,
+    }
+    return load_backend("openai", "stub-vlm", **options)
 
 
 @pytest.mark.parametrize("kind", sorted(GARBAGE))
@@ -276,3 +285,118 @@ def test_score_uses_the_one_scoring_rule(stub):
     expected = letter_scores(result.logprobs.items(), ["A", "B", "C", "D", "E"])
     assert result.probabilities == pytest.approx(expected.probabilities)
     assert result.letter_mass == pytest.approx(expected.letter_mass)
+
+
+# --- many images in flight, several replicas --------------------------------------------------
+
+
+def _jobs(n_images: int, n_questions: int = 3) -> list[ImageJob]:
+    prompt = build_question("technique").prompt
+    return [
+        ImageJob(
+            f"image-{i}",
+            lambda i=i: _image(i),
+            tuple(Ask(f"{prompt} #{q}", tuple("ABCDE")) for q in range(n_questions)),
+        )
+        for i in range(n_images)
+    ]
+
+
+def test_many_images_in_flight_up_to_the_window_first_question_alone():
+    with OpenAIStub(delay_s=0.05) as stub:
+        backend = _backend(stub, concurrency=8)
+        done = list(backend.answer_images(_jobs(20)))
+        log = [r for r in stub.requests if r["path"].endswith("/chat/completions")]
+    assert stub.max_in_flight == 8  # the window is filled across images, never exceeded
+    assert backend.last_run.max_encoded <= 8  # only images with questions in flight are held
+    assert len(done) == 20 and all(r.error is None for _, rs in done for r in rs)
+    by_image: dict[str, list] = {}
+    for entry in log:
+        by_image.setdefault(request_text_and_image(entry["body"])[1], []).append(entry)
+    assert len(by_image) == 20  # one byte-identical image part per image
+    for entries in by_image.values():
+        assert len(entries) == 3
+        first, *rest = sorted(entries, key=lambda e: e["time"])
+        assert first["body"]["messages"][-1]["content"][1]["text"].endswith("#0")
+        # the rest are sent only after the first has been answered (its prefix is cached)
+        assert all(e["time"] >= first["time"] + 0.05 for e in rest)
+
+
+def test_cost_per_question_shares_the_wall_time_among_requests_in_flight(stub):
+    stub.delay_s = 0.1
+    backend = _backend(stub, concurrency=4)
+    start = time.perf_counter()
+    results = [r for _, rs in backend.answer_images(_jobs(8, 1)) for r in rs]
+    elapsed = time.perf_counter() - start
+    # 8 requests, 4 at a time: ~0.1 s of wall time shared by 4, each costs ~0.025 s
+    assert sum(r.latency_s for r in results) == pytest.approx(elapsed, rel=0.2)
+    assert all(0.015 < r.latency_s < 0.06 for r in results)
+
+
+def test_rendezvous_moves_only_the_removed_replicas_images():
+    urls = [f"http://127.0.0.1:{8000 + k}/v1" for k in range(4)]
+    keys = [f"{k:064x}" for k in range(2000)]
+    before = {key: rendezvous(key, urls) for key in keys}
+    shares = Counter(before.values())
+    assert set(shares) == set(urls) and min(shares.values()) > 400  # ~500 each
+    after = {key: rendezvous(key, urls[:2] + urls[3:]) for key in keys}
+    moved = {key for key in keys if before[key] != after[key]}
+    assert moved == {key for key in keys if before[key] == urls[2]}
+    assert rendezvous(keys[0], list(reversed(urls))) == before[keys[0]]  # order does not matter
+
+
+def test_parse_urls_takes_repeats_comma_lists_and_files(tmp_path):
+    listing = tmp_path / "replicas.txt"
+    listing.write_text("# two replicas\nhttp://10.0.0.2:8000/v1\n\nhttp://10.0.0.3:8000/v1/\n")
+    urls = parse_urls(["http://a:1/v1,http://b:2/v1", str(listing), "http://a:1/v1"])
+    assert urls == [
+        "http://a:1/v1",
+        "http://b:2/v1",
+        "http://10.0.0.2:8000/v1",
+        "http://10.0.0.3:8000/v1",
+    ]
+    with pytest.raises(ValueError, match="http\\(s\\) URLs or a file"):
+        parse_urls(["localhost:8000"])
+    assert public_url("https://user:secret@host:8443/v1?key=abc") == "https://host:8443/v1"
+
+
+def test_each_image_goes_to_one_replica_and_a_failing_replicas_images_are_rerouted():
+    with OpenAIStub(delay_s=0.01) as a, OpenAIStub(delay_s=0.01) as b, OpenAIStub() as bad:
+        urls = [a.base_url, b.base_url, bad.base_url]
+        backend = _backend(a, base_url=urls, concurrency=4, retries=0)
+        bad.fail_next(10_000, status=503)
+        jobs = _jobs(24)
+        done = list(backend.answer_images(jobs))
+        answered_by = {
+            stub.base_url: {request_text_and_image(body)[1] for body in stub.chat_requests()}
+            for stub in (a, b)
+        }
+        bad_requests = len(bad.chat_requests())
+    assert len(done) == 24 and all(r.error is None for _, rs in done for r in rs)
+    assert not answered_by[a.base_url] & answered_by[b.base_url]  # every image on one replica
+    assert backend.provenance()["taken_out"].keys() == {bad.base_url}
+    assert "503" in backend.provenance()["taken_out"][bad.base_url]
+    # images routed to the bad replica were asked again on their next replica by rendezvous
+    urls_by_part = {backend._encode(job.load()): job for job in jobs}
+    for url, parts in answered_by.items():
+        for part in parts:
+            assert rendezvous(urls_by_part[part].key, [a.base_url, b.base_url]) == url
+    rerouted = [job for job in jobs if rendezvous(job.key, urls) == bad.base_url]
+    assert rerouted and 1 <= bad_requests <= 4  # taken out after its first failures
+    assert backend.last_run.rerouted == bad_requests
+
+
+def test_one_replica_left_is_never_taken_out_its_failures_are_errors(stub):
+    backend = _backend(stub, retries=0)
+    stub.fail_next(1, status=503)
+    results = backend.score(_requests(2), list("ABCDE"))
+    assert "HTTP 503" in results[0].error and results[1].error is None
+    assert backend.provenance() == {"replicas": [stub.base_url], "taken_out": {}}
+
+
+def test_replicas_share_one_cache_key_and_must_serve_the_same_weights():
+    with OpenAIStub() as a, OpenAIStub() as b, OpenAIStub(root="/weights/other") as c:
+        backend = load_backend("openai", "stub-vlm", base_url=[a.base_url, b.base_url])
+        assert backend.revision == "replicas:/weights/stub-vlm"  # one key for every replica
+        with pytest.raises(ValueError, match="serve different weights"):
+            load_backend("openai", "stub-vlm", base_url=[a.base_url, c.base_url])

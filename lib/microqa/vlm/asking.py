@@ -1,5 +1,9 @@
 """How the runner's pending questions reach a backend: image by image.
 
+A server backend (`answer_images`: the OpenAI-compatible one) gets every pending question of
+every image, the open one included, and keeps many images in flight (`microqa.vlm.inflight`);
+answers are committed per image as each finishes. The rest of this note is the local path.
+
 Every pending multiple-choice question about one image goes to the backend in one call
 (`score_image` / `generate_image`), so the image is decoded, preprocessed and encoded once
 and, in the hf backend, its visual prefix prefilled once (issue: one image pass per image).
@@ -10,6 +14,7 @@ an undecodable image or a server's failed question is listed in the failures, ne
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +23,7 @@ import pandas as pd
 
 from microqa.data import images
 from microqa.vlm import questions
-from microqa.vlm.base import Backend, VLMRequest, answer_image, generate_image
+from microqa.vlm.base import Ask, Backend, ImageJob, VLMRequest, answer_image, generate_image
 from microqa.vlm.cache import Answer, AnswerKey
 from microqa.vlm.parsing import parse_choice
 
@@ -60,22 +65,26 @@ def ask_image(
     if scored:
         letters = [list(it.question.letters) for it in scored]
         results = answer_image(backend, image, [it.prompt for it in scored], letters)
-        for it, res in zip(scored, results, strict=True):
-            if res.error:
-                errors.append(res.error)
-                continue
+        _collect(scored, results, stored, errors)
+    for tokens in dict.fromkeys(it.max_new_tokens for it in items if it.max_new_tokens):
+        group = [it for it in items if it.max_new_tokens == tokens]
+        results = generate_image(backend, image, [it.prompt for it in group], tokens)
+        _collect(group, results, stored, errors)
+    return stored, errors
+
+
+def _collect(items: list[Item], results, stored: list, errors: list[str]) -> None:
+    """Each result as the Answer to store for its item, or its error."""
+    for it, res in zip(items, results, strict=True):
+        if res.error:
+            errors.append(res.error)
+        elif it.max_new_tokens is None:  # scored
             probs = res.probabilities or None
             choice = max(probs, key=probs.get) if probs else None
             top = max(res.logprobs, key=res.logprobs.get) if res.logprobs else ""
             answer = Answer(top, choice, probs, res.latency_s, res.visual_tokens, res.letter_mass)
             stored.append((it.key, answer))
-    for tokens in dict.fromkeys(it.max_new_tokens for it in items if it.max_new_tokens):
-        group = [it for it in items if it.max_new_tokens == tokens]
-        results = generate_image(backend, image, [it.prompt for it in group], tokens)
-        for it, res in zip(group, results, strict=True):
-            if res.error:
-                errors.append(res.error)
-                continue
+        else:
             q, choice = it.question, None
             if q is not None:
                 options = {
@@ -86,7 +95,29 @@ def ask_image(
             stored.append(
                 (it.key, Answer(res.text, choice, None, res.latency_s, res.visual_tokens))
             )
-    return stored, errors
+
+
+def _answer_in_flight(backend, pending: dict[int, dict[str, Item]], image_of, store) -> None:
+    """Every pending question of every image, the open one included, through a backend that
+    keeps many images in flight (`answer_images`); each image committed as it finishes."""
+    jobs, todo = [], {}
+    for per_image in pending.values():
+        items = list(per_image.values())
+        asks = tuple(
+            Ask(it.prompt, tuple(it.question.letters))
+            if it.max_new_tokens is None
+            else Ask(it.prompt, max_new_tokens=it.max_new_tokens)
+            for it in items
+        )
+        job = ImageJob(items[0].key.image_sha256, lambda row=items[0].row: image_of(row), asks)
+        jobs.append(job)
+        todo[id(job)] = items
+    for job, results in backend.answer_images(jobs):
+        if results is None:  # not decodable: image_of listed it in the failures
+            continue
+        stored, errors = [], []
+        _collect(todo[id(job)], results, stored, errors)
+        store(stored, errors, todo[id(job)][0].row)
 
 
 DESCRIBE_BATCH = 8  # open-question generations batched across images (long outputs)
@@ -112,6 +143,7 @@ def answer_by_image(opened, items, cache, failures) -> tuple[dict[str, Answer], 
         disable=todo_count == 0,
     )
     undecodable: set[int] = set()
+    lock = threading.Lock()  # images may be decoded on a server backend's worker threads
 
     def image_of(row):
         """The decoded image, or None (listed once in the failures) when it does not decode."""
@@ -121,8 +153,9 @@ def answer_by_image(opened, items, cache, failures) -> tuple[dict[str, Answer], 
         try:
             return images.open_rgb(row["image_path"])
         except images.ImageError as exc:
-            failures.append(failure(row, str(exc)))
-            undecodable.add(mno)
+            with lock:
+                failures.append(failure(row, str(exc)))
+                undecodable.add(mno)
             return None
 
     def store(stored, errors, row):
@@ -135,6 +168,10 @@ def answer_by_image(opened, items, cache, failures) -> tuple[dict[str, Answer], 
             fresh.add(key.key)
         bar.update(len(stored) + len(errors))
 
+    if hasattr(opened.backend, "answer_images"):  # a server: many images in flight
+        _answer_in_flight(opened.backend, pending, image_of, store)
+        bar.close()
+        return found, fresh
     described: list[Item] = []
     for todo in pending.values():
         todo = list(todo.values())

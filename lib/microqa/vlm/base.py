@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -39,6 +40,27 @@ class ScoreResult:
     # option letter at the answer position: how much the model committed to answering at all.
     letter_mass: float | None = None
     error: str | None = None  # why no answer came back (a server's failed request); else None
+
+
+@dataclass(frozen=True)
+class Ask:
+    """One question of an `ImageJob`: scored over `letters`, or generated (`max_new_tokens`)."""
+
+    prompt: str
+    letters: tuple[str, ...] = ()
+    max_new_tokens: int | None = None  # None: scored
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """Every pending question about one image, for a backend that keeps many images in flight
+    (`answer_images`). `load` is called when the image is first needed (so only the images in
+    flight are in memory) and returns None when the image cannot be decoded (the caller has
+    recorded why); `key` (the image's sha256) routes it to one server replica."""
+
+    key: str
+    load: Callable[[], Image.Image | None]
+    asks: tuple[Ask, ...]
 
 
 class Backend(Protocol):

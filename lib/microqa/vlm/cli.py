@@ -2,7 +2,8 @@
 
 `python -m microqa vlm --backend hf|openai --model M [--model M2] --dataset DIR
 [--mode score|generate] [--n 150|all] [--context none,clip_topk,clip_neighbours]
-[--fixed-order] [--base-url URL]`; see `--help`.
+[--fixed-order] [--base-url URL [--base-url URL2 ...] | --base-url FILE] [--concurrency 64]`;
+see `--help`.
 
 Exit status: 0 all answered; 1 some images could not be decoded (named on stderr and in
 build/vlm/failures.csv; everything else answered and saved); 2 bad input or another expected
@@ -64,11 +65,22 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-describe", action="store_true", help="skip the open question")
-    parser.add_argument("--base-url", default=None, help="OpenAI-compatible server, .../v1")
+    parser.add_argument(
+        "--base-url",
+        action="append",
+        default=None,
+        help="OpenAI-compatible server, .../v1; repeat it, separate URLs by commas or name a "
+        "file listing them (one per line) for several replicas: each image goes to one",
+    )
     parser.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"))
     parser.add_argument("--image-budget", type=int, default=None, help="max pixels per image")
     parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--concurrency", type=int, default=None)
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="openai: requests in flight per replica, across images (default 64)",
+    )
     parser.add_argument("--timeout", type=float, default=None)
     parser.add_argument("--cache", type=Path, default=None, help="answer cache (SQLite)")
     parser.add_argument("--clip-dir", type=Path, default=None, help="CLIP stage outputs")

@@ -12,12 +12,14 @@ spending the run recording failures; a refusal that retrying cannot fix (401, 40
 model, 400) raises at once with the server's message.
 
 Images travel as base64 data URLs in an `image_url` part placed BEFORE the question text,
-downscaled on this side to the resolution budget when one is given. `score_image` /
-`generate_image` (the runner's image-major path) encode an image once and send its questions
-consecutively, the first alone and the rest concurrently: every request carries a
-byte-identical prefix (model, image part), so a server with prefix caching (vLLM
-`--enable-prefix-caching`, SGLang's radix cache) runs the vision encoder and prefills the image
-tokens once per image, and the first request warms the cache for the others.
+downscaled on this side to the resolution budget when one is given. `answer_images` (the
+runner's path) keeps up to `concurrency` requests in flight per replica ACROSS images
+(`microqa.vlm.inflight`): an image is encoded once, its questions all go to one replica
+(`microqa.vlm.replicas`: rendezvous hashing of the image's sha256 over one or more base URLs),
+each with a byte-identical prefix (model, image part), the first alone and the rest after it
+returned, so a server with prefix caching (vLLM `--enable-prefix-caching`, SGLang's radix
+cache) runs the vision encoder and prefills the image tokens once per image. `score_image`,
+`generate_image`, `score` and `generate` go through the same scheduler.
 
 `score` asks for one token with `logprobs: true, top_logprobs: 20` and reads the letters with
 the study's one scoring rule (`scoring.letter_scores`: logsumexp over a letter's single-token
@@ -27,20 +29,23 @@ spellings, case-sensitive), which also gives the letter mass.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import httpx
 import openai
 from PIL import Image
 
-from microqa.vlm.base import GenerateResult, ScoreResult, VLMRequest
+from microqa.vlm.base import Ask, GenerateResult, ImageJob, ScoreResult, VLMRequest
+from microqa.vlm.inflight import InFlight
+from microqa.vlm.replicas import Replicas, parse_urls, public_url
 from microqa.vlm.scoring import letter_scores
 
 TOP_LOGPROBS = 20
@@ -119,6 +124,8 @@ def read_top_logprobs(text: str, content_type: str = "") -> list[tuple[str, floa
 
 # --- the backend ---------------------------------------------------------------------------------
 
+FAIL_FAST = 32  # this many requests failing before any answer: the server is dead or wrong
+
 
 class OpenAIBackend:
     name = "openai"
@@ -127,10 +134,10 @@ class OpenAIBackend:
         self,
         model: str,
         *,
-        base_url: str,
+        base_url: str | Sequence[str],
         api_key: str | None = None,
         image_budget: int | None = None,
-        concurrency: int = 4,
+        concurrency: int = 64,
         timeout: float = 120.0,
         retries: int = 4,
         backoff_s: float = 1.0,
@@ -138,53 +145,87 @@ class OpenAIBackend:
         weights: str = "pretrained",
         image_format: str = "PNG",
     ):
-        if not base_url:
+        urls = parse_urls(base_url)
+        if not urls:
             raise ValueError("the openai backend needs base_url, e.g. http://localhost:8000/v1")
         self.model_id = model
-        self.base_url = base_url.rstrip("/")
+        self.replicas = Replicas(urls)
+        self.base_url = urls[0]
         self.image_budget = image_budget
-        self.concurrency = max(1, int(concurrency))
+        self.concurrency = max(1, int(concurrency))  # requests in flight per replica
         self.retries = max(0, int(retries))
         self.backoff_s = backoff_s
         self.weights = weights
         self.image_format = image_format
-        # A local server ignores the key; the client insists on one.
-        self._client = openai.OpenAI(
-            base_url=self.base_url,
-            api_key=api_key or "EMPTY",
-            timeout=timeout,
-            max_retries=self.retries,
-        )
+        # One client per replica. A local server ignores the key; the client insists on one.
+        self._clients = {
+            url: openai.OpenAI(
+                base_url=url,
+                api_key=api_key or "EMPTY",
+                timeout=timeout,
+                max_retries=self.retries,
+                # room for every request in flight (httpx keeps 100 connections by default)
+                http_client=openai.DefaultHttpxClient(
+                    limits=httpx.Limits(max_connections=self.concurrency + 8)
+                ),
+            )
+            for url in urls
+        }
         self._lock = threading.Lock()
         self.failures: Counter[str] = Counter()  # reason -> failed requests
         self.n_answered = 0
+        self.last_run: InFlight | None = None  # the last run's scheduler (its statistics)
         # The cache keys answers by weights identity; a server names its weights in /models.
         self.revision = revision or self._served_revision()
 
     @property
     def url(self) -> str:
-        return f"{self.base_url}/chat/completions"
+        return ", ".join(f"{u}/chat/completions" for u in self.replicas.live)
 
-    def _served_revision(self) -> str:
+    def _served_root(self, url: str) -> str | None:
         try:
-            raw = self._client.with_options(max_retries=0).models.with_raw_response.list()
+            client = self._clients[url].with_options(max_retries=0)
+            raw = client.models.with_raw_response.list()
             for entry in json.loads(raw.text).get("data", []):
                 if entry.get("id") == self.model_id:
-                    return f"{self.base_url}:{entry.get('root') or entry.get('id')}"
+                    return entry.get("root") or entry.get("id")
         except (openai.OpenAIError, ValueError, AttributeError, TypeError):
             pass  # /models is optional in the protocol; the server URL still names the weights
-        return f"{self.base_url}:{self.model_id}"
+        return None
+
+    def _served_revision(self) -> str:
+        """One replica: its URL and the weights it names. Several: the weights they all name
+        (so answers from any replica share one cache key), or their URLs when unnamed."""
+        if len(self.replicas.urls) == 1:
+            return f"{self.base_url}:{self._served_root(self.base_url) or self.model_id}"
+        roots = {url: self._served_root(url) for url in self.replicas.urls}
+        if None in roots.values():
+            return f"{','.join(sorted(roots))}:{self.model_id}"
+        if len(set(roots.values())) > 1:
+            raise ValueError(
+                f"the replicas serve different weights for {self.model_id}: "
+                + ", ".join(f"{public_url(u)} -> {r}" for u, r in roots.items())
+            )
+        return f"replicas:{next(iter(roots.values()))}"
+
+    def provenance(self) -> dict[str, object]:
+        """The replicas as given (no credentials) and any taken out, with why."""
+        return self.replicas.provenance()
 
     # --- one request -----------------------------------------------------------------------
-    def _ask(self, payload: dict[str, Any], read: Callable[[str, str], Any]) -> tuple[Any, str]:
-        """(read(reply), "") or (None, reason). The client retries what HTTP says is
-        transient; a malformed 200 is retried here, with backoff, at most `retries` times."""
-        reason = ""
+    def _ask(
+        self, replica: str, payload: dict[str, Any], read: Callable[[str, str], Any]
+    ) -> tuple[Any, str, bool]:
+        """(read(reply), "", False) or (None, reason, whether the replica looks dead: a
+        connection error or a 5xx after the client's retries). The client retries what HTTP
+        says is transient; a malformed 200 is retried here, with backoff, `retries` times."""
+        reason, dead = "", False
+        url = f"{replica}/chat/completions"
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
             try:
-                raw = self._client.chat.completions.with_raw_response.create(**payload)
+                raw = self._clients[replica].chat.completions.with_raw_response.create(**payload)
                 value = read(raw.text, raw.headers.get("content-type", ""))
             except MalformedReply as exc:
                 reason = f"malformed reply: {exc}"
@@ -193,20 +234,22 @@ class OpenAIBackend:
                 detail = _server_message(exc)
                 if exc.status_code in (408, 409, 429) or exc.status_code >= 500:
                     reason = f"HTTP {exc.status_code} after {self.retries + 1} attempts: {detail}"
+                    dead = exc.status_code >= 500
                     break  # the client has already retried it with backoff
                 raise OpenAIBackendError(
-                    f"{self.url} answered HTTP {exc.status_code}: {detail}"
+                    f"{url} answered HTTP {exc.status_code}: {detail}"
                 ) from None
             except openai.APIConnectionError as exc:
                 cause = exc.__cause__ or exc
                 reason = f"{type(exc).__name__} after {self.retries + 1} attempts: {cause}"
+                dead = True
                 break
             with self._lock:
                 self.n_answered += 1
-            return value, ""
-        with self._lock:
-            self.failures[reason] += 1
-        return None, reason
+            return value, "", False
+        if len(self.replicas.urls) > 1:
+            reason = f"{public_url(replica)}: {reason}"
+        return None, reason, dead
 
     def _payload(self, image_url: str, prompt: str, system: str | None, **extra) -> dict:
         messages: list[dict[str, Any]] = []
@@ -224,30 +267,72 @@ class OpenAIBackend:
     def _encode(self, image: Image.Image) -> str:
         return image_data_url(fit_to_budget(image, self.image_budget), fmt=self.image_format)
 
-    # --- many requests ---------------------------------------------------------------------
-    def _run(self, jobs: Sequence[Callable[[], Any]], *, warm_first: bool) -> list:
-        """Run the jobs, at most `concurrency` at a time (`warm_first`: the first alone, so
-        the others find its prefix cached). Latency: the wall time shared equally."""
-        start = time.perf_counter()
-        results = []
-        if warm_first and jobs:
-            results.append(jobs[0]())
-            jobs = jobs[1:]
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            results += list(pool.map(lambda job: job(), jobs))
-        share = (time.perf_counter() - start) / max(1, len(results))
-        for result in results:
-            result.latency_s = share
-        self._raise_if_all_failed(results)
-        return results
+    def _send(self, replica: str, image_url: str, ask: Ask, system: str | None = None):
+        """One question to one replica: (result, why the replica looks dead or "")."""
+        if ask.max_new_tokens is not None:
+            payload = self._payload(image_url, ask.prompt, system, max_tokens=ask.max_new_tokens)
+            text, reason, dead = self._ask(replica, payload, read_text)
+            result = GenerateResult(text=text or "", latency_s=0.0, error=reason or None)
+            return result, reason if dead else ""
+        letters = list(ask.letters)
 
-    def _raise_if_all_failed(self, results: list) -> None:
-        reasons = [r.error for r in results]
-        if not results or not all(reasons):
-            return
+        def read(text: str, content_type: str):
+            top = read_top_logprobs(text, content_type)
+            try:
+                return top, letter_scores(top, letters)
+            except ValueError as exc:  # NaN or positive log-probabilities
+                raise MalformedReply(str(exc)) from None
+
+        payload = self._payload(
+            image_url, ask.prompt, system, max_tokens=1, logprobs=True, top_logprobs=TOP_LOGPROBS
+        )
+        value, reason, dead = self._ask(replica, payload, read)
+        if value is None:
+            failed = ScoreResult(probabilities={}, latency_s=0.0, error=reason)
+            return failed, reason if dead else ""
+        top, scores = value
+        result = ScoreResult(
+            probabilities=scores.probabilities,
+            latency_s=0.0,
+            logprobs=dict(top),
+            letter_mass=scores.letter_mass,
+        )
+        return result, ""
+
+    # --- many images in flight ---------------------------------------------------------------
+    def answer_images(
+        self, jobs: Sequence[ImageJob], *, system: str | None = None
+    ) -> Iterator[tuple[ImageJob, list | None]]:
+        """Every question of every job, up to `concurrency` requests in flight per replica
+        (`microqa.vlm.inflight`); yields (job, results in question order) as images finish,
+        results None for an image that could not be loaded. Raises OpenAIBackendError when
+        the first requests (all of them, or FAIL_FAST) fail without a single answer."""
+        run = InFlight(
+            self.replicas,
+            window=self.concurrency,
+            encode=self._encode,
+            send=lambda replica, url, ask: self._send(replica, url, ask, system),
+        )
+        self.last_run = run
+        total = sum(len(job.asks) for job in jobs)
+        answered, reasons = 0, []
+        for job, results in run.answer(jobs):
+            for result in results or ():
+                if result.error:
+                    reasons.append(result.error)
+                    with self._lock:
+                        self.failures[result.error] += 1
+                else:
+                    answered += 1
+            if not answered and len(reasons) >= min(total, FAIL_FAST):
+                self._raise_all_failed(reasons, total)
+            yield job, results
+
+    def _raise_all_failed(self, reasons: list[str], total: int) -> None:
         common = Counter(reasons).most_common(1)[0][0]
+        which = f"all {total}" if len(reasons) == total else f"the first {len(reasons)} of {total}"
         message = (
-            f"{self.url}: all {len(results)} requests failed for model {self.model_id} "
+            f"{self.url}: {which} requests failed for model {self.model_id} "
             f"(answers received earlier are kept); {common}"
         )
         if all(NO_LOGPROBS in r for r in reasons):
@@ -256,79 +341,49 @@ class OpenAIBackend:
             )
         raise OpenAIBackendError(message)
 
-    def _generate_job(self, url: str, prompt: str, system: str | None, max_new_tokens: int):
-        def job() -> GenerateResult:
-            payload = self._payload(url, prompt, system, max_tokens=max_new_tokens)
-            text, reason = self._ask(payload, read_text)
-            return GenerateResult(text=text or "", latency_s=0.0, error=reason or None)
-
-        return job
-
-    def _score_job(self, url: str, prompt: str, system: str | None, letters: Sequence[str]):
-        def read(text: str, content_type: str):
-            top = read_top_logprobs(text, content_type)
-            try:
-                return top, letter_scores(top, letters)
-            except ValueError as exc:  # NaN or positive log-probabilities
-                raise MalformedReply(str(exc)) from None
-
-        def job() -> ScoreResult:
-            payload = self._payload(
-                url, prompt, system, max_tokens=1, logprobs=True, top_logprobs=TOP_LOGPROBS
+    def _answer_requests(self, requests: Sequence[VLMRequest], asks: Sequence[Ask]) -> list:
+        """Results aligned with `requests`, answered as image jobs (each image encoded once,
+        its questions to one replica, the first alone)."""
+        by_image: dict[int, list[int]] = {}
+        for i, request in enumerate(requests):
+            by_image.setdefault(id(request.image), []).append(i)
+        jobs, rows = [], {}
+        for members in by_image.values():
+            image = requests[members[0]].image
+            job = ImageJob(
+                hashlib.sha256(image.tobytes()).hexdigest(),
+                lambda image=image: image,
+                tuple(asks[i] for i in members),
             )
-            value, reason = self._ask(payload, read)
-            if value is None:
-                return ScoreResult(probabilities={}, latency_s=0.0, error=reason)
-            top, scores = value
-            return ScoreResult(
-                probabilities=scores.probabilities,
-                latency_s=0.0,
-                logprobs=dict(top),
-                letter_mass=scores.letter_mass,
-            )
-
-        return job
+            jobs.append(job)
+            rows[id(job)] = members
+        results: list = [None] * len(requests)
+        systems = {r.system for r in requests}
+        system = systems.pop() if len(systems) == 1 else None
+        for job, answers in self.answer_images(jobs, system=system):
+            for i, answer in zip(rows[id(job)], answers, strict=True):
+                results[i] = answer
+        return results
 
     # --- Backend protocol ---------------------------------------------------------------------
     def generate(self, requests: list[VLMRequest], *, max_new_tokens: int) -> list[GenerateResult]:
-        urls = self._urls(requests)
-        jobs = [
-            self._generate_job(u, r.prompt, r.system, max_new_tokens)
-            for u, r in zip(urls, requests, strict=True)
-        ]
-        return self._run(jobs, warm_first=False)
+        asks = [Ask(r.prompt, max_new_tokens=max_new_tokens) for r in requests]
+        return self._answer_requests(requests, asks)
 
     def score(self, requests: list[VLMRequest], letters: list[str]) -> list[ScoreResult]:
-        urls = self._urls(requests)
-        jobs = [
-            self._score_job(u, r.prompt, r.system, letters)
-            for u, r in zip(urls, requests, strict=True)
-        ]
-        return self._run(jobs, warm_first=False)
+        return self._answer_requests(requests, [Ask(r.prompt, tuple(letters)) for r in requests])
 
     def score_image(
         self, image: Image.Image, prompts: list[str], letters: list[list[str]]
     ) -> list[ScoreResult]:
-        url = self._encode(image)  # once: byte-identical image part for every question
-        jobs = [
-            self._score_job(url, p, None, list(ls)) for p, ls in zip(prompts, letters, strict=True)
-        ]
-        return self._run(jobs, warm_first=True)
+        asks = [Ask(p, tuple(ls)) for p, ls in zip(prompts, letters, strict=True)]
+        return self._answer_requests([VLMRequest(image, p) for p in prompts], asks)
 
     def generate_image(
         self, image: Image.Image, prompts: list[str], *, max_new_tokens: int
     ) -> list[GenerateResult]:
-        url = self._encode(image)
-        jobs = [self._generate_job(url, p, None, max_new_tokens) for p in prompts]
-        return self._run(jobs, warm_first=True)
-
-    def _urls(self, requests: Sequence[VLMRequest]) -> list[str]:
-        """Data URLs, each image encoded once even when several requests share it."""
-        encoded: dict[int, str] = {}
-        for request in requests:
-            if id(request.image) not in encoded:
-                encoded[id(request.image)] = self._encode(request.image)
-        return [encoded[id(r.image)] for r in requests]
+        asks = [Ask(p, max_new_tokens=max_new_tokens) for p in prompts]
+        return self._answer_requests([VLMRequest(image, p) for p in prompts], asks)
 
     def failure_summary(self) -> str:
         """One line: answered and failed requests, and why (for logs and provenance)."""

@@ -97,6 +97,8 @@ class StudyResult:
     weights: dict[str, str] = field(default_factory=dict)
     failures: list[dict[str, Any]] = field(default_factory=list)
     image_budgets: dict[str, int | None] = field(default_factory=dict)  # resolved, per model
+    # per model: the server replicas as given (no credentials) and any taken out (openai)
+    servers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 # --- sample and models --------------------------------------------------------------------------
@@ -269,6 +271,7 @@ def run_model(
         {opened.label: backend.weights},
         failures,
         {opened.label: backend.image_budget},
+        {opened.label: backend.provenance()} if hasattr(backend, "provenance") else {},
     )
 
 
@@ -369,6 +372,7 @@ def run_study(
         weights={k: v for p in parts for k, v in p.weights.items()},
         failures=list(failures.values()),
         image_budgets={k: v for p in parts for k, v in p.image_budgets.items()},
+        servers={k: v for p in parts for k, v in p.servers.items()},
     )
 
 
@@ -393,6 +397,7 @@ def record_provenance(
         agreement_n=settings.agreement_n,  # images also asked in the other mode
         seed=settings.seed,
         image_budget=result.image_budgets,  # the budget each model ran at, as resolved
+        servers=result.servers or None,  # replicas answered from (openai backend)
         clip_model=context.clip_model if context else None,
         clip_features=context.features_source if context else None,
         skipped=result.skipped,
