@@ -141,6 +141,44 @@ def summarise(
     return row
 
 
+def summarise_repeats(
+    y_true: Sequence,
+    repeats: Sequence[Sequence],
+    groups: Sequence,
+    *,
+    scores: Sequence[np.ndarray] | None = None,
+    classes: Sequence | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, float | int]:
+    """One number, one source, for a result repeated over CV fold seeds: each CI metric's mean
+    over the repeats, its sd across them, and the 95% CI *of that mean* (each cluster
+    resample scores every repeat and averages them), so the interval belongs to the number
+    shown. Top-2: mean over repeats. `groups`: each image's cluster (required)."""
+    y = np.asarray(y_true)
+    groups = _clusters(y, groups)
+    codes = [metrics.LabelCodes(y, metrics.clean_predictions(p)) for p in repeats]
+    samples = resamples(y, groups, n_boot=n_boot, seed=seed)
+    whole = np.arange(len(y))
+    row: dict[str, float | int] = {
+        "n": len(y),
+        "n_clusters": int(pd.Series(groups).nunique()),
+        "repeats": len(codes),
+    }
+    for name in CI_METRICS:
+        values = [getattr(c, name)(whole) for c in codes]
+        row[name] = float(np.mean(values))
+        row[f"{name}_sd"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        boot = [np.mean([getattr(c, name)(i) for c in codes]) for i in samples]
+        row[f"{name}_ci_low"], row[f"{name}_ci_high"] = interval(boot)
+    if scores is not None and classes is not None:
+        row["top2_accuracy"] = float(
+            np.mean([metrics.top_k_accuracy(y, s, classes, 2) for s in scores])
+        )
+    row["ci_level"] = LEVEL
+    return row
+
+
 def mdd(standard_error: float, *, alpha: float = ALPHA, power: float = POWER) -> float:
     """Smallest true difference a two-sided test at level `alpha` detects with `power`."""
     return float((norm.ppf(1 - alpha / 2) + norm.ppf(power)) * standard_error)

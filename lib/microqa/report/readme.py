@@ -94,13 +94,10 @@ def paired_view(paired: pd.DataFrame) -> pd.DataFrame:
 
 
 def probe_view(probes: pd.DataFrame) -> pd.DataFrame:
-    """Probe rows, compact: mean ± sd over CV fold seeds, and the first seed's 95% CI."""
+    """Probe rows, compact: the mean over CV fold seeds with the 95% CI of that same mean
+    (one number, one source), the sd over seeds, and the unit the interval resampled."""
     if probes.empty:
         return pd.DataFrame()
-
-    def spread(r, name):
-        return f"{r[name]:.3f} ± {r[f'{name}_sd']:.3f}"
-
     return pd.DataFrame(
         {
             "features": probes["features"],
@@ -108,14 +105,12 @@ def probe_view(probes: pd.DataFrame) -> pd.DataFrame:
             "probe": probes["probe"],
             "cv": probes["cv"],
             "n": probes["n"],
-            "balanced acc. (mean ± sd over seeds)": [
-                spread(r, "balanced_accuracy") for _, r in probes.iterrows()
+            "balanced acc. (mean over seeds) [95% CI]": [
+                _ci(r, "balanced_accuracy") for _, r in probes.iterrows()
             ],
-            "95% CI (seed 0)": [
-                f"[{r['balanced_accuracy_ci_low']:.2f}, {r['balanced_accuracy_ci_high']:.2f}]"
-                for _, r in probes.iterrows()
-            ],
-            "accuracy (mean ± sd)": [spread(r, "accuracy") for _, r in probes.iterrows()],
+            "sd over seeds": probes["balanced_accuracy_sd"].map(lambda v: _fmt(v, ".3f")),
+            "accuracy [95% CI]": [_ci(r, "accuracy") for _, r in probes.iterrows()],
+            "CI resamples": probes["resampled"],
         }
     )
 
