@@ -901,3 +901,15 @@ def test_compare_with_fewer_stages_leaves_their_frames_empty(tmp_path, monkeypat
     (tmp_path / "clip" / "zero_shot_scores.csv").unlink()
     nothing = comparison.compare(df, n_boot=5)
     assert nothing.table.empty and nothing.predictions.empty and nothing.choices.empty
+
+
+def test_n_note_says_which_images_a_row_counts():
+    ids, truth, _ = _twelve_images()
+    probe = methods.Method("clip_probe", "technique", "ref", truth.iloc[:10])
+    generated = methods.Method("vlm", "technique", "q", truth.iloc[:4], mode="generate")
+    full = methods.Method("clip_zero_shot", "technique", "z", truth)
+    assert comparison.n_note(full, 12, 12) == "every labelled image"
+    assert comparison.n_note(probe, 10, 12) == (
+        "10 of 12 labelled images: the images with reference CLIP features"
+    )
+    assert comparison.n_note(generated, 4, 12) == "generate-mode agreement subset, n = 4 of 12"

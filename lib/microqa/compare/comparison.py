@@ -366,12 +366,31 @@ def _row(method: Method, labelled: pd.Series, records, subset, n_boot, seed) -> 
         **method.identity(),
         "label": label(method.identity()),
         **summary,
+        "n_note": n_note(method, len(truth), len(labelled)),
         "seconds_per_image": method.seconds_per_image,
         "visual_tokens_per_image": method.visual_tokens,
         "fraction_to_vlm": method.notes.get("fraction_to_vlm")
         if method.kind == "cascade"
         else None,
     }
+
+
+COVERAGE = {  # why a method answers fewer images than the subset has
+    "clip_probe": "the images with reference CLIP features",
+    "clip_zero_shot": "the images the CLIP run embedded",
+    "vlm": "the images the VLM was asked",
+    "cascade": "the images both parts answered",
+    "fusion": "the images both parts answered",
+}
+
+
+def n_note(method: Method, n: int, labelled: int) -> str:
+    """Which images a row's n counts, when not every labelled image of its subset."""
+    if method.kind == "vlm" and method.mode == "generate":
+        return f"generate-mode agreement subset, n = {n} of {labelled}"
+    if n == labelled:
+        return "every labelled image"
+    return f"{n} of {labelled} labelled images: {COVERAGE.get(method.kind, 'those answered')}"
 
 
 def study_pairs(methods: list[Method]) -> list[tuple[str, Method, Method]]:
