@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from microqa import clip, metrics
+from microqa import clip, metrics, stats
 from microqa.clip import prompts
+from microqa.clip import report as clip_report
 from microqa.data import taxonomy
 
 
@@ -112,3 +113,20 @@ def test_prompt_set_is_chosen_on_the_select_half_only():
     assert row["accuracy"] == 1.0 and row["n"] == len(evaluate) and not row["selected"]
     chosen = table[(table.prompt_set == "good-on-select") & (table.subset == "evaluate")].iloc[0]
     assert chosen["selected"] and chosen["accuracy"] < 0.5
+
+
+def test_zero_shot_intervals_resample_specimens_not_images(monkeypatch):
+    df, split, scores, _ = planted_study()
+    best = clip.choose_prompt_sets(scores, df, split)
+    seen, summarise = [], stats.summarise
+
+    def spy(y_true, y_pred, groups, **kwargs):
+        seen.append(list(groups))
+        return summarise(y_true, y_pred, groups, **kwargs)
+
+    monkeypatch.setattr(clip_report.stats, "summarise", spy)
+    table = clip.zero_shot_table(scores, df, split, best, n_boot=5)
+    assert len(seen) == len(table) > 0
+    specimens = set(df["specimen_group"])
+    assert all(set(groups) <= specimens for groups in seen)  # specimen ids, not image numbers
+    assert (table["n_specimens"] * 2 == table["n"]).all()  # two images per specimen

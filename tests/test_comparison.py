@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from microqa import metrics, stats
-from microqa.compare import comparison, hybrids, methods
+from microqa.compare import comparison, family, hybrids, methods
 from microqa.data import splits, taxonomy
 
 CLASSES = taxonomy.TASKS["technique"][1]
@@ -250,9 +250,25 @@ def test_paired_table_differences_match_the_table_and_are_holm_corrected(tmp_pat
             - table.loc[row.method_b, "balanced_accuracy"]
         )
         assert row.balanced_accuracy_difference == pytest.approx(expected)
-    assert (paired["p_bootstrap_holm"] >= paired["p_bootstrap"]).all()
-    assert np.allclose(paired["p_mcnemar_holm"], stats.holm(paired["p_mcnemar"]))
-    assert (paired["mdd_80"] > 0).all()
+    assert set(paired["family"]) <= {"primary", "exploratory"}
+    for name in ("primary", "exploratory"):  # Holm within each family, never across both
+        rows = paired[paired["family"] == name]
+        assert np.allclose(
+            rows["p_sign_flip_holm"], stats.holm(rows["p_sign_flip"]), equal_nan=True
+        )
+        assert np.allclose(
+            rows["p_mcnemar_accuracy_holm"],
+            stats.holm(rows["p_mcnemar_accuracy"]),
+            equal_nan=True,
+        )
+        assert (rows["family_size"] == rows["p_sign_flip"].notna().sum()).all()
+    assert result.paired_primary.equals(
+        paired[paired["family"] == "primary"].reset_index(drop=True)
+    )
+    assert set(result.paired_primary["question"]) <= set(family.PRIMARY_QUESTIONS)
+    assert not set(result.paired_exploratory["question"]) & set(family.PRIMARY_QUESTIONS)
+    tested = paired[~paired["identical"]]
+    assert (tested["mdd_80_corrected"] > tested["mdd_80"]).all()
 
 
 def test_published_numbers_are_marked_and_carry_their_n():
@@ -658,13 +674,19 @@ def test_paired_rows_test_each_pair_on_the_images_both_answered():
     wrong_on_tem = truth.where(truth != "TEM", "SEM")  # all but the 4 TEM images
     a = methods.Method("vlm", "technique", "a", right, context="none", mode="score")
     b = methods.Method("vlm", "technique", "b", wrong_on_tem, context="none", mode="score")
-    (row,) = comparison._paired_rows([a, b], truth, groups, 40, 3)
+    (row,) = family._paired_rows([("one VLM vs another", a, b, truth)], groups, 40, 500, 3)
     assert (row["task"], row["question"]) == ("technique", "one VLM vs another")
     assert (row["method_a"], row["method_b"], row["a_model"], row["b_model"]) == ("a", "b") * 2
     assert (row["n"], row["n_specimens"]) == (12, 6)
     assert row["accuracy_difference"] == pytest.approx(11 / 12 - 8 / 12)
     expected = stats.paired_comparison(
-        truth.to_numpy(), list(right), list(wrong_on_tem), groups.to_numpy(), n_boot=40, seed=3
+        truth.to_numpy(),
+        list(right),
+        list(wrong_on_tem),
+        groups.to_numpy(),
+        n_boot=40,
+        n_permutations=500,
+        seed=3,
     )
     assert {k: row[k] for k in expected} == expected
     assert expected != stats.paired_comparison(
@@ -675,8 +697,9 @@ def test_paired_rows_test_each_pair_on_the_images_both_answered():
     topk = methods.Method(
         "vlm", "technique", "a", right.loc[[1]], context="clip_topk", mode="score"
     )
-    few = [a.restricted([1, 2]), b.restricted([1, 2]), topk]
-    (row,) = comparison._paired_rows(few, truth, groups, 40, 3)
+    few = [("one VLM vs another", a.restricted([1, 2]), b.restricted([1, 2]), truth)]
+    few.insert(0, ("VLM with CLIP context vs without", topk, a, truth))
+    (row,) = family._paired_rows(few, groups, 40, 500, 3)
     assert (row["question"], row["n"], row["n_specimens"]) == ("one VLM vs another", 2, 1)
 
 
@@ -888,3 +911,15 @@ def test_compare_with_fewer_stages_leaves_their_frames_empty(tmp_path, monkeypat
     (tmp_path / "clip" / "zero_shot_scores.csv").unlink()
     nothing = comparison.compare(df, n_boot=5)
     assert nothing.table.empty and nothing.predictions.empty and nothing.choices.empty
+
+
+def test_n_note_says_which_images_a_row_counts():
+    ids, truth, _ = _twelve_images()
+    probe = methods.Method("clip_probe", "technique", "ref", truth.iloc[:10])
+    generated = methods.Method("vlm", "technique", "q", truth.iloc[:4], mode="generate")
+    full = methods.Method("clip_zero_shot", "technique", "z", truth)
+    assert comparison.n_note(full, 12, 12) == "every labelled image"
+    assert comparison.n_note(probe, 10, 12) == (
+        "10 of 12 labelled images: the images with reference CLIP features"
+    )
+    assert comparison.n_note(generated, 4, 12) == "generate-mode agreement subset, n = 4 of 12"

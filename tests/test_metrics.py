@@ -17,7 +17,7 @@ def test_metrics_agree_with_scikit_learn_on_random_inputs():
     classes = ["a", "b", "c", "d"]
     y_true = rng.choice(classes, 300, p=[0.6, 0.2, 0.15, 0.05])
     y_pred = rng.choice(classes, 300)
-    row = stats.summarise(y_true, y_pred, n_boot=200)
+    row = stats.summarise(y_true, y_pred, np.arange(300) // 3, n_boot=200)
     assert row["accuracy"] == pytest.approx(skm.accuracy_score(y_true, y_pred))
     assert row["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y_true, y_pred))
     assert row["macro_f1"] == pytest.approx(skm.f1_score(y_true, y_pred, average="macro"))
@@ -30,7 +30,7 @@ def test_metrics_agree_with_scikit_learn_on_random_inputs():
 
 def test_missing_answers_count_as_wrong_never_as_a_guess():
     y_true = ["a", "a", "b", "b"]
-    row = stats.summarise(y_true, ["a", None, "b", None], n_boot=50)
+    row = stats.summarise(y_true, ["a", None, "b", None], [1, 2, 3, 4], n_boot=50)
     assert row["accuracy"] == 0.5
     assert row["unanswered_rate"] == 0.5
     assert row["balanced_accuracy"] == 0.5

@@ -115,3 +115,78 @@ def test_notebooks_take_folds_only_from_the_one_function(notebook):
     code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
     for own_split in ("permutation(", "GroupKFold", "train_test_split", "specimen_key("):
         assert own_split not in code
+
+
+def _classed(n_specimens=60, seed=0):
+    """Specimens of 1-4 images, in 3 technique and 2 category classes, one rare class."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for s in range(n_specimens):
+        technique = "AFM" if s % 10 == 0 else ("SEM" if s % 3 else "Optical")
+        for _ in range(int(rng.integers(1, 5))):
+            rows.append(
+                {
+                    "brief_description": f"specimen {s}",
+                    "technique_family": technique,
+                    "primary_category": "Metal" if s % 4 else "Ceramic",
+                }
+            )
+    df = pd.DataFrame(rows)
+    df["micrograph_no"] = range(1, len(df) + 1)
+    return df.assign(specimen_group=splits.specimen_groups(df))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_balanced_folds_split_every_class_about_evenly(seed):
+    df = _classed(seed=seed)
+    folds = splits.balanced_folds(df, seed=seed)
+    assert (df.assign(f=folds).groupby("specimen_group")["f"].nunique() == 1).all()
+    for column in ("technique_family", "primary_category"):
+        counts = splits.fold_counts(df, folds, column)
+        assert (counts["smaller_fold_share"] >= 0.4).all(), counts
+        assert counts["images_select"].sum() + counts["images_evaluate"].sum() == len(df)
+    # a plain hash does not: the rare class (6 specimens) is lopsided for some seed
+    plain = [
+        splits.fold_counts(_classed(seed=s), splits.assign_folds(_classed(seed=s), seed=s),
+                           "technique_family")["smaller_fold_share"].min()
+        for s in range(3)
+    ]  # fmt: skip
+    assert min(plain) < 0.4
+
+
+@pytest.mark.parametrize("removed", [0, 7, 30, 59])
+def test_balanced_folds_never_move_a_specimen_placed_before_the_one_removed_or_added(removed):
+    df = _classed()
+    before = splits.balanced_folds(df).set_axis(df["micrograph_no"])
+    order = list(splits.order_of(df).index)
+    key = splits.specimen_key(f"specimen {removed}")
+    earlier = set(order[: order.index(key)])
+    gone = df["specimen_group"] == key
+    after = splits.balanced_folds(df[~gone]).set_axis(df.loc[~gone, "micrograph_no"])
+    kept = df.loc[~gone].set_index("micrograph_no")["specimen_group"]
+    moved = set(kept[after != before.loc[after.index]])
+    assert not moved & earlier  # only specimens after the removed one may move
+    # adding it back restores every fold (the assignment is a function of the set)
+    assert splits.balanced_folds(df).equals(before.set_axis(df.index))
+
+
+def test_balanced_folds_are_balanced_on_the_real_mirror():
+    mirror = SHARED / "doitpoms"
+    if not (mirror / "records.csv").is_file():
+        pytest.skip("no local mirror")
+    df = dataset.load_records(mirror)
+    folds = splits.balanced_folds(df)
+    for column in ("technique_family", "primary_category", "technique_coarse"):
+        counts = splits.fold_counts(df, folds, column)
+        enough = counts[counts["specimens"] >= 4]
+        assert (enough["smaller_fold_share"] >= 0.4).all(), counts
+
+
+def test_fold_counts_hand_worked():
+    df = _records(["a", "a", "b", "c", "c", "c"]).assign(technique_family=list("XXXYYY"))
+    folds = pd.Series([0, 0, 1, 1, 1, 1])
+    counts = splits.fold_counts(df, folds, "technique_family").set_index("technique_family")
+    assert counts.loc["X"].tolist() == [2, 2, 1, pytest.approx(1 / 3)]
+    assert counts.loc["Y"].tolist() == [1, 0, 3, 0.0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from microqa import metrics, stats
@@ -40,7 +41,7 @@ def test_specimens_are_resampled_whole():
 def test_specimen_clusters_widen_the_interval():
     y, pred, groups = _specimens()
     clustered = stats.summarise(y, pred, groups, n_boot=400, seed=0)
-    images = stats.summarise(y, pred, None, n_boot=400, seed=0)
+    images = stats.summarise(y, pred, np.arange(len(y)), n_boot=400, seed=0)
     width = clustered["accuracy_ci_high"] - clustered["accuracy_ci_low"]
     naive = images["accuracy_ci_high"] - images["accuracy_ci_low"]
     assert width > 2 * naive  # 20 independent specimens, not 200 independent images
@@ -64,7 +65,7 @@ def test_interval_is_the_95_percent_one():
 def test_summary_point_values_and_unanswered():
     y = ["A", "A", "A", "B"]
     pred = ["A", "A", None, "A"]
-    row = stats.summarise(y, pred, n_boot=20)
+    row = stats.summarise(y, pred, [1, 2, 3, 4], n_boot=20)
     assert row["accuracy"] == 0.5
     assert row["balanced_accuracy"] == pytest.approx((2 / 3 + 0) / 2)
     assert row["unanswered_rate"] == 0.25
@@ -91,16 +92,12 @@ def test_paired_difference_has_the_sign_of_a_minus_b_and_uses_both_methods():
     assert ba["balanced_accuracy_difference"] == pytest.approx(-0.5)
     assert ab["balanced_accuracy_ci_low"] > 0 > ba["balanced_accuracy_ci_high"]
     assert (ab["only_a_correct"], ab["only_b_correct"]) == (10, 0)
-    assert ab["p_mcnemar"] == pytest.approx(2 * 0.5**10)
-    assert ab["p_bootstrap"] < 0.01
+    assert ab["p_mcnemar_accuracy"] == pytest.approx(2 * 0.5**10)
+    # 10 specimens differ (all in a's favour): 2 of their 2^10 patterns are as extreme
+    assert ab["p_sign_flip"] == pytest.approx(2 / 2**10, abs=0.0006)
     same = stats.paired_comparison(y, good, good, groups, n_boot=100)
-    assert same["balanced_accuracy_difference"] == 0 and same["p_mcnemar"] == 1.0
-
-
-def test_bootstrap_p_is_two_sided():
-    assert stats.bootstrap_p(np.ones(99)) == pytest.approx(2 / 100)
-    assert stats.bootstrap_p(-np.ones(99)) == pytest.approx(2 / 100)
-    assert stats.bootstrap_p(np.array([-1.0, 1.0] * 50)) == 1.0
+    assert same["balanced_accuracy_difference"] == 0 and same["identical"]
+    assert np.isnan(same["p_sign_flip"]) and np.isnan(same["p_mcnemar_accuracy"])
 
 
 def test_holm_known_answer():
@@ -140,15 +137,15 @@ def test_summary_columns_top2_and_empty_input():
         "macro_f1", "unanswered_rate", "top2_accuracy", "ci_level",
         *(f"{m}_ci_{side}" for m in stats.CI_METRICS for side in ("low", "high")),
     }  # fmt: skip
-    assert "top2_accuracy" not in stats.summarise(y, pred, n_boot=5)
-    assert "top2_accuracy" not in stats.summarise(y, pred, scores=scores, n_boot=5)
-    assert stats.summarise(y, pred, n_boot=5)["n_specimens"] == 4
-    empty = stats.summarise([], [], n_boot=5)
+    alone = [1, 2, 3, 4]
+    assert "top2_accuracy" not in stats.summarise(y, pred, alone, n_boot=5)
+    assert "top2_accuracy" not in stats.summarise(y, pred, alone, scores=scores, n_boot=5)
+    assert stats.summarise(y, pred, alone, n_boot=5)["n_specimens"] == 4
+    empty = stats.summarise([], [], [], n_boot=5)
     assert empty["n"] == 0 and np.isnan(empty["balanced_accuracy"])
     assert np.isnan(empty["accuracy_ci_low"]) and np.isnan(empty["macro_f1"])
     assert all(np.isnan(v) for v in stats.interval([]))
-    assert np.isnan(stats.bootstrap_p(np.array([])))
-    assert stats.resamples([], n_boot=3) == []
+    assert stats.resamples([], [], n_boot=3) == []
 
 
 def test_defaults_are_1000_resamples_seed_0_and_2000_for_pairs():
@@ -172,7 +169,7 @@ def test_paired_interval_respects_specimens_and_its_se_is_the_balanced_one():
     y, pred, groups = _specimens(n_specimens=20, per_specimen=10)
     other = np.where(np.repeat(np.arange(20) % 4 == 0, 10), y, pred)
     clustered = stats.paired_comparison(y, pred, other, groups, n_boot=300, seed=2)
-    naive = stats.paired_comparison(y, pred, other, None, n_boot=300, seed=2)
+    naive = stats.paired_comparison(y, pred, other, np.arange(len(y)), n_boot=300, seed=2)
     width = clustered["balanced_accuracy_ci_high"] - clustered["balanced_accuracy_ci_low"]
     assert width > 2 * (naive["balanced_accuracy_ci_high"] - naive["balanced_accuracy_ci_low"])
     assert clustered["n_specimens"] == 20 and naive["n_specimens"] == 200
@@ -196,11 +193,6 @@ def test_a_class_only_in_mixed_specimens_is_kept_by_its_stratum():
 def test_holm_caps_at_one_and_keeps_order_for_ties():
     assert list(stats.holm([0.9, 0.95])) == [1.0, 1.0]
     assert list(stats.holm([0.02, 0.02, 0.5])) == pytest.approx([0.06, 0.06, 0.5])
-    table = stats.with_holm(
-        __import__("pandas").DataFrame({"p_bootstrap": [0.01, 0.04], "p_mcnemar": [0.3, 0.2]})
-    )
-    assert list(table["p_bootstrap_holm"]) == pytest.approx([0.02, 0.04])
-    assert list(table["p_mcnemar_holm"]) == pytest.approx([0.4, 0.4])
 
 
 def test_a_specimens_stratum_is_its_rarest_class_not_its_first_by_name():
@@ -212,18 +204,12 @@ def test_a_specimens_stratum_is_its_rarest_class_not_its_first_by_name():
         assert "SEM" in set(y[index])
 
 
-def test_bootstrap_p_counts_zero_differences_in_both_tails():
-    assert stats.bootstrap_p(np.zeros(99)) == 1.0
-    # 10 of 99 at or below 0, 89 above (all below 1): 2 * (10 + 1) / (99 + 1)
-    assert stats.bootstrap_p(np.array([-0.1] * 10 + [0.5] * 89)) == pytest.approx(0.22)
-
-
 def test_empty_and_one_resample_give_nan_quietly():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        empty = stats.summarise([], [], n_boot=5)
+        empty = stats.summarise([], [], [], n_boot=5)
         assert np.isnan(empty["accuracy"]) and np.isnan(empty["unanswered_rate"])
-        pair = stats.paired_comparison([], [], [], n_boot=5)
+        pair = stats.paired_comparison([], [], [], [], n_boot=5)
         assert np.isnan(pair["balanced_accuracy_difference"])
         assert np.isnan(pair["accuracy_difference"])
         y, pred, groups = _specimens()
@@ -242,11 +228,11 @@ def test_paired_row_columns_and_its_se_and_p_come_from_balanced_accuracy():
     groups = np.arange(60) // 2
     row = stats.paired_comparison(y, pred_a, pred_b, groups, n_boot=100, seed=1)
     assert list(row) == [
-        "n", "n_specimens",
+        "n", "n_specimens", "identical",
         "balanced_accuracy_difference", "balanced_accuracy_ci_low", "balanced_accuracy_ci_high",
-        "balanced_accuracy_se", "p_bootstrap", "mdd_80",
+        "balanced_accuracy_se", "p_sign_flip", "n_sign_patterns", "mdd_80",
         "accuracy_difference", "accuracy_ci_low", "accuracy_ci_high",
-        "only_a_correct", "only_b_correct", "p_mcnemar", "ci_level",
+        "only_a_correct", "only_b_correct", "p_mcnemar_accuracy", "ci_level",
     ]  # fmt: skip
     assert (row["n"], row["n_specimens"]) == (60, 30)
     samples = stats.resamples(y, groups, n_boot=100, seed=1)
@@ -257,7 +243,7 @@ def test_paired_row_columns_and_its_se_and_p_come_from_balanced_accuracy():
     balanced, plain = boot(metrics.balanced_accuracy), boot(metrics.accuracy)
     assert np.std(balanced, ddof=1) != pytest.approx(np.std(plain, ddof=1))
     assert row["balanced_accuracy_se"] == pytest.approx(np.std(balanced, ddof=1))
-    assert row["p_bootstrap"] == pytest.approx(stats.bootstrap_p(balanced))
+    assert row["p_sign_flip"] == stats.sign_flip_p(y, pred_a, pred_b, groups, seed=1)[0]
 
 
 def test_holm_treats_a_missing_p_value_as_nan():
@@ -270,7 +256,131 @@ def test_integer_labels_with_missing_answers_in_a_paired_comparison():
     # a: right on 0, 2, 3, 4 (no answer on 1): accuracy 0.8, recalls 2/3 and 1
     # b: always 0: accuracy 0.6, recalls 1 and 0
     y = [0, 0, 0, 1, 1]
-    row = stats.paired_comparison(y, [0, None, 0, 1, 1], [0] * 5, n_boot=20)
+    row = stats.paired_comparison(y, [0, None, 0, 1, 1], [0] * 5, range(5), n_boot=20)
     assert row["accuracy_difference"] == pytest.approx(0.8 - 0.6)
     assert row["balanced_accuracy_difference"] == pytest.approx((2 / 3 + 1) / 2 - 0.5)
     assert (row["only_a_correct"], row["only_b_correct"]) == (2, 1)
+
+
+def _eight_specimens():
+    """8 specimens, 3 classes, unequal class sizes, so balanced accuracy weighs images
+    unequally; a and b differ on some images of most specimens."""
+    y = np.array(list("AAABBAAACCAABBBCAAACCB"), dtype=object)
+    groups = np.array([0, 0, 0, 1, 1, 2, 2, 2, 3, 3, 4, 4, 5, 5, 5, 6, 6, 6, 7, 7, 7, 7])
+    a = np.array(list("AAABAAAACBAABBACAAACCB"), dtype=object)
+    b = np.array(list("ABABBBAACCCABAACBAABCB"), dtype=object)
+    return y, a, b, groups
+
+
+def test_sign_flip_p_is_the_exact_enumeration_of_swapped_specimens():
+    """Reference: every one of the 2^8 ways of swapping a and b's predictions on whole
+    specimens, each scored with scikit-learn's balanced accuracy."""
+    y, a, b, groups = _eight_specimens()
+    observed = metrics.balanced_accuracy(y, a) - metrics.balanced_accuracy(y, b)
+    assert observed != 0
+    deltas = []
+    for pattern in range(2**8):
+        swap = np.array([(pattern >> g) & 1 for g in groups], dtype=bool)
+        a_star, b_star = np.where(swap, b, a), np.where(swap, a, b)
+        deltas.append(metrics.balanced_accuracy(y, a_star) - metrics.balanced_accuracy(y, b_star))
+    expected = np.mean(np.abs(deltas) >= abs(observed) - 1e-12)
+    p, used = stats.sign_flip_p(y, a, b, groups)
+    assert used == 256 and p == pytest.approx(expected)
+    assert 2 / 256 <= p < 1  # not a degenerate case
+    assert stats.sign_flip_p(y, b, a, groups)[0] == pytest.approx(p)  # two-sided
+    # images taken as independent: 22 "clusters", a different (smaller) p
+    assert stats.sign_flip_p(y, a, b, np.arange(len(y)))[0] != pytest.approx(p)
+
+
+def test_sign_flip_monte_carlo_agrees_with_the_exact_p_and_counts_the_observed_pattern():
+    rng = np.random.default_rng(7)
+    y = np.array(["A", "B", "C"] * 24, dtype=object)
+    groups = np.arange(72) // 6  # 12 specimens: 4096 patterns
+    a = np.where(rng.random(72) < 0.6, y, "A").astype(object)
+    b = np.where(rng.random(72) < 0.5, y, "B").astype(object)
+    exact, used = stats.sign_flip_p(y, a, b, groups, n_permutations=5000)
+    assert used == 4096
+    sampled, used = stats.sign_flip_p(y, a, b, groups, n_permutations=4000, seed=3)
+    assert used == 4000 and sampled == pytest.approx(exact, abs=0.03)
+    # the (1 + extreme) / (1 + B) rule: never 0, its floor is 1 / (B + 1)
+    y2 = np.array(["A", "B"] * 200, dtype=object)
+    never, used = stats.sign_flip_p(y2, y2, np.roll(y2, 1), np.arange(400) // 2, n_permutations=999)
+    assert used == 999 and never == pytest.approx(1 / 1000)
+
+
+def test_a_clear_difference_is_significant_after_holm_and_the_test_is_of_balanced_accuracy():
+    # 60 specimens; a right on 90% of specimens, b on 40%: CI far from 0
+    rng = np.random.default_rng(1)
+    specimens = 60
+    per = 4
+    y = np.repeat(np.array(["A", "B", "C"] * 20, dtype=object), per)
+    groups = np.repeat(np.arange(specimens), per)
+    right_a = np.repeat(rng.random(specimens) < 0.9, per)
+    right_b = np.repeat(rng.random(specimens) < 0.4, per)
+    wrong = np.where(y == "A", "B", "A").astype(object)
+    a, b = np.where(right_a, y, wrong), np.where(right_b, y, wrong)
+    row = stats.paired_comparison(y, a, b, groups, n_boot=300)
+    assert row["balanced_accuracy_ci_low"] > 0.2
+    family = pd.DataFrame([row] * 10)  # a family of ten such pairs
+    corrected = stats.with_family(family)
+    assert (corrected["p_sign_flip_holm"] < 0.05 / 10).all()
+    assert row["n_sign_patterns"] == stats.N_PERMUTATIONS
+    assert stats.N_PERMUTATIONS >= stats.permutations_for(10)
+
+
+def test_sign_flip_tests_balanced_accuracy_not_accuracy():
+    # a is right on the 2 rare-class images of every specimen and wrong on 3 common ones;
+    # b the reverse: accuracy favours b, balanced accuracy favours a
+    y = np.tile(np.array(["A", "A", "A", "A", "A", "B", "B"], dtype=object), 30)
+    groups = np.repeat(np.arange(30), 7)
+    a = np.tile(np.array(["A", "A", "B", "B", "B", "B", "B"], dtype=object), 30)
+    b = np.tile(np.array(["A", "A", "A", "A", "A", "A", "A"], dtype=object), 30)
+    row = stats.paired_comparison(y, a, b, groups, n_boot=200)
+    assert row["accuracy_difference"] < 0 < row["balanced_accuracy_difference"]
+    assert row["p_sign_flip"] < 0.001  # every specimen pushes Δ balanced accuracy up
+
+
+def test_identical_pairs_are_no_test_and_leave_the_family_size():
+    y, a, b, groups = _eight_specimens()
+    same = stats.paired_comparison(y, a, a.copy(), groups, n_boot=50)
+    assert same["identical"] and np.isnan(same["p_sign_flip"])
+    assert same["n_sign_patterns"] == 0
+    # same correctness, different wrong answers: a test (Δ = 0, p = 1), not identical
+    wrong_other = np.where(a == y, a, np.where(a == "A", "C", "A")).astype(object)
+    differ = stats.paired_comparison(y, a, wrong_other, groups, n_boot=50)
+    assert not differ["identical"] and differ["p_sign_flip"] == 1.0
+    diff = stats.paired_comparison(y, a, b, groups, n_boot=50)
+    table = stats.with_family(pd.DataFrame([same, diff, differ]))
+    assert list(table["family_size"]) == [2, 2, 2]
+    assert np.isnan(table["p_sign_flip_holm"].iloc[0])
+    assert table["p_sign_flip_holm"].iloc[1] == pytest.approx(min(1, 2 * diff["p_sign_flip"]))
+    assert np.isnan(table["mdd_80_corrected"].iloc[0])
+
+
+def test_minimal_detectable_difference_at_holms_first_step():
+    # α/m = 0.05/5: (z_0.999 + z_0.80) · SE, about 1.4x the uncorrected one
+    assert stats.mdd(0.1, alpha=0.01) == pytest.approx((2.575829 + 0.841621) * 0.1, rel=1e-5)
+    rows = pd.DataFrame(
+        {"p_sign_flip": [0.01, 0.2, 0.03, 0.5, 0.04], "balanced_accuracy_se": [0.05] * 5}
+    )
+    table = stats.with_family(rows)
+    assert table["mdd_80_corrected"].to_numpy() == pytest.approx(
+        [(2.575829 + 0.841621) * 0.05] * 5, rel=1e-5
+    )
+    assert (table["mdd_80_corrected"] > stats.mdd(0.05)).all()
+    assert stats.permutations_for(5) == 2000  # 20 * 5 / 0.05
+
+
+def test_every_interval_function_requires_its_cluster():
+    y, a, b, groups = _eight_specimens()
+    for call in (
+        lambda: stats.summarise(y, a, None),
+        lambda: stats.resamples(y, None),
+        lambda: stats.paired_comparison(y, a, b, None),
+        lambda: stats.sign_flip_p(y, a, b, None),
+        lambda: stats.summarise(y, a, groups[:-1]),
+    ):
+        with pytest.raises(ValueError, match="groups"):
+            call()
+    with pytest.raises(TypeError):
+        stats.summarise(y, a)  # no default: a forgotten cluster is an error, not images

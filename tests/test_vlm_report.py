@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from microqa import stats
 from microqa.vlm import report, scoring
 from microqa.vlm.questions import build_question
 from tests.test_vlm_scoring import CLASSES, _answers, _letters
@@ -32,6 +33,9 @@ def _study(n: int = 8, mode: str = "score", **kw) -> pd.DataFrame:
 
 
 FOLDS = pd.Series(["f0", "f1"] * 4, index=range(8))
+RECORDS = pd.DataFrame(
+    {"micrograph_no": range(8), "specimen_group": [f"s{i // 2}" for i in range(8)]}
+)
 
 
 def test_position_bias_shows_a_letter_favoured_regardless_of_content():
@@ -88,7 +92,7 @@ def test_qa_table_on_decisions_reports_mass_unanswered_and_threshold():
     answers = _study()
     low = answers["micrograph_no"] == 3
     answers.loc[low, "letter_mass"] = 0.05
-    qa = report.qa_table(answers, fold=FOLDS, n_boot=50)
+    qa = report.qa_table(answers, fold=FOLDS, records=RECORDS, n_boot=50)
     (row,) = qa.itertuples()
     assert row.n == 8 and row.rotations == 4 and row.questions_asked == 32
     assert row.letter_mass_mean == pytest.approx((7 * 0.9 + 0.05) / 8)
@@ -120,7 +124,24 @@ def test_qa_table_counts_abstentions_as_unanswered():
             )
             answers.at[idx, "prediction"] = wrong
             assert q.permutation  # a real displayed order
-    qa = report.qa_table(answers, fold=FOLDS, n_boot=50)
+    qa = report.qa_table(answers, fold=FOLDS, records=RECORDS, n_boot=50)
     (row,) = qa.itertuples()
     assert row.abstained_rate == pytest.approx(0.5) and row.unanswered_rate == pytest.approx(0.5)
     assert row.accuracy == pytest.approx(0.5)
+
+
+def test_qa_table_intervals_resample_specimens_not_images(monkeypatch):
+    seen, summarise = [], stats.summarise
+
+    def spy(y_true, y_pred, groups, **kwargs):
+        seen.append(list(groups))
+        return summarise(y_true, y_pred, groups, **kwargs)
+
+    monkeypatch.setattr(report.stats, "summarise", spy)
+    answers = _study()
+    (row,) = report.qa_table(answers, fold=FOLDS, records=RECORDS, n_boot=5).itertuples()
+    decided = scoring.decisions(answers, fold=FOLDS)
+    assert seen == [[f"s{m // 2}" for m in decided["micrograph_no"]]]
+    assert row.n_specimens == 4 and row.n == 8
+    with pytest.raises(ValueError, match="no record"):
+        report.qa_table(answers, fold=FOLDS, records=RECORDS.iloc[:6], n_boot=5)

@@ -37,7 +37,7 @@ class Bug:
 BUGS = (
     Bug(
         "cascade threshold chosen on the images it is scored on",
-        "microqa/comparison.py",
+        "microqa/compare/comparison.py",
         (
             (
                 "choose_threshold(cascade_curve(base, vlm, train))",
@@ -48,13 +48,13 @@ BUGS = (
     ),
     Bug(
         "fusion weight chosen on the images it is scored on",
-        "microqa/comparison.py",
+        "microqa/compare/comparison.py",
         (("choose_fusion_weight(base, vlm, train)", "choose_fusion_weight(base, vlm, truth)"),),
         ("tests/test_comparison.py",),
     ),
     Bug(
         "fusion picks its worst weight",
-        "microqa/hybrids.py",
+        "microqa/compare/hybrids.py",
         (("FUSION_WEIGHTS[max(range(", "FUSION_WEIGHTS[min(range("),),
         ("tests/test_comparison.py",),
     ),
@@ -93,8 +93,42 @@ BUGS = (
         ("tests/test_metrics.py", "tests/test_stats.py"),
     ),
     Bug(
+        "sign-flip test flips images, not whole specimens",
+        "microqa/stats.py",
+        (
+            (
+                "_, cluster = np.unique(groups, return_inverse=True)",
+                "cluster = np.arange(len(y))",
+            ),
+        ),
+        ("tests/test_stats.py",),
+    ),
+    Bug(
+        "minimal detectable difference at the uncorrected level",
+        "microqa/stats.py",
+        (("corrected = alpha / max(m, 1)", "corrected = alpha"),),
+        ("tests/test_stats.py",),
+    ),
+    Bug(
+        "contributor-grouped probe rows resample specimens",
+        "microqa/clip/probes.py",
+        (
+            (
+                'clusters = groups if scheme == "contributor" else specimens',
+                "clusters = specimens",
+            ),
+        ),
+        ("tests/test_probes.py",),
+    ),
+    Bug(
+        "balanced folds ignore the balance (each specimen its own hash fold)",
+        "microqa/data/splits.py",
+        (("chosen = own_fold if own_fold in lightest else lightest[0]", "chosen = own_fold"),),
+        ("tests/test_splits.py",),
+    ),
+    Bug(
         "grouped and ungrouped CV labels swapped",
-        "microqa/probes.py",
+        "microqa/clip/probes.py",
         (
             ('"stratified (ungrouped)": "stratified",', '"stratified (ungrouped)": "grouped",'),
             ('"grouped by specimen": "grouped",', '"grouped by specimen": "stratified",'),
@@ -103,7 +137,7 @@ BUGS = (
     ),
     Bug(
         "probe scores feeding the comparison from ungrouped folds",
-        "microqa/probes.py",
+        "microqa/clip/probes.py",
         (
             (
                 'x, y, groups, method=method, scheme="grouped", seed=seed, classes=classes',
@@ -114,7 +148,7 @@ BUGS = (
     ),
     Bug(
         "learning curve from ungrouped folds",
-        "microqa/probes.py",
+        "microqa/clip/probes.py",
         (
             (
                 'splitter = make_splitter("grouped", y, groups, seed=seed)',
@@ -136,7 +170,7 @@ BUGS = (
     ),
     Bug(
         "cascade confidence: top probability instead of the margin",
-        "microqa/hybrids.py",
+        "microqa/compare/hybrids.py",
         (
             (
                 'values[:, -1] - values[:, -2] if how == "margin" else values[:, -1]',
@@ -147,7 +181,7 @@ BUGS = (
     ),
     Bug(
         "a taxonomy entry moves 8 records to the wrong family",
-        "microqa/taxonomy.py",
+        "microqa/data/taxonomy.py",
         (
             (
                 '"reflected light microscopy, polarised": (OPTICAL_REFLECTED, "polarised"),',

@@ -56,7 +56,9 @@ def test_pipeline_01_to_05_writes_the_comparison_with_provenance(smoke_pipeline)
     assert {"cascade", "fusion"} <= set(choices["kind"])
     assert set(choices["held_out_fold"]) == {0, 1}
     paired = pd.read_csv(tables / "comparison_paired_tests.csv")
-    assert {"p_bootstrap_holm", "p_mcnemar_holm", "mdd_80"} <= set(paired.columns)
+    assert {"p_sign_flip_holm", "p_mcnemar_accuracy_holm", "mdd_80_corrected", "family"} <= set(
+        paired.columns
+    )
     record = json.loads((smoke_pipeline.root / "build" / "provenance.json").read_text())
     assert {"data", "clip", "vlm", "comparison"} <= set(record)
     assert {"data", "clip", "vlm"} <= {stage for stage in record if record[stage]["fallbacks"]}
@@ -107,20 +109,27 @@ def test_shown_tables_are_compact_with_cis_and_no_inf():
     assert wide.set_index("label").loc["CLIP zs", "technique"] == "0.500 [0.499, 0.501] (n=839)"
     paired = pd.DataFrame(
         {
-            "task": ["technique"],
-            "question": ["q"],
-            "method_a": ["a"],
-            "method_b": ["b"],
-            "n": [839],
-            "balanced_accuracy_difference": [0.05],
-            "balanced_accuracy_ci_low": [-0.01],
-            "balanced_accuracy_ci_high": [0.11],
-            "p_bootstrap_holm": [0.0004],
-            "p_mcnemar_holm": [0.2],
-            "mdd_80": [0.081],
+            "task": ["technique", "technique"],
+            "family": ["primary", "exploratory"],
+            "question": ["q", "r"],
+            "method_a": ["a", "a"],
+            "method_b": ["b", "c"],
+            "n": [839, 839],
+            "n_specimens": [300, 300],
+            "identical": [False, True],
+            "balanced_accuracy_difference": [0.05, 0.0],
+            "balanced_accuracy_ci_low": [-0.01, 0.0],
+            "balanced_accuracy_ci_high": [0.11, 0.0],
+            "p_sign_flip_holm": [0.0004, float("nan")],
+            "p_mcnemar_accuracy_holm": [0.2, float("nan")],
+            "mdd_80_corrected": [0.081, float("nan")],
         }
     )
     view = readme.paired_view(paired)
-    assert view.iloc[0]["p (bootstrap, Holm)"] == "<0.001"
+    assert view.iloc[0]["p (Δ balanced acc., specimen sign-flip, Holm)"] == "<0.001"
+    assert view.iloc[1]["p (Δ balanced acc., specimen sign-flip, Holm)"] == "identical predictions"
+    assert view.iloc[0]["p (accuracy, McNemar, Holm)"] == "0.200"
+    assert view.iloc[0]["n (specimens)"] == "839 (300)"
     assert view.iloc[0]["Δ balanced acc. (a − b) [95% CI]"] == "0.05 [-0.01, 0.11]"
+    assert list(readme._headline_pairs(paired)["question"]) == ["q"]  # the primary family only
     assert "inf" not in view.to_string() and "inf" not in wide.to_string()

@@ -3,8 +3,9 @@
 Every probe is scored under three cross-validation schemes: ungrouped (stratified folds),
 grouped by specimen (records sharing a specimen key never straddle folds) and grouped by
 contributor (a whole contributor's images held out: the closest stand-in for a new
-collection). Each is repeated over `CV_SEEDS` fold seeds: mean and sd over seeds, plus a
-specimen-clustered 95% CI of the first seed's predictions.
+collection). Each is repeated over `CV_SEEDS` fold seeds: mean and sd over seeds, and the
+95% CI of that mean (every bootstrap resample averages the seeds), resampling the unit the
+row is grouped by: contributors for contributor-grouped rows, specimens otherwise.
 
 Conditioning: features are standardised and the logistic regression is fitted with lbfgs to a
 tight tolerance, so the fit reaches the same optimum on any BLAS (predictions no longer hinge
@@ -133,8 +134,9 @@ def probe_table(
     n_boot: int,
     seed: int,
 ) -> pd.DataFrame:
-    """Logistic and k-NN probes under the three CV schemes, repeated over fold seeds: mean and
-    sd over seeds, and the first seed's specimen-clustered 95% CIs."""
+    """Logistic and k-NN probes under the three CV schemes, repeated over fold seeds: each
+    score's mean and sd over seeds and the 95% CI of that mean (`stats.summarise_repeats`),
+    resampling contributors for contributor-grouped rows and specimens otherwise."""
     rows = []
     for task in tasks:
         x, y, specimens, _ = features.task(task)
@@ -153,25 +155,21 @@ def probe_table(
                         x, y, groups, method=method, scheme=scheme, seed=cv_seed, classes=classes
                     )
                     repeats.append((pred, proba))
-                spread = pd.DataFrame(
-                    [
-                        {
-                            "accuracy": metrics.accuracy(y, p),
-                            "balanced_accuracy": metrics.balanced_accuracy(y, p),
-                            "macro_f1": metrics.macro_f1(y, p),
-                        }
-                        for p, _ in repeats
-                    ]
+                # one number, one source: the seed-averaged score with the interval of that
+                # average, resampling the unit the CV held out (contributors for the
+                # contributor scheme, else specimens)
+                clusters = groups if scheme == "contributor" else specimens
+                summary = stats.summarise_repeats(
+                    y,
+                    [p for p, _ in repeats],
+                    clusters,
+                    scores=[s for _, s in repeats],
+                    classes=classes,
+                    n_boot=n_boot,
+                    seed=seed,
                 )
-                pred, proba = repeats[0]
-                summary = stats.summarise(
-                    y, pred, specimens, scores=proba, classes=classes, n_boot=n_boot, seed=seed
-                )
-                for name in spread:
-                    summary[name] = float(spread[name].mean())
-                    summary[f"{name}_sd"] = (
-                        float(spread[name].std(ddof=1)) if len(spread) > 1 else 0.0
-                    )
+                summary["n_specimens"] = int(pd.Series(specimens).nunique())
+                summary["resampled"] = "contributors" if scheme == "contributor" else "specimens"
                 rows.append(
                     {
                         "features": features.source,

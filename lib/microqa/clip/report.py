@@ -47,8 +47,10 @@ def zero_shot_table(
     n_boot: int = 1000,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """model x task x prompt_set rows on the "evaluate" half and (labelled) on all images."""
+    """model x task x prompt_set rows on the "evaluate" half and (labelled) on all images;
+    intervals resample specimens (`df`'s specimen_group) within class strata."""
     subsets = _subsets(df, split)
+    specimens = df.set_index("micrograph_no")["specimen_group"]
     chosen = {(r.model, r.task): r.prompt_set for r in best.itertuples()}
     rows = []
     for r in predictions(scores).groupby(["model", "weights", "task", "prompt_set"], sort=False):
@@ -60,6 +62,7 @@ def zero_shot_table(
             row = stats.summarise(
                 y,
                 h["predicted"].tolist(),
+                specimens.loc[h["micrograph_no"]].to_numpy(),  # resampled whole
                 scores=np.stack(h["scores"]) if len(h) else None,
                 classes=classes,
                 n_boot=n_boot,

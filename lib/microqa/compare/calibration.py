@@ -223,7 +223,7 @@ def cascade_table(result: StudyComparison, df: pd.DataFrame, *, n_boot: int, see
         row["balanced_accuracy_change"] = paired["balanced_accuracy_difference"]
         row["balanced_accuracy_change_ci_low"] = paired["balanced_accuracy_ci_low"]
         row["balanced_accuracy_change_ci_high"] = paired["balanced_accuracy_ci_high"]
-        row["p_bootstrap"] = paired["p_bootstrap"]
+        row["p_sign_flip"] = paired["p_sign_flip"]
         row["images_answered_differently"] = int(
             (after.predictions.loc[ids] != before.predictions.loc[ids]).sum()
         )

@@ -20,7 +20,7 @@ import pandas as pd
 
 from microqa import provenance, stats
 from microqa.clip import outputs as clip_outputs
-from microqa.compare import baselines
+from microqa.compare import baselines, family
 from microqa.compare.hybrids import (
     apply_cascade,
     cascade_curve,
@@ -109,7 +109,9 @@ def hybrid_partners(vlms: list[Method]) -> list[Method]:
 class StudyComparison:
     table: pd.DataFrame  # every method, pooled out-of-fold predictions, per task and subset
     curves: pd.DataFrame  # cascade curves of the cross-fitted CLIP stage
-    paired: pd.DataFrame  # the study's questions as paired tests, Holm-corrected
+    # every pair as a paired test: `family` says "primary" (the named comparisons of
+    # `compare.family`, Holm within them) or "exploratory" (Holm among those only)
+    paired: pd.DataFrame
     choices: pd.DataFrame  # what was chosen on which fold
     # per image, every method's answer: task, micrograph_no, truth, method (label), the
     # identity columns, prediction (None: no answer); the galleries of disagreements read it
@@ -122,6 +124,20 @@ class StudyComparison:
     # prediction and the per-class results read
     methods: list[Method] = field(default_factory=list)
     folds: pd.Series = field(default_factory=pd.Series)
+
+    @property
+    def paired_primary(self) -> pd.DataFrame:
+        return _family_rows(self.paired, "primary")
+
+    @property
+    def paired_exploratory(self) -> pd.DataFrame:
+        return _family_rows(self.paired, "exploratory")
+
+
+def _family_rows(paired: pd.DataFrame, name: str) -> pd.DataFrame:
+    if paired.empty:
+        return paired
+    return paired[paired["family"] == name].reset_index(drop=True)
 
 
 def default_paths() -> dict[str, Path]:
@@ -150,8 +166,9 @@ def compare(
         + vlm_methods(vlm_decisions(paths["answers"], folds))
     )
     slag = pd.Series(taxonomy.slag_records(df), index=records.index)
-    tables, curves, paired, choices, answers, handoffs = [], [], [], [], [], []
+    tables, curves, choices, answers, handoffs = [], [], [], [], []
     evaluated: list[Method] = []
+    asked: dict[str, list] = {"primary": [], "exploratory": []}
     for task, (column, classes) in taxonomy.TASKS.items():
         labelled = records.loc[records[column].isin(classes), column]
         task_methods = [_covering(m, labelled) for m in methods if m.task == task]
@@ -181,14 +198,21 @@ def compare(
             tables += [_row(m, keep, records, subset, n_boot, seed) for m in everything]
             groups = records["specimen_group"]
             tables += baselines.rows(keep, folds, groups, task, subset, n_boot, seed)
-        paired += _paired_rows(everything, labelled, records["specimen_group"], n_boot, seed)
+        primary = family.primary_pairs(everything, family.better_part(labelled))
+        named = {(id(a), id(b)) for _, a, b in primary}
+        asked["primary"] += [(q, a, b, labelled) for q, a, b in primary]
+        asked["exploratory"] += [
+            (q, a, b, labelled)
+            for q, a, b in study_pairs(everything)
+            if (id(a), id(b)) not in named
+        ]
     table = pd.DataFrame(tables)
     if not table.empty:
         table["provenance"] = table["weights"].map(provenance_line)
     return StudyComparison(
         table=table,
         curves=pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(),
-        paired=stats.with_holm(pd.DataFrame(paired)),
+        paired=family.paired_tables(asked, records["specimen_group"], n_boot, seed),
         choices=pd.DataFrame(choices),
         predictions=pd.concat(answers, ignore_index=True) if answers else pd.DataFrame(),
         handoffs=pd.concat([h for h in handoffs if h is not None], ignore_index=True)
@@ -356,12 +380,31 @@ def _row(method: Method, labelled: pd.Series, records, subset, n_boot, seed) -> 
         **method.identity(),
         "label": label(method.identity()),
         **summary,
+        "n_note": n_note(method, len(truth), len(labelled)),
         "seconds_per_image": method.seconds_per_image,
         "visual_tokens_per_image": method.visual_tokens,
         "fraction_to_vlm": method.notes.get("fraction_to_vlm")
         if method.kind == "cascade"
         else None,
     }
+
+
+COVERAGE = {  # why a method answers fewer images than the subset has
+    "clip_probe": "the images with reference CLIP features",
+    "clip_zero_shot": "the images the CLIP run embedded",
+    "vlm": "the images the VLM was asked",
+    "cascade": "the images both parts answered",
+    "fusion": "the images both parts answered",
+}
+
+
+def n_note(method: Method, n: int, labelled: int) -> str:
+    """Which images a row's n counts, when not every labelled image of its subset."""
+    if method.kind == "vlm" and method.mode == "generate":
+        return f"generate-mode agreement subset, n = {n} of {labelled}"
+    if n == labelled:
+        return "every labelled image"
+    return f"{n} of {labelled} labelled images: {COVERAGE.get(method.kind, 'those answered')}"
 
 
 def study_pairs(methods: list[Method]) -> list[tuple[str, Method, Method]]:
@@ -402,36 +445,6 @@ def study_pairs(methods: list[Method]) -> list[tuple[str, Method, Method]]:
         pairs += [(f"{h.kind} vs its VLM alone", h, v) for v in partner]
         pairs += [(f"{h.kind} vs its CLIP stage", h, c) for c in stage]
     return pairs
-
-
-def _paired_rows(methods, labelled, groups, n_boot, seed) -> list[dict]:
-    """Each pair on the images both methods answered."""
-    rows = []
-    for question, a, b in study_pairs(methods):
-        both = a.predictions.index.intersection(b.predictions.index)
-        truth = labelled.loc[labelled.index.intersection(both)]
-        if len(truth) < 2:
-            continue
-        result = stats.paired_comparison(
-            truth.to_numpy(),
-            list(a.predictions.loc[truth.index]),
-            list(b.predictions.loc[truth.index]),
-            groups.loc[truth.index].to_numpy(),
-            n_boot=n_boot,
-            seed=seed,
-        )
-        rows.append(
-            {
-                "task": a.task,
-                "question": question,
-                "method_a": label(a.identity()),
-                "method_b": label(b.identity()),
-                **{f"a_{k}": v for k, v in a.identity().items()},
-                **{f"b_{k}": v for k, v in b.identity().items()},
-                **result,
-            }
-        )
-    return rows
 
 
 def published_rows() -> pd.DataFrame:

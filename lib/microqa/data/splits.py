@@ -9,6 +9,16 @@ white space) dropped, case-folded.
 A group's fold is a seeded hash of its key (`fold_of`), not a position in a shuffled list:
 adding or removing a specimen never moves another one, and every notebook, the CV folds and
 the VLM's neighbour exclusion read the same assignment from `assign_folds`.
+
+`balanced_folds` is the class-balanced alternative (issue 18, item 4): specimens are placed
+one by one in a fixed order (technique class, largest first, seeded hash), each in the fold
+where its technique and category classes hold the smaller share so far. Its stability
+guarantee is weaker, and exact: adding or removing specimen S never moves a specimen placed
+before S (`order_of`); only specimens after S may move.
+(No assignment can be both class-balanced and a function of each specimen's key alone: with
+independent hashes a class of a few specimens falls on one side by chance, as AFM did, 2
+images against 19.) A subset of the records (the smoke profile's sample) gets its own
+balanced folds, so a subset must take its folds from the whole dataset's assignment.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from collections.abc import Sequence
 
 import pandas as pd
 
@@ -37,16 +48,99 @@ def specimen_groups(df: pd.DataFrame) -> pd.Series:
     return keys.where(keys != "", alone)
 
 
+def _hash(key: str, seed: int) -> int:
+    """sha256 of (seed, key), its first 8 bytes read big-endian (`int.from_bytes`' default
+    since Python 3.11). Machine-independent."""
+    return int.from_bytes(hashlib.sha256(f"{seed}\x00{key}".encode()).digest()[:8])
+
+
 def fold_of(key: str, n_folds: int, seed: int) -> int:
-    """Fold of one specimen key: sha256 of (seed, key), its first 8 bytes read big-endian
-    (`int.from_bytes`' default since Python 3.11), modulo n_folds. Machine-independent."""
-    digest = hashlib.sha256(f"{seed}\x00{key}".encode()).digest()
-    return int.from_bytes(digest[:8]) % n_folds
+    """Fold of one specimen key: its seeded hash modulo n_folds."""
+    return _hash(key, seed) % n_folds
 
 
 def assign_folds(df: pd.DataFrame, *, n_folds: int = N_FOLDS, seed: int = 0) -> pd.Series:
     """Fold (int) of every record of `df`, aligned with it, from its `specimen_group`."""
     return df["specimen_group"].map(lambda key: fold_of(key, n_folds, seed)).astype(int)
+
+
+STRATA = ("technique_family", "primary_category")  # the classes the folds balance
+
+
+def _majority(df: pd.DataFrame, column: str) -> pd.Series:
+    """Each specimen's class in `column`: the most common over its own images (ties: the
+    first by name; "" when none is known), so it depends on no other specimen."""
+    if column not in df:
+        return pd.Series("", index=pd.Index(df["specimen_group"].unique()))
+    values = df[column].astype(object).where(df[column].notna(), "").astype(str)
+
+    def majority(v: pd.Series) -> str:
+        counts = v[v != ""].value_counts()
+        return str(sorted(counts.index[counts == counts.max()])[0]) if len(counts) else ""
+
+    return values.groupby(df["specimen_group"]).agg(majority)
+
+
+def balanced_folds(
+    df: pd.DataFrame, *, n_folds: int = N_FOLDS, seed: int = 0, strata: Sequence[str] = STRATA
+) -> pd.Series:
+    """Fold (int) of every record of `df`, aligned with it, balanced by class in every column
+    of `strata` (a specimen counts in its majority class of each).
+
+    Specimens are taken in a fixed order: by their class of the first column (name), largest
+    first (the big ones placed while there is room to even them out), then by seeded hash.
+    Each goes to the fold where its classes hold the smallest share of the images placed so
+    far (summed over the columns; a tie: its own hash fold). A specimen's fold therefore
+    depends only on the specimens before it in that order: adding or removing specimen S
+    never moves a specimen that comes before S (see `order_of`)."""
+    ordered = order_of(df, seed=seed, strata=strata)
+    classes = {c: _majority(df, c) for c in strata}
+    placed: dict[tuple[str, str, int], int] = {}
+    fold: dict[str, int] = {}
+    for key, row in ordered.iterrows():
+        own = [(c, classes[c][key]) for c in strata if classes[c][key] != ""]
+        size = int(row["images"])
+
+        def share(f: int, own=own, size=size) -> float:
+            total = 0.0
+            for c, v in own:
+                so_far = sum(placed.get((c, v, g), 0) for g in range(n_folds))
+                total += placed.get((c, v, f), 0) / (so_far + size)
+            return total
+
+        costs = [share(f) for f in range(n_folds)]
+        lightest = [f for f in range(n_folds) if costs[f] == min(costs)]
+        own_fold = int(row["hash"]) % n_folds
+        chosen = own_fold if own_fold in lightest else lightest[0]
+        fold[key] = chosen
+        for c, v in own:
+            placed[(c, v, chosen)] = placed.get((c, v, chosen), 0) + size
+    return df["specimen_group"].map(fold).astype(int)
+
+
+def order_of(df: pd.DataFrame, *, seed: int = 0, strata: Sequence[str] = STRATA) -> pd.DataFrame:
+    """The order `balanced_folds` places specimens in (index: specimen key; columns stratum,
+    images, hash): a function of each specimen's own images and key only."""
+    images = df.groupby("specimen_group").size()
+    stratum = _majority(df, strata[0]).loc[images.index] if strata else ""
+    table = pd.DataFrame(
+        {"stratum": stratum, "images": images, "hash": [_hash(k, seed) for k in images.index]},
+        index=images.index,
+    )
+    table["largest_first"] = -table["images"]
+    return table.sort_values(["stratum", "largest_first", "hash"]).drop(columns="largest_first")
+
+
+def fold_counts(df: pd.DataFrame, folds: pd.Series, column: str) -> pd.DataFrame:
+    """Per class of `column`: specimens, images in each fold (by name) and the smaller fold's
+    share of the class's images: the table that shows the folds are balanced."""
+    frame = df.assign(fold=fold_names(folds).to_numpy())
+    images = frame.groupby([column, "fold"]).size().unstack(fill_value=0)
+    images = images.reindex(columns=list(FOLD_NAMES[: folds.nunique() or 1]), fill_value=0)
+    table = images.add_prefix("images_")
+    table.insert(0, "specimens", frame.groupby(column)["specimen_group"].nunique())
+    table["smaller_fold_share"] = images.min(axis=1) / images.sum(axis=1)
+    return table.reset_index()
 
 
 def fold_names(folds: pd.Series) -> pd.Series:

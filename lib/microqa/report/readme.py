@@ -61,7 +61,9 @@ def pivot(table: pd.DataFrame, metric: str = "balanced_accuracy") -> pd.DataFram
 
 
 def paired_view(paired: pd.DataFrame) -> pd.DataFrame:
-    """The paired tests, compact: difference in balanced accuracy [95% CI], Holm p, MDD."""
+    """The paired tests, compact: Δ balanced accuracy [95% CI], its clustered sign-flip p
+    (Holm within the row's family), the minimal detectable Δ at the family's corrected level,
+    and McNemar's test of accuracy (images as independent). Identical pairs: no p-value."""
     if paired.empty:
         return pd.DataFrame()
     difference = [
@@ -70,29 +72,32 @@ def paired_view(paired: pd.DataFrame) -> pd.DataFrame:
         )
         for r in paired.itertuples()
     ]
+    identical = paired["identical"].astype(bool)
     return pd.DataFrame(
         {
             "task": paired["task"],
+            "family": paired["family"],
             "question": paired["question"],
             "a": paired["method_a"],
             "b": paired["method_b"],
-            "n": paired["n"],
+            "n (specimens)": [f"{r.n} ({r.n_specimens})" for r in paired.itertuples()],
             "Δ balanced acc. (a − b) [95% CI]": difference,
-            "p (bootstrap, Holm)": paired["p_bootstrap_holm"].map(p_value),
-            "p (McNemar, Holm)": paired["p_mcnemar_holm"].map(p_value),
-            "detectable Δ (80% power)": paired["mdd_80"].map(lambda v: _fmt(v, ".2f")),
+            "p (Δ balanced acc., specimen sign-flip, Holm)": paired["p_sign_flip_holm"]
+            .map(p_value)
+            .where(~identical, "identical predictions"),
+            "detectable Δ (80% power, Holm level)": paired["mdd_80_corrected"].map(
+                lambda v: _fmt(v, ".2f")
+            ),
+            "p (accuracy, McNemar, Holm)": paired["p_mcnemar_accuracy_holm"].map(p_value),
         }
     )
 
 
 def probe_view(probes: pd.DataFrame) -> pd.DataFrame:
-    """Probe rows, compact: mean ± sd over CV fold seeds, and the first seed's 95% CI."""
+    """Probe rows, compact: the mean over CV fold seeds with the 95% CI of that same mean
+    (one number, one source), the sd over seeds, and the unit the interval resampled."""
     if probes.empty:
         return pd.DataFrame()
-
-    def spread(r, name):
-        return f"{r[name]:.3f} ± {r[f'{name}_sd']:.3f}"
-
     return pd.DataFrame(
         {
             "features": probes["features"],
@@ -100,14 +105,12 @@ def probe_view(probes: pd.DataFrame) -> pd.DataFrame:
             "probe": probes["probe"],
             "cv": probes["cv"],
             "n": probes["n"],
-            "balanced acc. (mean ± sd over seeds)": [
-                spread(r, "balanced_accuracy") for _, r in probes.iterrows()
+            "balanced acc. (mean over seeds) [95% CI]": [
+                _ci(r, "balanced_accuracy") for _, r in probes.iterrows()
             ],
-            "95% CI (seed 0)": [
-                f"[{r['balanced_accuracy_ci_low']:.2f}, {r['balanced_accuracy_ci_high']:.2f}]"
-                for _, r in probes.iterrows()
-            ],
-            "accuracy (mean ± sd)": [spread(r, "accuracy") for _, r in probes.iterrows()],
+            "sd over seeds": probes["balanced_accuracy_sd"].map(lambda v: _fmt(v, ".3f")),
+            "accuracy [95% CI]": [_ci(r, "accuracy") for _, r in probes.iterrows()],
+            "CI resamples": probes["resampled"],
         }
     )
 
@@ -171,15 +174,11 @@ def _main_mode(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _headline_pairs(paired: pd.DataFrame) -> pd.DataFrame:
-    """The pairs the README shows: main mode only, hybrids on the logistic probe or on
-    zero-shot (the k-NN probe's hybrids are in tables/comparison_paired_tests.*)."""
+    """The pairs the README shows: the primary family (`compare.family`), nothing else; the
+    exploratory pairs are in tables/paired_exploratory.*."""
     if paired.empty:
         return paired
-    main = in_main_mode(paired["a_mode"]) & in_main_mode(paired["b_mode"])
-    knn_hybrid = paired["a_kind"].isin(["cascade", "fusion"]) & paired["a_prompt_set"].astype(
-        str
-    ).str.contains("knn", case=False)
-    return paired[main & ~knn_hybrid]
+    return paired[paired["family"] == "primary"]
 
 
 def _rotation_summary() -> list[str]:
@@ -247,10 +246,15 @@ def results_markdown(
     ]
     if paired is not None and not paired.empty:
         lines += [
-            "Paired comparisons on the same images (Holm-corrected over the table; "
-            "[tables/comparison_paired_tests.md](tables/comparison_paired_tests.md)):",
+            "The primary comparisons, stated before the results (`compare/family.py`), on the "
+            "same images, Holm-corrected within this family only (every other pair: "
+            "[tables/paired_exploratory.md](tables/paired_exploratory.md)):",
             "",
-            *_markdown(paired_view(_headline_pairs(paired)).drop(columns="p (bootstrap, Holm)")),
+            *_markdown(
+                paired_view(_headline_pairs(paired)).drop(
+                    columns=["family", "p (accuracy, McNemar, Holm)"]
+                )
+            ),
         ]
     lines += _rotation_summary()
     lines += [TRUST, ""]

@@ -32,18 +32,29 @@ def _rows_of(frame: pd.DataFrame, columns: list[str], keys: tuple) -> pd.DataFra
     return frame[(frame[columns] == pd.Series(keys, index=columns)).all(axis=1)]
 
 
+def specimens_of(records: pd.DataFrame, micrograph_no: Sequence) -> np.ndarray:
+    """The specimen (`specimen_group`) of each image: the cluster its intervals resample."""
+    by_id = records.set_index(records["micrograph_no"].astype(int))["specimen_group"]
+    ids = pd.Index(micrograph_no).astype(int)
+    missing = ids.difference(by_id.index)
+    if len(missing):
+        raise ValueError(f"{len(missing)} images have no record (e.g. micrograph {missing[0]})")
+    return by_id.loc[ids].to_numpy()
+
+
 def qa_table(
     answers: pd.DataFrame,
     *,
+    records: pd.DataFrame,
     decided: pd.DataFrame | None = None,
     fold: pd.Series | None = None,
-    records: pd.DataFrame | None = None,
     n_boot: int = 1000,
     seed: int = 0,
 ) -> pd.DataFrame:
     """Metrics of the decisions (`scoring.decisions`: rotation-averaged, cross-fitted
     abstention) per model x task x prompt set x context x mode, with the letter mass, the
-    unanswered rate (abstained or unparseable: counted wrong) and the cost per question."""
+    unanswered rate (abstained or unparseable: counted wrong) and the cost per question.
+    Intervals resample the specimens of `records` (required: micrograph_no, specimen_group)."""
     if decided is None:
         decided = scoring.decisions(answers, fold=fold, records=records)
     asked = scoring.with_contract_columns(answers)
@@ -55,6 +66,7 @@ def qa_table(
         summary = stats.summarise(
             group["truth"].tolist(),
             group["prediction"].tolist(),
+            specimens_of(records, group["micrograph_no"]),
             scores=scores,
             classes=classes if scores is not None else None,
             n_boot=n_boot,
@@ -280,10 +292,11 @@ def agreement_table(answers: pd.DataFrame, decided: pd.DataFrame) -> pd.DataFram
 
 
 def description_table(
-    descriptions: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0
+    descriptions: pd.DataFrame, *, records: pd.DataFrame, n_boot: int = 1000, seed: int = 0
 ) -> pd.DataFrame:
     """The open question, mapped back to the taxonomy: accuracy (unmapped counts as wrong),
-    unmapped rate, and mean keyword recall against the record's expert keywords."""
+    unmapped rate, and mean keyword recall against the record's expert keywords. Intervals
+    resample the specimens of `records` (required: micrograph_no, specimen_group)."""
     rows = []
     for (model, weights), group in descriptions.groupby(["model", "weights"], sort=False):
         row = {"model": model, "weights": weights, "n": len(group)}
@@ -291,6 +304,7 @@ def description_table(
         summary = stats.summarise(
             tech["technique_truth"].tolist(),
             tech["technique_pred"].tolist(),
+            specimens_of(records, tech["micrograph_no"]),
             n_boot=n_boot,
             seed=seed,
         )
