@@ -3,13 +3,19 @@ headless Chromium: every image loads, no traceback, no absolute path of this mac
 
 from __future__ import annotations
 
+import base64
+import io
+import re
 import shutil
 import tempfile
 
 import nbformat
+import numpy as np
+import pandas as pd
 import pytest
+from PIL import Image
 
-from microqa.report import site
+from microqa.report import index, plots, site
 from tests.conftest import REPO
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -56,6 +62,149 @@ def test_prepare_keeps_one_banner_at_the_top_and_scrubs_machine_paths(tmp_path):
     assert "wrote figures/x.png from $TMPDIR/abc/file" in text
 
 
+def _png(width: int, height: int, noise: bool = False) -> str:
+    rng = np.random.default_rng(0)
+    pixels = np.full((height, width, 3), 255, dtype=np.uint8)
+    pixels[10:20, 10:200] = (31, 119, 180)  # a bar of a chart
+    if noise:  # a micrograph: every pixel its own grey
+        pixels[:] = rng.integers(0, 255, size=(height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _image_output(data: str, alt: str = "") -> nbformat.NotebookNode:
+    metadata = {"image/png": {"alt": alt}} if alt else {}
+    return nbformat.v4.new_output("display_data", data={"image/png": data}, metadata=metadata)
+
+
+def test_a_page_links_one_stylesheet_and_its_figures_as_files_with_alt_text(tmp_path):
+    chart, photo = _png(2400, 600), _png(900, 600, noise=True)
+    nb = _notebook(
+        [
+            [nbformat.v4.new_output("stream", name="stdout", text=f"{site.LOG_POINTER} x.log\n")],
+            [nbformat.v4.new_output("stream", name="stderr", text="SKIPPED: ViT-L-14 (Runtim")],
+            [_image_output(chart, alt="Class sizes per technique family")],
+            [_image_output(photo)],
+            [
+                nbformat.v4.new_output(
+                    "execute_result",
+                    data={
+                        "text/plain": "x",
+                        "text/html": "data from http://127.0.0.1:8765/miclib/",
+                    },
+                )
+            ],
+        ]
+    )
+    nbformat.write(nb, tmp_path / "02_eda_class_imbalance.ipynb")
+    docs = tmp_path / "docs"
+    pages = site.build(tmp_path, docs, tables_dir=tmp_path / "no-tables")
+    page = (docs / "02_eda_class_imbalance.html").read_text()
+    assert '<link rel="stylesheet" href="style.css">' in page and "<style" not in page
+    assert (docs / "style.css").stat().st_size > 100_000  # nbconvert's CSS, written once
+    assert "SKIPPED" not in page and site.LOG_POINTER not in page and "127.0.0.1" not in page
+    assert site.PUBLIC_LIBRARY in page
+    tags = re.findall(r"<img [^>]*>", page)
+    sources = [(re.search(r'src="([^"]+)"', t)[1], re.search(r'alt="([^"]*)"', t)[1]) for t in tags]
+    assert [alt for _, alt in sources] == [
+        "Class sizes per technique family",
+        "figure 2 of 02_eda_class_imbalance",
+    ]
+    chart_file, photo_file = (docs / src for src, _ in sources)
+    assert chart_file.suffix == ".png" and photo_file.suffix == ".jpg"  # photographic: JPEG
+    assert Image.open(chart_file).width == site.IMAGE_PX  # downscaled from 2,400 px
+    assert "base64" not in page
+    assert all(site.broken_links(p) == [] for p in pages)
+
+
+def test_links_to_tables_point_where_the_run_wrote_them_and_a_dead_link_is_an_error(tmp_path):
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    (tables / "comparison.md").write_text("| a |\n")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    page = site.resolve_links('<a href="tables/comparison.md">t</a> <a href="#x">y</a>', docs)
+    assert page == '<a href="../tables/comparison.md">t</a> <a href="#x">y</a>'
+    (docs / "p.html").write_text(page + '<a href="tables/gone.md">g</a><img src="img/none.png">')
+    assert site.broken_links(docs / "p.html") == ["tables/gone.md", "img/none.png"]
+
+
+def test_a_page_over_its_size_limit_is_refused(tmp_path, monkeypatch):
+    nb = _notebook([[_image_output(_png(1000, 800, noise=True))]])
+    nbformat.write(nb, tmp_path / "03_clip_zero_shot.ipynb")
+    monkeypatch.setattr(site, "MAX_PAGE_BYTES", 50_000)
+    with pytest.raises(site.SiteError, match="03_clip_zero_shot.html is .* over 1.5 MB"):
+        site.build(tmp_path, tmp_path / "docs", tables_dir=tmp_path)
+
+
+def _probe_table(tables):
+    rows = []
+    for cv, low, mid, high in (
+        ("grouped by specimen", 0.70, 0.78, 0.82),
+        ("grouped by contributor", 0.51, 0.58, 0.63),
+        ("stratified (ungrouped)", 0.75, 0.81, 0.85),
+    ):
+        rows.append(
+            {
+                "features": "reference ViT-B/32 (pretrained)",
+                "task": "technique",
+                "probe": "logreg (standardised, C=1)",
+                "cv": cv,
+                "n": 836,
+                "n_specimens": 383,
+                "balanced_accuracy": mid,
+                "balanced_accuracy_ci_low": low,
+                "balanced_accuracy_ci_high": high,
+            }
+        )
+    rows.append({**rows[0], "features": "ViT-B-32 [RANDOM WEIGHTS]", "balanced_accuracy": 0.2})
+    pd.DataFrame(rows).to_csv(tables / "clip_probe.csv", index=False)
+
+
+def test_the_index_puts_the_findings_from_the_tables_first(tmp_path):
+    _probe_table(tmp_path)
+    banner = "## ⚠️ OFFLINE SUBSTITUTES IN USE\n\n- **clip**: ViT-B-32 → random weights."
+    text, written = index.page([("03_clip_zero_shot", "03 · CLIP")], [banner], tmp_path, tmp_path)
+    found = text[text.index("What we found") : text.index("What awaits real weights")]
+    assert (
+        "technique: balanced accuracy 0.78 [0.70, 0.82] holding out specimens; "
+        "0.58 [0.51, 0.63] holding out contributors (n = 836 images, 383 specimens)" in found
+    )
+    assert "0.20" not in found and "ungrouped" not in found  # random weights, leaky folds
+    assert written == [tmp_path / "findings.png"] and 'src="' + tmp_path.name in found
+    awaits = text[text.index("What awaits real weights") :]
+    assert "<strong>clip</strong>: ViT-B-32 → random weights." in awaits
+    assert "<code>make reproduce</code>" in awaits
+    assert text.index("What we found") < text.index('href="03_clip_zero_shot.html"')
+
+
+def test_the_index_types_no_number_when_a_table_is_absent(tmp_path):
+    text, written = index.page([], [], tmp_path, tmp_path)
+    assert written == [] and "No result table of this run holds a finding yet" in text
+    assert not re.search(r"\d\.\d\d", text)
+
+
+def test_a_people_table_has_no_index_short_numbers_and_constant_columns_in_the_caption():
+    df = pd.DataFrame(
+        {
+            "view": ["lab"] * 3,
+            "model": ["a very long model name that is not cut", "b", "c"],
+            "balanced_accuracy": [0.812345, 0.5, float("nan")],
+            "n": [836, 10, 2],
+        },
+        index=[0, 2, 4],
+    )
+    shown, caption = plots.for_people(df, "Probes")
+    assert caption == "Probes; view: lab"
+    assert list(shown.columns) == ["model", "balanced accuracy", "n"]
+    assert shown["balanced accuracy"].tolist() == ["0.812", "0.5", "–"]
+    html = plots.table_html(df, "Probes")
+    assert "<caption>Probes; view: lab</caption>" in html
+    assert "<th></th>" not in html and ">4<" not in html  # no index column
+    assert "a very long model name that is not cut" in html
+
+
 def test_a_notebook_with_an_error_is_refused(tmp_path):
     error = nbformat.v4.new_output("error", ename="ValueError", evalue="bad", traceback=["tb"])
     nbformat.write(_notebook([[error]]), tmp_path / "02_eda_class_imbalance.ipynb")
@@ -100,7 +249,7 @@ def test_the_report_of_the_smoke_pipeline_opens_in_chromium(smoke_pipeline, tmp_
     docs = tmp_path / "docs"
     pages = site.build(notebooks, docs)
     assert [p.name for p in pages] == ["index.html", *[f"{n}.html" for n in site.NOTEBOOKS]]
-    assert sum(p.stat().st_size for p in pages) < site.MAX_BYTES
+    assert sum(p.stat().st_size for p in docs.rglob("*") if p.is_file()) <= site.MAX_BYTES
     forbidden = {
         str(REPO),
         str(REPO.parent) + "/",
