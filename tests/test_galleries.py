@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from microqa.data import dataset, taxonomy
-from microqa.report import answer_galleries, galleries
+from microqa.report import answer_galleries, galleries, plots
 from tests.conftest import REPO
 
 SAMPLE = REPO / "data" / "sample"
@@ -31,8 +31,49 @@ def _texts(fig) -> str:
     return "\n".join(parts)
 
 
+def _visible_texts(fig):
+    """Every text artist a reader sees: titles, captions, tick and axis labels, legends."""
+    texts = [fig._suptitle] if fig._suptitle else []
+    texts += list(fig.texts)
+    for legend in [*fig.legends, *(ax.get_legend() for ax in fig.axes)]:
+        if legend is not None:
+            texts += list(legend.get_texts())
+    for ax in fig.axes:
+        if not ax.get_visible():
+            continue
+        texts += [ax.title, ax._left_title, ax._right_title, *ax.texts]
+        if ax.axison:  # an axis turned off draws no labels
+            texts += [ax.xaxis.label, ax.yaxis.label]
+            texts += [*ax.get_xticklabels(), *ax.get_yticklabels()]
+    texts = list({id(t): t for t in texts}.values())  # the suptitle is also in fig.texts
+    return [t for t in texts if t.get_visible() and t.get_text().strip()]
+
+
+def unreadable(fig) -> list[str]:
+    """What a reader of the page could not read: text under PAGE_PX-wide display's 10 px, and
+    pairs of text artists whose rendered boxes overlap (2 px tolerance)."""
+    renderer = fig.canvas.get_renderer()
+    texts = _visible_texts(fig)
+    problems = [
+        f"{t.get_text()[:30]!r} is {plots.shown_font_px(fig, t.get_fontsize()):.1f} px"
+        for t in texts
+        if plots.shown_font_px(fig, t.get_fontsize()) < plots.MIN_FONT_PX
+    ]
+    boxes = [(t, t.get_window_extent(renderer).expanded(1, 1).padded(-2)) for t in texts]
+    for i, (a, box_a) in enumerate(boxes):
+        for b, box_b in boxes[i + 1 :]:
+            if box_a.width > 0 and box_b.width > 0 and box_a.overlaps(box_b):
+                problems.append(f"{a.get_text()[:30]!r} overlaps {b.get_text()[:30]!r}")
+    return problems
+
+
 def _close(gallery):
-    plt.close(gallery.figure)
+    """Every gallery a test draws is also checked readable at page width."""
+    figure = getattr(gallery, "figure", gallery)
+    try:
+        assert unreadable(figure) == []
+    finally:
+        plt.close(figure)
 
 
 def test_thumbnail_keeps_the_whole_image_and_its_bottom_scale_bar(tmp_path):
