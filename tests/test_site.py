@@ -8,6 +8,7 @@ import io
 import re
 import shutil
 import tempfile
+from pathlib import Path
 
 import nbformat
 import numpy as np
@@ -236,8 +237,89 @@ def _browser(profile_dir):
 
 IMAGES_LOADED = """
 const imgs = Array.from(document.images);
-return imgs.map(i => [i.complete && i.naturalWidth > 0, (i.src || '').slice(0, 40)]);
+return imgs.map(i => [i.complete && i.naturalWidth > 0, (i.src || '').slice(0, 60)]);
 """
+LINKS = """
+return Array.from(document.querySelectorAll('a[href], img[src], link[href]'))
+  .map(e => e.href || e.src);
+"""
+# what a reader sees outside <code> (a command such as DOITPOMS_URL=... may name a mirror)
+TEXT_OUTSIDE_CODE = """
+const body = document.body.cloneNode(true);
+body.querySelectorAll('code').forEach(c => c.remove());
+return body.innerText;
+"""
+STDERR = "[data-mime-type='application/vnd.jupyter.stderr']"
+RAW_DICT = re.compile(r'^\s*\{\s*"[^"]+":', flags=re.M)
+MACHINE_URL = re.compile(r"https?://(127\.0\.0\.1|localhost|0\.0\.0\.0)\b")
+
+
+def check_site_in_browser(driver, docs) -> int:
+    """Open every page of a rendered site and check what a reader meets; returns the number
+    of images shown. The index shows its findings and their figure; every href/src resolves;
+    no stderr block, raw dict or machine URL; the size limits hold."""
+    from urllib.parse import unquote, urlparse
+
+    pages = sorted(docs.glob("*.html"))
+    assert sum(p.stat().st_size for p in docs.rglob("*") if p.is_file()) <= site.MAX_BYTES
+    n_images = 0
+    for page in pages:
+        driver.get(page.as_uri())
+        text = driver.find_element("tag name", "body").text
+        assert "Traceback" not in text and "Error" not in driver.title, page.name
+        loaded = driver.execute_script(IMAGES_LOADED)
+        assert all(ok for ok, _ in loaded), f"{page.name}: broken images {loaded}"
+        n_images += len(loaded)
+        linked = []
+        for url in driver.execute_script(LINKS):
+            parsed = urlparse(url)
+            if parsed.scheme == "file":
+                target = Path(unquote(parsed.path))
+                assert target.exists(), f"{page.name} links {url}, which does not exist"
+                linked.append(target)
+            else:
+                assert not MACHINE_URL.match(url), f"{page.name} links {url}"
+        images = {t for t in linked if t.suffix in (".png", ".jpg")}
+        size = page.stat().st_size + sum(t.stat().st_size for t in images)
+        assert size <= site.MAX_PAGE_BYTES, f"{page.name}: {size} bytes with its images"
+        assert not driver.find_elements("css selector", STDERR), f"{page.name} shows stderr"
+        assert not RAW_DICT.search(text), f"{page.name} shows a raw dict"
+        assert not MACHINE_URL.search(driver.execute_script(TEXT_OUTSIDE_CODE)), page.name
+        assert "Library logs" not in text, page.name
+        if page.name == "index.html":
+            found = driver.find_element("id", "what-we-found")
+            assert found.is_displayed()
+            assert driver.find_elements("id", "what-awaits-real-weights")
+            figure = driver.find_elements("css selector", "figure img")
+            assert figure and figure[0].get_attribute("alt"), "the findings figure"
+            assert driver.execute_script("return arguments[0].naturalWidth", figure[0]) > 0
+    return n_images
+
+
+@needs_chromium
+def test_a_rendered_site_passes_the_browser_checks(tmp_path):
+    _probe_table(tmp_path)
+    tables = tmp_path
+    nb = _notebook(
+        [
+            [nbformat.v4.new_output("stream", name="stderr", text="SKIPPED: x (RuntimeErr")],
+            [_image_output(_png(1400, 500), alt="Class sizes")],
+            [nbformat.v4.new_output("stream", name="stdout", text="see tables/clip_probe.csv\n")],
+        ]
+    )
+    nb.cells.append(nbformat.v4.new_markdown_cell("[the table](tables/clip_probe.csv)"))
+    notebooks = tmp_path / "nbs"
+    notebooks.mkdir()
+    nbformat.write(nb, notebooks / "02_eda_class_imbalance.ipynb")
+    docs = tmp_path / "site" / "docs"
+    (tmp_path / "site" / "tables").mkdir(parents=True)
+    (tmp_path / "site" / "tables" / "clip_probe.csv").write_text("a\n1\n")
+    site.build(notebooks, docs, tables_dir=tables)
+    driver = _browser(tmp_path / "chromium-profile")
+    try:
+        assert check_site_in_browser(driver, docs) == 2  # the figure and the findings figure
+    finally:
+        driver.quit()
 
 
 @pytest.mark.notebooks
@@ -249,7 +331,6 @@ def test_the_report_of_the_smoke_pipeline_opens_in_chromium(smoke_pipeline, tmp_
     docs = tmp_path / "docs"
     pages = site.build(notebooks, docs)
     assert [p.name for p in pages] == ["index.html", *[f"{n}.html" for n in site.NOTEBOOKS]]
-    assert sum(p.stat().st_size for p in docs.rglob("*") if p.is_file()) <= site.MAX_BYTES
     forbidden = {
         str(REPO),
         str(REPO.parent) + "/",
@@ -261,25 +342,28 @@ def test_the_report_of_the_smoke_pipeline_opens_in_chromium(smoke_pipeline, tmp_
         assert not any(path in caption for path in forbidden), table.name
     driver = _browser(tmp_path / "chromium-profile")
     try:
-        n_images = 0
+        assert check_site_in_browser(driver, docs) >= 10  # figures and galleries are shown
         for page in pages:
             driver.get(page.as_uri())
-            text = driver.find_element("tag name", "body").text
-            source = driver.page_source
-            assert "Traceback" not in text and "Error" not in driver.title, page.name
             for path in forbidden:
-                assert path not in source, f"{page.name} shows {path}"
-            loaded = driver.execute_script(IMAGES_LOADED)
-            assert all(ok for ok, _ in loaded), f"{page.name}: broken images {loaded}"
-            n_images += len(loaded)
+                assert path not in driver.page_source, f"{page.name} shows {path}"
             if page.name == "index.html":
-                links = driver.find_elements("css selector", "ol li a")
-                assert len(links) == len(site.NOTEBOOKS)
                 screenshot = REPO / "build" / "report-index.png"
                 screenshot.parent.mkdir(exist_ok=True)
                 driver.save_screenshot(str(screenshot))
             else:
+                text = driver.find_element("tag name", "body").text
                 assert text.count("OFFLINE SUBSTITUTES IN USE") == 1, page.name
-        assert n_images >= 10  # the figures and galleries really are on the pages
     finally:
         driver.quit()
+
+
+def test_a_timing_dict_reads_as_a_sentence():
+    timing = {
+        "ViT-B-32:openai": {"seconds_per_image": 0.0125, "device": "cpu", "n": 60},
+        "RN50:openai": {},
+    }
+    assert plots.timing_sentence(timing) == (
+        "Embedding time: ViT-B-32:openai: 12.5 ms per image on cpu (60 images)."
+    )
+    assert plots.timing_sentence({}) == "No embedding was timed."

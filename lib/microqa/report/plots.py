@@ -247,3 +247,16 @@ def count_heatmap(
     colorbar.update_ticks()
     ax.set_facecolor("white")
     ax.grid(False)
+
+
+def timing_sentence(timing: dict[str, dict]) -> str:
+    """A run's embedding times ({model: {seconds_per_image, device, n}}) as one sentence for a
+    page, instead of the raw dict (e.g. notebook 03's
+    `display(Markdown(plots.timing_sentence(run.timing)))`)."""
+    parts = [
+        f"{model}: {t['seconds_per_image'] * 1000:.1f} ms per image on {t.get('device', '?')} "
+        f"({t.get('n', '?')} images)"
+        for model, t in timing.items()
+        if t and t.get("seconds_per_image") is not None
+    ]
+    return ("Embedding time: " + "; ".join(parts) + ".") if parts else "No embedding was timed."

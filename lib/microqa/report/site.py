@@ -242,7 +242,7 @@ TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 <div class="jp-RenderedImage jp-OutputArea-output">
 <img src="{{ output.metadata.filenames[mime] | posix_path | escape_html }}"
  alt="{{ output.metadata[mime].alt | escape_html }}"
- style="width:{{ output.metadata[mime].width }}px" loading="lazy">
+ style="width:{{ output.metadata[mime].width }}px">
 </div>
 {%- endmacro %}
 {% block data_png scoped %}{{ figure(output, 'image/png') }}{% endblock data_png %}
