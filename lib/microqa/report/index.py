@@ -102,8 +102,7 @@ def reference_gap_finding(tables: Path) -> Finding | None:
     sentence = (
         f"The same probe ranges from balanced accuracy {_interval(low)} ({low['labels']}, "
         f"{low['cv']}) to {_interval(high)} ({high['labels']}, {high['cv']}) across "
-        f"{len(gap)} label and fold variants: how images are split matters as much as the "
-        "model."
+        f"{len(gap)} label and fold variants."
     )
     return Finding(sentence, "clip_reference_gap")
 
