@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from microqa.data import dataset, taxonomy
-from microqa.report import answer_galleries, galleries
+from microqa.report import answer_galleries, galleries, plots
 from tests.conftest import REPO
 
 SAMPLE = REPO / "data" / "sample"
@@ -31,8 +31,51 @@ def _texts(fig) -> str:
     return "\n".join(parts)
 
 
+def _visible_texts(fig):
+    """Every text artist a reader sees: titles, captions, tick and axis labels, legends."""
+    texts = [fig._suptitle] if fig._suptitle else []
+    texts += list(fig.texts)
+    for legend in [*fig.legends, *(ax.get_legend() for ax in fig.axes)]:
+        if legend is not None:
+            texts += list(legend.get_texts())
+    for ax in fig.axes:
+        if not ax.get_visible():
+            continue
+        texts += [ax.title, ax._left_title, ax._right_title, *ax.texts]
+        if ax.axison:  # an axis turned off draws no labels
+            texts += [ax.xaxis.label, ax.yaxis.label]
+            for axis in (ax.xaxis, ax.yaxis):  # the ticks drawn: inside the view limits
+                texts += [label for t in axis._update_ticks() for label in (t.label1, t.label2)]
+    texts = list({id(t): t for t in texts}.values())  # the suptitle is also in fig.texts
+    return [t for t in texts if t.get_visible() and t.get_text().strip()]
+
+
+def unreadable(fig) -> list[str]:
+    """What a reader of the page could not read: text under PAGE_PX-wide display's 10 px, and
+    pairs of text artists whose rendered boxes overlap (2 px tolerance)."""
+    fig.canvas.draw()  # legends and tight layouts place their text when drawn
+    renderer = fig.canvas.get_renderer()
+    texts = _visible_texts(fig)
+    problems = [
+        f"{t.get_text()[:30]!r} is {plots.shown_font_px(fig, t.get_fontsize()):.1f} px"
+        for t in texts
+        if plots.shown_font_px(fig, t.get_fontsize()) < plots.MIN_FONT_PX
+    ]
+    boxes = [(t, t.get_window_extent(renderer).expanded(1, 1).padded(-2)) for t in texts]
+    for i, (a, box_a) in enumerate(boxes):
+        for b, box_b in boxes[i + 1 :]:
+            if box_a.width > 0 and box_b.width > 0 and box_a.overlaps(box_b):
+                problems.append(f"{a.get_text()[:30]!r} overlaps {b.get_text()[:30]!r}")
+    return problems
+
+
 def _close(gallery):
-    plt.close(gallery.figure)
+    """Every gallery a test draws is also checked readable at page width."""
+    figure = getattr(gallery, "figure", gallery)
+    try:
+        assert unreadable(figure) == []
+    finally:
+        plt.close(figure)
 
 
 def test_thumbnail_keeps_the_whole_image_and_its_bottom_scale_bar(tmp_path):
@@ -216,3 +259,36 @@ def test_an_undecodable_image_is_a_captioned_cell_not_a_crash(records, tmp_path)
     gallery = galleries.record_preview(bad, n=1)
     assert "cannot decode" in _texts(gallery.figure)
     _close(gallery)
+
+
+def test_the_cascade_figure_draws_each_pair_in_its_legend_colour_in_every_panel():
+    from microqa.compare.figures import cascade_figure
+
+    rows = []
+    for task in ("technique", "category", "technique_coarse"):
+        for base in ("CLIP zero-shot", "CLIP logistic probe (reference ViT-B/32)", "CLIP 5-NN"):
+            for vlm in ("Qwen3-VL-8B-Instruct", "llava-v1.6-mistral-7b-hf"):
+                for f in np.linspace(0, 1, 5):  # the two VLMs' curves coincide (random weights)
+                    rows.append((task, base, vlm, f, 1 - f, 0.5 * (1 - f)))
+    curves = pd.DataFrame(
+        rows,
+        columns=["task", "base", "vlm", "fraction_to_vlm", "accuracy", "balanced_accuracy"],
+    )
+    fig = cascade_figure(curves, "CLIP → VLM cascade [RANDOM WEIGHTS]")
+    legend = {
+        t.get_text(): h
+        for t, h in zip(fig.legends[0].get_texts(), fig.legends[0].legend_handles, strict=True)
+    }
+    assert len(legend) == 6
+    styles = set()
+    for ax in fig.axes:
+        assert len(ax.lines) == 6
+        widths = [line.get_linewidth() for line in ax.lines]
+        assert widths == sorted(widths, reverse=True) and widths[0] > widths[-1]  # under, wider
+        for line in ax.lines:
+            handle = legend[line.get_label()]
+            assert line.get_color() == handle.get_color()
+            assert line.get_linestyle() == handle.get_linestyle()
+            styles.add((line.get_color(), line.get_linestyle()))
+    assert len(styles) == 6  # six pairs, six looks
+    _close(fig)

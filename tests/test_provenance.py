@@ -70,3 +70,21 @@ def test_paths_inside_the_repository_are_recorded_relative_to_it(tmp_path):
     assert config.repo_path("data/doitpoms") == inside
     assert config.display_path(tmp_path) == str(tmp_path)
     assert config.repo_path(tmp_path) == tmp_path
+
+
+def test_the_banner_says_each_substitute_in_one_sentence_and_keeps_the_full_reason(build):
+    raw = (
+        "pretrained weights 'openai' cannot be downloaded or found in the cache (RuntimeError: "
+        "Failed to download weights for tag 'openai': Failed to download file (open_clip_model"
+    )
+    provenance.substitute("clip", "ViT-B-32:openai -> same architecture ViT-B-32", raw)
+    provenance.substitute("clip", "ViT-B-32:openai -> same architecture ViT-B-32", raw)
+    provenance.substitute("vlm", "tiny model", "x" * 50 + " " + "y" * 200)
+    text = provenance.banner()
+    assert (
+        "- **clip**: ViT-B-32:openai → same architecture ViT-B-32, because pretrained weights "
+        "'openai' cannot be downloaded or found in the cache.\n" in text
+    )
+    assert "RuntimeError" not in text and text.count("**clip**") == 1
+    assert "- **vlm**: tiny model, because " + "x" * 50 + " ….\n" in text  # cut between words
+    assert provenance.load()["clip"]["fallbacks"][0]["reason"] == raw  # full reason kept

@@ -3,13 +3,20 @@ headless Chromium: every image loads, no traceback, no absolute path of this mac
 
 from __future__ import annotations
 
+import base64
+import io
+import re
 import shutil
 import tempfile
+from pathlib import Path
 
 import nbformat
+import numpy as np
+import pandas as pd
 import pytest
+from PIL import Image
 
-from microqa.report import site
+from microqa.report import index, plots, site
 from tests.conftest import REPO
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -56,6 +63,149 @@ def test_prepare_keeps_one_banner_at_the_top_and_scrubs_machine_paths(tmp_path):
     assert "wrote figures/x.png from $TMPDIR/abc/file" in text
 
 
+def _png(width: int, height: int, noise: bool = False) -> str:
+    rng = np.random.default_rng(0)
+    pixels = np.full((height, width, 3), 255, dtype=np.uint8)
+    pixels[10:20, 10:200] = (31, 119, 180)  # a bar of a chart
+    if noise:  # a micrograph: every pixel its own grey
+        pixels[:] = rng.integers(0, 255, size=(height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _image_output(data: str, alt: str = "") -> nbformat.NotebookNode:
+    metadata = {"image/png": {"alt": alt}} if alt else {}
+    return nbformat.v4.new_output("display_data", data={"image/png": data}, metadata=metadata)
+
+
+def test_a_page_links_one_stylesheet_and_its_figures_as_files_with_alt_text(tmp_path):
+    chart, photo = _png(2400, 600), _png(900, 600, noise=True)
+    nb = _notebook(
+        [
+            [nbformat.v4.new_output("stream", name="stdout", text=f"{site.LOG_POINTER} x.log\n")],
+            [nbformat.v4.new_output("stream", name="stderr", text="SKIPPED: ViT-L-14 (Runtim")],
+            [_image_output(chart, alt="Class sizes per technique family")],
+            [_image_output(photo)],
+            [
+                nbformat.v4.new_output(
+                    "execute_result",
+                    data={
+                        "text/plain": "x",
+                        "text/html": "data from http://127.0.0.1:8765/miclib/",
+                    },
+                )
+            ],
+        ]
+    )
+    nbformat.write(nb, tmp_path / "02_eda_class_imbalance.ipynb")
+    docs = tmp_path / "docs"
+    pages = site.build(tmp_path, docs, tables_dir=tmp_path / "no-tables")
+    page = (docs / "02_eda_class_imbalance.html").read_text()
+    assert '<link rel="stylesheet" href="style.css">' in page and "<style" not in page
+    assert (docs / "style.css").stat().st_size > 100_000  # nbconvert's CSS, written once
+    assert "SKIPPED" not in page and site.LOG_POINTER not in page and "127.0.0.1" not in page
+    assert site.PUBLIC_LIBRARY in page
+    tags = re.findall(r"<img [^>]*>", page)
+    sources = [(re.search(r'src="([^"]+)"', t)[1], re.search(r'alt="([^"]*)"', t)[1]) for t in tags]
+    assert [alt for _, alt in sources] == [
+        "Class sizes per technique family",
+        "figure 2 of 02_eda_class_imbalance",
+    ]
+    chart_file, photo_file = (docs / src for src, _ in sources)
+    assert chart_file.suffix == ".png" and photo_file.suffix == ".jpg"  # photographic: JPEG
+    assert Image.open(chart_file).width == site.IMAGE_PX  # downscaled from 2,400 px
+    assert "base64" not in page
+    assert all(site.broken_links(p) == [] for p in pages)
+
+
+def test_links_to_tables_point_where_the_run_wrote_them_and_a_dead_link_is_an_error(tmp_path):
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    (tables / "comparison.md").write_text("| a |\n")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    page = site.resolve_links('<a href="tables/comparison.md">t</a> <a href="#x">y</a>', docs)
+    assert page == '<a href="../tables/comparison.md">t</a> <a href="#x">y</a>'
+    (docs / "p.html").write_text(page + '<a href="tables/gone.md">g</a><img src="img/none.png">')
+    assert site.broken_links(docs / "p.html") == ["tables/gone.md", "img/none.png"]
+
+
+def test_a_page_over_its_size_limit_is_refused(tmp_path, monkeypatch):
+    nb = _notebook([[_image_output(_png(1000, 800, noise=True))]])
+    nbformat.write(nb, tmp_path / "03_clip_zero_shot.ipynb")
+    monkeypatch.setattr(site, "MAX_PAGE_BYTES", 50_000)
+    with pytest.raises(site.SiteError, match="03_clip_zero_shot.html is .* over 1.5 MB"):
+        site.build(tmp_path, tmp_path / "docs", tables_dir=tmp_path)
+
+
+def _probe_table(tables):
+    rows = []
+    for cv, low, mid, high in (
+        ("grouped by specimen", 0.70, 0.78, 0.82),
+        ("grouped by contributor", 0.51, 0.58, 0.63),
+        ("stratified (ungrouped)", 0.75, 0.81, 0.85),
+    ):
+        rows.append(
+            {
+                "features": "reference ViT-B/32 (pretrained)",
+                "task": "technique",
+                "probe": "logreg (standardised, C=1)",
+                "cv": cv,
+                "n": 836,
+                "n_specimens": 383,
+                "balanced_accuracy": mid,
+                "balanced_accuracy_ci_low": low,
+                "balanced_accuracy_ci_high": high,
+            }
+        )
+    rows.append({**rows[0], "features": "ViT-B-32 [RANDOM WEIGHTS]", "balanced_accuracy": 0.2})
+    pd.DataFrame(rows).to_csv(tables / "clip_probe.csv", index=False)
+
+
+def test_the_index_puts_the_findings_from_the_tables_first(tmp_path):
+    _probe_table(tmp_path)
+    banner = "## ⚠️ OFFLINE SUBSTITUTES IN USE\n\n- **clip**: ViT-B-32 → random weights."
+    text, written = index.page([("03_clip_zero_shot", "03 · CLIP")], [banner], tmp_path, tmp_path)
+    found = text[text.index("What we found") : text.index("What awaits real weights")]
+    assert (
+        "technique: balanced accuracy 0.78 [0.70, 0.82] holding out specimens; "
+        "0.58 [0.51, 0.63] holding out contributors (n = 836 images, 383 specimens)" in found
+    )
+    assert "0.20" not in found and "ungrouped" not in found  # random weights, leaky folds
+    assert written == [tmp_path / "findings.png"] and 'src="' + tmp_path.name in found
+    awaits = text[text.index("What awaits real weights") :]
+    assert "<strong>clip</strong>: ViT-B-32 → random weights." in awaits
+    assert "<code>make reproduce</code>" in awaits
+    assert text.index("What we found") < text.index('href="03_clip_zero_shot.html"')
+
+
+def test_the_index_types_no_number_when_a_table_is_absent(tmp_path):
+    text, written = index.page([], [], tmp_path, tmp_path)
+    assert written == [] and "No result table of this run holds a finding yet" in text
+    assert not re.search(r"\d\.\d\d", text)
+
+
+def test_a_people_table_has_no_index_short_numbers_and_constant_columns_in_the_caption():
+    df = pd.DataFrame(
+        {
+            "view": ["lab"] * 3,
+            "model": ["a very long model name that is not cut", "b", "c"],
+            "balanced_accuracy": [0.812345, 0.5, float("nan")],
+            "n": [836, 10, 2],
+        },
+        index=[0, 2, 4],
+    )
+    shown, caption = plots.for_people(df, "Probes")
+    assert caption == "Probes; view: lab"
+    assert list(shown.columns) == ["model", "balanced accuracy", "n"]
+    assert shown["balanced accuracy"].tolist() == ["0.812", "0.5", "–"]
+    html = plots.table_html(df, "Probes")
+    assert "<caption>Probes; view: lab</caption>" in html
+    assert "<th></th>" not in html and ">4<" not in html  # no index column
+    assert "a very long model name that is not cut" in html
+
+
 def test_a_notebook_with_an_error_is_refused(tmp_path):
     error = nbformat.v4.new_output("error", ename="ValueError", evalue="bad", traceback=["tb"])
     nbformat.write(_notebook([[error]]), tmp_path / "02_eda_class_imbalance.ipynb")
@@ -87,8 +237,89 @@ def _browser(profile_dir):
 
 IMAGES_LOADED = """
 const imgs = Array.from(document.images);
-return imgs.map(i => [i.complete && i.naturalWidth > 0, (i.src || '').slice(0, 40)]);
+return imgs.map(i => [i.complete && i.naturalWidth > 0, (i.src || '').slice(0, 60)]);
 """
+LINKS = """
+return Array.from(document.querySelectorAll('a[href], img[src], link[href]'))
+  .map(e => e.href || e.src);
+"""
+# what a reader sees outside <code> (a command such as DOITPOMS_URL=... may name a mirror)
+TEXT_OUTSIDE_CODE = """
+const body = document.body.cloneNode(true);
+body.querySelectorAll('code').forEach(c => c.remove());
+return body.innerText;
+"""
+STDERR = "[data-mime-type='application/vnd.jupyter.stderr']"
+RAW_DICT = re.compile(r'^\s*\{\s*"[^"]+":', flags=re.M)
+MACHINE_URL = re.compile(r"https?://(127\.0\.0\.1|localhost|0\.0\.0\.0)\b")
+
+
+def check_site_in_browser(driver, docs) -> int:
+    """Open every page of a rendered site and check what a reader meets; returns the number
+    of images shown. The index shows its findings and their figure; every href/src resolves;
+    no stderr block, raw dict or machine URL; the size limits hold."""
+    from urllib.parse import unquote, urlparse
+
+    pages = sorted(docs.glob("*.html"))
+    assert sum(p.stat().st_size for p in docs.rglob("*") if p.is_file()) <= site.MAX_BYTES
+    n_images = 0
+    for page in pages:
+        driver.get(page.as_uri())
+        text = driver.find_element("tag name", "body").text
+        assert "Traceback" not in text and "Error" not in driver.title, page.name
+        loaded = driver.execute_script(IMAGES_LOADED)
+        assert all(ok for ok, _ in loaded), f"{page.name}: broken images {loaded}"
+        n_images += len(loaded)
+        linked = []
+        for url in driver.execute_script(LINKS):
+            parsed = urlparse(url)
+            if parsed.scheme == "file":
+                target = Path(unquote(parsed.path))
+                assert target.exists(), f"{page.name} links {url}, which does not exist"
+                linked.append(target)
+            else:
+                assert not MACHINE_URL.match(url), f"{page.name} links {url}"
+        images = {t for t in linked if t.suffix in (".png", ".jpg")}
+        size = page.stat().st_size + sum(t.stat().st_size for t in images)
+        assert size <= site.MAX_PAGE_BYTES, f"{page.name}: {size} bytes with its images"
+        assert not driver.find_elements("css selector", STDERR), f"{page.name} shows stderr"
+        assert not RAW_DICT.search(text), f"{page.name} shows a raw dict"
+        assert not MACHINE_URL.search(driver.execute_script(TEXT_OUTSIDE_CODE)), page.name
+        assert "Library logs" not in text, page.name
+        if page.name == "index.html":
+            found = driver.find_element("id", "what-we-found")
+            assert found.is_displayed()
+            assert driver.find_elements("id", "what-awaits-real-weights")
+            figure = driver.find_elements("css selector", "figure img")
+            assert figure and figure[0].get_attribute("alt"), "the findings figure"
+            assert driver.execute_script("return arguments[0].naturalWidth", figure[0]) > 0
+    return n_images
+
+
+@needs_chromium
+def test_a_rendered_site_passes_the_browser_checks(tmp_path):
+    _probe_table(tmp_path)
+    tables = tmp_path
+    nb = _notebook(
+        [
+            [nbformat.v4.new_output("stream", name="stderr", text="SKIPPED: x (RuntimeErr")],
+            [_image_output(_png(1400, 500), alt="Class sizes")],
+            [nbformat.v4.new_output("stream", name="stdout", text="see tables/clip_probe.csv\n")],
+        ]
+    )
+    nb.cells.append(nbformat.v4.new_markdown_cell("[the table](tables/clip_probe.csv)"))
+    notebooks = tmp_path / "nbs"
+    notebooks.mkdir()
+    nbformat.write(nb, notebooks / "02_eda_class_imbalance.ipynb")
+    docs = tmp_path / "site" / "docs"
+    (tmp_path / "site" / "tables").mkdir(parents=True)
+    (tmp_path / "site" / "tables" / "clip_probe.csv").write_text("a\n1\n")
+    site.build(notebooks, docs, tables_dir=tables)
+    driver = _browser(tmp_path / "chromium-profile")
+    try:
+        assert check_site_in_browser(driver, docs) == 2  # the figure and the findings figure
+    finally:
+        driver.quit()
 
 
 @pytest.mark.notebooks
@@ -100,7 +331,6 @@ def test_the_report_of_the_smoke_pipeline_opens_in_chromium(smoke_pipeline, tmp_
     docs = tmp_path / "docs"
     pages = site.build(notebooks, docs)
     assert [p.name for p in pages] == ["index.html", *[f"{n}.html" for n in site.NOTEBOOKS]]
-    assert sum(p.stat().st_size for p in pages) < site.MAX_BYTES
     forbidden = {
         str(REPO),
         str(REPO.parent) + "/",
@@ -112,25 +342,28 @@ def test_the_report_of_the_smoke_pipeline_opens_in_chromium(smoke_pipeline, tmp_
         assert not any(path in caption for path in forbidden), table.name
     driver = _browser(tmp_path / "chromium-profile")
     try:
-        n_images = 0
+        assert check_site_in_browser(driver, docs) >= 10  # figures and galleries are shown
         for page in pages:
             driver.get(page.as_uri())
-            text = driver.find_element("tag name", "body").text
-            source = driver.page_source
-            assert "Traceback" not in text and "Error" not in driver.title, page.name
             for path in forbidden:
-                assert path not in source, f"{page.name} shows {path}"
-            loaded = driver.execute_script(IMAGES_LOADED)
-            assert all(ok for ok, _ in loaded), f"{page.name}: broken images {loaded}"
-            n_images += len(loaded)
+                assert path not in driver.page_source, f"{page.name} shows {path}"
             if page.name == "index.html":
-                links = driver.find_elements("css selector", "ol li a")
-                assert len(links) == len(site.NOTEBOOKS)
                 screenshot = REPO / "build" / "report-index.png"
                 screenshot.parent.mkdir(exist_ok=True)
                 driver.save_screenshot(str(screenshot))
             else:
+                text = driver.find_element("tag name", "body").text
                 assert text.count("OFFLINE SUBSTITUTES IN USE") == 1, page.name
-        assert n_images >= 10  # the figures and galleries really are on the pages
     finally:
         driver.quit()
+
+
+def test_a_timing_dict_reads_as_a_sentence():
+    timing = {
+        "ViT-B-32:openai": {"seconds_per_image": 0.0125, "device": "cpu", "n": 60},
+        "RN50:openai": {},
+    }
+    assert plots.timing_sentence(timing) == (
+        "Embedding time: ViT-B-32:openai: 12.5 ms per image on cpu (60 images)."
+    )
+    assert plots.timing_sentence({}) == "No embedding was timed."

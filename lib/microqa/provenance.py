@@ -153,15 +153,38 @@ def fallbacks(stage: str | None = None) -> list[dict[str, str]]:
 
 
 def banner(stages: list[str] | None = None) -> str:
-    """A Markdown banner listing every substitute behind the given stages (or all)."""
+    """A Markdown banner with one readable sentence per substitute behind the given stages (or
+    all): what stands in for what, and the reason's first clause. The full reason (e.g. the
+    error a download raised) stays in the provenance record, not on the page."""
     entries = []
     for stage in stages or [None]:
         entries.extend(fallbacks(stage))
     if not entries:
         return "**Provenance:** real data and real weights throughout; no offline substitutes."
     lines = ["## ⚠️ OFFLINE SUBSTITUTES IN USE — numbers below are not the real study's", ""]
-    lines += [f"- **{e['stage']}**: {e['what']} — {e['reason']}" for e in entries]
+    sentences = [_sentence(e) for e in entries]
+    lines += list(dict.fromkeys(sentences))  # one line per distinct substitute
+    lines += ["", "The full reason for each is in the run's provenance record."]
     return "\n".join(lines)
+
+
+def _sentence(entry: dict[str, str]) -> str:
+    what = entry["what"].replace(" -> ", " → ").rstrip(".")
+    reason = short_reason(entry.get("reason", ""))
+    return f"- **{entry['stage']}**: {what}" + (f", because {reason}." if reason else ".")
+
+
+def short_reason(reason: str, limit: int = 110) -> str:
+    """The first clause of a substitute's reason: before a parenthesis (where an exception's
+    text usually follows), a semicolon or a sentence end; cut on a word boundary, never
+    mid-word, when still longer than `limit` characters."""
+    text = " ".join(str(reason).split())
+    for stop in (" (", "; ", ". "):
+        text = text.split(stop)[0]
+    text = text.rstrip(".:, ")
+    if len(text) > limit:
+        text = text[: text.rfind(" ", 0, limit)].rstrip(".:, ") + " …"
+    return text[:1].lower() + text[1:] if text[:2] != text[:2].upper() else text
 
 
 def stamp(title: str, labels: list[str] | tuple[str, ...]) -> str:

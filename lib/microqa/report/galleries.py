@@ -31,6 +31,11 @@ from microqa.report import plots
 RECORD_URL = "https://www.doitpoms.ac.uk/miclib/micrograph_record.php?id={}"
 THUMB_PX = 360  # long side of a thumbnail: scale-bar text stays legible at the report's size
 CELL_INCHES = 2.5
+MAX_WIDTH_INCHES = 15.0  # at 150 dpi shown PAGE_PX wide: 9-point text is 10 px on the page
+CAPTION_PT = 9
+GAP = 0.15  # inches between columns
+LINE = 0.19  # inches per 9-point caption line
+TITLE = 0.28  # inches above an image for its "#id" title
 RIGHT, WRONG = "#1a7f37", "#cf222e"  # frame colours; the ✓ / ✗ marks say it without colour
 NONE = "(none)"
 
@@ -89,13 +94,27 @@ def draw_tile(ax: plt.Axes, tile: Tile) -> None:
         spine.set_visible(False)
     if tile.micrograph_no is None:
         ax.add_patch(Rectangle((0, 0), THUMB_PX, THUMB_PX, facecolor="0.95", edgecolor="0.8"))
-        ax.text(THUMB_PX / 2, THUMB_PX / 2, tile.empty, ha="center", va="center", color="0.4")
-        ax.set_title("", fontsize=9, pad=2)
+        ax.text(
+            THUMB_PX / 2,
+            THUMB_PX / 2,
+            tile.empty,
+            ha="center",
+            va="center",
+            color="0.4",
+            fontsize=CAPTION_PT,
+        )
+        ax.set_title("", fontsize=CAPTION_PT, pad=2)
         return
     try:
         pixels = thumbnail(tile.image_path)
     except images.ImageError as error:
-        ax.text(THUMB_PX / 2, THUMB_PX / 2, _caption(f"cannot decode: {error}", 28), ha="center")
+        ax.text(
+            THUMB_PX / 2,
+            THUMB_PX / 2,
+            _caption(f"cannot decode: {error}", 28),
+            ha="center",
+            fontsize=CAPTION_PT,
+        )
         pixels = None
     if pixels is not None:
         h, w = pixels.shape[:2]
@@ -106,7 +125,10 @@ def draw_tile(ax: plt.Axes, tile: Tile) -> None:
             ax.add_patch(Rectangle((x0, y0), w, h, fill=False, edgecolor=colour, linewidth=3))
     mark = {True: " ✓", False: " ✗", None: ""}[tile.correct]
     ax.set_title(
-        f"#{tile.micrograph_no}{mark}", fontsize=9, pad=2, url=record_url(tile.micrograph_no)
+        f"#{tile.micrograph_no}{mark}",
+        fontsize=CAPTION_PT,
+        pad=2,
+        url=record_url(tile.micrograph_no),
     )
     ax.text(
         0.5,
@@ -115,7 +137,7 @@ def draw_tile(ax: plt.Axes, tile: Tile) -> None:
         transform=ax.transAxes,
         ha="center",
         va="top",
-        fontsize=8,
+        fontsize=CAPTION_PT,
     )
 
 
@@ -126,45 +148,62 @@ def tile_figure(
     *,
     row_labels: Sequence[str] = (),
     col_labels: Sequence[str] = (),
-    caption_lines: int = 3,
+    caption_lines: int = 1,
 ) -> Gallery:
-    """Lay tiles out row by row (short rows padded with blank cells)."""
+    """Lay tiles out row by row (short rows padded with blank cells), every band measured in
+    inches so nothing overlaps: the title, a column header, each row's tile titles, images and
+    captions (as many lines as its longest caption wraps to, at least `caption_lines`). The
+    figure stays at most MAX_WIDTH_INCHES wide, so its 9-point text reads at >= 10 px on the
+    page (plots.shown_font_px)."""
     ncols = max(1, max((len(r) for r in rows), default=1))
     nrows = max(1, len(rows))
-    height = CELL_INCHES + 0.16 * caption_lines + 0.3
-    fig, axes = plt.subplots(
-        nrows, ncols, figsize=(CELL_INCHES * ncols + 1.2, height * nrows + 0.8), squeeze=False
-    )
+    left = 1.35 if row_labels else 0.15
+    cell = min(CELL_INCHES, (MAX_WIDTH_INCHES - left - 0.15 - GAP * (ncols - 1)) / ncols)
+    width = left + ncols * cell + GAP * (ncols - 1) + 0.15
+    heading = textwrap.wrap(provenance.stamp(title, labels), int(width * 72 / (12 * 0.6)))
+    header_lines = max((len(plots.wrap(c, 22).split("\n")) for c in col_labels), default=0)
+    top = 0.2 + LINE * 1.4 * len(heading) + LINE * 1.15 * header_lines
+    bands = []
+    for row in rows:
+        lines = max((_caption_height(t) for t in row), default=0)
+        bands.append(TITLE + cell + LINE * max(lines, caption_lines) + 0.15)
+    height = top + sum(bands) + 0.1
+    fig = plt.figure(figsize=(width, height))
+    fig.suptitle("\n".join(heading), weight="bold", fontsize=12, y=1 - 0.12 / height, va="top")
     ids = []
+    y = height - top
     for r in range(nrows):
-        for c in range(ncols):
-            ax = axes[r][c]
-            row = rows[r] if r < len(rows) else []
-            if c >= len(row):
-                ax.axis("off")
-                continue
-            draw_tile(ax, row[c])
-            if row[c].micrograph_no is not None:
-                ids.append(int(row[c].micrograph_no))
+        row = rows[r] if r < len(rows) else []
+        y_image = y - TITLE - cell
+        for c, tile in enumerate(row):
+            x = left + c * (cell + GAP)
+            ax = fig.add_axes((x / width, y_image / height, cell / width, cell / height))
+            draw_tile(ax, tile)
+            if tile.micrograph_no is not None:
+                ids.append(int(tile.micrograph_no))
             if r == 0 and c < len(col_labels):  # column header above the first row's title
                 header = plots.wrap(col_labels[c], 22)
                 tile_title = ax.get_title()
                 ax.set_title(
                     f"{header}\n{tile_title}" if tile_title else header, fontsize=10, pad=2
                 )
-        if r < len(row_labels):
-            axes[r][0].annotate(
-                plots.wrap(row_labels[r], 14),
-                (-0.08, 0.5),
-                xycoords="axes fraction",
-                ha="right",
-                va="center",
-                fontsize=10,
-                weight="bold",
-            )
-    fig.suptitle(provenance.stamp(title, labels), weight="bold", fontsize=12)
-    fig.tight_layout(h_pad=0.4 + 0.9 * caption_lines / 3, w_pad=0.6)
+            if c == 0 and r < len(row_labels):
+                ax.annotate(
+                    plots.wrap(row_labels[r], 14),
+                    (-0.08, 0.5),
+                    xycoords="axes fraction",
+                    ha="right",
+                    va="center",
+                    fontsize=10,
+                    weight="bold",
+                )
+        y -= bands[r]
     return Gallery(fig, list(dict.fromkeys(ids)))
+
+
+def _caption_height(tile: Tile) -> int:
+    """Lines a tile's caption takes once wrapped (draw_tile wraps each line alike)."""
+    return sum(len(_caption(line).split("\n")) for line in tile.lines)
 
 
 def seeded_pick(df: pd.DataFrame, n: int, seed: int, by: str | None = None) -> pd.DataFrame:

@@ -23,6 +23,21 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from microqa import publishing  # noqa: E402
 
 PALETTE = "colorblind"
+PAGE_PX = 1200  # CSS px a rendered page shows a figure at, at most (report.site's stylesheet)
+MIN_FONT_PX = 10  # the smallest text a figure may show at that width
+SAVE_DPI = 150
+
+
+def shown_scale(fig: plt.Figure) -> float:
+    """How much a saved figure is scaled down when a page shows it (1: shown pixel for pixel;
+    a figure saved wider than PAGE_PX is shrunk to it, and its text with it)."""
+    width_px = fig.get_figwidth() * SAVE_DPI
+    return min(1.0, PAGE_PX / width_px)
+
+
+def shown_font_px(fig: plt.Figure, points: float) -> float:
+    """The height in page px of `points`-point text of `fig` once saved and shown."""
+    return points * SAVE_DPI / 72 * shown_scale(fig)
 
 
 def set_style() -> None:
@@ -30,7 +45,7 @@ def set_style() -> None:
     plt.rcParams.update(
         {
             "figure.dpi": 100,
-            "savefig.dpi": 150,
+            "savefig.dpi": SAVE_DPI,
             "savefig.bbox": "tight",
             "axes.titlesize": 11,
             "axes.titleweight": "bold",
@@ -47,13 +62,17 @@ def save_figure(
     directory: Path | None = None,
     degraded: str = "",
     photo: bool = False,
+    alt: str = "",
 ) -> None:
     """Write `<name>.png` where this run's figures go (`publishing.destination`), close the
     figure, and in a notebook display the file just written (so a notebook shows exactly what
     was saved). A `photo` (a micrograph gallery) is written as `<name>.jpg`: photographs
     compress far better as JPEG; `svg` adds `<name>.svg`. `degraded` names why this result is
     weaker than a published one (e.g. reference features absent): it then never replaces it.
+    `alt` says what the figure shows for a reader who cannot see it (the rendered page's alt
+    text); by default it is built from the figure's titles and axis labels.
     Returns nothing, so a notebook cell echoes no path."""
+    alt = alt or alt_text(fig)
     directory = (
         directory
         or publishing.kept_published("figures", f"{name}.{'jpg' if photo else 'png'}", degraded)
@@ -72,7 +91,24 @@ def save_figure(
     if _in_notebook():
         from IPython.display import Image, display
 
-        display(Image(filename=str(path)))
+        display(Image(filename=str(path), alt=alt))
+
+
+def alt_text(fig: plt.Figure) -> str:
+    """What a figure shows, from its own words: the title, then each panel's title and axes."""
+    parts = [fig._suptitle.get_text()] if fig._suptitle and fig._suptitle.get_text() else []
+    panels = []
+    for ax in fig.axes:
+        words = [ax.get_title()]
+        if ax.get_xlabel() or ax.get_ylabel():
+            words.append(" against ".join(w for w in (ax.get_ylabel(), ax.get_xlabel()) if w))
+        panel = ": ".join(w for w in words if w)
+        if panel and panel not in panels:
+            panels.append(panel)
+    if panels:
+        parts.append(("panels: " if len(panels) > 1 else "") + "; ".join(panels[:8]))
+    text = ". ".join(" ".join(p.split()) for p in parts)
+    return text or "a figure of the study"
 
 
 def _in_notebook() -> bool:
@@ -93,9 +129,12 @@ def save_table(
     index: bool = False,
     directory: Path | None = None,
     degraded: str = "",
+    show: bool = False,
 ) -> None:
     """Write `<name>.csv` and `<name>.md` (caption first) where this run's tables go; a
-    `degraded` result never replaces a published one (see save_figure). Returns nothing."""
+    `degraded` result never replaces a published one (see save_figure). `show`: also display
+    it for people in a notebook (`show_table`), so a cell shows the table once. Returns
+    nothing."""
     directory = (
         directory
         or publishing.kept_published("tables", f"{name}.csv", degraded)
@@ -106,6 +145,58 @@ def save_table(
     markdown = df.to_markdown(index=index, floatfmt=float_format)
     text = (f"{caption}\n\n" if caption else "") + markdown + "\n"
     (directory / f"{name}.md").write_text(text, encoding="utf-8")
+    if show:
+        show_table(df, caption)
+
+
+def for_people(df: pd.DataFrame, caption: str = "") -> tuple[pd.DataFrame, str]:
+    """The table as a page shows it, and its caption: a column with one value throughout moves
+    into the caption ("view: lab"), numbers keep 2-3 significant decimals, missing values read
+    "–", column names lose their underscores. The saved .csv keeps every digit."""
+    shown = df.reset_index(drop=True)
+    constant = [c for c in shown.columns if len(shown) > 1 and shown[c].nunique(dropna=False) == 1]
+    notes = [f"{c}: {_cell(shown[c].iloc[0])}" for c in constant]
+    shown = shown.drop(columns=constant).map(_cell)
+    shown.columns = [str(c).replace("_", " ") for c in shown.columns]
+    caption = "; ".join(p for p in (caption, "; ".join(notes)) if p)
+    return shown, caption
+
+
+def _cell(value) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "–"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int | float):
+        number = float(value)
+        if number.is_integer() and abs(number) < 1e15:
+            return f"{int(number):,}"
+        if abs(number) >= 100:
+            return f"{number:,.0f}"
+        if abs(number) >= 0.01:
+            return f"{number:.3g}"
+        return f"{number:.2g}"
+    return str(value)
+
+
+def table_html(df: pd.DataFrame, caption: str = "") -> str:
+    """HTML of `for_people(df, caption)`: no index column, the caption above, long labels
+    wrapped by the page (never cut)."""
+    shown, caption = for_people(df, caption)
+    html = shown.to_html(index=False, escape=True, border=0, classes="microqa-table")
+    if caption:
+        import html as _html
+
+        html = html.replace(">", f"><caption>{_html.escape(caption)}</caption>", 1)
+    return html
+
+
+def show_table(df: pd.DataFrame, caption: str = "") -> None:
+    """Display a table for people in a notebook (see for_people); nothing outside one."""
+    if _in_notebook():
+        from IPython.display import HTML, display
+
+        display(HTML(table_html(df, caption)))
 
 
 def wrap_tick_labels(
@@ -156,3 +247,16 @@ def count_heatmap(
     colorbar.update_ticks()
     ax.set_facecolor("white")
     ax.grid(False)
+
+
+def timing_sentence(timing: dict[str, dict]) -> str:
+    """A run's embedding times ({model: {seconds_per_image, device, n}}) as one sentence for a
+    page, instead of the raw dict (e.g. notebook 03's
+    `display(Markdown(plots.timing_sentence(run.timing)))`)."""
+    parts = [
+        f"{model}: {t['seconds_per_image'] * 1000:.1f} ms per image on {t.get('device', '?')} "
+        f"({t.get('n', '?')} images)"
+        for model, t in timing.items()
+        if t and t.get("seconds_per_image") is not None
+    ]
+    return ("Embedding time: " + "; ".join(parts) + ".") if parts else "No embedding was timed."

@@ -9,16 +9,29 @@ hidden, and a few preprocessing steps on each executed notebook before rendering
 - absolute paths of the machine that ran it (the repository, its parent, the temporary
   folder, the home folder) are rewritten to repo-relative ones or removed;
 - widget outputs (tqdm bars) keep only their text form, which a static page can show;
+- stderr streams (warnings, "SKIPPED: ..." notes) and the "Library logs ..." pointer are left
+  out: they stay in the executed notebooks and the logs, readers have neither;
+- the loopback URL of a local DoITPoMS mirror is named as the public library it mirrors (the
+  mirror itself is in the provenance record);
+- figures become image files beside the pages (`img/`, at most IMAGE_PX wide; JPEG where
+  photographic), with the alt text `plots.save_figure` gave them;
 - a navigation line links the index and the other notebooks.
 
-`python -m microqa.report.site [--notebooks build/notebooks] [--out docs]` writes index.html and
-one page per notebook, refusing notebooks that hold an error, and checks the 20 MB budget.
+Every page links ONE stylesheet (`style.css`: nbconvert's lab CSS once, plus readable tables
+and figures at page width) instead of 256 KB of CSS inlined per page. Relative links to
+`tables/` and `figures/` are pointed at where the run wrote them; a link that still does not
+resolve is an error, as is a page over MAX_PAGE_BYTES or a site over MAX_BYTES.
+
+`python -m microqa.report.site [--notebooks build/notebooks] [--out docs]` writes index.html
+(findings first: `report.index`) and one page per notebook, refusing notebooks that hold an
+error.
 """
 
 from __future__ import annotations
 
 import argparse
-import html
+import base64
+import io
 import os
 import re
 import sys
@@ -28,9 +41,12 @@ from pathlib import Path
 import jinja2
 import nbformat
 from nbconvert import HTMLExporter
+from PIL import Image
 
 from microqa import config, publishing
 from microqa.files import atomic_write_text
+from microqa.report import index as findings_index
+from microqa.report import plots
 
 NOTEBOOKS = (
     "01_scrape_doitpoms",
@@ -39,7 +55,15 @@ NOTEBOOKS = (
     "04_vlm_qa",
     "05_comparison",
 )
-MAX_BYTES = 20 * 1024 * 1024
+MAX_BYTES = 6 * 1024 * 1024  # the whole site: pages, images, stylesheet
+MAX_PAGE_BYTES = 1536 * 1024  # one page with its images
+IMAGE_PX = 1440  # widest image file; pages show figures at most plots.PAGE_PX wide
+STYLESHEET = "style.css"
+ASSETS = "img"
+LOG_POINTER = "Library logs and warnings of this run:"
+PUBLIC_LIBRARY = "https://www.doitpoms.ac.uk/miclib/"
+# a local mirror's base URL (python -m microqa mirror): a machine address, never on a page
+LOOPBACK_LIBRARY = re.compile(r"https?://(?:127\.0\.0\.1|localhost|0\.0\.0\.0)(?::\d+)?/miclib/?")
 BANNER_PREFIXES = ("## ⚠️ OFFLINE SUBSTITUTES", "**Provenance:**")
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 
@@ -78,7 +102,9 @@ def _is_banner(output) -> bool:
     return isinstance(markdown, str) and markdown.lstrip().startswith(BANNER_PREFIXES)
 
 
-def prepare(nb: nbformat.NotebookNode, name: str, pairs) -> nbformat.NotebookNode:
+def prepare(
+    nb: nbformat.NotebookNode, name: str, pairs, pages: tuple[str, ...] | list[str] = NOTEBOOKS
+) -> nbformat.NotebookNode:
     """The notebook as the page shows it (see the module docstring)."""
     banners = []
     for cell in nb.cells:
@@ -88,10 +114,12 @@ def prepare(nb: nbformat.NotebookNode, name: str, pairs) -> nbformat.NotebookNod
         for output in cell.get("outputs", []):
             if output.get("output_type") == "error":
                 raise SiteError(f"{name}: a cell failed ({output.get('ename')}); rerun it")
-            if output.get("output_type") == "stream" and "OFFLINE SUBSTITUTE in stage" in (
-                output.get("text", "")
-            ):
-                continue  # the same message as the banner
+            if output.get("output_type") == "stream":
+                if output.get("name") == "stderr":
+                    continue  # warnings and notes for whoever ran it: kept in the notebook
+                output["text"] = _without_log_pointer(output.get("text", ""))
+                if not output["text"].strip():
+                    continue
             if _is_banner(output):
                 banners.append(output["data"]["text/markdown"])
                 continue
@@ -106,25 +134,89 @@ def prepare(nb: nbformat.NotebookNode, name: str, pairs) -> nbformat.NotebookNod
         if cell.cell_type == "markdown":
             cell.source = scrub(cell.source, pairs)
     banner = max(banners, key=lambda b: (b.count("\n- "), len(b)), default="")
-    header = [nav_markdown(name)] + ([banner] if banner else [])
+    header = [nav_markdown(name, pages)] + ([banner] if banner else [])
     first = 1 if nb.cells and nb.cells[0].cell_type == "markdown" else 0
     nb.cells[first:first] = [nbformat.v4.new_markdown_cell(text) for text in header]
     return nb
 
 
+def _without_log_pointer(text: str) -> str:
+    return "".join(
+        line for line in text.splitlines(keepends=True) if not line.startswith(LOG_POINTER)
+    )
+
+
+def public_source(text: str) -> str:
+    """A local mirror's URL named as the public library it serves."""
+    return LOOPBACK_LIBRARY.sub(PUBLIC_LIBRARY, text)
+
+
 def _scrub_output(output, pairs):
     if "text" in output:
-        output["text"] = scrub(output["text"], pairs)
+        output["text"] = public_source(scrub(output["text"], pairs))
     for mime, value in output.get("data", {}).items():
         if mime.startswith("text/") or mime.endswith("json"):
             if isinstance(value, str):
-                output["data"][mime] = scrub(value, pairs)
+                output["data"][mime] = public_source(scrub(value, pairs))
     return output
 
 
-def nav_markdown(current: str) -> str:
+def extract_images(nb: nbformat.NotebookNode, name: str, out_dir: Path) -> list[Path]:
+    """Write each PNG/JPEG output of `nb` to out_dir/img/<name>-<k>.<ext> (downscaled to at
+    most IMAGE_PX wide; a photographic PNG becomes a JPEG) and point the output at the file."""
+    folder = out_dir / ASSETS
+    written = []
+    k = 0
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            mime = next((m for m in ("image/jpeg", "image/png") if m in data), None)
+            if mime is None:
+                continue
+            k += 1
+            image = Image.open(io.BytesIO(base64.b64decode(data[mime])))
+            path, size = _write_image(image, folder / f"{name}-{k}", mime == "image/jpeg")
+            new_mime = "image/jpeg" if path.suffix == ".jpg" else "image/png"
+            alt = output.get("metadata", {}).get(mime, {}).get("alt", "")
+            for m in ("image/jpeg", "image/png"):
+                data.pop(m, None)
+            data[new_mime] = ""  # the page links the file (see the template)
+            meta = output.setdefault("metadata", {})
+            meta["filenames"] = {new_mime: f"{ASSETS}/{path.name}"}
+            meta[new_mime] = {"alt": alt or f"figure {k} of {name}", "width": size[0]}
+            written.append(path)
+    return written
+
+
+def _write_image(image: Image.Image, stem: Path, photo: bool) -> tuple[Path, tuple[int, int]]:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    image = image.convert("RGB")
+    if image.width > IMAGE_PX:
+        height = round(image.height * IMAGE_PX / image.width)
+        image = image.resize((IMAGE_PX, height), Image.Resampling.LANCZOS)
+    shown = (min(image.width, plots.PAGE_PX), None)
+    shown = (shown[0], round(image.height * shown[0] / image.width))
+    if photo or _is_photographic(image):
+        path = stem.with_suffix(".jpg")
+        image.save(path, quality=78, optimize=True, progressive=True)
+    else:  # a chart: few colours, a palette PNG keeps it sharp and small
+        path = stem.with_suffix(".png")
+        image.quantize(256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+    path.chmod(0o644)
+    return path, shown
+
+
+def _is_photographic(image: Image.Image) -> bool:
+    """Many distinct colours (micrographs in a chart): JPEG compresses it far better."""
+    small = image.copy()
+    small.thumbnail((400, 400))
+    colours = small.getcolors(maxcolors=1 << 16)
+    return colours is None or len(colours) > 3000
+
+
+def nav_markdown(current: str, pages: tuple[str, ...] | list[str] = NOTEBOOKS) -> str:
     links = ["[index](index.html)"] + [
-        f"**{n[:2]}**" if n == current else f"[{n[:2]}]({n}.html)" for n in NOTEBOOKS
+        f"**{n[:2]}**" if n == current else f"[{n[:2]}]({n}.html)" for n in pages
     ]
     return "Report: " + " · ".join(links)
 
@@ -140,15 +232,29 @@ def title_of(nb: nbformat.NotebookNode, fallback: str) -> str:
 
 # nbconvert's lab page without the scripts it loads from a CDN (require.js, MathJax, mermaid,
 # widgets): the notebooks use none of them, and a page then makes no third-party request.
+# Figures link their file (extract_images) with their alt text, shown at most PAGE_PX wide.
 TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 {%- block html_head_js -%}{%- endblock html_head_js -%}
 {%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
 {%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
 {%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+{% macro figure(output, mime) -%}
+<div class="jp-RenderedImage jp-OutputArea-output">
+<img src="{{ output.metadata.filenames[mime] | posix_path | escape_html }}"
+ alt="{{ output.metadata[mime].alt | escape_html }}"
+ style="width:{{ output.metadata[mime].width }}px">
+</div>
+{%- endmacro %}
+{% block data_png scoped %}{{ figure(output, 'image/png') }}{% endblock data_png %}
+{% block data_jpg scoped %}{{ figure(output, 'image/jpeg') }}{% endblock data_jpg %}
 """
+# one <style> block in <head>: nbconvert inlines its CSS (about 256 KB) into every page
+HEAD_STYLE = re.compile(r"<style[^>]*>.*?</style>\s*", flags=re.S)
+SCOPED_STYLE = re.compile(r"<style scoped[^>]*>.*?</style>\s*", flags=re.S)  # pandas' per table
 
 
 def render(nb: nbformat.NotebookNode, title: str) -> str:
+    """The page's HTML with its inlined CSS still in it (see split_stylesheet)."""
     exporter = HTMLExporter(
         template_name="lab",
         extra_loaders=[jinja2.DictLoader({"microqa_report.html.j2": TEMPLATE})],
@@ -162,65 +268,112 @@ def render(nb: nbformat.NotebookNode, title: str) -> str:
     return body
 
 
-def index_page(entries: list[tuple[str, str]], banner_html: str) -> str:
-    items = "\n".join(
-        f'<li><a href="{name}.html">{html.escape(title)}</a></li>' for name, title in entries
-    )
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<title>microqa: the rendered study</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:52rem;margin:2rem auto;padding:0 1rem;
-line-height:1.5}} li{{margin:.4rem 0}}</style></head>
-<body>
-<h1>microqa: DoITPoMS micrographs with CLIP and vision-language models</h1>
-<p>The executed notebooks of the study, rendered without their code (the code is in the
-repository's <code>notebooks/</code> and <code>lib/microqa/</code>). Each page starts with the
-provenance of its numbers.</p>
-{banner_html}
-<ol>
-{items}
-</ol>
-</body></html>
+def split_stylesheet(page: str) -> tuple[str, str]:
+    """(the page linking STYLESHEET, the CSS its <head> inlined)."""
+    head_end = page.index("</head>")
+    head, rest = page[:head_end], page[head_end:]
+    css = "\n".join(re.sub(r"^<style[^>]*>|</style>\s*$", "", m) for m in HEAD_STYLE.findall(head))
+    link = f'<link rel="stylesheet" href="{STYLESHEET}">\n'
+    return HEAD_STYLE.sub("", head) + link + SCOPED_STYLE.sub("", rest), css
+
+
+# Readable tables and figures, after nbconvert's own CSS
+READABLE_CSS = (
+    """
+main { max-width: PAGE_PXpx; margin: 0 auto; }
+.jp-RenderedImage img { max-width: 100%; height: auto; }
+.jp-RenderedHTMLCommon table { display: block; max-width: 100%; overflow-x: auto;
+  font-size: 13px; border-collapse: collapse; }
+.jp-RenderedHTMLCommon td, .jp-RenderedHTMLCommon th { white-space: normal;
+  max-width: 22em; vertical-align: top; }
+.jp-RenderedHTMLCommon tr > :first-child { position: sticky; left: 0; background: #fff;
+  z-index: 1; }
+.jp-RenderedHTMLCommon caption { caption-side: top; text-align: left; padding: .3em 0; }
 """
+).replace("PAGE_PX", str(plots.PAGE_PX))
 
 
-def build(notebooks_dir: Path, out_dir: Path) -> list[Path]:
-    """Render every executed notebook found in `notebooks_dir` into `out_dir`; returns pages."""
+HREF_OR_SRC = re.compile(r'(href|src)="([^"#][^"]*)"')
+
+
+def resolve_links(page: str, out_dir: Path) -> str:
+    """Relative links to tables/ and figures/ written for the repository root, pointed at where
+    this run wrote them (relative to the page); other links are left as they are."""
+
+    def fix(match: re.Match) -> str:
+        attr, target = match.groups()
+        if _external(target) or (out_dir / target).exists():
+            return match.group(0)
+        for top, folder in (("tables/", config.tables_dir()), ("figures/", config.figures_dir())):
+            for base in (out_dir.parent / top, folder):
+                if target.startswith(top) and (base / target[len(top) :]).exists():
+                    rel = os.path.relpath(base / target[len(top) :], out_dir)
+                    return f'{attr}="{Path(rel).as_posix()}"'
+        return match.group(0)
+
+    return HREF_OR_SRC.sub(fix, page)
+
+
+def broken_links(page: Path) -> list[str]:
+    """Relative href/src targets of `page` that are no file next to it."""
+    text = page.read_text(encoding="utf-8")
+    targets = [t.split("#")[0] for _, t in HREF_OR_SRC.findall(text)]
+    return [t for t in targets if t and not _external(t) and not (page.parent / t).exists()]
+
+
+def _external(target: str) -> bool:
+    return bool(re.match(r"^[a-z][a-z0-9+.-]*:", target)) or target.startswith("//")
+
+
+def build(notebooks_dir: Path, out_dir: Path, tables_dir: Path | None = None) -> list[Path]:
+    """Render every executed notebook found in `notebooks_dir` into `out_dir`, with the index
+    (findings from `tables_dir`, default: where this run's tables are); returns the pages."""
     pairs = machine_paths()
     found = [n for n in NOTEBOOKS if (notebooks_dir / f"{n}.ipynb").is_file()]
     if not found:
         raise SiteError(f"no executed notebooks in {publishing.relative(notebooks_dir)}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    entries, pages, last_banner = [], [], ""
+    entries, pages, banners, css = [], [], [], ""
+    images: dict[Path, list[Path]] = {}
     for name in found:
         nb = nbformat.read(notebooks_dir / f"{name}.ipynb", as_version=4)
         title = title_of(nb, name)
-        nb = prepare(nb, name, pairs)
-        banner = [c.source for c in nb.cells[:3] if c.source.lstrip().startswith(BANNER_PREFIXES)]
-        last_banner = banner[0] if banner else last_banner
+        nb = prepare(nb, name, pairs, found)
+        banners += [c.source for c in nb.cells[:3] if c.source.lstrip().startswith(BANNER_PREFIXES)]
         page = out_dir / f"{name}.html"
-        _write_page(page, scrub(render(nb, title), pairs))
+        images[page] = extract_images(nb, name, out_dir)
+        text, css = split_stylesheet(scrub(render(nb, title), pairs))
+        _write_page(page, resolve_links(text, out_dir))
         entries.append((name, title))
         pages.append(page)
+    _write_page(out_dir / STYLESHEET, css + READABLE_CSS)
     index = out_dir / "index.html"
-    banner_html = _markdown_html(last_banner) if last_banner else ""
-    _write_page(index, scrub(index_page(entries, banner_html), pairs))
+    tables = tables_dir or config.tables_dir()
+    text, images[index] = findings_index.page(entries, banners, tables, out_dir / ASSETS)
+    _write_page(index, scrub(public_source(text), pairs))
     pages.insert(0, index)
-    total = sum(p.stat().st_size for p in pages)
+    check(pages, images, out_dir)
+    return pages
+
+
+def check(pages: list[Path], images: dict[Path, list[Path]], out_dir: Path) -> None:
+    """Every relative link resolves; no page (with its images) over MAX_PAGE_BYTES; the site
+    (pages, images, stylesheet) within MAX_BYTES."""
+    for page in pages:
+        broken = broken_links(page)
+        if broken:
+            raise SiteError(f"{page.name} links what does not exist: {', '.join(broken[:5])}")
+        size = page.stat().st_size + sum(p.stat().st_size for p in images.get(page, []))
+        if size > MAX_PAGE_BYTES:
+            raise SiteError(f"{page.name} is {size / 2**20:.1f} MB with its images, over 1.5 MB")
+    total = sum(p.stat().st_size for p in out_dir.rglob("*") if p.is_file())
     if total > MAX_BYTES:
         raise SiteError(f"the report is {total / 2**20:.1f} MB, over {MAX_BYTES / 2**20:.0f} MB")
-    return pages
 
 
 def _write_page(path: Path, text: str) -> None:
     atomic_write_text(path, text)
     path.chmod(0o644)  # a static host serves it to anyone
-
-
-def _markdown_html(markdown: str) -> str:
-    from nbconvert.filters.markdown import markdown2html_mistune
-
-    return markdown2html_mistune(markdown)
 
 
 def default_out(notebooks_dir: Path) -> Path:
@@ -252,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     except (SiteError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    size = sum(p.stat().st_size for p in pages) / 2**20
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 2**20
     print(f"report: {len(pages)} pages, {size:.1f} MB in {publishing.relative(out)}/")
     return 0
 
