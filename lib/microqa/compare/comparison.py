@@ -159,7 +159,7 @@ def compare(
     paths = paths or default_paths()
     timing = json.loads(paths["timing"].read_text()) if paths["timing"].exists() else {}
     records = df.set_index("micrograph_no")
-    folds = pd.Series(splits.assign_folds(df, seed=seed).to_numpy(), index=records.index)
+    folds = pd.Series(splits.folds_of(df).to_numpy(), index=records.index)
     methods = (
         clip_methods(_read_csv(paths["zero_shot"]), timing, kind="clip_zero_shot")
         + clip_methods(_read_csv(paths["probe"]), timing, kind="clip_probe")

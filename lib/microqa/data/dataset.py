@@ -192,6 +192,8 @@ def load_records(dataset_dir: Path | str, *, with_images_only: bool = True) -> p
         df = df[df["image_path"] != ""]
     # Records of one specimen get one integer group id (CV folds keep groups together).
     df["specimen_id"] = pd.factorize(df["specimen_group"])[0]
+    # The study's two folds, assigned once on the whole dataset so that every subset keeps them.
+    df["fold"] = splits.assign_folds(df)
     df = df.sort_values("micrograph_no").reset_index(drop=True)
     df.attrs = {"records_csv": name, **{key: [*map(_plain, v)] for key, v in notes.items()}}
     return df
@@ -351,11 +353,12 @@ def stratified_sample(
 def selection_split(df: pd.DataFrame, *, seed: int = 0) -> pd.Series:
     """Each record's fold by specimen, named "select" (fold 0) or "evaluate" (fold 1).
 
-    The two folds of the study's cross-fitting (`splits.assign_folds`: a seeded hash of the
-    specimen key, so whole specimens stay on one side and no other specimen moves one).
-    Returns a Series aligned with `df`.
+    The two folds of the study's cross-fitting (`splits.folds_of`: whole specimens, balanced by
+    class, assigned on the whole dataset so a subset keeps them); another `seed` reassigns
+    them on `df` itself. Returns a Series aligned with `df`.
     """
-    return splits.fold_names(splits.assign_folds(df, seed=seed))
+    folds = splits.folds_of(df) if seed == 0 else splits.assign_folds(df, seed=seed)
+    return splits.fold_names(folds)
 
 
 # --- Taxonomy documentation ------------------------------------------------------------------

@@ -6,19 +6,15 @@ but the site spells it inconsistently ("Medium carbon, low alloy steel" and "...
 unicode-decomposed, diacritics and every non-alphanumeric character (punctuation, symbols,
 white space) dropped, case-folded.
 
-A group's fold is a seeded hash of its key (`fold_of`), not a position in a shuffled list:
-adding or removing a specimen never moves another one, and every notebook, the CV folds and
-the VLM's neighbour exclusion read the same assignment from `assign_folds`.
-
-`balanced_folds` is the class-balanced alternative (issue 18, item 4): specimens are placed
-one by one in a fixed order (technique class, largest first, seeded hash), each in the fold
-where its technique and category classes hold the smaller share so far. Its stability
-guarantee is weaker, and exact: adding or removing specimen S never moves a specimen placed
-before S (`order_of`); only specimens after S may move.
-(No assignment can be both class-balanced and a function of each specimen's key alone: with
-independent hashes a class of a few specimens falls on one side by chance, as AFM did, 2
-images against 19.) A subset of the records (the smoke profile's sample) gets its own
-balanced folds, so a subset must take its folds from the whole dataset's assignment.
+Folds are balanced by class (`assign_folds`, issue 18 item 4): specimens are placed one by
+one in a fixed order (technique class, largest first, seeded hash), each in the fold where its
+technique and category classes hold the smaller share so far. The stability guarantee is
+exact: adding or removing specimen S never moves a specimen placed before S (`order_of`); only
+specimens after S may move. (No assignment can be both class-balanced and a function of each
+specimen's key alone: with independent hashes a class of a few specimens falls on one side by
+chance, as AFM did, 2 images against 19.) A subset of the records (the smoke profile's
+sample) would get its own folds, so subsets keep the whole dataset's assignment: the `fold`
+column `dataset.load_records` adds (`folds_of`).
 """
 
 from __future__ import annotations
@@ -32,6 +28,7 @@ import pandas as pd
 
 N_FOLDS = 2  # cross-fitting: choose on one fold of specimens, score on the other, swap
 FOLD_NAMES = ("select", "evaluate")  # fold 0 / fold 1, the names notebooks 03 and 05 show
+STRATA = ("technique_family", "primary_category")  # the classes the folds balance
 
 
 def specimen_key(brief_description: str) -> str:
@@ -54,19 +51,6 @@ def _hash(key: str, seed: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}\x00{key}".encode()).digest()[:8])
 
 
-def fold_of(key: str, n_folds: int, seed: int) -> int:
-    """Fold of one specimen key: its seeded hash modulo n_folds."""
-    return _hash(key, seed) % n_folds
-
-
-def assign_folds(df: pd.DataFrame, *, n_folds: int = N_FOLDS, seed: int = 0) -> pd.Series:
-    """Fold (int) of every record of `df`, aligned with it, from its `specimen_group`."""
-    return df["specimen_group"].map(lambda key: fold_of(key, n_folds, seed)).astype(int)
-
-
-STRATA = ("technique_family", "primary_category")  # the classes the folds balance
-
-
 def _majority(df: pd.DataFrame, column: str) -> pd.Series:
     """Each specimen's class in `column`: the most common over its own images (ties: the
     first by name; "" when none is known), so it depends on no other specimen."""
@@ -81,7 +65,7 @@ def _majority(df: pd.DataFrame, column: str) -> pd.Series:
     return values.groupby(df["specimen_group"]).agg(majority)
 
 
-def balanced_folds(
+def assign_folds(
     df: pd.DataFrame, *, n_folds: int = N_FOLDS, seed: int = 0, strata: Sequence[str] = STRATA
 ) -> pd.Series:
     """Fold (int) of every record of `df`, aligned with it, balanced by class in every column
@@ -119,7 +103,7 @@ def balanced_folds(
 
 
 def order_of(df: pd.DataFrame, *, seed: int = 0, strata: Sequence[str] = STRATA) -> pd.DataFrame:
-    """The order `balanced_folds` places specimens in (index: specimen key; columns stratum,
+    """The order `assign_folds` places specimens in (index: specimen key; columns stratum,
     images, hash): a function of each specimen's own images and key only."""
     images = df.groupby("specimen_group").size()
     stratum = _majority(df, strata[0]).loc[images.index] if strata else ""
@@ -129,6 +113,13 @@ def order_of(df: pd.DataFrame, *, seed: int = 0, strata: Sequence[str] = STRATA)
     )
     table["largest_first"] = -table["images"]
     return table.sort_values(["stratum", "largest_first", "hash"]).drop(columns="largest_first")
+
+
+def folds_of(df: pd.DataFrame) -> pd.Series:
+    """The folds of `df`'s records: the `fold` column `dataset.load_records` computed on the
+    whole dataset (so a subset keeps the whole dataset's folds), or, for a table made some
+    other way, `assign_folds` on the table itself."""
+    return df["fold"].astype(int) if "fold" in df else assign_folds(df)
 
 
 def fold_counts(df: pd.DataFrame, folds: pd.Series, column: str) -> pd.DataFrame:
