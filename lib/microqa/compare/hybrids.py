@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from microqa import metrics
+from microqa.clip.prompt_choice import pick_prompt_set, ranking
 from microqa.compare.methods import Method, argmax
 
 FUSION_WEIGHTS = tuple(np.round(np.linspace(0, 1, 11), 2))
@@ -22,9 +22,8 @@ def confidence(probs: pd.DataFrame, how: str = "margin") -> pd.Series:
 
 
 def _balanced(truth: pd.Series, pred: pd.Series) -> tuple[float, float]:
-    """(balanced accuracy, accuracy): the order every choice ranks by."""
-    y, p = truth.to_numpy(), list(pred.loc[truth.index].to_numpy())
-    return metrics.balanced_accuracy(y, p), metrics.accuracy(y, p)
+    """(balanced accuracy, accuracy): the order every choice ranks by (`prompt_choice.ranking`)."""
+    return ranking(truth.to_numpy(), list(pred.loc[truth.index].to_numpy()))
 
 
 def apply_cascade(base: Method, vlm: Method, threshold: float) -> Method:
@@ -138,7 +137,8 @@ def cross_fit(
 
 
 def choose_prompt_set(candidates: dict[str, Method], truth: pd.Series) -> str:
-    """The prompt set with the best (balanced accuracy, accuracy) on `truth`'s images; ties go
-    to the first set in name order."""
-    names = sorted(candidates)
-    return max(names, key=lambda n: (*_balanced(truth, candidates[n].predictions), -names.index(n)))
+    """The CLIP stage's rule (`prompt_choice.pick_prompt_set`) on `truth`'s images, so notebook
+    05 chooses as notebook 03 does."""
+    return pick_prompt_set(
+        {name: m.predictions.loc[truth.index] for name, m in candidates.items()}, truth.to_numpy()
+    )
