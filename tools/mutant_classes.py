@@ -37,7 +37,7 @@ class Bug:
 BUGS = (
     Bug(
         "cascade threshold chosen on the images it is scored on",
-        "microqa/comparison.py",
+        "microqa/compare/comparison.py",
         (
             (
                 "choose_threshold(cascade_curve(base, vlm, train))",
@@ -48,13 +48,13 @@ BUGS = (
     ),
     Bug(
         "fusion weight chosen on the images it is scored on",
-        "microqa/comparison.py",
+        "microqa/compare/comparison.py",
         (("choose_fusion_weight(base, vlm, train)", "choose_fusion_weight(base, vlm, truth)"),),
         ("tests/test_comparison.py",),
     ),
     Bug(
         "fusion picks its worst weight",
-        "microqa/hybrids.py",
+        "microqa/compare/hybrids.py",
         (("FUSION_WEIGHTS[max(range(", "FUSION_WEIGHTS[min(range("),),
         ("tests/test_comparison.py",),
     ),
@@ -136,7 +136,7 @@ BUGS = (
     ),
     Bug(
         "cascade confidence: top probability instead of the margin",
-        "microqa/hybrids.py",
+        "microqa/compare/hybrids.py",
         (
             (
                 'values[:, -1] - values[:, -2] if how == "margin" else values[:, -1]',
@@ -144,6 +144,45 @@ BUGS = (
             ),
         ),
         ("tests/test_comparison.py",),
+    ),
+    Bug(
+        "CLIP prompt set (and the VLM's CLIP context) chosen on the fold it is applied to",
+        "microqa/clip/prompt_choice.py",
+        (
+            (
+                "other = wide.index[(fold != held_out).to_numpy()]",
+                "other = wide.index[(fold == held_out).to_numpy()]",
+            ),
+        ),
+        ("tests/test_clip_zero_shot.py", "tests/test_vlm_context.py"),
+    ),
+    Bug(
+        "abstention scored as wrong in the VLM headline",
+        "microqa/vlm/report.py",
+        (
+            (
+                'forced = stats.summarise(truth, group["choice"].tolist(), groups, **common)',
+                'forced = stats.summarise(truth, group["prediction"].tolist(), groups, **common)',
+            ),
+        ),
+        ("tests/test_vlm_report.py",),
+    ),
+    Bug(
+        "a hybrid that sends nothing reported as a hybrid",
+        "microqa/compare/comparison.py",
+        (("if not as_part:  # a hybrid", "if True:  # a hybrid"),),
+        ("tests/test_comparison.py",),
+    ),
+    Bug(
+        "two disagreeing answer statements resolved to one of the letters",
+        "microqa/vlm/parsing.py",
+        (
+            (
+                "    if len(committed) > 1:\n        return None\n",
+                "    if len(committed) > 1:\n        committed = {sorted(committed)[-1]}\n",
+            ),
+        ),
+        ("tests/test_vlm_parsing.py",),
     ),
     Bug(
         "a taxonomy entry moves 8 records to the wrong family",

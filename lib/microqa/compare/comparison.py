@@ -29,8 +29,9 @@ from microqa.compare.hybrids import (
     cross_fit,
     fuse,
     hybrid,
+    reported_as,
 )
-from microqa.compare.methods import Method, clip_methods, label
+from microqa.compare.methods import Method, clip_methods, label, part_weights
 from microqa.data import splits, taxonomy
 from microqa.vlm import outputs as vlm_outputs
 from microqa.vlm import scoring
@@ -308,8 +309,12 @@ def _hybrids(candidates, clip, vlm, truth, folds, choices, curves) -> list[Metho
             vlm.seconds_per_image or 0.0
         )
         method.visual_tokens = None if vlm.visual_tokens is None else fraction * vlm.visual_tokens
-        choices += [{"task": clip.task, **method.identity(), **r} for r in rows]
-        out.append(method)
+        as_part = reported_as(method, rows, clip, vlm)
+        choices += [
+            {"task": clip.task, **method.identity(), **r, "reported_as": as_part} for r in rows
+        ]
+        if not as_part:  # a hybrid that is one of its parts is that part's row, not its own
+            out.append(method)
     curve = cascade_curve(clip, vlm, truth)
     curves.append(
         curve.assign(
@@ -343,9 +348,12 @@ def _row(method: Method, labelled: pd.Series, records, subset, n_boot, seed) -> 
         **summary,
         "seconds_per_image": method.seconds_per_image,
         "visual_tokens_per_image": method.visual_tokens,
+        # hybrids: the share of images sent to the VLM (a fusion asks it of every image) and
+        # the weights of each part
         "fraction_to_vlm": method.notes.get("fraction_to_vlm")
-        if method.kind == "cascade"
+        if method.kind in ("cascade", "fusion")
         else None,
+        "part_weights": part_weights(method),
     }
 
 

@@ -98,11 +98,33 @@ def hybrid(kind, base: Method, vlm: Method, pred, probs, send) -> Method:
         mode=vlm.mode,
         prompt_set=base.prompt_set,
         partner=vlm.model,
+        base_weights=base.weights,
+        partner_weights=vlm.weights,
         seconds_per_image=(base.seconds_per_image or 0.0)
         + fraction * (vlm.seconds_per_image or 0.0),
         visual_tokens=None if vlm.visual_tokens is None else fraction * vlm.visual_tokens,
         notes={"fraction_to_vlm": fraction, "sent": send},
     )
+
+
+def reported_as(method: Method, choices: list[dict], clip: Method, vlm: Method) -> str:
+    """'' for a distinct hybrid; else the part it is, and why. A cascade that sends no image to
+    the VLM (threshold -inf in every fold) is its CLIP stage; a fusion whose weight is all on
+    one part in every fold, or whose answers are one
+    part's on every image, is that part. Such a row is reported as that part, never as a
+    method of its own, and never tested against the VLM as a hybrid."""
+    if method.kind == "cascade":
+        # one that sends every image still differs from its VLM in cost: it stays a cascade
+        sends_none = not method.notes["sent"].any()
+        return "its CLIP stage (sends no image to the VLM)" if sends_none else ""
+    weights = {c["weight"] for c in choices}
+    ids = method.predictions.index
+    for part, name, all_on_it in ((clip, "its CLIP stage", 1.0), (vlm, "its VLM", 0.0)):
+        if weights == {all_on_it}:
+            return f"{name} (fusion weight {all_on_it:g} on CLIP in every fold)"
+        if list(method.predictions) == list(part.predictions.loc[ids]):
+            return f"{name} (the fusion answers as it on every image)"
+    return ""
 
 
 Fit = Callable[[pd.Series], tuple[object, Method]]
