@@ -464,7 +464,22 @@ def _decision(i, model, task="technique", mode="score", probabilities=None, **ov
         "latency_s": 1.0,
         "visual_tokens": 100.0,
     }
-    return {**row, **overrides}
+    row = {**row, **overrides}
+    # the answer before abstention: the prediction unless the row abstained (`choice` given)
+    return {"choice": row["prediction"], **row}
+
+
+def test_vlm_methods_answer_with_the_forced_choice_never_the_abstention():
+    # image 2 abstained (low letter mass) after choosing AFM: the comparison, like the VLM
+    # table's headline, scores the forced choice
+    decisions = pd.DataFrame(
+        [
+            _decision(1, "v", probabilities={"SEM": 0.9, "TEM": 0.1}),
+            _decision(2, "v", probabilities={"AFM": 0.6}, prediction=None, choice="AFM"),
+        ]
+    )
+    (method,) = comparison.vlm_methods(decisions)
+    assert list(method.predictions) == ["SEM", "AFM"]
 
 
 def test_vlm_methods_one_per_question_in_key_order_with_the_task_classes():

@@ -61,7 +61,8 @@ def vlm_decisions(path: Path, folds: pd.Series) -> pd.DataFrame:
 
 
 def vlm_methods(decisions: pd.DataFrame) -> list[Method]:
-    """One method per VLM x context x mode x prompt set."""
+    """One method per VLM x context x mode x prompt set, answering with the forced choice (the
+    answer before abstention; the VLM table's selective columns show what abstaining gives)."""
     out = []
     if decisions.empty:
         return out
@@ -81,7 +82,8 @@ def vlm_methods(decisions: pd.DataFrame) -> list[Method]:
                 kind="vlm",
                 task=task,
                 model=str(model),
-                predictions=group["prediction"].astype(object),
+                # the forced choice (no abstention), as the VLM table's headline
+                predictions=group["choice"].astype(object).where(group["choice"].notna(), None),
                 probabilities=probs,
                 weights=str(group["weights"].iloc[0]),
                 context=str(context),
