@@ -28,13 +28,19 @@ def test_category_hit_view_counts_any_material_of_the_record():
     assert clip.material_set(("Device",)) == set()
 
 
-def test_per_class_table_reports_the_selected_set_on_the_evaluate_half():
+def test_per_class_table_reports_the_cross_fitted_sets_on_every_labelled_image():
     df, split, scores, evaluate = planted_study()
     best = clip.choose_prompt_sets(scores, df, split)
     table = clip.per_class_tables(scores, df, split, best)
-    assert set(table["prompt_set"]) == {"good-on-select"}
-    assert table["n"].sum() == len(evaluate)
+    assert set(table["prompt_set"]) == {clip.CROSS_FITTED}
+    assert table["n"].sum() == len(df)
     assert set(table["class"]) <= set(taxonomy.TECHNIQUE_FAMILIES)
+    crossed = clip.cross_fitted_predictions(scores, df, split, best)
+    truth = df.set_index("micrograph_no").loc[crossed["micrograph_no"], "technique_family"]
+    recall = table.set_index("class")["recall"]
+    for family in recall.index:  # recall of the published predictions, recomputed by hand
+        rows = (truth == family).to_numpy()
+        assert recall[family] == pytest.approx((crossed["predicted"][rows] == family).mean())
 
 
 def _run_with_random_stand_in() -> clip.ZeroShotRun:

@@ -1,5 +1,5 @@
-"""clip.zero_shot and clip.prompts: ensembles, probabilities on planted embeddings, prompt sets,
-and the prompt-set choice made on the select half only."""
+"""clip.zero_shot, clip.prompts and clip.prompt_choice: ensembles, probabilities on planted
+embeddings, prompt sets, and the prompt-set choice cross-fitted over the folds of specimens."""
 
 from __future__ import annotations
 
@@ -79,8 +79,10 @@ def _scores_frame(df, task, prompt_set, good_ids, seed):
 
 
 def planted_study(n: int = 200):
-    """Records, a select/evaluate split and scores where one prompt set is perfect only on the
-    select half and another only on the evaluate half."""
+    """Records, their two folds of specimens ("select", "evaluate") and scores where one prompt
+    set is perfect only on the select fold and another only on the evaluate fold. Cross-fitted,
+    each fold is scored with the set that is perfect on the OTHER fold: chance here; a choice
+    that peeked at the fold's own labels would be perfect."""
     rng = np.random.default_rng(0)
     df = pd.DataFrame(
         {
@@ -102,17 +104,98 @@ def planted_study(n: int = 200):
     return df, split, scores, evaluate
 
 
-def test_prompt_set_is_chosen_on_the_select_half_only():
-    # "good-on-select" is perfect where choices are made and random where they are reported;
-    # "good-on-evaluate" the reverse. A choice that peeked would take the second.
+def test_each_fold_gets_the_prompt_set_chosen_on_the_other_fold():
+    df, split, scores, evaluate = planted_study()
+    best = clip.choose_prompt_sets(scores, df, split).set_index("fold")
+    assert best.loc["evaluate", "prompt_set"] == "good-on-select"
+    assert best.loc["select", "prompt_set"] == "good-on-evaluate"
+    assert best.loc["evaluate", "n_chosen_on"] == len(df) - len(evaluate)
+    assert best.loc["evaluate", "chosen_on_balanced_accuracy"] == 1.0
+
+
+def test_published_predictions_follow_each_folds_choice_and_score_every_image_once():
+    # the choice's effect on what is published, not only the table of choices
     df, split, scores, evaluate = planted_study()
     best = clip.choose_prompt_sets(scores, df, split)
-    assert best.loc[0, "prompt_set"] == "good-on-select"
+    crossed = clip.cross_fitted_predictions(scores, df, split, best)
+    assert sorted(crossed["micrograph_no"]) == list(df["micrograph_no"])  # each image once
+    assert set(crossed["prompt_set"]) == {clip.CROSS_FITTED}
+    fixed = clip.predictions(scores).set_index(["prompt_set", "micrograph_no"])["predicted"]
+    for row in crossed.itertuples():
+        used = "good-on-select" if row.micrograph_no in evaluate else "good-on-evaluate"
+        assert row.chosen_prompt_set == used
+        assert row.predicted == fixed.loc[(used, row.micrograph_no)]
     table = clip.zero_shot_table(scores, df, split, best, n_boot=50)
-    row = table[(table.prompt_set == "good-on-evaluate") & (table.subset == "evaluate")].iloc[0]
-    assert row["accuracy"] == 1.0 and row["n"] == len(evaluate) and not row["selected"]
-    chosen = table[(table.prompt_set == "good-on-select") & (table.subset == "evaluate")].iloc[0]
-    assert chosen["selected"] and chosen["accuracy"] < 0.5
+    published = table[table["selected"]].iloc[0]
+    assert published["prompt_set"] == clip.CROSS_FITTED and published["n"] == len(df)
+    assert published["accuracy"] < 0.5  # each fold scored with the set good on the other one
+    assert "fold evaluate: good-on-select" in published["chosen_sets"]
+    one_set = table[table["prompt_set"] == "good-on-evaluate"].iloc[0]
+    assert not one_set["selected"] and one_set["n"] == len(df)
+    truth = df.set_index("micrograph_no")["technique_family"]
+    assert one_set["accuracy"] == metrics.accuracy(
+        truth.tolist(), [fixed.loc[("good-on-evaluate", m)] for m in truth.index]
+    )
+
+
+def test_shuffling_one_folds_labels_moves_nothing_applied_to_that_fold():
+    df, split, scores, evaluate = planted_study()
+    before_best = clip.choose_prompt_sets(scores, df, split)
+    before = clip.cross_fitted_predictions(scores, df, split, before_best)
+    shuffled = df.copy()
+    in_fold = (split == "evaluate").to_numpy()
+    shuffled.loc[in_fold, "technique_family"] = np.random.default_rng(3).permutation(
+        df.loc[in_fold, "technique_family"].to_numpy()
+    )
+    assert not shuffled["technique_family"].equals(df["technique_family"])
+    after_best = clip.choose_prompt_sets(scores, shuffled, split)
+    after = clip.cross_fitted_predictions(scores, shuffled, split, after_best)
+    pd.testing.assert_frame_equal(
+        before_best[before_best["fold"] == "evaluate"],
+        after_best[after_best["fold"] == "evaluate"],
+    )
+    columns = ["micrograph_no", "chosen_prompt_set", "predicted"]
+    pd.testing.assert_frame_equal(
+        before[before["micrograph_no"].isin(evaluate)][columns].reset_index(drop=True),
+        after[after["micrograph_no"].isin(evaluate)][columns].reset_index(drop=True),
+    )
+
+
+def _one_set_scores(df, prompt_set, predicted):
+    classes = taxonomy.TASKS["technique"][1]
+    rows = [
+        (m, "planted", "random", "technique", prompt_set, c, 0.9 if c == p else 0.025)
+        for m, p in zip(df["micrograph_no"], predicted, strict=True)
+        for c in classes
+    ]
+    return pd.DataFrame(rows, columns=clip.SCORE_COLUMNS)
+
+
+def test_the_prompt_set_choice_is_class_balanced_where_accuracy_would_choose_otherwise():
+    # 90 SEM and 10 of each other family. "majority" says SEM always: accuracy 0.69, balanced
+    # accuracy 0.2. "balanced" is right on 60% of every class: accuracy 0.6, balanced 0.6.
+    families = list(taxonomy.TECHNIQUE_FAMILIES)
+    truth = [families[0]] * 90 + [f for f in families[1:] for _ in range(10)]
+    n = len(truth)
+    df = pd.DataFrame(
+        {
+            "micrograph_no": np.arange(n),
+            "technique_family": truth,
+            "specimen_group": [f"s{i}" for i in range(n)],
+        }
+    )
+    wrong = {f: families[(families.index(f) + 1) % len(families)] for f in families}
+    right_share = [i % 10 < 6 for i in range(n)]
+    balanced = [t if ok else wrong[t] for t, ok in zip(truth, right_share, strict=True)]
+    majority = [families[0]] * n
+    assert metrics.accuracy(truth, majority) > metrics.accuracy(truth, balanced)  # it discriminates
+    scores = pd.concat(
+        [_one_set_scores(df, "balanced", balanced), _one_set_scores(df, "majority", majority)]
+    )
+    folds = pd.Series(np.arange(n) % 2)
+    best = clip.choose_prompt_sets(scores, df, folds)
+    assert set(best["prompt_set"]) == {"balanced"}
+    assert clip.pick_prompt_set({"majority": majority, "balanced": balanced}, truth) == "balanced"
 
 
 def test_zero_shot_intervals_resample_specimens_not_images(monkeypatch):

@@ -480,12 +480,26 @@ def _decision(i, model, task="technique", mode="score", probabilities=None, **ov
         "weights": "random",
         "prediction": max(probabilities, key=probabilities.get) if probabilities else "SEM",
         "probabilities": probabilities,
-        "choice": max(probabilities, key=probabilities.get) if probabilities else "SEM",
         "letter_mass": 0.9,
         "latency_s": 1.0,
         "visual_tokens": 100.0,
     }
-    return {**row, **overrides}
+    row = {**row, **overrides}
+    # the answer before abstention: the prediction unless the row abstained (`choice` given)
+    return {"choice": row["prediction"], **row}
+
+
+def test_vlm_methods_answer_with_the_forced_choice_never_the_abstention():
+    # image 2 abstained (low letter mass) after choosing AFM: the comparison, like the VLM
+    # table's headline, scores the forced choice
+    decisions = pd.DataFrame(
+        [
+            _decision(1, "v", probabilities={"SEM": 0.9, "TEM": 0.1}),
+            _decision(2, "v", probabilities={"AFM": 0.6}, prediction=None, choice="AFM"),
+        ]
+    )
+    (method,) = comparison.vlm_methods(decisions)
+    assert list(method.predictions) == ["SEM", "AFM"]
 
 
 def test_vlm_methods_one_per_question_in_key_order_with_the_task_classes():
@@ -665,7 +679,7 @@ def test_table_row_summarises_the_answered_images_by_specimen():
     assert "top2_accuracy" not in answers_only  # no probabilities: no top-2
     assert answers_only["visual_tokens_per_image"] == 256.0
     assert comparison._row(cascade, labelled, records, "s", 10, 3)["fraction_to_vlm"] == 0.25
-    assert comparison._row(fusion, labelled, records, "s", 10, 3)["fraction_to_vlm"] is None
+    assert comparison._row(fusion, labelled, records, "s", 10, 3)["fraction_to_vlm"] == 1.0
 
 
 def test_paired_rows_test_each_pair_on_the_images_both_answered():
@@ -740,7 +754,10 @@ def test_hybrids_choose_on_the_other_fold_and_cost_what_they_send():
 
     # with probabilities the VLM is also fused (every image asked: its full cost); one
     # prompt set leaves nothing to choose, so the row keeps the method's own identity
-    vlm_probs = pd.DataFrame({"x": (truth == "x") * 1.0, "y": (truth == "y") * 1.0})
+    # (right where CLIP is unconfident, mildly wrong on images 1 and 5 where CLIP is sure: the
+    # fusion is right everywhere, so it is neither of its parts)
+    vlm_probs = pd.DataFrame({"x": (truth == "x") * 0.9 + 0.05, "y": (truth == "y") * 0.9 + 0.05})
+    vlm_probs.loc[[1, 5]] = [0.4, 0.6]
     scored = _method("vlm", vlm_probs, model="q", context="none", mode="score")
     scored.seconds_per_image = 2.0
     choices = []
@@ -826,21 +843,25 @@ def test_compare_pools_every_method_per_task_and_subset(tmp_path, monkeypatch):
     table = result.table
     rows = table.groupby(["task", "subset", "kind"]).size().to_dict()
     # technique: 3 CLIP stages (zero-shot, 2 probes) x 2 VLMs (score, generated) cascades and
-    # x 1 VLM with probabilities fusions; category: 1 stage x 1 VLM, with and without slags
+    # x 1 VLM with probabilities fusions; category: 1 stage x 1 VLM, with and without slags.
+    # The VLM here is always right, so every fusion answers as it: no fusion row of its own
     assert rows == {
         ("technique", "all labelled", "clip_zero_shot"): 1,
         ("technique", "all labelled", "clip_probe"): 2,
         ("technique", "all labelled", "vlm"): 2,
         ("technique", "all labelled", "cascade"): 6,
-        ("technique", "all labelled", "fusion"): 3,
         **{
             ("category", subset, kind): 1
             for subset in ("all labelled", "without archaeological slags")
-            for kind in ("clip_zero_shot", "vlm", "cascade", "fusion", "chance", "majority")
+            for kind in ("clip_zero_shot", "vlm", "cascade", "chance", "majority")
         },
         ("technique", "all labelled", "chance"): 1,
         ("technique", "all labelled", "majority"): 1,
     }
+    fusions = result.choices[result.choices["kind"] == "fusion"]
+    assert len(fusions) == 2 * (3 + 1)  # one choice row per fold, each says what it is
+    assert set(fusions["reported_as"]) == {"its VLM (the fusion answers as it on every image)"}
+    assert not (result.paired["a_kind"] == "fusion").any()  # never tested as a hybrid
     n = table.groupby(["task", "subset"])["n"].unique().to_dict()
     assert {k: list(v) for k, v in n.items()} == {
         ("category", "all labelled"): [24],
@@ -923,3 +944,72 @@ def test_n_note_says_which_images_a_row_counts():
         "10 of 12 labelled images: the images with reference CLIP features"
     )
     assert comparison.n_note(generated, 4, 12) == "generate-mode agreement subset, n = 4 of 12"
+
+
+def test_the_cascade_threshold_is_class_balanced_where_accuracy_would_send_nothing():
+    # CLIP says "x" for all 10 images; the 2 "y" images and 4 "x" images are unconfident. The
+    # VLM says "y" always. Sending the 6: balanced accuracy 0.75, accuracy 0.6; sending none:
+    # balanced accuracy 0.5, accuracy 0.8
+    ids = pd.Index(range(1, 11))
+    truth = pd.Series(["x"] * 8 + ["y"] * 2, index=ids)
+    margin_top = [0.52] * 4 + [0.9] * 4 + [0.55] * 2  # margins 0.04, 0.8, 0.1
+    clip_probs = pd.DataFrame({"x": margin_top, "y": [1 - p for p in margin_top]}, index=ids)
+    clip = _method("clip_zero_shot", clip_probs)
+    vlm = _method("vlm", pd.DataFrame({"x": [0.1] * 10, "y": [0.9] * 10}, index=ids))
+    curve = hybrids.cascade_curve(clip, vlm, truth)
+    by_accuracy = curve.sort_values("accuracy", ascending=False).iloc[0]
+    assert by_accuracy["fraction_to_vlm"] == 0.0  # accuracy alone would send nothing
+    threshold = hybrids.choose_threshold(curve)
+    published = hybrids.apply_cascade(clip, vlm, threshold)
+    assert published.notes["fraction_to_vlm"] == pytest.approx(0.6)
+    assert list(published.predictions) == ["y"] * 4 + ["x"] * 4 + ["y"] * 2
+    assert metrics.balanced_accuracy(truth, list(published.predictions)) == pytest.approx(0.75)
+
+
+def test_the_fusion_weight_is_class_balanced_where_accuracy_would_choose_the_clip_stage():
+    # CLIP says "x" everywhere, a little more sure on the x images; the VLM is right on the
+    # "y" images and wrong on 3 of the 8 "x" images. Weight 1 (CLIP): accuracy 0.8, balanced
+    # 0.5; weight 0 (VLM): accuracy 0.7, balanced 0.8125
+    ids = pd.Index(range(1, 11))
+    truth = pd.Series(["x"] * 8 + ["y"] * 2, index=ids)
+    clip = _method("clip_zero_shot", pd.DataFrame({"x": [0.6] * 10, "y": [0.4] * 10}, index=ids))
+    vlm_x = [0.1] * 3 + [0.9] * 5 + [0.1] * 2
+    vlm = _method("vlm", pd.DataFrame({"x": vlm_x, "y": [1 - p for p in vlm_x]}, index=ids))
+    scored = {
+        w: (
+            metrics.balanced_accuracy(truth, list(hybrids.fuse(clip, vlm, w).predictions)),
+            metrics.accuracy(truth, list(hybrids.fuse(clip, vlm, w).predictions)),
+        )
+        for w in hybrids.FUSION_WEIGHTS
+    }
+    by_accuracy = max(scored, key=lambda w: (scored[w][1], -abs(w - 0.5)))
+    weight = hybrids.choose_fusion_weight(clip, vlm, truth)
+    assert scored[by_accuracy][0] < scored[weight][0]  # the two objectives choose differently
+    published = hybrids.fuse(clip, vlm, weight).predictions
+    assert metrics.balanced_accuracy(truth, list(published)) == pytest.approx(0.8125)
+
+
+def test_a_hybrid_that_is_one_of_its_parts_is_reported_as_that_part():
+    # CLIP right and sure everywhere, the VLM always wrong: each fold's cascade threshold is
+    # -inf (sends nothing) and each fold's fusion weight puts everything on CLIP
+    ids = pd.Index(range(1, 9))
+    folds = pd.Series([0, 1] * 4, index=ids)
+    truth = pd.Series(list("xyyx") * 2, index=ids)
+    sure = pd.DataFrame({"x": (truth == "x") * 0.8 + 0.1, "y": (truth == "y") * 0.8 + 0.1})
+    clip = _method("clip_probe", sure, weights="pretrained", prompt_set="logreg-grouped-cv")
+    vlm = _method("vlm", 1 - sure, model="q", weights="random", context="none", mode="score")
+    choices = []
+    made = comparison._hybrids({"p": clip}, clip, vlm, truth, folds, choices, [])
+    assert made == []  # neither is a method of its own, so neither is tested against the VLM
+    said = {(c["kind"], c["held_out_fold"]): c["reported_as"] for c in choices}
+    assert (
+        said[("cascade", 0)]
+        == said[("cascade", 1)]
+        == ("its CLIP stage (sends no image to the VLM)")
+    )
+    assert [c["threshold"] for c in choices if c["kind"] == "cascade"] == [-np.inf, -np.inf]
+    assert said[("fusion", 0)].startswith("its CLIP stage")
+    # a distinct hybrid names each part's weights and the share it sends
+    half = hybrids.hybrid("cascade", clip, vlm, clip.predictions, None, pd.Series([True, False]))
+    assert methods.part_weights(half) == "probe: pretrained · VLM: random"
+    assert methods.part_weights(clip) == ""

@@ -99,6 +99,19 @@ TABLE = [
     ("The answer is A. Actually, looking again at the fringes, it is B.", L4, None, None),
     ("Answer: B\nOn second thought, C.", L4, None, None),
     ("C) AFM. Correction: D) Optical microscopy.", L4, COARSE, None),
+    # two explicit answer statements that disagree: a change of mind, no answer (never the last)
+    ("The answer is B. The contrast is typical of a replica. Final answer: C", L4, None, None),
+    ("Answer: B. Final: C", L4, None, None),
+    ("The answer is B. ... C", L4, None, None),
+    ("B is correct. Looking again at the fringes, C is the answer.", L4, None, None),
+    ("I pick B. Therefore C.", L4, None, None),
+    ("Answer: B\n\nConclusion: D.", L4, None, None),
+    ("So the answer must be B. The best answer is C.", L4, None, None),
+    # ... and statements that agree, or exclude the other option, keep the answer
+    ("The answer is B. The contrast is typical of a replica. Final answer: B", L4, None, "B"),
+    ("C is correct. Final answer: C", L4, None, "C"),
+    ("C is not correct; the answer is B.", L4, None, "B"),
+    ("Therefore D.", L4, None, "D"),
     # one option committed, the others excluded or merely discussed: the answer stands
     ("The answer is C, not A.", L4, None, "C"),
     ("C. Not A.", L4, None, "C"),
@@ -152,6 +165,36 @@ def test_two_different_committed_letters_parse_to_none(data, letters, before, be
     t1, t2 = (data.draw(st.sampled_from(COMMIT_TEMPLATES)) for _ in range(2))
     text = " ".join([before, t1.format(L=first), between, t2.format(L=second), after])
     assert parse_choice(text, letters) is None
+
+
+ANSWER_STATEMENTS = [
+    "The answer is {L}.",
+    "Answer: {L}",
+    "Final answer: {L}",
+    "Final: {L}",
+    "Therefore {L}.",
+    "{L} is correct.",
+    "{L} is the answer.",
+    "My choice: {L}",
+    "I select {L}.",
+    "So the answer must be {L}.",
+    "Conclusion: {L}.",
+]
+REASONING = ["\n", "\n\n", " ... ", ". The contrast suggests it. ", "\nLooking again, "]
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), letters=letters_strategy)
+def test_two_answer_statements_that_disagree_give_no_answer(data, letters):
+    """A change of mind is no answer: never the first and never the last statement."""
+    first, second = data.draw(
+        st.lists(st.sampled_from(letters), min_size=2, max_size=2, unique=True)
+    )
+    s1, s2 = (data.draw(st.sampled_from(ANSWER_STATEMENTS)) for _ in range(2))
+    between = data.draw(st.sampled_from(REASONING))
+    assert parse_choice(s1.format(L=first) + between + s2.format(L=second), letters) is None
+    # the same statements agreeing on one letter are that letter
+    assert parse_choice(s1.format(L=first) + between + s2.format(L=first), letters) == first
 
 
 HEDGES = [

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import balanced_accuracy_score
 
 from microqa import stats
 from microqa.vlm import report, scoring
@@ -126,8 +127,24 @@ def test_qa_table_counts_abstentions_as_unanswered():
             assert q.permutation  # a real displayed order
     qa = report.qa_table(answers, fold=FOLDS, records=RECORDS, n_boot=50)
     (row,) = qa.itertuples()
-    assert row.abstained_rate == pytest.approx(0.5) and row.unanswered_rate == pytest.approx(0.5)
-    assert row.accuracy == pytest.approx(0.5)
+    assert row.abstained_rate == pytest.approx(0.5)
+    # the headline is the forced choice: the 4 low-mass images answered (wrongly), none
+    # abstained, so abstention cannot lower it
+    assert row.answer_rule == "forced choice (no abstention)"
+    assert row.unanswered_rate == 0.0 and row.accuracy == pytest.approx(0.5)
+    truth = [CLASSES[m % 4] for m in range(8)]
+    forced = [CLASSES[(m + 1) % 4] if m < 4 else CLASSES[m % 4] for m in range(8)]
+    assert row.balanced_accuracy == pytest.approx(balanced_accuracy_score(truth, forced))
+    # beside it, the selective result: the 4 right answers kept, the 4 wrong ones abstained.
+    # Effective reliability by hand: each class has one right (+1) and one abstained (0) image
+    assert row.coverage == pytest.approx(0.5) and row.n_answered == 4
+    assert row.balanced_accuracy_answered == pytest.approx(1.0)
+    assert row.effective_reliability == pytest.approx(0.5)
+    assert row.effective_reliability_ci_low <= 0.5 <= row.effective_reliability_ci_high
+    # Top-2 follows the same rule: forced over every image; selective over the answered ones
+    # (the abstained images' true class is one of three tied at 0.1 behind the wrong one)
+    assert row.top2_accuracy_answered == pytest.approx(1.0)
+    assert row.top2_accuracy < 1.0
 
 
 def test_qa_table_intervals_resample_specimens_not_images(monkeypatch):
@@ -141,7 +158,15 @@ def test_qa_table_intervals_resample_specimens_not_images(monkeypatch):
     answers = _study()
     (row,) = report.qa_table(answers, fold=FOLDS, records=RECORDS, n_boot=5).itertuples()
     decided = scoring.decisions(answers, fold=FOLDS)
-    assert seen == [[f"s{m // 2}" for m in decided["micrograph_no"]]]
+    specimens = [f"s{m // 2}" for m in decided["micrograph_no"]]
+    assert seen and all(groups == specimens for groups in seen)  # forced and selective
     assert row.n_specimens == 4 and row.n == 8
     with pytest.raises(ValueError, match="no record"):
         report.qa_table(answers, fold=FOLDS, records=RECORDS.iloc[:6], n_boot=5)
+
+
+def test_without_abstention_forced_and_selective_agree():
+    qa = report.qa_table(_study(), fold=FOLDS, records=RECORDS, n_boot=50)
+    (row,) = qa.itertuples()
+    assert row.coverage == 1.0 and row.balanced_accuracy_answered == row.balanced_accuracy
+    assert row.effective_reliability == pytest.approx(2 * row.balanced_accuracy - 1)

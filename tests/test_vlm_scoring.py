@@ -312,3 +312,21 @@ def test_default_folds_follow_the_specimen_split():
     records = pd.DataFrame({"micrograph_no": [1, 2, 3, 4], "specimen_group": ["x", "x", "y", "z"]})
     folds = scoring.default_folds(records)
     assert list(folds.index) == [1, 2, 3, 4] and folds[1] == folds[2]
+
+
+def test_the_abstention_threshold_is_class_balanced_where_accuracy_weighting_differs():
+    # low mass (0.2): 6 right majority answers and the 2 wrong minority ones; high mass (0.9):
+    # 10 right majority and 2 right minority answers. Balanced effective reliability: answer
+    # all 0.5, abstain below 0.9 0.5625; unbalanced: 0.8 against 0.6
+    truth = ["a"] * 6 + ["b"] * 2 + ["a"] * 10 + ["b"] * 2
+    choice = ["a"] * 6 + ["a"] * 2 + ["a"] * 10 + ["b"] * 2
+    mass = [0.2] * 8 + [0.9] * 12
+    kept = [c if m >= 0.9 else None for c, m in zip(choice, mass, strict=True)]
+    assert scoring.effective_reliability(truth, kept) == pytest.approx(0.5625)
+    assert scoring.effective_reliability(truth, choice) == pytest.approx(0.5)
+    unbalanced = {
+        t: scoring.effective_reliability(truth, p, balanced=False)
+        for t, p in ((0.0, choice), (0.9, kept))
+    }
+    assert max(unbalanced, key=unbalanced.get) == 0.0  # the unbalanced objective would differ
+    assert scoring.choose_threshold(truth, choice, mass) == pytest.approx(0.9)

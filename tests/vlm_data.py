@@ -100,8 +100,13 @@ def make_clip_outputs(
     import pandas as pd
 
     pd.DataFrame(score_rows).to_csv(clip_dir / "zero_shot_scores.csv", index=False)
+    # cross-fitted choices: a set per fold of specimens (the study's default fold names)
     pd.DataFrame(
-        [{"model": "ViT-B-32:openai", "task": t, "prompt_set": "ensemble"} for t in CLASSES]
+        [
+            {"model": "ViT-B-32:openai", "task": t, "fold": fold, "prompt_set": prompt_set}
+            for t in CLASSES
+            for fold, prompt_set in (("select", "ensemble"), ("evaluate", "plain"))
+        ]
     ).to_csv(clip_dir / "best_prompt_sets.csv", index=False)
     centres = {g: rng.normal(size=16) for g in dict.fromkeys(groups)}
     emb = np.array([centres[g] + 0.01 * rng.normal(size=16) for g in groups], dtype=np.float32)

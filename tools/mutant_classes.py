@@ -180,6 +180,45 @@ BUGS = (
         ("tests/test_comparison.py",),
     ),
     Bug(
+        "CLIP prompt set (and the VLM's CLIP context) chosen on the fold it is applied to",
+        "microqa/clip/prompt_choice.py",
+        (
+            (
+                "other = wide.index[(fold != held_out).to_numpy()]",
+                "other = wide.index[(fold == held_out).to_numpy()]",
+            ),
+        ),
+        ("tests/test_clip_zero_shot.py", "tests/test_vlm_context.py"),
+    ),
+    Bug(
+        "abstention scored as wrong in the VLM headline",
+        "microqa/vlm/report.py",
+        (
+            (
+                'forced = stats.summarise(truth, group["choice"].tolist(), groups, **common)',
+                'forced = stats.summarise(truth, group["prediction"].tolist(), groups, **common)',
+            ),
+        ),
+        ("tests/test_vlm_report.py",),
+    ),
+    Bug(
+        "a hybrid that sends nothing reported as a hybrid",
+        "microqa/compare/comparison.py",
+        (("if not as_part:  # a hybrid", "if True:  # a hybrid"),),
+        ("tests/test_comparison.py",),
+    ),
+    Bug(
+        "two disagreeing answer statements resolved to one of the letters",
+        "microqa/vlm/parsing.py",
+        (
+            (
+                "    if len(committed) > 1:\n        return None\n",
+                "    if len(committed) > 1:\n        committed = {sorted(committed)[-1]}\n",
+            ),
+        ),
+        ("tests/test_vlm_parsing.py",),
+    ),
+    Bug(
         "a taxonomy entry moves 8 records to the wrong family",
         "microqa/data/taxonomy.py",
         (

@@ -48,8 +48,9 @@ def test_zero_shot_scores_follow_the_contract(clip_run):
         assert set(scores.loc[scores.task == task, "class"]) <= set(classes)
 
     best = pd.read_csv(clip_run / "build" / "clip" / "best_prompt_sets.csv")
-    assert list(best.columns) == ["model", "task", "prompt_set"]
+    assert list(best.columns) == ["model", "task", "fold", "prompt_set"]
     assert set(best["prompt_set"]) <= set(scores["prompt_set"])
+    assert best.groupby(["model", "task"]).size().eq(2).all()  # one choice per fold
 
 
 def test_features_timing_and_probe_scores_are_written(clip_run):
@@ -86,8 +87,9 @@ def test_tables_figures_and_provenance_are_stamped(clip_run):
     caption = (tables / "clip_zero_shot.md").read_text().splitlines()[0]
     assert "RANDOM WEIGHTS" in caption and "SAMPLE DATA" in caption
     zero_shot = pd.read_csv(tables / "clip_zero_shot.csv")
-    assert set(zero_shot["subset"]) == {"evaluate", "all (incl. select half)"}
-    assert zero_shot.groupby(["model", "task"])["selected"].sum().eq(2).all()  # once per subset
+    assert set(zero_shot["subset"]) == {"all labelled"}  # cross-fitted: no held-out half
+    assert zero_shot.groupby(["model", "task"])["selected"].sum().eq(1).all()  # the cross-fit
+    assert set(zero_shot.loc[zero_shot["selected"], "prompt_set"]) == {"cross-fitted"}
     for name in (
         "clip_umap",
         "clip_learning_curve",

@@ -3,7 +3,8 @@
     models     names, loading, random same-architecture stand-ins (`ModelIdentity`)
     embed      decoding (images.open_rgb), batching, the SQLite embedding cache
     prompts    every text the stage shows the text encoder
-    zero_shot  class embeddings, probabilities, the run, the prompt-set choice, text search
+    zero_shot  class embeddings, probabilities, the run, text search
+    prompt_choice  the prompt-set choice, cross-fitted over the folds of specimens (no torch)
     report     tables and figures
     outputs    build/clip/: file names, columns, reading and writing
     cli        `python -m microqa embed`
@@ -19,9 +20,27 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # what the lazy names come from (also read by tools/notebook_deps.py)
-    from microqa.clip import cli, embed, models, outputs, prompts, report, zero_shot  # noqa: F401
+    from microqa.clip import (  # noqa: F401
+        cli,
+        embed,
+        models,
+        outputs,
+        prompt_choice,
+        prompts,
+        report,
+        zero_shot,
+    )
 
-SUBMODULES = ("cli", "embed", "models", "outputs", "prompts", "report", "zero_shot")
+SUBMODULES = (
+    "cli",
+    "embed",
+    "models",
+    "outputs",
+    "prompt_choice",
+    "prompts",
+    "report",
+    "zero_shot",
+)
 # name -> the submodule that defines it
 _EXPORTS = {
     "EmbeddingResult": "embed",
@@ -41,6 +60,12 @@ _EXPORTS = {
     "random_weights_file": "models",
     "slug": "models",
     "SCORE_COLUMNS": "outputs",
+    "CROSS_FITTED": "prompt_choice",
+    "apply_choices": "prompt_choice",
+    "choose_prompt_sets": "prompt_choice",
+    "cross_fitted_predictions": "prompt_choice",
+    "pick_prompt_set": "prompt_choice",
+    "predictions": "prompt_choice",
     "category_multi_table": "report",
     "confusion_figure": "report",
     "material_set": "report",
@@ -49,9 +74,7 @@ _EXPORTS = {
     "status_table": "report",
     "zero_shot_table": "report",
     "ZeroShotRun": "zero_shot",
-    "choose_prompt_sets": "zero_shot",
     "class_embeddings": "zero_shot",
-    "predictions": "zero_shot",
     "run_zero_shot": "zero_shot",
     "stage_labels": "zero_shot",
     "text_to_image_search": "zero_shot",

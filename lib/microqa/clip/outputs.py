@@ -5,7 +5,8 @@ the stage's files through here; `directory` is the one place the folder is named
 
     build/clip/
       zero_shot_scores.csv   SCORE_COLUMNS, one row per (image, model, task, prompt set, class)
-      best_prompt_sets.csv   BEST_COLUMNS, the prompt set chosen per (model, task)
+      best_prompt_sets.csv   BEST_COLUMNS, the prompt set applied to each fold of specimens per
+                             (model, task), chosen on the other fold (cross-fitting)
       probe_scores.csv       SCORE_COLUMNS, out-of-fold probe probabilities
       timing.json            {model: {seconds_per_image, device, n}}
       features.npz / .json   micrograph_no + L2-normalised embeddings; {source, pretrained}
@@ -25,7 +26,7 @@ import pandas as pd
 from microqa import config, files
 
 SCORE_COLUMNS = ["micrograph_no", "model", "weights", "task", "prompt_set", "class", "probability"]
-BEST_COLUMNS = ["model", "task", "prompt_set"]
+BEST_COLUMNS = ["model", "task", "fold", "prompt_set"]  # fold: where the choice is applied
 FAILURE_COLUMNS = ["micrograph_no", "image_file", "reason"]
 FILES = {
     "zero_shot": "zero_shot_scores.csv",

@@ -9,12 +9,22 @@ import numpy as np
 import pandas as pd
 
 from microqa import metrics, provenance, stats
-from microqa.clip.zero_shot import ZeroShotRun, labels, predictions
+from microqa.clip.prompt_choice import (
+    CROSS_FITTED,
+    cross_fitted_predictions,
+    labels,
+    predictions,
+)
+from microqa.clip.zero_shot import ZeroShotRun
 from microqa.data import images, taxonomy
 
 CATEGORY_MULTI = "category_multi"
 CATEGORY_MULTI_NAME = "category_multi (hit@1: prediction is one of the record's material classes)"
-SUBSETS = ("evaluate", "all (incl. select half)")
+SUBSET = "all labelled"  # cross-fitting scores every labelled image once: no held-out half
+SELECTION = {
+    True: "cross-fitted: each fold's set chosen on the other fold (balanced accuracy)",
+    False: "one fixed set on every image (no choice made; exploratory)",
+}
 
 
 def material_set(categories: Sequence[str]) -> set[str]:
@@ -31,129 +41,133 @@ def material_set(categories: Sequence[str]) -> set[str]:
     return out
 
 
-def _subsets(df: pd.DataFrame, split: pd.Series) -> dict[str, set]:
-    return {
-        SUBSETS[0]: set(df.loc[split == "evaluate", "micrograph_no"]),
-        SUBSETS[1]: set(df["micrograph_no"]),
-    }
+def _specimens(df: pd.DataFrame, ids) -> np.ndarray:
+    """The specimen (the unit every interval here resamples) of each image in `ids`."""
+    return df.set_index("micrograph_no").loc[list(ids), "specimen_group"].to_numpy()
+
+
+def _candidates_and_cross_fitted(scores, df, folds, best) -> pd.DataFrame:
+    """Every fixed prompt set's predictions and the cross-fitted ones (prompt_set
+    CROSS_FITTED), with `selected` True on the cross-fitted rows: the published result."""
+    fixed = predictions(scores).assign(selected=False)
+    crossed = cross_fitted_predictions(scores, df, folds, best)
+    return pd.concat([crossed.assign(selected=True), fixed], ignore_index=True)
+
+
+def _chosen_sets(best: pd.DataFrame, model: str, task: str) -> str:
+    rows = best[(best["model"] == model) & (best["task"] == task)]
+    return "; ".join(f"fold {r.fold}: {r.prompt_set}" for r in rows.itertuples())
 
 
 def zero_shot_table(
     scores: pd.DataFrame,
     df: pd.DataFrame,
-    split: pd.Series,
+    folds: pd.Series,
     best: pd.DataFrame,
     *,
     n_boot: int = 1000,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """model x task x prompt_set rows on the "evaluate" half and (labelled) on all images;
-    intervals resample specimens (`df`'s specimen_group) within class strata."""
-    subsets = _subsets(df, split)
-    specimens = df.set_index("micrograph_no")["specimen_group"]
-    chosen = {(r.model, r.task): r.prompt_set for r in best.itertuples()}
+    """model x task rows on every labelled image: the cross-fitted prompt set (`selected`;
+    each fold scored with the set chosen on the other fold, `chosen_sets` names them), and
+    each fixed prompt set (exploratory: no choice is made, so no image is scored on a choice
+    made on it). Intervals resample specimens within class strata.
+
+    `folds`: each record's fold of specimens, aligned with `df`; `best`: `choose_prompt_sets`."""
     rows = []
-    for r in predictions(scores).groupby(["model", "weights", "task", "prompt_set"], sort=False):
-        (model, weights, task, prompt_set), g = r
-        truth, classes = labels(df, task), taxonomy.TASKS[task][1]
-        for subset, ids in subsets.items():
-            h = g[g["micrograph_no"].isin(ids)]
-            y = truth.loc[h["micrograph_no"]].to_numpy()
-            row = stats.summarise(
-                y,
-                h["predicted"].tolist(),
-                specimens.loc[h["micrograph_no"]].to_numpy(),  # resampled whole
-                scores=np.stack(h["scores"]) if len(h) else None,
-                classes=classes,
-                n_boot=n_boot,
-                seed=seed,
-            )
-            rows.append(
-                {
-                    "model": model,
-                    "weights": weights,
-                    "task": task,
-                    "prompt_set": prompt_set,
-                    "subset": subset,
-                    "selected": chosen.get((model, task)) == prompt_set,
-                    "selected_on": "select half (balanced accuracy)",
-                    **row,
-                }
-            )
+    every = _candidates_and_cross_fitted(scores, df, folds, best)
+    for (model, weights, task, prompt_set, selected), h in every.groupby(
+        ["model", "weights", "task", "prompt_set", "selected"], sort=False
+    ):
+        y = labels(df, task).loc[h["micrograph_no"]].to_numpy()
+        row = stats.summarise(
+            y,
+            h["predicted"].tolist(),
+            _specimens(df, h["micrograph_no"]),
+            scores=np.stack(h["scores"]),
+            classes=taxonomy.TASKS[task][1],
+            n_boot=n_boot,
+            seed=seed,
+        )
+        rows.append(
+            {
+                "model": model,
+                "weights": weights,
+                "task": task,
+                "prompt_set": prompt_set,
+                "subset": SUBSET,
+                "selected": selected,
+                "selection": SELECTION[selected],
+                "chosen_sets": _chosen_sets(best, model, task) if selected else "",
+                **row,
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def category_multi_table(
-    scores: pd.DataFrame, df: pd.DataFrame, split: pd.Series, *, n_boot: int = 1000, seed: int = 0
+    scores: pd.DataFrame,
+    df: pd.DataFrame,
+    folds: pd.Series,
+    best: pd.DataFrame,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """The multi-label *hit* view: argmax of the category task counted as a hit when it is one of
-    the record's material classes. A hit rate over overlapping classes, not an accuracy."""
+    the record's material classes. A hit rate over overlapping classes, not an accuracy. Rows:
+    the cross-fitted prompt set (`selected`) and each fixed set, on every labelled image."""
     by_id = df.set_index("micrograph_no")
     sets = by_id["category_set"].map(material_set)
-    evaluate = _subsets(df, split)[SUBSETS[0]]
-    pred = predictions(scores[scores["task"] == "category"])
+    category = scores[scores["task"] == "category"]
+    if category.empty:
+        return pd.DataFrame()
+    every = _candidates_and_cross_fitted(category, df, folds, best)
     rows = []
-    for (model, weights, prompt_set), g in pred.groupby(
-        ["model", "weights", "prompt_set"], sort=False
+    for (model, weights, prompt_set, selected), h in every.groupby(
+        ["model", "weights", "prompt_set", "selected"], sort=False
     ):
-        for subset, h in ((SUBSETS[0], g[g["micrograph_no"].isin(evaluate)]), (SUBSETS[1], g)):
-            hits = np.array(
-                [p in sets.loc[m] for m, p in zip(h["micrograph_no"], h["predicted"], strict=True)]
-            )
-            # specimens resampled within primary-category strata, as every other CI here
-            resampled = stats.resamples(
-                by_id.loc[h["micrograph_no"], "primary_category"].astype(str).to_numpy(),
-                by_id.loc[h["micrograph_no"], "specimen_id"].to_numpy(),
-                n_boot=n_boot,
-                seed=seed,
-            )
-            low, high = stats.interval([float(hits[i].mean()) for i in resampled])
-            rows.append(
-                {
-                    "model": model,
-                    "weights": weights,
-                    "task": CATEGORY_MULTI,
-                    "view": CATEGORY_MULTI_NAME,
-                    "prompt_set": prompt_set,
-                    "subset": subset,
-                    "n": len(hits),
-                    "hit_at_1": float(hits.mean()) if len(hits) else np.nan,
-                    "hit_at_1_ci_low": low,
-                    "hit_at_1_ci_high": high,
-                }
-            )
+        hits = np.array(
+            [p in sets.loc[m] for m, p in zip(h["micrograph_no"], h["predicted"], strict=True)]
+        )
+        # specimens resampled within primary-category strata, as every other CI here
+        resampled = stats.resamples(
+            by_id.loc[h["micrograph_no"], "primary_category"].astype(str).to_numpy(),
+            by_id.loc[h["micrograph_no"], "specimen_group"].to_numpy(),
+            n_boot=n_boot,
+            seed=seed,
+        )
+        low, high = stats.interval([float(hits[i].mean()) for i in resampled])
+        rows.append(
+            {
+                "model": model,
+                "weights": weights,
+                "task": CATEGORY_MULTI,
+                "view": CATEGORY_MULTI_NAME,
+                "prompt_set": prompt_set,
+                "subset": SUBSET,
+                "selected": selected,
+                "n": len(hits),
+                "hit_at_1": float(hits.mean()) if len(hits) else np.nan,
+                "hit_at_1_ci_low": low,
+                "hit_at_1_ci_high": high,
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def _selected(pred: pd.DataFrame, model: str, task: str, prompt_set: str, ids: set) -> pd.DataFrame:
-    return pred[
-        (pred["model"] == model)
-        & (pred["task"] == task)
-        & (pred["prompt_set"] == prompt_set)
-        & pred["micrograph_no"].isin(ids)
-    ]
-
-
 def per_class_tables(
-    scores: pd.DataFrame, df: pd.DataFrame, split: pd.Series, best: pd.DataFrame
+    scores: pd.DataFrame, df: pd.DataFrame, folds: pd.Series, best: pd.DataFrame
 ) -> pd.DataFrame:
-    """Per-class P/R/F1/n of each model's selected prompt set, on the "evaluate" half."""
-    evaluate = _subsets(df, split)[SUBSETS[0]]
-    pred = predictions(scores)
+    """Per-class P/R/F1/n of each model's cross-fitted prompt sets, every labelled image."""
+    crossed = cross_fitted_predictions(scores, df, folds, best)
     frames = []
-    for r in best.itertuples():
-        g = _selected(pred, r.model, r.task, r.prompt_set, evaluate)
-        if g.empty:
-            continue
-        y = labels(df, r.task).loc[g["micrograph_no"]].to_numpy()
+    for (model, weights, task), g in crossed.groupby(["model", "weights", "task"], sort=False):
+        y = labels(df, task).loc[g["micrograph_no"]].to_numpy()
         table = metrics.per_class_table(y, g["predicted"].tolist())
         frames.append(
             table.assign(
-                model=r.model,
-                weights=g["weights"].iloc[0],
-                task=r.task,
-                prompt_set=r.prompt_set,
-                subset="evaluate",
+                model=model, weights=weights, task=task, prompt_set=CROSS_FITTED, subset=SUBSET
             )
         )
     if not frames:
@@ -165,36 +179,35 @@ def per_class_tables(
 def confusion_figure(
     scores: pd.DataFrame,
     df: pd.DataFrame,
-    split: pd.Series,
+    folds: pd.Series,
     best: pd.DataFrame,
     model: str,
     title_labels: Sequence[str] = (),
     *,
     model_label: str | None = None,
 ):
-    """Confusion matrices (rows: truth) of one model's selected prompt sets, "evaluate" half.
-    `model_label`: how the title names the model (default: its name)."""
+    """Confusion matrices (rows: truth) of one model's cross-fitted prompt sets, every
+    labelled image. `model_label`: how the title names the model (default: its name)."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    evaluate = _subsets(df, split)[SUBSETS[0]]
-    pred = predictions(scores[scores["model"] == model])
-    chosen = best[best["model"] == model]
-    fig, axes = plt.subplots(1, len(chosen), figsize=(6.2 * len(chosen), 5.0), squeeze=False)
-    for ax, r in zip(axes[0], chosen.itertuples(), strict=True):
-        g = _selected(pred, model, r.task, r.prompt_set, evaluate)
-        classes = list(taxonomy.TASKS[r.task][1])
-        y = labels(df, r.task).loc[g["micrograph_no"]].to_numpy()
+    crossed = cross_fitted_predictions(scores[scores["model"] == model], df, folds, best)
+    tasks = list(dict.fromkeys(crossed["task"]))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6.2 * len(tasks), 5.0), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        g = crossed[crossed["task"] == task]
+        classes = list(taxonomy.TASKS[task][1])
+        y = labels(df, task).loc[g["micrograph_no"]].to_numpy()
         matrix = metrics.confusion(y, g["predicted"].tolist(), classes)
         sns.heatmap(matrix, annot=True, fmt="d", cbar=False, cmap="Blues", ax=ax)
-        ax.set_title(f"{r.task} — {r.prompt_set} (n={len(g)})", fontsize=9)
+        ax.set_title(f"{task} — {_chosen_sets(best, model, task)} (n={len(g)})", fontsize=9)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.tick_params(axis="y", rotation=0)
         ax.tick_params(axis="x", rotation=30)
         for label in ax.get_xticklabels():
             label.set_horizontalalignment("right")
-    title = f"CLIP zero-shot confusion, {model_label or model}, evaluate half"
+    title = f"CLIP zero-shot confusion, {model_label or model}, cross-fitted prompt sets"
     fig.suptitle(provenance.stamp(title, list(title_labels)))
     fig.tight_layout()
     return fig

@@ -1,5 +1,7 @@
 """Zero-shot CLIP: prompt-set class embeddings, probabilities, the run over every model, the
-prompt-set choice on the select half, and text -> image search."""
+and text -> image search.
+
+The prompt-set choice itself (cross-fitted) lives in `prompt_choice`, free of torch."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from microqa import config, metrics, provenance
+from microqa import config, provenance
 from microqa.clip import embed, outputs, prompts
 from microqa.clip.models import (
     STAGE,
@@ -178,69 +180,6 @@ def write_outputs(run: ZeroShotRun, best: pd.DataFrame) -> dict:
     written = outputs.write_zero_shot(run.scores, best, run.timing)
     written["failures"] = outputs.write_failures(run.failures)
     return written
-
-
-# --------------------------------------------------------------------------- choices
-
-
-def predictions(scores: pd.DataFrame) -> pd.DataFrame:
-    """Wide view: one row per (model, task, prompt_set, image) with the argmax class and the
-    probability matrix in the task's class order (ties: the earlier class)."""
-    rows = []
-    for (model, weights, task, prompt_set), g in scores.groupby(
-        ["model", "weights", "task", "prompt_set"], sort=False
-    ):
-        classes = list(taxonomy.TASKS[task][1])
-        wide = g.pivot(index="micrograph_no", columns="class", values="probability")[classes]
-        matrix = wide.to_numpy()
-        rows.append(
-            pd.DataFrame(
-                {
-                    "model": model,
-                    "weights": weights,
-                    "task": task,
-                    "prompt_set": prompt_set,
-                    "micrograph_no": wide.index.to_numpy(),
-                    "predicted": [classes[i] for i in matrix.argmax(axis=1)],
-                    "scores": list(matrix),
-                }
-            )
-        )
-    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
-
-
-def labels(df: pd.DataFrame, task: str) -> pd.Series:
-    """The records' true class for `task`, indexed by micrograph_no."""
-    return df.set_index("micrograph_no")[taxonomy.TASKS[task][0]]
-
-
-def choose_prompt_sets(scores: pd.DataFrame, df: pd.DataFrame, split: pd.Series) -> pd.DataFrame:
-    """Best prompt set per (model, task) by balanced accuracy on the "select" half only."""
-    select_ids = set(df.loc[split == "select", "micrograph_no"])
-    pred = predictions(scores)
-    rows = []
-    for (model, task), g in pred.groupby(["model", "task"], sort=False):
-        truth = labels(df, task)
-        best, best_key = None, None
-        for order, (prompt_set, h) in enumerate(g.groupby("prompt_set", sort=False)):
-            h = h[h["micrograph_no"].isin(select_ids)]
-            y = truth.loc[h["micrograph_no"]].to_numpy()
-            key = (
-                metrics.balanced_accuracy(y, h["predicted"]) if len(h) else -1.0,
-                metrics.accuracy(y, h["predicted"]) if len(h) else -1.0,
-                -order,
-            )
-            if best_key is None or key > best_key:
-                best, best_key = prompt_set, key
-        rows.append(
-            {
-                "model": model,
-                "task": task,
-                "prompt_set": best,
-                "select_balanced_accuracy": best_key[0],
-            }
-        )
-    return pd.DataFrame(rows)
 
 
 # --------------------------------------------------------------------------- search

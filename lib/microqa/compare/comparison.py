@@ -30,8 +30,9 @@ from microqa.compare.hybrids import (
     cross_fit,
     fuse,
     hybrid,
+    reported_as,
 )
-from microqa.compare.methods import Method, clip_methods, label
+from microqa.compare.methods import Method, clip_methods, label, part_weights
 from microqa.data import splits, taxonomy
 from microqa.vlm import outputs as vlm_outputs
 from microqa.vlm import scoring
@@ -61,7 +62,8 @@ def vlm_decisions(path: Path, folds: pd.Series) -> pd.DataFrame:
 
 
 def vlm_methods(decisions: pd.DataFrame) -> list[Method]:
-    """One method per VLM x context x mode x prompt set."""
+    """One method per VLM x context x mode x prompt set, answering with the forced choice (the
+    answer before abstention; the VLM table's selective columns show what abstaining gives)."""
     out = []
     if decisions.empty:
         return out
@@ -81,7 +83,8 @@ def vlm_methods(decisions: pd.DataFrame) -> list[Method]:
                 kind="vlm",
                 task=task,
                 model=str(model),
-                predictions=group["prediction"].astype(object),
+                # the forced choice (no abstention), as the VLM table's headline
+                predictions=group["choice"].astype(object).where(group["choice"].notna(), None),
                 probabilities=probs,
                 weights=str(group["weights"].iloc[0]),
                 context=str(context),
@@ -347,8 +350,12 @@ def _hybrids(candidates, clip, vlm, truth, folds, choices, curves) -> list[Metho
             vlm.seconds_per_image or 0.0
         )
         method.visual_tokens = None if vlm.visual_tokens is None else fraction * vlm.visual_tokens
-        choices += [{"task": clip.task, **method.identity(), **r} for r in rows]
-        out.append(method)
+        as_part = reported_as(method, rows, clip, vlm)
+        choices += [
+            {"task": clip.task, **method.identity(), **r, "reported_as": as_part} for r in rows
+        ]
+        if not as_part:  # a hybrid that is one of its parts is that part's row, not its own
+            out.append(method)
     curve = cascade_curve(clip, vlm, truth)
     curves.append(
         curve.assign(
@@ -383,9 +390,12 @@ def _row(method: Method, labelled: pd.Series, records, subset, n_boot, seed) -> 
         "n_note": n_note(method, len(truth), len(labelled)),
         "seconds_per_image": method.seconds_per_image,
         "visual_tokens_per_image": method.visual_tokens,
+        # hybrids: the share of images sent to the VLM (a fusion asks it of every image) and
+        # the weights of each part
         "fraction_to_vlm": method.notes.get("fraction_to_vlm")
-        if method.kind == "cascade"
+        if method.kind in ("cascade", "fusion")
         else None,
+        "part_weights": part_weights(method),
     }
 
 

@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from microqa import metrics
+from microqa.clip.prompt_choice import pick_prompt_set, ranking
 from microqa.compare.methods import Method, argmax
 
 FUSION_WEIGHTS = tuple(np.round(np.linspace(0, 1, 11), 2))
@@ -22,9 +22,8 @@ def confidence(probs: pd.DataFrame, how: str = "margin") -> pd.Series:
 
 
 def _balanced(truth: pd.Series, pred: pd.Series) -> tuple[float, float]:
-    """(balanced accuracy, accuracy): the order every choice ranks by."""
-    y, p = truth.to_numpy(), list(pred.loc[truth.index].to_numpy())
-    return metrics.balanced_accuracy(y, p), metrics.accuracy(y, p)
+    """(balanced accuracy, accuracy): the order every choice ranks by (`prompt_choice.ranking`)."""
+    return ranking(truth.to_numpy(), list(pred.loc[truth.index].to_numpy()))
 
 
 def apply_cascade(base: Method, vlm: Method, threshold: float) -> Method:
@@ -99,11 +98,33 @@ def hybrid(kind, base: Method, vlm: Method, pred, probs, send) -> Method:
         mode=vlm.mode,
         prompt_set=base.prompt_set,
         partner=vlm.model,
+        base_weights=base.weights,
+        partner_weights=vlm.weights,
         seconds_per_image=(base.seconds_per_image or 0.0)
         + fraction * (vlm.seconds_per_image or 0.0),
         visual_tokens=None if vlm.visual_tokens is None else fraction * vlm.visual_tokens,
         notes={"fraction_to_vlm": fraction, "sent": send},
     )
+
+
+def reported_as(method: Method, choices: list[dict], clip: Method, vlm: Method) -> str:
+    """'' for a distinct hybrid; else the part it is, and why. A cascade that sends no image to
+    the VLM (threshold -inf in every fold) is its CLIP stage; a fusion whose weight is all on
+    one part in every fold, or whose answers are one
+    part's on every image, is that part. Such a row is reported as that part, never as a
+    method of its own, and never tested against the VLM as a hybrid."""
+    if method.kind == "cascade":
+        # one that sends every image still differs from its VLM in cost: it stays a cascade
+        sends_none = not method.notes["sent"].any()
+        return "its CLIP stage (sends no image to the VLM)" if sends_none else ""
+    weights = {c["weight"] for c in choices}
+    ids = method.predictions.index
+    for part, name, all_on_it in ((clip, "its CLIP stage", 1.0), (vlm, "its VLM", 0.0)):
+        if weights == {all_on_it}:
+            return f"{name} (fusion weight {all_on_it:g} on CLIP in every fold)"
+        if list(method.predictions) == list(part.predictions.loc[ids]):
+            return f"{name} (the fusion answers as it on every image)"
+    return ""
 
 
 Fit = Callable[[pd.Series], tuple[object, Method]]
@@ -138,7 +159,8 @@ def cross_fit(
 
 
 def choose_prompt_set(candidates: dict[str, Method], truth: pd.Series) -> str:
-    """The prompt set with the best (balanced accuracy, accuracy) on `truth`'s images; ties go
-    to the first set in name order."""
-    names = sorted(candidates)
-    return max(names, key=lambda n: (*_balanced(truth, candidates[n].predictions), -names.index(n)))
+    """The CLIP stage's rule (`prompt_choice.pick_prompt_set`) on `truth`'s images, so notebook
+    05 chooses as notebook 03 does."""
+    return pick_prompt_set(
+        {name: m.predictions.loc[truth.index] for name, m in candidates.items()}, truth.to_numpy()
+    )

@@ -45,6 +45,9 @@ class Method:
     partner: str = ""  # hybrids: the VLM
     seconds_per_image: float | None = None
     visual_tokens: float | None = None
+    # hybrids: the weights of each part (`weights` says "random" when either part is)
+    base_weights: str = ""
+    partner_weights: str = ""
     notes: dict = field(default_factory=dict, compare=False)
 
     def identity(self) -> dict:
@@ -53,6 +56,17 @@ class Method:
     def restricted(self, ids) -> Method:
         probs = None if self.probabilities is None else self.probabilities.loc[ids]
         return replace(self, predictions=self.predictions.loc[ids], probabilities=probs)
+
+
+PART_NAMES = {"clip_zero_shot": "zero-shot CLIP", "clip_probe": "probe"}
+
+
+def part_weights(method: Method) -> str:
+    """A hybrid's parts and their weights ("probe: pretrained · VLM: random"); '' otherwise."""
+    if method.kind not in ("cascade", "fusion"):
+        return ""
+    stage = PART_NAMES.get(method.base, method.base)
+    return f"{stage}: {method.base_weights} · VLM: {method.partner_weights}"
 
 
 def in_main_mode(modes: pd.Series) -> pd.Series:

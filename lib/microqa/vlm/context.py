@@ -2,7 +2,9 @@
 
 - `none`: the question alone.
 - `clip_topk`: plus the CLIP stage's top-k zero-shot labels for the image, with their
-  probabilities (CLIP model and prompt set as the CLIP stage chose them per task).
+  probabilities. The prompt set is a choice, so it is cross-fitted: an image's labels come
+  from the set the CLIP stage chose for its fold of specimens on the OTHER fold's labels
+  (`clip.prompt_choice`), never from a set chosen on its own label.
 - `clip_neighbours`: plus (on top of the labels) the expert annotations, brief description and
   keywords, of the k nearest DoITPoMS images in CLIP image space. The image itself and every
   image of its specimen group (same brief description: near-duplicates) are excluded, so no
@@ -10,9 +12,10 @@
 
 Inputs, from the CLIP stage: `build/clip/zero_shot_scores.csv` (micrograph_no, model, weights,
 task, prompt_set, class, probability), `build/clip/best_prompt_sets.csv` (model, task,
-prompt_set), `build/clip/features.npz` (micrograph_no, L2-normalised embeddings) and
-`build/clip/features.json` ({"source", "pretrained"}). A variant whose inputs are missing is
-reported unavailable with the reason (the runner skips it), never faked.
+fold, prompt_set: the set applied to each fold), `build/clip/features.npz` (micrograph_no,
+L2-normalised embeddings) and `build/clip/features.json` ({"source", "pretrained"}). A variant
+whose inputs are missing is reported unavailable with the reason (the runner skips it), never
+faked.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import pandas as pd
 
 from microqa import config
 from microqa.clip import outputs as clip_outputs
+from microqa.clip import prompt_choice
+from microqa.vlm import scoring
 
 VARIANTS = ("none", "clip_topk", "clip_neighbours")
 
@@ -35,6 +40,8 @@ def clip_dir() -> Path:
 class ClipContext:
     """Renders the context variants for images of one dataset (`records`: the tidy table)."""
 
+    # `folds`: each image's fold of specimens, indexed by micrograph_no (default: the study's,
+    # `scoring.default_folds`); the labels of an image follow the choice made for its fold.
     def __init__(
         self,
         records: pd.DataFrame,
@@ -43,6 +50,7 @@ class ClipContext:
         clip_model: str | None = None,
         k_labels: int = 3,
         k_neighbours: int = 3,
+        folds: pd.Series | None = None,
     ):
         self.directory = Path(directory) if directory else clip_dir()
         self.records = records.set_index("micrograph_no", drop=False)
@@ -51,12 +59,13 @@ class ClipContext:
         self.clip_model: str | None = None
         self.labels_weights: str | None = None
         self.features_source: dict = {}
+        self.choices = pd.DataFrame()  # the per-fold prompt sets the labels come from
         self._labels: dict[tuple[int, str], list[tuple[str, float]]] = {}
-        self._load_labels(clip_model)
+        self._load_labels(clip_model, folds)
         self._load_features()
 
     # --- loading -----------------------------------------------------------------------------
-    def _load_labels(self, clip_model: str | None) -> None:
+    def _load_labels(self, clip_model: str | None, folds: pd.Series | None) -> None:
         scores_path = clip_outputs.path("zero_shot", self.directory)
         best_path = clip_outputs.path("best", self.directory)
         if not scores_path.is_file():
@@ -70,23 +79,32 @@ class ClipContext:
             self.reasons["clip_topk"] = f"CLIP model {self.clip_model!r} not in {scores_path}"
             return
         scores = scores[scores["model"] == self.clip_model]
-        best = pd.read_csv(best_path) if best_path.is_file() else pd.DataFrame()
-        for task, rows in scores.groupby("task"):
-            chosen = best[(best.get("model") == self.clip_model) & (best.get("task") == task)]
-            sets = sorted(rows["prompt_set"].unique())
-            if len(chosen):
-                prompt_set = chosen["prompt_set"].iloc[0]
-            elif len(sets) == 1:
-                prompt_set = sets[0]
-            else:
-                continue  # several prompt sets and no recorded choice: do not pick one here
-            rows = rows[rows["prompt_set"] == prompt_set]
-            for mno, group in rows.groupby("micrograph_no"):
-                ranked = group.sort_values("probability", ascending=False, kind="stable")
-                self._labels[(int(mno), task)] = list(
-                    zip(ranked["class"], ranked["probability"].astype(float), strict=True)
-                )
         self.labels_weights = str(scores["weights"].iloc[0]) if len(scores) else None
+        best = pd.read_csv(best_path) if best_path.is_file() else pd.DataFrame()
+        if "fold" not in best:  # no choice recorded, or one made on a fixed half (leaky)
+            self.reasons["clip_topk"] = (
+                f"no per-fold prompt-set choices at {best_path} (the CLIP stage writes them "
+                "cross-fitted); rerun notebook 03"
+            )
+            return
+        fold_of = folds if folds is not None else scoring.default_folds(self.records)
+        fold_of = pd.Series(fold_of).astype(str)
+        fold_of.index = fold_of.index.astype(int)
+        if not set(best["fold"].astype(str)) & set(fold_of):
+            self.reasons["clip_topk"] = (
+                f"the folds of {best_path} ({sorted(set(best['fold'].astype(str)))}) are not "
+                f"the records' folds ({sorted(set(fold_of))})"
+            )
+            return
+        self.choices = best[best["model"] == self.clip_model].reset_index(drop=True)
+        applied = prompt_choice.apply_choices(scores, self.choices, fold_of)
+        ranked = applied.sort_values(
+            ["micrograph_no", "task", "probability"], ascending=[True, True, False], kind="stable"
+        )
+        for (mno, task), group in ranked.groupby(["micrograph_no", "task"], sort=False):
+            self._labels[(int(mno), task)] = list(
+                zip(group["class"], group["probability"].astype(float), strict=True)
+            )
 
     def _load_features(self) -> None:
         features = clip_outputs.read_features(self.directory)

@@ -7,7 +7,9 @@ None. It never guesses: the earlier study looked for "the letter anywhere in the
 - the whole answer (or a whole line) is the letter: "D", "(B)", "b)", "C.";
 - it is marked as an option: "(B)", "[B]", "b)", "**B**";
 - it follows an answer cue: "Answer: C", "The answer is D.", "Option B", "It's C";
-- it starts the answer followed by punctuation: "D. Optical microscopy", "C: AFM".
+- it starts the answer followed by punctuation: "D. Optical microscopy", "C: AFM";
+- it is stated as the answer anywhere: "C is correct", "Final: C", "Therefore C.", or it is
+  the reply's last sentence on its own ("... C").
 
 "A" (and "I") followed by a word is an English article/pronoun ("A scanning electron
 micrograph ...") and never counts. Then:
@@ -15,6 +17,8 @@ micrograph ...") and never counts. Then:
 - exactly one distinct committed letter, inside `letters`, is the answer;
 - two different committed letters ("A or B", "B/C", an echoed option list), a committed letter
   outside `letters`, or a refusal ("I cannot determine ...") give None;
+- two answer statements that disagree ("The answer is B. ... Final answer: C") are a change
+  of mind and give None: neither the first nor the last statement wins;
 - a hedge that keeps a second option open ("probably C, though A is possible", "C, but B
   cannot be ruled out", "B... or maybe C") and a correction ("B. No wait, D.") give None;
   a second option that is excluded ("C, not A", "it is clearly not option A", "D, since it is
@@ -39,14 +43,28 @@ _BOLD = re.compile(r"\*\*\s*[\(\[]?\s*([A-Za-z])\s*[\)\]]?\s*[.:]?\s*\*\*")
 _BRACKETED = re.compile(r"[\(\[]\s*([A-Za-z])\s*[\)\]]")
 _PAREN_AFTER = re.compile(r"(?<![A-Za-z0-9(\[])([A-Za-z])\)")
 _CUE = re.compile(
-    r"\b(?:answer|option|choice|letter|it'?s|it is|would be|should be|"
+    r"\b(?:answer|option|choice|letter|it'?s|it is|would be|should be|must be|has to be|"
+    r"final|conclusion|result|response|verdict|selected|"
     r"i(?:'d| would)? (?:choose|select|pick|go with))\b"
     r"\s*(?:is|would be|should be|[:=\-–—])?\s*(?:option|choice|letter)?\s*[:\-]?\s*"
     r"[\(\[]?([A-Za-z])" + _LETTER_END,
     re.IGNORECASE,
 )
+# A conclusion drawn with a connective ("Therefore C.", "So, B!"): the letter closes the clause.
+_CONCLUSION = re.compile(
+    r"\b(?:therefore|hence|thus|so)\s*,?\s*[\(\[]?([A-Z])[\)\]]?(?=\s*(?:$|[.!,;]))",
+    re.IGNORECASE,
+)
+# A statement that a letter is the answer, anywhere: "C is correct", "B is the best match".
+_VERDICT = re.compile(
+    r"(?<![A-Za-z0-9'])([A-Z])\s+is\s+(?:the\s+)?(?:most\s+likely\s+)?"
+    r"(?:correct|right|answer|best)\b"
+)
+# The reply's last sentence is a bare letter ("The answer is B. ... C"): a restatement.
+_LAST_SENTENCE = re.compile(r"(?:^|[.!?:;]|\.\.\.)\s*[\(\[]?([A-Z])[\)\]]?[.!]?\s*$")
 _START = re.compile(r"^\s*([A-Z])(?=\s*(?:$|[.:,;!)\]]|\s[-–—]\s))")
-_START_WORD = re.compile(r"^\s*([B-HJ-Z])\s+\w")  # "C is correct" ("A", "I" are words)
+# "C is correct" (not "C is not ..."; "A" and "I" are words)
+_START_WORD = re.compile(r"^\s*([B-HJ-Z])\s+(?!is\s+not\b|isn.t\b)\w")
 _WHOLE_LINE = re.compile(r"^\s*[\(\[]?\s*([A-Za-z])\s*[\)\]]?\s*[.!]?\s*$", re.MULTILINE)
 _HEDGE = re.compile(
     r"(?<![A-Za-z0-9])([A-Za-z])[\)\]]?\s*(?:or|/|and|,|&|vs\.?|versus)\s*"
@@ -154,13 +172,16 @@ def _committed_letters(text: str) -> set[str]:
     found.update(m.group(1) for m in _BRACKETED.finditer(plain))
     found.update(m.group(1) for m in _PAREN_AFTER.finditer(plain))
     found.update(m.group(1) for m in _WHOLE_LINE.finditer(plain))
-    for pattern in (_START, _START_WORD):
-        match = pattern.match(plain)
+    found.update(m.group(1) for m in _VERDICT.finditer(plain))
+    for match in _CONCLUSION.finditer(plain):
+        if not _excluded(plain, match.start()):
+            found.add(match.group(1))
+    for match in (_START.match(plain), _START_WORD.match(plain), _LAST_SENTENCE.search(plain)):
         if match:
             found.add(match.group(1))
     for match in _CUE.finditer(plain):
         letter, rest = match.group(1), plain[match.end() :]
-        if letter.upper() in _ARTICLES and re.match(r"\s+[A-Za-z]", rest):
+        if letter.upper() in _ARTICLES and re.match(r"[ \t]+[A-Za-z]", rest):
             continue  # "the answer is a thin film", "It is A scanning ..."
         if _excluded(plain, match.start()):
             continue  # "it is not option A", "rather than option B"
