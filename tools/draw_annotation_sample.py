@@ -38,5 +38,9 @@ def draw(mirror: Path) -> list[int]:
 
 
 if __name__ == "__main__":
-    root = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / "shared/doitpoms"
+    root = (
+        Path(sys.argv[1])
+        if len(sys.argv) > 1
+        else Path(__file__).resolve().parents[2] / "shared/doitpoms"
+    )
     print(" ".join(str(number) for number in draw(root)))
