@@ -122,7 +122,7 @@ def test_labels_table_is_well_formed():
 
 @needs_mirror()
 def test_detector_reaches_its_floor_on_the_hand_labelled_set():
-    """Measured at commit time: precision 33/42, recall 33/65 (33/37 on the bar kinds it targets)."""
+    """Measured at commit time: precision 33/42, recall 33/65 (33/37 on the bar kinds)."""
     labels = annotations.read_labels(LABELS)
     predicted = {
         number: annotations.detect(images.open_rgb(MIRROR / "images" / f"{number:06d}.jpg"))
