@@ -10,6 +10,11 @@ and, in the hf backend, its visual prefix prefilled once (issue: one image pass 
 The open question's long generations are batched across images instead. Answers are
 committed to the cache per image (or per batch), so a kill loses at most the one in flight;
 an undecodable image or a server's failed question is listed in the failures, never cached.
+
+The image asked about is the run's variant of the decoded micrograph (`data.variants`:
+``blank`` is the no-image baseline with a neutral image of the same size). ``no_image``
+(`NO_IMAGE`) sends the questions with no image at all, which only a backend declaring
+``text_only = True`` accepts; any other backend is refused with an error naming it.
 """
 
 from __future__ import annotations
@@ -21,11 +26,30 @@ from typing import Any
 
 import pandas as pd
 
-from microqa.data import images
+from microqa.data import images, variants
 from microqa.vlm import questions
 from microqa.vlm.base import Ask, Backend, ImageJob, VLMRequest, answer_image, generate_image
 from microqa.vlm.cache import Answer, AnswerKey
 from microqa.vlm.parsing import parse_choice
+
+NO_IMAGE = "no_image"  # the questions without any image (where the backend allows it)
+RUN_VARIANTS = (*variants.VARIANTS, NO_IMAGE)
+
+
+def check_variant(name: str) -> str:
+    """`name` if the VLM stage can run it, else a one-line error listing the choices."""
+    if name not in RUN_VARIANTS:
+        raise ValueError(f"unknown image variant {name!r}; choose one of {', '.join(RUN_VARIANTS)}")
+    return name
+
+
+def check_backend_allows(backend: Backend, variant: str) -> None:
+    """Refuse `no_image` on a backend that cannot send a question without an image."""
+    if variant == NO_IMAGE and not getattr(backend, "text_only", False):
+        raise ValueError(
+            f"backend {backend.name!r} ({backend.model_id}) cannot ask without an image; "
+            "use --variant blank (a neutral image of the same size) instead"
+        )
 
 
 @dataclass
@@ -97,6 +121,13 @@ def _collect(items: list[Item], results, stored: list, errors: list[str]) -> Non
             )
 
 
+def _loaded(image_of, row):
+    """The image for an in-flight backend, None when it does not decode (the scheduler skips
+    it; image_of listed it in the failures)."""
+    image = image_of(row)
+    return None if image is False else image
+
+
 def _answer_in_flight(backend, pending: dict[int, dict[str, Item]], image_of, store) -> None:
     """Every pending question of every image, the open one included, through a backend that
     keeps many images in flight (`answer_images`); each image committed as it finishes."""
@@ -109,7 +140,9 @@ def _answer_in_flight(backend, pending: dict[int, dict[str, Item]], image_of, st
             else Ask(it.prompt, max_new_tokens=it.max_new_tokens)
             for it in items
         )
-        job = ImageJob(items[0].key.image_sha256, lambda row=items[0].row: image_of(row), asks)
+        job = ImageJob(
+            items[0].key.image_sha256, lambda row=items[0].row: _loaded(image_of, row), asks
+        )
         jobs.append(job)
         todo[id(job)] = items
     for job, results in backend.answer_images(jobs):
@@ -123,10 +156,14 @@ def _answer_in_flight(backend, pending: dict[int, dict[str, Item]], image_of, st
 DESCRIBE_BATCH = 8  # open-question generations batched across images (long outputs)
 
 
-def answer_by_image(opened, items, cache, failures) -> tuple[dict[str, Answer], set[str]]:
+def answer_by_image(
+    opened, items, cache, failures, variant: str = variants.ORIGINAL
+) -> tuple[dict[str, Answer], set[str]]:
     """Cached answers read; the missing multiple-choice questions asked image by image
     (committed per image), then the open question in batches across images (its long
-    generations batch well, and a random stand-in never stops before the token limit)."""
+    generations batch well, and a random stand-in never stops before the token limit).
+    Each image is shown as its `variant` (None is sent for `NO_IMAGE`)."""
+    check_backend_allows(opened.backend, variant)
     from tqdm.auto import tqdm
 
     found = cache.get_many([it.key for it in items])
@@ -146,17 +183,19 @@ def answer_by_image(opened, items, cache, failures) -> tuple[dict[str, Answer], 
     lock = threading.Lock()  # images may be decoded on a server backend's worker threads
 
     def image_of(row):
-        """The decoded image, or None (listed once in the failures) when it does not decode."""
+        """The variant of the decoded image (False: listed once in the failures, not asked)."""
         mno = int(row["micrograph_no"])
         if mno in undecodable:
+            return False
+        if variant == NO_IMAGE:
             return None
         try:
-            return images.open_rgb(row["image_path"])
+            return variants.apply(images.open_rgb(row["image_path"]), variant)
         except images.ImageError as exc:
             with lock:
                 failures.append(failure(row, str(exc)))
                 undecodable.add(mno)
-            return None
+            return False
 
     def store(stored, errors, row):
         if errors:
@@ -177,12 +216,12 @@ def answer_by_image(opened, items, cache, failures) -> tuple[dict[str, Answer], 
         todo = list(todo.values())
         described += [it for it in todo if it.question is None]
         todo = [it for it in todo if it.question is not None]
-        if todo and (image := image_of(todo[0].row)) is not None:
+        if todo and (image := image_of(todo[0].row)) is not False:
             store(*ask_image(opened.backend, image, todo), todo[0].row)
     for start in range(0, len(described), DESCRIBE_BATCH):
         chunk, requests = [], []
         for it in described[start : start + DESCRIBE_BATCH]:
-            if (image := image_of(it.row)) is not None:
+            if (image := image_of(it.row)) is not False:
                 chunk.append(it)
                 requests.append(VLMRequest(image, it.prompt))
         if not chunk:

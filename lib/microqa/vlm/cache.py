@@ -1,10 +1,11 @@
 """SQLite answer cache: every question answered once, kept across kills and reruns.
 
 One row per question, keyed by everything that can change the answer: backend, model id and
-revision (weights identity), the prompt's hash, the image's sha256, the mode and the
-generation parameters. Rows are written with INSERT OR IGNORE and committed per batch in WAL
-mode, so a run killed with SIGKILL loses at most the batch in flight and a rerun asks only
-what is missing.
+revision (weights identity), the prompt's hash, the image's sha256, the image variant
+(`data.variants`; the original image keeps the key it had before variants existed, so older
+caches stay valid), the mode and the generation parameters. Rows are written with INSERT OR
+IGNORE and committed per batch in WAL mode, so a run killed with SIGKILL loses at most the
+batch in flight and a rerun asks only what is missing.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from microqa import files
+from microqa.data.variants import ORIGINAL
 from microqa.files import sha256_bytes
 
 SCHEMA = """
@@ -35,12 +37,13 @@ CREATE TABLE IF NOT EXISTS answers (
     latency_s REAL,
     visual_tokens INTEGER,
     created_at TEXT NOT NULL,
-    letter_mass REAL
+    letter_mass REAL,
+    variant TEXT NOT NULL DEFAULT 'original'
 )
 """
 COLUMNS = (
     "key, backend, model_id, revision, prompt_hash, image_sha256, mode, params, raw_text, "
-    "choice, probabilities, latency_s, visual_tokens, created_at, letter_mass"
+    "choice, probabilities, latency_s, visual_tokens, created_at, letter_mass, variant"
 )
 
 
@@ -58,10 +61,22 @@ class AnswerKey:
     image_sha256: str
     mode: str  # "score" or "generate"
     params: str  # canonical JSON of the generation parameters
+    variant: str = ORIGINAL  # the image variant asked about (data.variants, or "no_image")
 
     @property
     def key(self) -> str:
-        return sha256_bytes("\x1f".join(self.__dict__.values()).encode("utf-8"))
+        parts = [
+            self.backend,
+            self.model_id,
+            self.revision,
+            self.prompt_hash,
+            self.image_sha256,
+            self.mode,
+            self.params,
+        ]
+        if self.variant != ORIGINAL:  # the original keeps its pre-variant key
+            parts.append(f"variant={self.variant}")
+        return sha256_bytes("\x1f".join(parts).encode("utf-8"))
 
 
 def canonical_params(params: dict[str, Any]) -> str:
@@ -104,6 +119,10 @@ class AnswerCache:
             columns = {row[1] for row in conn.execute("PRAGMA table_info(answers)")}
             if "letter_mass" not in columns:  # a cache written before letter mass was kept
                 conn.execute("ALTER TABLE answers ADD COLUMN letter_mass REAL")
+            if "variant" not in columns:  # a cache written before image variants: originals
+                conn.execute(
+                    "ALTER TABLE answers ADD COLUMN variant TEXT NOT NULL DEFAULT 'original'"
+                )
             conn.execute("SELECT COUNT(*) FROM answers").fetchone()
             conn.commit()
         except sqlite3.DatabaseError:
@@ -158,13 +177,14 @@ class AnswerCache:
                 a.visual_tokens,
                 now,
                 a.letter_mass,
+                k.variant,
             )
             for k, a in items
         ]
         with self.conn:  # one commit per batch
             before = self.conn.total_changes
             self.conn.executemany(
-                f"INSERT OR IGNORE INTO answers ({COLUMNS}) VALUES ({','.join('?' * 15)})", rows
+                f"INSERT OR IGNORE INTO answers ({COLUMNS}) VALUES ({','.join('?' * 16)})", rows
             )
             return self.conn.total_changes - before
 

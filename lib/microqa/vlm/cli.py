@@ -84,6 +84,12 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=None)
     parser.add_argument("--cache", type=Path, default=None, help="answer cache (SQLite)")
     parser.add_argument("--clip-dir", type=Path, default=None, help="CLIP stage outputs")
+    parser.add_argument(
+        "--variant",
+        default="original",
+        help="image shown with each question: original, hflip, rot90, gray, masked, blank "
+        "(the no-image baseline), or no_image (text only, where the backend allows it)",
+    )
 
 
 def _jobs(spec: str | None) -> tuple[tuple[str, str], ...]:
@@ -123,6 +129,7 @@ def run_cli(args: argparse.Namespace) -> int:
         seed=args.seed,
         describe=not args.no_describe,
         image_budget=args.image_budget,
+        variant=args.variant,
     )
     needs_clip = any(c != "none" for c in settings.contexts)
     context = ClipContext(records, directory=args.clip_dir) if needs_clip else None

@@ -7,6 +7,12 @@ on the option letters (empty in generate mode). `vlm/scoring.py` turns these row
 decision per image. `build/vlm/descriptions.csv`: the open question. `build/vlm/failures.csv`:
 images that could not be decoded (micrograph_no, image_file, reason). Comparison and reports
 read through `load_answers` / `load_descriptions`.
+
+Both tables carry a `variant` column (the image variant each question showed, `data.variants`;
+``original`` unless a run asked otherwise). A file written before the column existed is read as
+all ``original`` and gains the column on the next write. The loaders return the original
+images' rows by default, so no table mixes answers about different images; `variant=None`
+returns every variant (the robustness tables).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from microqa import config
+from microqa.data.variants import ORIGINAL
 from microqa.files import atomic_write_csv
 
 ANSWER_COLUMNS = [
@@ -42,6 +49,7 @@ ANSWER_COLUMNS = [
     "visual_tokens",
     "raw_text",
     "cached",
+    "variant",
 ]
 DESCRIPTION_COLUMNS = [
     "micrograph_no",
@@ -58,6 +66,7 @@ DESCRIPTION_COLUMNS = [
     "visual_tokens",
     "raw_text",
     "cached",
+    "variant",
 ]
 FAILURE_COLUMNS = ["micrograph_no", "image_file", "reason"]
 
@@ -84,16 +93,15 @@ def default_cache_path() -> Path:
 
 
 def _merge_write(df: pd.DataFrame, path: Path, columns: list[str], loader) -> Path:
-    """Replace the rows of these (model, backend) pairs in `path`, keep the others; atomic.
+    """Replace the rows of these (model, backend, variant) in `path`, keep the others; atomic.
 
     Every text field is quoted: raw model output can hold carriage returns, which an
     unquoted CSV field would turn into broken rows."""
     if path.is_file():
-        old = loader(path)
-        ran = set(zip(df["model"], df["backend"], strict=True))
-        keep = np.array(
-            [pair not in ran for pair in zip(old["model"], old["backend"], strict=True)], dtype=bool
-        )
+        old = loader(path, variant=None)
+        ran = set(zip(df["model"], df["backend"], df["variant"], strict=True))
+        runs = zip(old["model"], old["backend"], old["variant"], strict=True)
+        keep = np.array([run not in ran for run in runs], dtype=bool)
         old = old.loc[keep]
         df = pd.concat([old[columns].astype(object), df[columns].astype(object)], ignore_index=True)
     return atomic_write_csv(
@@ -123,8 +131,9 @@ def save_failures(failures: Sequence[dict[str, Any]]) -> Path | None:
     return atomic_write_csv(path, frame, index=False)
 
 
-def load_answers(path: Path | str | None = None) -> pd.DataFrame:
-    """`build/vlm/answers.csv` as a DataFrame (prediction None where unanswered)."""
+def load_answers(path: Path | str | None = None, *, variant: str | None = ORIGINAL) -> pd.DataFrame:
+    """`build/vlm/answers.csv` as a DataFrame (prediction None where unanswered), the rows of
+    image `variant` only (None: every variant)."""
     path = Path(path) if path else answers_path()
     if not path.is_file():
         raise FileNotFoundError(
@@ -137,19 +146,35 @@ def load_answers(path: Path | str | None = None) -> pd.DataFrame:
         optional=("prediction",),
     )
     df["rotation"] = df["rotation"].astype(int)
-    return df
+    return _of_variant(df, variant)
 
 
-def load_descriptions(path: Path | str | None = None) -> pd.DataFrame:
-    """`build/vlm/descriptions.csv` (mapped predictions None where the text named none)."""
+def load_descriptions(
+    path: Path | str | None = None, *, variant: str | None = ORIGINAL
+) -> pd.DataFrame:
+    """`build/vlm/descriptions.csv` (mapped predictions None where the text named none), the
+    rows of image `variant` only (None: every variant)."""
     path = Path(path) if path else descriptions_path()
     if not path.is_file():
         raise FileNotFoundError(f"no VLM descriptions at {path}; run notebook 04")
-    return _typed(
-        pd.read_csv(path, keep_default_na=False, dtype=str),
-        numeric=("micrograph_no", "keyword_recall", "n_keywords", "latency_s", "visual_tokens"),
-        optional=("technique_pred", "category_pred", "technique_truth", "category_truth"),
+    return _of_variant(
+        _typed(
+            pd.read_csv(path, keep_default_na=False, dtype=str),
+            numeric=("micrograph_no", "keyword_recall", "n_keywords", "latency_s", "visual_tokens"),
+            optional=("technique_pred", "category_pred", "technique_truth", "category_truth"),
+        ),
+        variant,
     )
+
+
+def _of_variant(df: pd.DataFrame, variant: str | None) -> pd.DataFrame:
+    """Rows of one image variant (a file from before variants: all original)."""
+    if "variant" not in df.columns:
+        df["variant"] = ORIGINAL
+    df["variant"] = df["variant"].replace("", ORIGINAL)
+    if variant is None:
+        return df
+    return df[df["variant"] == variant].reset_index(drop=True)
 
 
 def _typed(df: pd.DataFrame, *, numeric: Sequence[str], optional: Sequence[str]) -> pd.DataFrame:

@@ -67,8 +67,12 @@ class RunSettings:
     # a seeded subset of this many images is also asked in the other mode (no open question),
     # by the same loaded model, to check that score and generate mode agree; 0: skip
     agreement_n: int = 0
+    # the image each question shows (data.variants; "blank": the no-image baseline,
+    # "no_image": none at all, where the backend allows it); part of every answer key
+    variant: str = "original"
 
     def __post_init__(self) -> None:
+        asking.check_variant(self.variant)
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.agreement_n < 0:
@@ -145,7 +149,9 @@ def open_model(backend: str, model: str, **options: Any) -> OpenedModel:
 # --- one model ---------------------------------------------------------------------------------
 
 
-def _key(backend: Backend, prompt: str, letters: Sequence[str], sha: str, mode: str, params):
+def _key(
+    backend: Backend, prompt: str, letters: Sequence[str], sha: str, mode: str, params, variant
+):
     params = {**params, "image_budget": backend.image_budget}  # the RESOLVED budget
     return AnswerKey(
         backend.name,
@@ -155,6 +161,7 @@ def _key(backend: Backend, prompt: str, letters: Sequence[str], sha: str, mode: 
         sha,
         mode,
         canonical_params(params),
+        variant,
     )
 
 
@@ -201,7 +208,15 @@ def _question_items(opened, sample, settings, context, shas, base, skipped) -> l
                     else:
                         tokens = settings.max_new_tokens
                         params = {"max_new_tokens": tokens}
-                    key = _key(backend, q.prompt, q.letters, shas[mno], settings.mode, params)
+                    key = _key(
+                        backend,
+                        q.prompt,
+                        q.letters,
+                        shas[mno],
+                        settings.mode,
+                        params,
+                        settings.variant,
+                    )
                     items.append(asking.Item(row, key, q.prompt, q, tokens, truth))
             for count, why in ((no_truth, f"no {column} label"), (no_context, "no CLIP scores")):
                 if count:
@@ -221,6 +236,7 @@ def _describe_items(backend, sample, settings, shas) -> list[asking.Item]:
                 shas[int(row["micrograph_no"])],
                 "generate",
                 {"max_new_tokens": tokens},
+                settings.variant,
             ),
             questions.DESCRIBE_PROMPT,
             None,
@@ -242,7 +258,13 @@ def run_model(
 ) -> StudyResult:
     """Every question of `settings` about every image of `sample`, for one model."""
     backend = opened.backend
-    base = {"model": opened.label, "backend": backend.name, "weights": backend.weights}
+    base = {
+        "model": opened.label,
+        "backend": backend.name,
+        "weights": backend.weights,
+        "variant": settings.variant,
+    }
+    asking.check_backend_allows(backend, settings.variant)  # before any image is read
     failures, skipped, shas = [], [], {}
     for _, row in sample.iterrows():
         try:
@@ -251,7 +273,9 @@ def run_model(
             failures.append(asking.failure(row, f"cannot read the file ({exc.strerror or exc})"))
     items = _question_items(opened, sample, settings, context, shas, base, skipped)
     described = _describe_items(backend, sample, settings, shas) if settings.describe else []
-    found, fresh = asking.answer_by_image(opened, items + described, cache, failures)
+    found, fresh = asking.answer_by_image(
+        opened, items + described, cache, failures, settings.variant
+    )
     answered = [it for it in items if it.key.key in found]
     log(
         f"{opened.label}: {len(answered)} questions about {len(shas)} images, "
@@ -384,8 +408,10 @@ def record_provenance(
     sample_size: int,
     context: ClipContext | None,
 ) -> dict[str, Any]:
+    # a variant run is its own record, so it never replaces the original run's
+    stage = "vlm" if settings.variant == "original" else f"vlm_{settings.variant}"
     return provenance.record_stage(
-        "vlm",
+        stage,
         models=list(result.weights),
         backend=backend,
         weights=result.weights,
@@ -395,6 +421,7 @@ def record_provenance(
         permute_options=settings.permute,
         option_rotations=settings.rotate,
         agreement_n=settings.agreement_n,  # images also asked in the other mode
+        image_variant=settings.variant,  # what each question showed (blank: no-image baseline)
         seed=settings.seed,
         image_budget=result.image_budgets,  # the budget each model ran at, as resolved
         servers=result.servers or None,  # replicas answered from (openai backend)
