@@ -7,17 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from microqa import config
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("MICROQA_SHARED", REPO.parent / "shared"))
+SHARED = config.shared_dir()
 MIRROR = SHARED / "doitpoms"
 REFERENCE = SHARED / "reference"
-NOTEBOOKS = [
-    "01_scrape_doitpoms",
-    "02_eda_class_imbalance",
-    "03_clip_zero_shot",
-    "04_vlm_qa",
-    "05_comparison",
-]
+NOTEBOOKS = list(config.notebooks())
 
 
 def needs_mirror():
@@ -100,12 +96,3 @@ def execute_notebook(name: str, out: Path, *, env: dict[str, str], parameters: d
 @pytest.fixture(scope="session")
 def smoke_pipeline(tmp_path_factory) -> NotebookPipeline:
     return NotebookPipeline(tmp_path_factory.mktemp("smoke"))
-
-
-@pytest.fixture(autouse=True)
-def _fresh_run_state(monkeypatch):
-    """Each test starts as a fresh process would: no profile chosen, no stage begun."""
-    from microqa import config, provenance
-
-    monkeypatch.setattr(config, "_chosen_profile", None)
-    monkeypatch.setattr(provenance, "_pending", {})

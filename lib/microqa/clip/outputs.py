@@ -7,6 +7,7 @@ the stage's files through here; `directory` is the one place the folder is named
       zero_shot_scores.csv   SCORE_COLUMNS, one row per (image, model, task, prompt set, class)
       best_prompt_sets.csv   BEST_COLUMNS, the prompt set chosen per (model, task)
       probe_scores.csv       SCORE_COLUMNS, out-of-fold probe probabilities
+      probe_table.csv        the probes' scores with intervals (probes.probe_table; the README's)
       timing.json            {model: {seconds_per_image, device, n}}
       features.npz / .json   micrograph_no + L2-normalised embeddings; {source, pretrained}
       failures.csv           FAILURE_COLUMNS, images that could not be embedded
@@ -31,6 +32,7 @@ FILES = {
     "zero_shot": "zero_shot_scores.csv",
     "best": "best_prompt_sets.csv",
     "probe": "probe_scores.csv",
+    "probe_table": "probe_table.csv",
     "timing": "timing.json",
     "features": "features.npz",
     "features_meta": "features.json",
@@ -69,6 +71,11 @@ def write_zero_shot(scores: pd.DataFrame, best: pd.DataFrame, timing: dict) -> d
 
 def write_probe_scores(frame: pd.DataFrame) -> Path:
     return files.atomic_write_csv(path("probe"), frame[SCORE_COLUMNS])
+
+
+def write_probe_table(table: pd.DataFrame) -> Path:
+    """The probe table as notebook 03 shows it, for the README's results (notebook 05)."""
+    return files.atomic_write_csv(path("probe_table"), table, index=False)
 
 
 def write_features(

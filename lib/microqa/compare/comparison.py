@@ -128,9 +128,16 @@ def _read_csv(path: Path) -> pd.DataFrame:
 
 
 def compare(
-    df: pd.DataFrame, *, n_boot: int, paths: dict[str, Path] | None = None, seed: int = 0
+    df: pd.DataFrame,
+    *,
+    n_boot: int,
+    paths: dict[str, Path] | None = None,
+    seed: int = 0,
+    data_source: str = "unknown",
 ) -> StudyComparison:
-    """Cross-fitted comparison of every method on every labelled image each task has."""
+    """Cross-fitted comparison of every method on every labelled image each task has;
+    `data_source` (the run's dataset source: "sample", "scraped", ...) names the data in each
+    row's provenance."""
     paths = paths or default_paths()
     timing = json.loads(paths["timing"].read_text()) if paths["timing"].exists() else {}
     records = df.set_index("micrograph_no")
@@ -171,7 +178,7 @@ def compare(
         paired += _paired_rows(everything, labelled, records["specimen_group"], n_boot, seed)
     table = pd.DataFrame(tables)
     if not table.empty:
-        table["provenance"] = table["weights"].map(provenance_line)
+        table["provenance"] = [provenance_line(w, data_source) for w in table["weights"]]
     return StudyComparison(
         table=table,
         curves=pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(),
@@ -428,8 +435,6 @@ def published_rows() -> pd.DataFrame:
     return table
 
 
-def provenance_line(weights: str) -> str:
-    data = provenance.load().get("data", {})
-    source = data.get("source", "unknown")
+def provenance_line(weights: str, source: str) -> str:
     data_label = "embedded sample" if source == "sample" else f"DoITPoMS ({source})"
     return f"data: {data_label}; weights: {weights}; git {provenance.git_sha()}"

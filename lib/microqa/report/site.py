@@ -31,14 +31,9 @@ from nbconvert import HTMLExporter
 
 from microqa import config, publishing
 from microqa.files import atomic_write_text
+from microqa.run import Run
 
-NOTEBOOKS = (
-    "01_scrape_doitpoms",
-    "02_eda_class_imbalance",
-    "03_clip_zero_shot",
-    "04_vlm_qa",
-    "05_comparison",
-)
+NOTEBOOKS = config.notebooks()
 MAX_BYTES = 20 * 1024 * 1024
 BANNER_PREFIXES = ("## ⚠️ OFFLINE SUBSTITUTES", "**Provenance:**")
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
@@ -224,7 +219,7 @@ def _markdown_html(markdown: str) -> str:
 
 
 def default_out(notebooks_dir: Path) -> Path:
-    """docs/ for a publishing run (publishing.destination, with the profile the notebooks were
+    """docs/ for a publishing run (the run's destination, with the profile the notebooks were
     executed with); any other run's report goes to its own folder under build/runs/."""
     profiles = set()
     for name in NOTEBOOKS:
@@ -233,8 +228,7 @@ def default_out(notebooks_dir: Path) -> Path:
             nb = nbformat.read(path, as_version=4)
             params = nb.metadata.get("papermill", {}).get("parameters", {})
             profiles.add(params.get("profile", "full"))
-    publishing.begin("site", "full" if profiles <= {"full"} else "smoke")
-    target = publishing.destination()
+    target = Run.start("site", "full" if profiles <= {"full"} else "smoke").destination
     if target.published:
         return config.repo_root() / "docs"
     return config.build_dir() / "runs" / target.run_name / "docs"

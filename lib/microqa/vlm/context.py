@@ -17,12 +17,12 @@ reported unavailable with the reason (the runner skips it), never faked.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from microqa import config
 from microqa.clip import outputs as clip_outputs
 
 VARIANTS = ("none", "clip_topk", "clip_neighbours")
@@ -41,6 +41,7 @@ class ClipContext:
         *,
         directory: Path | str | None = None,
         clip_model: str | None = None,
+        preferred: Sequence[str] = (),
         k_labels: int = 3,
         k_neighbours: int = 3,
     ):
@@ -52,11 +53,11 @@ class ClipContext:
         self.labels_weights: str | None = None
         self.features_source: dict = {}
         self._labels: dict[tuple[int, str], list[tuple[str, float]]] = {}
-        self._load_labels(clip_model)
+        self._load_labels(clip_model, preferred)
         self._load_features()
 
     # --- loading -----------------------------------------------------------------------------
-    def _load_labels(self, clip_model: str | None) -> None:
+    def _load_labels(self, clip_model: str | None, preferred_order: Sequence[str]) -> None:
         scores_path = clip_outputs.path("zero_shot", self.directory)
         best_path = clip_outputs.path("best", self.directory)
         if not scores_path.is_file():
@@ -64,7 +65,7 @@ class ClipContext:
             return
         scores = pd.read_csv(scores_path)
         models = list(dict.fromkeys(scores["model"]))
-        preferred = [m for m in config.profile().clip_models if m in models]
+        preferred = [m for m in preferred_order if m in models]  # the run's CLIP models first
         self.clip_model = clip_model or (preferred or models)[0]
         if self.clip_model not in models:
             self.reasons["clip_topk"] = f"CLIP model {self.clip_model!r} not in {scores_path}"
