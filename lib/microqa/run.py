@@ -42,9 +42,9 @@ class DatasetInfo:
     complete: bool
 
     @property
-    def labels(self) -> list[str]:
-        """Labels for titles: 'sample data' when the run fell back to the embedded sample."""
-        return ["sample data"] if self.source == "sample" else []
+    def shown(self) -> str:
+        """The folder as a reader knows it (relative to the repository, never the machine's)."""
+        return publishing.relative(self.dir)
 
 
 @dataclass

@@ -269,6 +269,14 @@ def concat(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def degraded_reason(feature_sets: Sequence[FeatureSet]) -> str:
+    """Why the embedding-space results are weaker than a published run's ("" when they are not):
+    without the reference features they are never allowed to replace published ones."""
+    if feature_sets and feature_sets[0].source == REFERENCE_SOURCE:
+        return ""
+    return "reference features absent (../shared/reference)"
+
+
 def labels_of(feature_sets: Sequence[FeatureSet]) -> list[str]:
     """Substitute labels of any of the feature sets, for a table or figure covering them all."""
     out: list[str] = []

@@ -27,6 +27,9 @@ from microqa import config, files
 
 SCORE_COLUMNS = ["micrograph_no", "model", "weights", "task", "prompt_set", "class", "probability"]
 BEST_COLUMNS = ["model", "task", "prompt_set"]
+# the probes' rows in probe_scores.csv are named by their "prompt set"; the study's probe first
+SCORE_PROMPT_SETS = {"logreg": "logreg-grouped-cv", "knn": "knn-grouped-cv"}
+MAIN_PROBE = SCORE_PROMPT_SETS["logreg"]  # logistic, specimen-grouped CV
 FAILURE_COLUMNS = ["micrograph_no", "image_file", "reason"]
 FILES = {
     "zero_shot": "zero_shot_scores.csv",

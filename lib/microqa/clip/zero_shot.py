@@ -281,3 +281,20 @@ def stage_labels(run: ZeroShotRun, model: str | None = None) -> list[str]:
     models = [model] if model else run.run_models
     random = any(run.status.get(m) == "random" for m in models)
     return (["random weights"] if random else []) + run.data_labels
+
+
+def record_provenance(
+    study: Run, run: ZeroShotRun, best: pd.DataFrame, features_source: str, **parameters
+) -> dict:
+    """The CLIP stage's provenance section: models and weights, the prompt sets by content,
+    the features the embedding space used, the choices, timing and parameters."""
+    return study.record_stage(
+        STAGE,
+        models=list(run.status),
+        weights=run.status,
+        features_source=features_source,
+        prompt_sets=prompts.prompts_record(run.prompt_sets),
+        best_prompt_sets=best[["model", "task", "prompt_set"]].to_dict("records"),
+        timing=run.timing,
+        parameters={"seed": study.seed, "n_boot": study.n_boot, **parameters},
+    )

@@ -20,6 +20,7 @@ import pandas as pd
 
 from microqa import provenance, stats
 from microqa.clip import outputs as clip_outputs
+from microqa.clip.outputs import MAIN_PROBE, SCORE_PROMPT_SETS
 from microqa.compare.hybrids import (
     apply_cascade,
     cascade_curve,
@@ -238,7 +239,7 @@ def gallery_predictions(predictions: pd.DataFrame, task: str = "technique") -> p
         vlm &= rows["mode"] == rows.loc[vlm, "mode"].value_counts().index[0]
     keep = (
         (rows["kind"] == "clip_zero_shot")
-        | ((rows["kind"] == "clip_probe") & (rows["prompt_set"] == "logreg-grouped-cv"))
+        | ((rows["kind"] == "clip_probe") & (rows["prompt_set"] == MAIN_PROBE))
         | vlm
     )
     return rows[keep]
@@ -377,7 +378,7 @@ def study_pairs(methods: list[Method]) -> list[tuple[str, Method, Method]]:
             ):
                 pairs.append(("one VLM vs another", a, b))
     pairs += [("CLIP zero-shot vs CLIP probe", z, p) for z in zero_shot for p in probes]
-    knn = [p for p in probes if p.prompt_set == "knn-grouped-cv"]
+    knn = [p for p in probes if p.prompt_set == SCORE_PROMPT_SETS["knn"]]
     for v in vlms:
         if v.context == "clip_neighbours":
             pairs += [("retrieved expert metadata (VLM) vs k-NN probe", v, k) for k in knn]

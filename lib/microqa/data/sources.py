@@ -201,10 +201,6 @@ def summary_table(choice: DatasetChoice) -> pd.DataFrame:
     return pd.DataFrame([choice.summary()])
 
 
-def summary_labels(choice: DatasetChoice) -> list[str]:
-    return ["sample data"] if choice.source == "sample" else []
-
-
 def failures_table(choice: DatasetChoice) -> pd.DataFrame:
     """The scrape's failed pages and images (empty for other sources)."""
     rows = [vars(failure) for failure in choice.failures]

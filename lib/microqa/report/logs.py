@@ -4,8 +4,8 @@ stderr noise in the notebook (and the rendered report).
 `notebook_setup(run)` (with `run = Run.start("03_clip_zero_shot", ...)`) routes the root
 logger, Python warnings (TqdmWarning, FutureWarning, ...), and the loggers of transformers /
 huggingface_hub / open_clip (e.g. "Failed to download ...") to `build/logs/<notebook>.log`,
-turns off the hub's and transformers' own model-loading bars (our tqdm bars stay: ipywidgets draws them in a notebook),
-and applies the figure style; it returns the run, so a notebook's first cell is one line
+turns off the hub's and transformers' own model-loading bars (our tqdm bars stay: ipywidgets
+draws them in a notebook), and applies the figure style; it returns the run, so a notebook's first cell is one line
 (`run = logs.notebook_setup(Run.start(...))`). Offline-substitute banners are not affected.
 """
 
