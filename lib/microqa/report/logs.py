@@ -5,8 +5,8 @@ stderr noise in the notebook (and the rendered report).
 logger, Python warnings (TqdmWarning, FutureWarning, ...), and the loggers of transformers /
 huggingface_hub / open_clip (e.g. "Failed to download ...") to `build/logs/<notebook>.log`,
 turns off the hub's and transformers' own model-loading bars (our tqdm bars stay: ipywidgets
-draws them in a notebook), and applies the figure style; it returns the run, so a notebook's first cell is one line
-(`run = logs.notebook_setup(Run.start(...))`). Offline-substitute banners are not affected.
+draws them in a notebook), and applies the figure style; it returns the run, so a notebook's
+first cell is one line (`run = logs.notebook_setup(Run.start(...))`).
 """
 
 from __future__ import annotations

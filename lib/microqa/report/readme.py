@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from microqa import provenance
+from microqa import config, provenance
 from microqa.clip import outputs as clip_outputs
 from microqa.compare.methods import in_main_mode
 from microqa.run import Run
@@ -277,6 +277,10 @@ def results_markdown(
             f"{_fmt(row['top2_accuracy'])} | {int(row['n'])} | {row['protocol']} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def readme_path() -> Path:
+    return config.repo_root() / "README.md"
 
 
 def update_readme(readme: Path, markdown: str) -> None:

@@ -165,6 +165,10 @@ class ClipContext:
             )
         return "\n\n".join(parts)
 
+    def labels_if_used(self, contexts: Sequence[str]) -> list[str]:
+        """`substitute_labels` when some of `contexts` used CLIP, else none."""
+        return self.substitute_labels() if any(c != "none" for c in contexts) else []
+
     def substitute_labels(self) -> list[str]:
         """Title labels when the context itself came from random CLIP weights."""
         random_labels = self.labels_weights not in (None, "pretrained")

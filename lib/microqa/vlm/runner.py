@@ -378,6 +378,37 @@ def run_study(
     )
 
 
+def run_for_notebook(
+    run: Run,
+    records: pd.DataFrame,
+    sample: pd.DataFrame,
+    settings: RunSettings,
+    *,
+    backend: str,
+    base_url: str = "",
+    clip_model: str = "",
+) -> tuple[StudyResult, ClipContext]:
+    """Notebook 04's stage: the run's VLMs asked every question about `sample` (CLIP context
+    from the CLIP stage, its models in the run's order), answers saved fresh to build/vlm,
+    and the stage's provenance (with its substitutes) recorded in the run."""
+    run.begin_stage("vlm")  # this run's record and substitutes only
+    context = ClipContext(records, clip_model=clip_model or None, preferred=run.profile.clip_models)
+    study = run_study(
+        run.profile.vlm_models,
+        backend=backend,
+        sample=sample,
+        settings=settings,
+        context=context,
+        backend_options={"base_url": base_url or None},
+        record=run.record,
+    )
+    save_answers(study, fresh=True)
+    record_provenance(
+        run, study, settings, backend=backend, sample_size=len(sample), context=context
+    )
+    return study, context
+
+
 def record_provenance(
     run: Run,
     result: StudyResult,
