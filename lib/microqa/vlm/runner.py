@@ -129,7 +129,7 @@ def _hub_reason(model: str) -> str | None:
 
 
 def open_model(
-    backend: str, model: str, record: provenance.Record | None = None, **options: Any
+    backend: str, model: str, *, record: provenance.Record | None = None, **options: Any
 ) -> OpenedModel:
     """Load `model`; for the hf backend, a model unavailable here becomes its tiny stand-in
     (declared in `record`, the run's provenance record)."""
@@ -353,7 +353,7 @@ def run_study(
         )
     with AnswerCache(cache_path or default_cache_path()) as cache:
         for model in models:
-            opened = open_model(backend, model, record, **options)
+            opened = open_model(backend, model, record=record, **options)
             model_parts = [run_model(opened, sample, settings, cache, context, log=log)]
             if agreement:
                 model_parts.append(run_model(opened, *agreement, cache, context, log=log))
