@@ -96,3 +96,12 @@ def execute_notebook(name: str, out: Path, *, env: dict[str, str], parameters: d
 @pytest.fixture(scope="session")
 def smoke_pipeline(tmp_path_factory) -> NotebookPipeline:
     return NotebookPipeline(tmp_path_factory.mktemp("smoke"))
+
+
+def pytest_collection_modifyitems(items):
+    """Every test under tests/notebooks/ executes notebooks: marked so, whatever its file says
+    (`make test-unit` leaves them out)."""
+    folder = Path(__file__).parent / "notebooks"
+    for item in items:
+        if folder in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.notebooks)
