@@ -1,7 +1,8 @@
 """Records -> one tidy DataFrame, validated in one place; the active dataset; taxonomy tables;
 a seeded stratified sampler.
 
-A dataset directory (README, "Use it on your own micrographs") holds `records.csv` and `images/NNNNNN.<ext>`.
+A dataset directory (README, "Use it on your own micrographs") holds `records.csv` and
+`images/NNNNNN.<ext>`.
 Required columns are REQUIRED_COLUMNS; every other column of RECORD_COLUMNS is optional (an
 absent one reads as empty). The scraper adds IMAGE_COLUMNS, describing each stored file.
 
