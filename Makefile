@@ -9,7 +9,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.setup-$(shell cat pyproject.toml 2>/dev/null | cksum | cut -d' ' -f1)
 NB_OUT := build/notebooks
-NOTEBOOKS := 01_scrape_doitpoms 02_eda_class_imbalance 03_clip_zero_shot 04_vlm_qa 05_comparison
+# the study's notebooks in run order: notebooks/NN_*.ipynb (config.notebooks() reads the same)
+NOTEBOOKS := $(sort $(basename $(notdir $(wildcard notebooks/[0-9][0-9]_*.ipynb))))
 PROFILE ?= full
 # Where the scraper looks for the library; point it at a mirror with DOITPOMS_URL=http://...
 DOITPOMS_URL ?=
@@ -22,7 +23,7 @@ DATASET_DIR := $(if $(DATASET),$(abspath $(DATASET)))
 # MICROQA_PUBLISH=1: these runs may publish to figures/, tables/, docs/ (lib/microqa/publishing.py)
 PAPERMILL = MICROQA_PUBLISH=1 $(PY) -m papermill --no-progress-bar --log-output --cwd notebooks -p profile $(PROFILE) $(NB_PARAMS)
 
-.PHONY: help setup reproduce report smoke test test-slow bench lab lint sample clean mutation
+.PHONY: help setup reproduce report smoke test test-unit test-slow bench lab lint sample clean mutation
 
 help: ## show this help
 	@echo "Targets:"
@@ -102,6 +103,9 @@ lint: setup ## ruff (lint and format check) over the library, tests, benchmarks,
 
 test: setup lint ## lint + the test suite (unit, mirror integration, notebooks in the smoke profile)
 	$(PY) -m pytest -m "not slow" -q
+
+test-unit: setup ## unit tests only: no notebooks (papermill), no slow tests, no lint
+	$(PY) -m pytest -m "not slow and not notebooks" -q
 
 mutation: setup ## mutation testing (mutmut) of the study logic; prints the kill rate (slow)
 	rm -rf build/mutation && mkdir -p build/mutation/data

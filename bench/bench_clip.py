@@ -30,8 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "lib"))  # run from a checkout without installing
 
 from microqa import clip, config  # noqa: E402
-from microqa.data import dataset  # noqa: E402
 from microqa.data.images import IMAGE_SUFFIXES, open_rgb  # noqa: E402
+from microqa.run import Run, RunError  # noqa: E402
 
 ARCH = "ViT-B-32-quickgelu"  # OpenAI's ViT-B/32 (QuickGELU); same FLOPs as HF's CLIPConfig()
 TARGET_VS_BARE, TARGET_VS_EARLIER = 0.85, 1.5
@@ -45,8 +45,8 @@ def image_paths(n: int, images: str | None) -> list[str]:
         folder = config.shared_dir() / "doitpoms" / "images"
     else:
         try:
-            folder = dataset.active_dataset_dir() / "images"
-        except dataset.DatasetError:
+            folder = Run.start("bench").dataset.dir / "images"
+        except RunError:
             folder = config.sample_dir() / "images"
     paths = sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:

@@ -39,6 +39,9 @@ KEYS = ["features", "task", "probe", "cv"]
 SHOWN = 0.005  # half a unit in the second decimal: the precision the tables show
 
 
+FULL = config.profile("full")  # the published run's settings
+
+
 def export(directory: Path) -> None:
     profile = config.profile("full")
     records = embedding_space.reference_records(pd.DataFrame(), profile)
@@ -90,7 +93,11 @@ def check(directory: Path) -> int:
         embedding_space.REFERENCE_SOURCE, True, records, embeddings
     )
     fresh = probes.probe_table(
-        features, tasks=("technique", "category"), cv_seeds=probes.CV_SEEDS, n_boot=1000, seed=0
+        features,
+        tasks=("technique", "category"),
+        cv_seeds=range(FULL.cv_seeds),
+        n_boot=FULL.n_boot,
+        seed=FULL.seed,
     )
     committed = pd.read_csv(REPO / "tables" / "clip_probe.csv")
     committed = committed[committed["features"] == embedding_space.REFERENCE_SOURCE]

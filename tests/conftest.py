@@ -7,17 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from microqa import config
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("MICROQA_SHARED", REPO.parent / "shared"))
+SHARED = config.shared_dir()
 MIRROR = SHARED / "doitpoms"
 REFERENCE = SHARED / "reference"
-NOTEBOOKS = [
-    "01_scrape_doitpoms",
-    "02_eda_class_imbalance",
-    "03_clip_zero_shot",
-    "04_vlm_qa",
-    "05_comparison",
-]
+NOTEBOOKS = list(config.notebooks())
 
 
 def needs_mirror():
@@ -102,10 +98,10 @@ def smoke_pipeline(tmp_path_factory) -> NotebookPipeline:
     return NotebookPipeline(tmp_path_factory.mktemp("smoke"))
 
 
-@pytest.fixture(autouse=True)
-def _fresh_run_state(monkeypatch):
-    """Each test starts as a fresh process would: no profile chosen, no stage begun."""
-    from microqa import config, provenance
-
-    monkeypatch.setattr(config, "_chosen_profile", None)
-    monkeypatch.setattr(provenance, "_pending", {})
+def pytest_collection_modifyitems(items):
+    """Every test under tests/notebooks/ executes notebooks: marked so, whatever its file says
+    (`make test-unit` leaves them out)."""
+    folder = Path(__file__).parent / "notebooks"
+    for item in items:
+        if folder in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.notebooks)

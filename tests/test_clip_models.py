@@ -94,7 +94,10 @@ def test_missing_pretrained_weights_fall_back_loudly_in_one_pass(
     monkeypatch.setattr(
         clip.models, "parse_model_name", lambda n: parsed.append(n) or real_parse(n)
     )
-    loaded = clip.load_or_substitute("ViT-B-32:openai", device="cpu", random_archs=("ViT-B-32",))
+    record = provenance.Record.load()
+    loaded = clip.load_or_substitute(
+        "ViT-B-32:openai", device="cpu", random_archs=("ViT-B-32",), record=record
+    )
     assert parsed == ["ViT-B-32:openai"]  # the user's name, parsed once; no rebuilt name string
     identity = loaded.identity
     assert (identity.name, identity.weights, identity.substitute) == (
@@ -107,7 +110,7 @@ def test_missing_pretrained_weights_fall_back_loudly_in_one_pass(
     # the stand-in preprocesses exactly as the pretrained model it replaces (the tag's options)
     assert str(loaded.preprocess) == str(clip.load_model(f"{ARCH}:{placed}").preprocess)
     assert "OFFLINE SUBSTITUTE" in caplog.text  # logged: a CLI prints it on stderr
-    (entry,) = provenance.fallbacks("clip")
+    (entry,) = record.fallbacks("clip")
     assert "random weights" in entry["what"] and "local file" in entry["reason"]
 
     again = clip.load_identity(identity, device="cpu")  # e.g. the notebook's text search

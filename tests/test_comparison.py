@@ -557,13 +557,12 @@ def test_default_paths_are_the_stages_output_files(tmp_path, monkeypatch):
 
 def test_provenance_line_names_the_data_source_weights_and_commit(monkeypatch):
     monkeypatch.setattr(comparison.provenance, "git_sha", lambda: "abc1234")
-    for record, data in [
-        ({"data": {"source": "sample"}}, "embedded sample"),
-        ({"data": {"source": "mirror"}}, "DoITPoMS (mirror)"),
-        ({}, "DoITPoMS (unknown)"),
+    for source, data in [
+        ("sample", "embedded sample"),
+        ("mirror", "DoITPoMS (mirror)"),
+        ("unknown", "DoITPoMS (unknown)"),
     ]:
-        monkeypatch.setattr(comparison.provenance, "load", lambda record=record: record)
-        line = comparison.provenance_line("random")
+        line = comparison.provenance_line("random", source)
         assert line == f"data: {data}; weights: random; git abc1234"
 
 
@@ -872,7 +871,9 @@ def test_compare_pools_every_method_per_task_and_subset(tmp_path, monkeypatch):
     assert set(by_kind.get_group("clip_zero_shot")) == {"cross-fitted"}
     assert set(by_kind.get_group("clip_probe")) == {"logreg-grouped-cv", "knn-grouped-cv"}
     assert table["seconds_per_image"][table["kind"] == "clip_probe"].isna().all()  # no timing
-    assert list(table["provenance"]) == [comparison.provenance_line(w) for w in table["weights"]]
+    assert list(table["provenance"]) == [
+        comparison.provenance_line(w, "unknown") for w in table["weights"]
+    ]
     # the zero-shot set is chosen on the other fold: "good" on both
     zero_shot = result.choices[result.choices["kind"] == "clip_zero_shot"]
     assert sorted(zip(zero_shot["task"], zero_shot["prompt_set"], strict=True)) == [

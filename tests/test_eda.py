@@ -143,8 +143,10 @@ def test_notebook_02_on_the_sample(tmp_path, monkeypatch):
     }
     for key, value in env.items():
         monkeypatch.setenv(key, str(value))
-    provenance.substitute("data", "embedded sample data/sample instead of the library", "test")
-    provenance.record_stage("data", source="sample", dataset_dir=str(config.sample_dir()))
+    record = provenance.Record.load()
+    what = "embedded sample data/sample instead of the library"
+    provenance.substitute("data", what, "test", record)
+    record.record_stage("data", source="sample", dataset_dir=str(config.sample_dir()))
     out = tmp_path / "02.ipynb"
     papermill.execute_notebook(
         str(NOTEBOOK),
@@ -162,7 +164,7 @@ def test_notebook_02_on_the_sample(tmp_path, monkeypatch):
         assert caption.splitlines()[0].endswith("[SAMPLE DATA]")
     taxonomy_csv = pd.read_csv(tmp_path / "tables" / "technique_taxonomy.csv")
     assert taxonomy_csv["n"].sum() == len(dataset.load_records(SAMPLE))
-    assert provenance.load()["eda"]["n_records"] == len(dataset.load_records(SAMPLE))
+    assert provenance.Record.load().section("eda")["n_records"] == len(dataset.load_records(SAMPLE))
 
 
 @pytest.mark.notebooks

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from microqa.data import dataset, images, sources
+from microqa.run import Run
 from tests import hostile_data
 from tests.clip_fixtures import place_random_b32, random_b32_file  # noqa: F401
 from tests.conftest import REPO
@@ -120,7 +121,7 @@ def test_exif_orientation_is_applied(hostile):
 def test_a_user_folder_is_validated_recorded_as_user_and_left_untouched(hostile, monkeypatch):
     monkeypatch.setenv("MICROQA_BUILD", str(hostile.root.parent / "build"))
     before = checksums(hostile.root)
-    choice = sources.resolve_dataset("smoke", dataset_dir=hostile.root)
+    choice = sources.resolve_dataset(Run.start("01", "smoke"), dataset_dir=hostile.root)
     assert choice.source == "user" and choice.dataset_dir == hostile.root
     assert choice.n_records == len(hostile.records)
     assert choice.n_images == len(hostile.good) + len(hostile.bad)
@@ -134,10 +135,12 @@ def test_a_user_folder_is_validated_recorded_as_user_and_left_untouched(hostile,
 def test_an_unusable_user_folder_keeps_the_previous_record(tmp_path, monkeypatch):
     monkeypatch.setenv("MICROQA_BUILD", str(tmp_path / "build"))
     good = hostile_data.only_required_columns(tmp_path / "good")
-    sources.resolve_dataset("smoke", dataset_dir=good)
+    sources.resolve_dataset(Run.start("01", "smoke"), dataset_dir=good)
     record = (tmp_path / "build" / "provenance.json").read_bytes()
     with pytest.raises(dataset.DatasetError, match="used more than once"):
-        sources.resolve_dataset("smoke", dataset_dir=hostile_data.duplicate_ids(tmp_path / "dup"))
+        sources.resolve_dataset(
+            Run.start("01", "smoke"), dataset_dir=hostile_data.duplicate_ids(tmp_path / "dup")
+        )
     assert (tmp_path / "build" / "provenance.json").read_bytes() == record
 
 

@@ -10,7 +10,8 @@ from tests.conftest import REPO
 SCRIPT = """
 import logging, warnings
 from microqa.report import logs
-logs.notebook_setup("03_clip_zero_shot", "smoke")
+from microqa.run import Run
+logs.notebook_setup(Run.start("03_clip_zero_shot", "smoke"))
 logging.error("Failed to download weights from the hub")
 logging.getLogger("transformers.modeling_utils").warning("some weights were not initialised")
 warnings.warn("IProgress not found", UserWarning)

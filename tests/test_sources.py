@@ -11,6 +11,7 @@ import pytest
 from microqa import config, provenance
 from microqa.data import doitpoms, sources
 from microqa.data.mirror import MirrorServer
+from microqa.run import Run
 from tests import hostile_data
 from tests.conftest import REPO, execute_notebook
 from tests.scraper_helpers import make_mirror, run_cli, snapshot
@@ -40,18 +41,18 @@ def mirror(tmp_path):
 
 def test_smoke_profile_scrapes_a_small_range_into_build_then_reuses_it(tree, mirror, monkeypatch):
     monkeypatch.setenv("DOITPOMS_URL", mirror.base_url)
-    choice = sources.resolve_dataset("smoke", delay=0)
+    choice = sources.resolve_dataset(Run.start("01", "smoke"), delay=0)
     assert choice.source == "scraped" and choice.complete
     assert choice.dataset_dir == config.build_dir() / "doitpoms-smoke"
     assert not config.scraped_dir().exists(), "a partial scrape never lands in data/doitpoms"
     assert mirror.count(r"id=40$") == 1 and mirror.count(r"id=41$") == 0
     assert (choice.n_records, choice.n_images) == (7, 7)
-    data = provenance.load()["data"]
+    data = provenance.Record.load().section("data")
     assert data["source"] == "scraped" and data["fallbacks"] == []
     assert data["dataset_dir"] == config.display_path(choice.dataset_dir) and data["n_images"] == 7
 
     asked = len(mirror.requests)
-    again = sources.resolve_dataset("smoke", delay=0)
+    again = sources.resolve_dataset(Run.start("01", "smoke"), delay=0)
     assert again.source == "existing" and len(mirror.requests) == asked
     assert (again.n_records, again.n_images) == (7, 7)
 
@@ -59,49 +60,49 @@ def test_smoke_profile_scrapes_a_small_range_into_build_then_reuses_it(tree, mir
 def test_full_profile_uses_a_complete_scrape_without_network(tree, mirror, monkeypatch):
     doitpoms.scrape(mirror.base_url, config.scraped_dir(), delay=0, missing_run=4)
     monkeypatch.setenv("DOITPOMS_URL", closed_url())
-    choice = sources.resolve_dataset("full")
+    choice = sources.resolve_dataset(Run.start("01", "full"))
     assert choice.source == "existing" and choice.base_url == mirror.base_url
     assert choice.dataset_dir == config.scraped_dir()
-    assert provenance.banner(["data"]).startswith("**Provenance:** real data")
+    assert provenance.Record.load().banner(["data"]).startswith("**Provenance:** real data")
 
 
 def test_unreachable_site_falls_back_to_the_sample_loudly(tree, monkeypatch, caplog):
     url = closed_url()
     monkeypatch.setenv("DOITPOMS_URL", url)
-    choice = sources.resolve_dataset("full")
+    choice = sources.resolve_dataset(Run.start("01", "full"))
     assert choice.source == "sample" and choice.dataset_dir == config.sample_dir()
     assert (choice.n_records, choice.n_images) == (7, 7)
     assert "OFFLINE SUBSTITUTE" in caplog.text  # logged: a CLI prints it on stderr
-    data = provenance.load()["data"]
+    data = provenance.Record.load().section("data")
     assert data["source"] == "sample"
     [fallback] = data["fallbacks"]
     sample = config.display_path(config.sample_dir())
     assert f"embedded sample {sample} (7 images)" in fallback["what"]
     assert url in fallback["reason"]
-    assert "OFFLINE SUBSTITUTES IN USE" in provenance.banner(["data"])
-    assert "[SAMPLE DATA]" in sources.summary_caption(choice)
+    assert "OFFLINE SUBSTITUTES IN USE" in provenance.Record.load().banner(["data"])
+    assert Run.start("02", "full").data_labels == ["sample data"]  # stamped on later titles
 
 
 def test_fallbacks_of_an_earlier_run_do_not_stick(tree, mirror, monkeypatch):
     monkeypatch.setenv("DOITPOMS_URL", closed_url())
-    sources.resolve_dataset("smoke")
+    sources.resolve_dataset(Run.start("01", "smoke"))
     monkeypatch.setenv("DOITPOMS_URL", mirror.base_url)
-    assert sources.resolve_dataset("smoke", delay=0).source == "scraped"
-    assert provenance.load()["data"]["fallbacks"] == []
+    assert sources.resolve_dataset(Run.start("01", "smoke"), delay=0).source == "scraped"
+    assert provenance.Record.load().section("data")["fallbacks"] == []
 
 
 def test_strict_mode_refuses_the_sample(tree, monkeypatch):
     monkeypatch.setenv("DOITPOMS_URL", closed_url())
     monkeypatch.setenv("STRICT", "1")
     with pytest.raises(provenance.StrictModeError, match="sample"):
-        sources.resolve_dataset("full")
+        sources.resolve_dataset(Run.start("01", "full"))
 
 
 def test_unreachable_site_and_no_sample_names_both(tree, monkeypatch):
     monkeypatch.setenv("DOITPOMS_URL", closed_url())
     monkeypatch.setenv("MICROQA_SAMPLE", str(tree / "no-sample-here"))
     with pytest.raises(doitpoms.ScrapeError, match="no embedded sample at .*no-sample-here"):
-        sources.resolve_dataset("full")
+        sources.resolve_dataset(Run.start("01", "full"))
 
 
 def test_partial_scrape_is_kept_when_the_site_goes_away(tree, mirror, monkeypatch):
@@ -111,7 +112,7 @@ def test_partial_scrape_is_kept_when_the_site_goes_away(tree, mirror, monkeypatc
     before = data_files()
     monkeypatch.setenv("DOITPOMS_URL", mirror.base_url)
     mirror.stop()  # the site disappears mid-way through the smoke range
-    choice = sources.resolve_dataset("smoke", delay=0)
+    choice = sources.resolve_dataset(Run.start("01", "smoke"), delay=0)
     assert choice.source == "sample" and "partial scrape" in choice.reason
     assert data_files() == before  # records, images and state all kept
 
@@ -122,11 +123,11 @@ def test_a_copy_placed_in_data_doitpoms_is_a_user_dataset_never_overwritten(
     copy = hostile_data.only_required_columns(config.scraped_dir())
     before = snapshot(copy)
     monkeypatch.setenv("DOITPOMS_URL", mirror.base_url)  # reachable: still not scraped over
-    choice = sources.resolve_dataset("full", delay=0)
+    choice = sources.resolve_dataset(Run.start("01", "full"), delay=0)
     assert choice.source == "user" and choice.dataset_dir == copy
     assert (choice.n_records, choice.n_images) == (3, 3)
     assert len(mirror.requests) == 0 and snapshot(copy) == before
-    data = provenance.load()["data"]
+    data = provenance.Record.load().section("data")
     assert data["source"] == "user" and data["fallbacks"] == []
     assert sources.summary_table(choice)["source"].iloc[0] == "user dataset"
 
@@ -157,8 +158,8 @@ def test_the_dataset_path_is_recorded_relative_to_the_repository(tree, monkeypat
     monkeypatch.setenv("MICROQA_SAMPLE", str(REPO / "data" / "sample"))
     if not (REPO / "data" / "sample" / "records.csv").exists():
         pytest.skip("data/sample is not built")
-    sources.resolve_dataset("full")
-    assert provenance.load()["data"]["dataset_dir"] == "data/sample"
+    sources.resolve_dataset(Run.start("01", "full"))
+    assert provenance.Record.load().section("data")["dataset_dir"] == "data/sample"
 
 
 # ----------------------------------------------------------------------------- notebook 01

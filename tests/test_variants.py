@@ -27,7 +27,7 @@ def test_gray_has_equal_channels_and_blank_keeps_only_the_size():
     gray = np.asarray(variants.apply(_image(), "gray"))
     assert gray.shape == (4, 6, 3) and (gray[..., 0] == gray[..., 2]).all()
     blank = variants.apply(_image(), "blank")
-    assert blank.size == (6, 4) and set(blank.getdata()) == {variants.NEUTRAL_GRAY}
+    assert blank.size == (6, 4) and set(blank.get_flattened_data()) == {variants.NEUTRAL_GRAY}
 
 
 def test_unknown_variant_is_a_one_line_error():

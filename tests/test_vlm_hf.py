@@ -334,9 +334,10 @@ def test_offline_dir_maps_hub_ids_and_declares_the_substitute(tmp_path, monkeypa
     target = tmp_path / "data" / "models" / "tiny" / "llava_next"
     shutil.copytree(tiny_dirs["llava_next"], target)  # as if built by an earlier run
     stamp = (target / "model.safetensors").stat().st_mtime_ns
-    assert tiny.offline_vlm_dir("llava-hf/llava-v1.6-mistral-7b-hf") == target
+    record = provenance.Record.load()
+    assert tiny.offline_vlm_dir("llava-hf/llava-v1.6-mistral-7b-hf", record=record) == target
     assert (target / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not rebuilt
-    [entry] = provenance.fallbacks("vlm")
+    [entry] = record.fallbacks("vlm")
     assert "RANDOM weights" in entry["what"] and "llava-v1.6" in entry["what"]
 
 
@@ -371,7 +372,7 @@ def test_budget_is_resolved_once_and_keys_the_answer_cache(tiny_dirs, backends, 
     ]
 
     def key(backend):
-        return runner._key(backend, "Q?", ("A", "B"), "0" * 64, "score", {}).key
+        return runner._key(backend, "Q?", ("A", "B"), "0" * 64, "score", {}, "original").key
 
     before = key(qwen)
     changed = replace(families.FAMILIES["qwen3_vl"], default_budget=256 * 256)

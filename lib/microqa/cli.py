@@ -32,13 +32,14 @@ def expected_errors(module=None) -> tuple[type[BaseException], ...]:
     """Errors that are the user's to fix (bad input, a missing file, a refused substitute):
     one line, no traceback. Anything else is a bug and keeps its traceback. A command's module
     adds its own in `EXPECTED_ERRORS`."""
-    from microqa import provenance
+    from microqa import provenance, run
     from microqa.data import dataset, images, taxonomy
 
     found: list[type[BaseException]] = [
         dataset.DatasetError,
         images.ImageError,
         provenance.StrictModeError,
+        run.RunError,
         taxonomy.UnmappedLabelError,
         OSError,
     ]

@@ -12,9 +12,11 @@ Environment variables (all optional):
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 DEFAULT_DOITPOMS_URL = "https://www.doitpoms.ac.uk/miclib/"
 PROJECT_URL = "https://github.com/microqa/microqa"
@@ -70,9 +72,17 @@ def shared_dir() -> Path:
     return _env_path("MICROQA_SHARED", repo_root().parent / "shared")
 
 
+def notebooks() -> tuple[str, ...]:
+    """The study's notebooks in run order (notebooks/NN_*.ipynb): the one list the Makefile
+    (by the same pattern), the report and the tests use."""
+    folder = Path(__file__).resolve().parents[2] / "notebooks"  # this checkout's, always
+    return tuple(sorted(p.stem for p in folder.glob("[0-9][0-9]_*.ipynb")))
+
+
 def display_path(path: Path | str) -> str:
-    """A path as outputs show and store it: relative to the repository when inside it (so a
-    second clone reads its own data, and no output names the machine), else as given."""
+    """A path as provenance stores it and an error names a user's folder: relative to the
+    repository when inside it (so a second clone reads its own data), else as given.
+    `repo_path` inverts it; `publishing.relative` is the form shown to readers."""
     path = Path(path)
     try:
         return path.resolve().relative_to(repo_root()).as_posix()
@@ -95,23 +105,84 @@ def strict() -> bool:
     return os.environ.get("STRICT", "0").strip().lower() in {"1", "true", "yes"}
 
 
+VLM_MODELS = ("Qwen/Qwen3-VL-8B-Instruct", "llava-hf/llava-v1.6-mistral-7b-hf")
+
+
 @dataclass(frozen=True)
 class Profile:
-    """How much work a run does. `smoke` keeps every code path but shrinks the sizes."""
+    """Every setting of a run that changes its numbers, in one place: the models, how many
+    images, the bootstrap size, the seeds. `smoke` keeps every code path but shrinks the sizes.
+    A notebook's parameters override these fields (`with_overrides`); the run records the
+    resolved profile in provenance."""
 
     name: str
-    vlm_sample_size: int | None  # None: all images
     clip_models: tuple[str, ...]
     max_images: int | None  # None: all images
     # CLIP architectures that may stand in with random weights when pretrained ones are missing.
     # ViT-L-14 is left out: on CPU it embeds ~0.5 img/s (measured), over the notebook's budget.
     clip_random_archs: tuple[str, ...] = ("ViT-B-32",)
+    # None: the prompt sets of microqa.clip.prompts; else {set name: {task: {class: [prompts]}}}
+    clip_prompt_sets: dict | None = None
+    vlm_models: tuple[str, ...] = VLM_MODELS
+    vlm_sample_size: int | str = "all"  # "all" labelled images, or a stratified sample size
+    vlm_agreement_n: int = 60  # images also asked in the other mode; 0: skip
+    n_boot: int = 1000  # bootstrap resamples behind every interval
+    seed: int = 0  # folds, samples, stand-in weights, bootstrap
+    cv_seeds: int = 10  # repeated CV of the probes: fold seeds per probe and scheme
+
+    def with_overrides(self, **overrides: Any) -> Profile:
+        """This profile with some fields replaced (a notebook's parameters). A value of None
+        keeps the profile's; a list or dict may come as a JSON string (papermill's `-p`
+        passes strings: `-p clip_models '["ViT-B-32:openai","RN50:openai"]'`)."""
+        known = {f.name: f for f in fields(self)}
+        changes = {}
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            if key not in known or key == "name":
+                raise ValueError(
+                    f"unknown profile setting {key!r}; settings: {sorted(set(known) - {'name'})}"
+                )
+            changes[key] = _coerce(key, value, getattr(self, key))
+        return replace(self, **changes)
+
+    def overrides_from(self, base: Profile) -> dict[str, Any]:
+        """The fields where this profile differs from `base` (what a variant run changed)."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if getattr(self, f.name) != getattr(base, f.name)
+        }
+
+    def as_record(self) -> dict[str, Any]:
+        """The resolved profile as provenance stores it (JSON types)."""
+        return json.loads(json.dumps(asdict(self)))
+
+
+def _coerce(key: str, value: Any, current: Any) -> Any:
+    """A parameter value in the type of the profile field it overrides."""
+    wants_collection = isinstance(current, tuple | dict) or key == "clip_prompt_sets"
+    if isinstance(value, str) and wants_collection:
+        text = value.strip()
+        if text[:1] in "[{":
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{key}: not valid JSON ({err.msg}): {text[:60]!r}") from None
+        else:
+            value = [text]  # one model name
+    if isinstance(current, tuple):
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"{key} must be a list of strings, got {value!r}")
+        return tuple(value)
+    if key == "clip_prompt_sets" and not isinstance(value, dict):
+        raise ValueError(f"{key} must be a mapping {{set: {{task: {{class: [prompts]}}}}}}")
+    return value
 
 
 PROFILES = {
     "full": Profile(
         name="full",
-        vlm_sample_size=150,
         clip_models=(
             "ViT-B-32:openai",
             "ViT-L-14:openai",
@@ -119,29 +190,22 @@ PROFILES = {
             "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
         ),
         max_images=None,
-        clip_random_archs=("ViT-B-32",),
     ),
     "smoke": Profile(
         name="smoke",
-        vlm_sample_size=12,
         clip_models=("ViT-B-32:openai",),
         max_images=40,
-        clip_random_archs=("ViT-B-32",),
+        vlm_sample_size=12,
+        vlm_agreement_n=6,
+        n_boot=100,  # smoke checks the code paths, not the intervals
     ),
 }
 
 
-_chosen_profile: str | None = None  # the profile this process chose by name (see profile())
-
-
 def profile(name: str | None = None) -> Profile:
-    """The named profile; with no name, the one this process chose by name earlier (a notebook's
-    `profile` parameter), else MICROQA_PROFILE, else "full". Choosing one by name makes it the
-    run's profile, so provenance records the profile that ran, not an environment default."""
-    global _chosen_profile
-    chosen = name or _chosen_profile or os.environ.get("MICROQA_PROFILE", "full")
+    """The named profile; with no name, MICROQA_PROFILE, else "full". (A run holds the profile
+    it resolved: see microqa.run.Run.)"""
+    chosen = name or os.environ.get("MICROQA_PROFILE", "full")
     if chosen not in PROFILES:
         raise ValueError(f"unknown profile {chosen!r}; choose one of {sorted(PROFILES)}")
-    if name:
-        _chosen_profile = name
     return PROFILES[chosen]

@@ -1,14 +1,15 @@
 """What each number came from: data source, model and weights, fallbacks, git sha, parameters.
 
-The run record lives in `build/provenance.json`, one section per stage. Every offline
-substitution (sample data instead of the site, random weights instead of pretrained ones)
-goes through `substitute()`, which refuses under STRICT=1, prints a loud banner and is
-written into the record, so nothing falls back quietly.
+The run record lives in `build/provenance.json`, one section per stage. A `Record` is that
+file held by one run (microqa.run.Run owns it): the only reader of the file is `Record.load`.
+Every offline substitution (sample data instead of the site, random weights instead of
+pretrained ones) goes through `substitute()`, which refuses under STRICT=1, says so loudly and
+is added to the run's record, so nothing falls back quietly.
 
-A stage's record is replaced only when the stage finishes: `begin_stage` opens a pending
-record in memory, `substitute` adds to it, and `record_stage` writes the stage's section (its
-fields, the pending substitutes, the profile that ran) in one atomic write. A run that fails
-on a bad parameter or crashes half-way leaves the previous record as it was.
+A stage's section is replaced only when the stage finishes: `Record.begin_stage` opens a
+pending list in memory, `substitute` adds to it, and `Record.record_stage` writes the stage's
+section (its fields, the pending substitutes, the profile that ran) in one atomic write. A run
+that fails on a bad parameter or crashes half-way leaves the previous record as it was.
 """
 
 from __future__ import annotations
@@ -18,14 +19,12 @@ import json
 import logging
 import platform
 import subprocess
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from microqa import config
 from microqa.files import atomic_write_json
-
-# stage -> the substitutes declared since begin_stage, not yet written (see record_stage)
-_pending: dict[str, list[dict[str, str]]] = {}
 
 
 class StrictModeError(RuntimeError):
@@ -34,17 +33,6 @@ class StrictModeError(RuntimeError):
 
 def record_path() -> Path:
     return config.build_dir() / "provenance.json"
-
-
-def load() -> dict[str, Any]:
-    path = record_path()
-    if not path.exists():
-        return {}
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _write(payload: dict[str, Any]) -> None:
-    atomic_write_json(record_path(), payload)
 
 
 def _git(*args: str) -> str:
@@ -76,96 +64,90 @@ def git_sha() -> str:
         return "unknown"
 
 
-def begin_stage(stage: str) -> None:
-    """Start a fresh run of `stage`: substitutes declared from now on belong to it, and the
-    stage's written record (with an earlier run's substitutes) stays until record_stage."""
-    _pending[stage] = []
+@dataclass
+class Record:
+    """The provenance record of one run: the sections on disk, and the substitutes declared by
+    stages running now (`pending`), which are written when their stage finishes."""
 
+    path: Path
+    sections: dict[str, Any] = field(default_factory=dict)
+    pending: dict[str, list[dict[str, str]]] = field(default_factory=dict)
 
-def reset_stage(stage: str) -> None:
-    """Old name of begin_stage (nothing is forgotten on disk before the stage finishes)."""
-    begin_stage(stage)
+    @classmethod
+    def load(cls, path: Path | None = None) -> Record:
+        """The record on disk (empty when there is none yet)."""
+        path = path or record_path()
+        sections = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        return cls(path, sections)
 
+    def section(self, stage: str) -> dict[str, Any]:
+        """The written section of `stage` ({} when it never finished)."""
+        return self.sections.get(stage, {})
 
-def record_stage(
-    stage: str, *, profile: str | config.Profile | None = None, **fields: Any
-) -> dict[str, Any]:
-    """Write the finished record of `stage`, stamped with time, git sha and the profile that
-    ran (`profile`, else the one this process chose: see config.profile).
+    def begin_stage(self, stage: str) -> None:
+        """Start a fresh run of `stage`: substitutes declared from now on belong to it, and the
+        stage's written section (with an earlier run's substitutes) stays until record_stage."""
+        self.pending[stage] = []
 
-    Its substitutes are those declared since begin_stage; a stage never begun keeps the
-    substitutes already written for it (`keep_fallbacks=False` drops them)."""
-    keep = fields.pop("keep_fallbacks", True)
-    record = load()
-    if stage in _pending:
-        substitutes = _pending.pop(stage)
-    else:
-        substitutes = list(record.get(stage, {}).get("fallbacks", [])) if keep else []
-    profile_name = profile.name if isinstance(profile, config.Profile) else profile
-    section = {
-        "recorded_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "git_sha": git_sha(),
-        "python": platform.python_version(),
-        "profile": config.profile(profile_name).name,
-        "strict": config.strict(),
-        **fields,
-        "fallbacks": substitutes,
-    }
-    record[stage] = section
-    _write(record)
-    return section
+    def record_stage(
+        self, stage: str, *, profile: config.Profile | str | None = None, **fields: Any
+    ) -> dict[str, Any]:
+        """Write the finished section of `stage`, stamped with time, git sha and the profile
+        that ran. Its substitutes are those declared since begin_stage; a stage never begun
+        keeps the substitutes already written for it."""
+        if stage in self.pending:
+            substitutes = self.pending.pop(stage)
+        else:
+            substitutes = list(self.section(stage).get("fallbacks", []))
+        name = profile.name if isinstance(profile, config.Profile) else profile
+        section = {
+            "recorded_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "git_sha": git_sha(),
+            "python": platform.python_version(),
+            "profile": config.profile(name).name,
+            "strict": config.strict(),
+            **fields,
+            "fallbacks": substitutes,
+        }
+        # another notebook of this run may have finished its stage since this record was read
+        on_disk = Record.load(self.path).sections
+        self.sections = {**on_disk, stage: section}
+        atomic_write_json(self.path, self.sections)
+        return section
 
-
-def substitute(stage: str, what: str, reason: str) -> str:
-    """Declare an offline substitute. Raises under STRICT=1; otherwise shouts, and records it
-    with the stage's run (written at once when the stage was not begun, so it is never lost).
-
-    Returns the banner text so notebooks can display it.
-    """
-    message = f"OFFLINE SUBSTITUTE in stage '{stage}': {what}. Reason: {reason}"
-    if config.strict():
-        raise StrictModeError(message + " (STRICT=1 forbids substitutes)")
-    entry = {"what": what, "reason": reason}
-    if stage in _pending:
-        if entry not in _pending[stage]:
-            _pending[stage].append(entry)
-    else:
-        record = load()
-        fallbacks = record.setdefault(stage, {}).setdefault("fallbacks", [])
+    def add_substitute(self, stage: str, entry: dict[str, str]) -> None:
+        """Add a substitute to `stage`: pending while the stage runs, else written at once
+        (so it is never lost)."""
+        if stage in self.pending:
+            if entry not in self.pending[stage]:
+                self.pending[stage].append(entry)
+            return
+        self.sections = {**Record.load(self.path).sections, **self.sections}
+        fallbacks = self.sections.setdefault(stage, {}).setdefault("fallbacks", [])
         if entry not in fallbacks:
             fallbacks.append(entry)
-        _write(record)
-    # Loud where it is read: a notebook shows it in its banner (and logs it to its log file);
-    # a command-line run prints it on stderr (logging's last-resort handler).
-    logging.getLogger(__name__).warning(message)
-    return message
+            atomic_write_json(self.path, self.sections)
 
+    def fallbacks(self, stage: str | None = None) -> list[dict[str, str]]:
+        """Substitutes behind `stage` (or every stage): a stage running now shows its own."""
+        stages = [stage] if stage else list(dict.fromkeys([*self.sections, *self.pending]))
+        out = []
+        for name in stages:
+            entries = self.pending.get(name, self.section(name).get("fallbacks", []))
+            out.extend({"stage": name, **entry} for entry in entries)
+        return out
 
-def fallbacks(stage: str | None = None) -> list[dict[str, str]]:
-    """Substitutes behind `stage` (or every stage): a stage running now shows its own."""
-    record = load()
-    stages = [stage] if stage else list(dict.fromkeys([*record, *_pending]))
-    out = []
-    for name in stages:
-        entries = _pending.get(name, record.get(name, {}).get("fallbacks", []))
-        out.extend({"stage": name, **entry} for entry in entries)
-    return out
-
-
-def banner(stages: list[str] | None = None) -> str:
-    """A Markdown banner with one readable sentence per substitute behind the given stages (or
-    all): what stands in for what, and the reason's first clause. The full reason (e.g. the
-    error a download raised) stays in the provenance record, not on the page."""
-    entries = []
-    for stage in stages or [None]:
-        entries.extend(fallbacks(stage))
-    if not entries:
-        return "**Provenance:** real data and real weights throughout; no offline substitutes."
-    lines = ["## ⚠️ OFFLINE SUBSTITUTES IN USE — numbers below are not the real study's", ""]
-    sentences = [_sentence(e) for e in entries]
-    lines += list(dict.fromkeys(sentences))  # one line per distinct substitute
-    lines += ["", "The full reason for each is in the run's provenance record."]
-    return "\n".join(lines)
+    def banner(self, stages: list[str] | None = None) -> str:
+        """A Markdown banner listing every substitute behind the given stages (or all)."""
+        entries = []
+        for stage in stages or [None]:
+            entries.extend(self.fallbacks(stage))
+        if not entries:
+            return "**Provenance:** real data and real weights throughout; no offline substitutes."
+        lines = ["## ⚠️ OFFLINE SUBSTITUTES IN USE — numbers below are not the real study's", ""]
+        lines += list(dict.fromkeys(_sentence(e) for e in entries))  # one line per substitute
+        lines += ["", "The full reason for each is in the run's provenance record."]
+        return "\n".join(lines)
 
 
 def _sentence(entry: dict[str, str]) -> str:
@@ -185,6 +167,22 @@ def short_reason(reason: str, limit: int = 110) -> str:
     if len(text) > limit:
         text = text[: text.rfind(" ", 0, limit)].rstrip(".:, ") + " …"
     return text[:1].lower() + text[1:] if text[:2] != text[:2].upper() else text
+
+
+def substitute(stage: str, what: str, reason: str, record: Record | None = None) -> str:
+    """Declare an offline substitute. Raises under STRICT=1; otherwise shouts (a notebook's log
+    and banner, a command line's stderr) and adds it to `record`, the run's record (a library
+    call made outside any run, e.g. a test, has none to add it to; it still shouts).
+
+    Returns the banner text so notebooks can display it.
+    """
+    message = f"OFFLINE SUBSTITUTE in stage '{stage}': {what}. Reason: {reason}"
+    if config.strict():
+        raise StrictModeError(message + " (STRICT=1 forbids substitutes)")
+    if record is not None:
+        record.add_substitute(stage, {"what": what, "reason": reason})
+    logging.getLogger(__name__).warning(message)
+    return message
 
 
 def stamp(title: str, labels: list[str] | tuple[str, ...]) -> str:

@@ -1,14 +1,19 @@
 """Where a run's figures and tables go, and how outputs name paths.
 
-The publishing rule (README, "Interactive runs are safe"): only a `make reproduce` run in the
+The publishing rule (README, "What runs where"): only a `make reproduce` run in the
 full profile on the full library writes to the committed `figures/` and `tables/` (and may
 update the README and `docs/`). Every other run (the embedded sample, a partial scrape, the
 smoke profile, a notebook run by hand in JupyterLab or by papermill outside `make reproduce`)
 writes under `build/runs/<name>/` and says so. `destination()` is the one function that
-decides; `plots.save_figure` / `plots.save_table` ask it.
+decides (a `microqa.run.Run` asks it, with the run's profile, data and variant);
+`plots.save_figure` / `plots.save_table` write where the run says.
 
-`relative(path)` is how every banner, title, caption and provenance entry names a path: relative
-to the repository (or to the stage folder it lives in), never as a path of the machine.
+`relative(path)` is how every banner, title and caption names a path for a reader: relative to
+the repository (or to the stage folder it lives in), never as a path of the machine. Why two path
+helpers: `config.display_path` is the *stored* form (relative when inside the repository, else
+absolute, so `config.repo_path` can invert it: provenance's dataset folder, errors naming a
+user's folder); `relative` is the *shown* form, which may drop a machine's folders and so
+cannot be inverted.
 """
 
 from __future__ import annotations
@@ -17,11 +22,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from microqa import config, provenance
+from microqa import config
 
 # Set by the Makefile's reproduce rule for the notebooks it executes: the only publishing runs.
 PUBLISH_ENV = "MICROQA_PUBLISH"
-_run: dict[str, str] = {}  # notebook and profile declared by logs.notebook_setup()
 
 
 def relative(path: Path | str) -> str:
@@ -79,25 +83,21 @@ class Destination:
         )
 
 
-def begin(notebook: str, profile: str) -> None:
-    """Declare the notebook being run and its profile parameter (logs.notebook_setup calls it)."""
-    _run.update(notebook=notebook, profile=config.profile(profile).name)
-
-
 def _overridden(name: str) -> bool:
     return bool(os.environ.get(name))
 
 
-def destination() -> Destination:
-    """THE publishing decision, from the run's profile, how it was started and the provenance
-    record of its data stage."""
-    profile = _run.get("profile") or config.profile().name
-    data = provenance.load().get("data", {})
+def destination(profile: str, data: dict, variant: str = "") -> Destination:
+    """THE publishing decision, from the run's profile name, how it was started, its data
+    stage's record (`source`, `complete`) and `variant`: a short name of the parameters a
+    variant run changed, so two variants keep their own folders (empty: the profile's own)."""
     reasons = []
     if os.environ.get(PUBLISH_ENV) != "1":
         reasons.append("not run by `make reproduce`")
     if profile != "full":
         reasons.append(f"{profile} profile")
+    if variant:
+        reasons.append(f"parameters changed ({variant})")
     if not data:
         reasons.append("no data stage recorded")
     elif data.get("source") == "sample":
@@ -108,7 +108,9 @@ def destination() -> Destination:
         reasons.append("partial scrape")
     kind = {"sample": "sample", "user": "user"}.get(data.get("source", ""), "library")
     run_name = "-".join(
-        [profile, kind] + ([] if os.environ.get(PUBLISH_ENV) == "1" else ["interactive"])
+        [profile, kind]
+        + ([] if os.environ.get(PUBLISH_ENV) == "1" else ["interactive"])
+        + ([variant] if variant else [])
     )
     root = config.build_dir() / "runs" / run_name
     # An explicit MICROQA_FIGURES / MICROQA_TABLES (tests, `make smoke`) is where the caller
@@ -120,10 +122,9 @@ def destination() -> Destination:
     return Destination(figures, tables, not reasons, tuple(reasons), run_name)
 
 
-def kept_published(kind: str, filename: str, degraded: str) -> Path | None:
+def kept_published(target: Destination, kind: str, filename: str, degraded: str) -> Path | None:
     """A weaker result (e.g. probes without the reference features) never replaces a published
     one: returns the folder to write it to instead (and says so), or None to go ahead."""
-    target = destination()
     folder = target.figures if kind == "figures" else target.tables
     if not degraded or not target.published or not (folder / filename).exists():
         return None

@@ -82,7 +82,9 @@ def reference_features(
     )
 
 
-def reference_records(active: pd.DataFrame, profile: config.Profile) -> pd.DataFrame:
+def reference_records(
+    active: pd.DataFrame, profile: config.Profile, data_labels: Sequence[str] = ()
+) -> pd.DataFrame:
     """Labels for the reference features: the mirror's records when present, else the active
     dataset's (reference ids outside it then drop out). Trimmed to the profile's size."""
     mirror = config.shared_dir() / "doitpoms"
@@ -90,7 +92,7 @@ def reference_records(active: pd.DataFrame, profile: config.Profile) -> pd.DataF
         records = dataset.load_records(mirror)
     else:
         records = active.copy()
-        records.attrs["sample_data"] = bool(dataset.data_substitutes())
+        records.attrs["sample_data"] = "sample data" in data_labels
     return dataset.limit_for_profile(records, profile)
 
 
@@ -100,7 +102,7 @@ def own_features(run, df: pd.DataFrame) -> list[FeatureSet]:
     for model in run.run_models:
         ids, emb = run.embeddings[model]
         records = df.set_index("micrograph_no").loc[ids].reset_index()
-        records.attrs["sample_data"] = bool(dataset.data_substitutes())
+        records.attrs["sample_data"] = "sample data" in run.data_labels
         weights = run.weights(model)
         sets.append(
             FeatureSet(
@@ -116,7 +118,7 @@ def own_features(run, df: pd.DataFrame) -> list[FeatureSet]:
 def analysis_sets(run, df: pd.DataFrame, profile: config.Profile) -> list[FeatureSet]:
     """Reference features (when present) + own pretrained embeddings; else own random ones."""
     sets = []
-    reference = reference_features(reference_records(df, profile))
+    reference = reference_features(reference_records(df, profile, run.data_labels))
     if reference is not None and len(reference.records):
         sets.append(reference)
     own = own_features(run, df)
@@ -265,6 +267,14 @@ def concat(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
     """Stack per-feature-set tables (empty ones dropped)."""
     frames = [f for f in frames if not f.empty]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def degraded_reason(feature_sets: Sequence[FeatureSet]) -> str:
+    """Why the embedding-space results are weaker than a published run's ("" when they are not):
+    without the reference features they are never allowed to replace published ones."""
+    if feature_sets and feature_sets[0].source == REFERENCE_SOURCE:
+        return ""
+    return "reference features absent (../shared/reference)"
 
 
 def labels_of(feature_sets: Sequence[FeatureSet]) -> list[str]:

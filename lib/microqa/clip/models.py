@@ -368,12 +368,14 @@ def load_or_substitute(
     device: str | None = None,
     seed: int = 0,
     random_archs: Sequence[str] | None = None,
+    record: provenance.Record | None = None,
 ) -> ClipModel:
     """`load_model`, or (non-strict only) the same architecture with random weights.
 
     `random_archs`: architectures allowed a random stand-in (None: all). A model outside it
     whose weights are missing is skipped (ArchitectureUnavailable, with the supply hint); under
-    STRICT=1 every missing weight is an error.
+    STRICT=1 every missing weight is an error. A stand-in is declared in `record` (the run's
+    provenance record).
     """
     spec, device = parse_model_name(name), device or default_device()
     try:
@@ -389,6 +391,9 @@ def load_or_substitute(
                 f"(too slow on CPU); {err}"
             ) from err
         provenance.substitute(
-            STAGE, f"{name} -> same architecture {arch} with random weights (seed {seed})", str(err)
+            STAGE,
+            f"{name} -> same architecture {arch} with random weights (seed {seed})",
+            str(err),
+            record,
         )
         return _load(spec, device, stand_in=random_weights_file(arch, seed=seed))

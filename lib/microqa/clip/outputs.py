@@ -8,6 +8,7 @@ the stage's files through here; `directory` is the one place the folder is named
       best_prompt_sets.csv   BEST_COLUMNS, the prompt set applied to each fold of specimens per
                              (model, task), chosen on the other fold (cross-fitting)
       probe_scores.csv       SCORE_COLUMNS, out-of-fold probe probabilities
+      probe_table.csv        the probes' scores with intervals (probes.probe_table; the README's)
       timing.json            {model: {seconds_per_image, device, n}}
       features.npz / .json   micrograph_no + L2-normalised embeddings; {source, pretrained}
       failures.csv           FAILURE_COLUMNS, images that could not be embedded
@@ -27,11 +28,15 @@ from microqa import config, files
 
 SCORE_COLUMNS = ["micrograph_no", "model", "weights", "task", "prompt_set", "class", "probability"]
 BEST_COLUMNS = ["model", "task", "fold", "prompt_set"]  # fold: where the choice is applied
+# the probes' rows in probe_scores.csv are named by their "prompt set"; the study's probe first
+SCORE_PROMPT_SETS = {"logreg": "logreg-grouped-cv", "knn": "knn-grouped-cv"}
+MAIN_PROBE = SCORE_PROMPT_SETS["logreg"]  # logistic, specimen-grouped CV
 FAILURE_COLUMNS = ["micrograph_no", "image_file", "reason"]
 FILES = {
     "zero_shot": "zero_shot_scores.csv",
     "best": "best_prompt_sets.csv",
     "probe": "probe_scores.csv",
+    "probe_table": "probe_table.csv",
     "timing": "timing.json",
     "features": "features.npz",
     "features_meta": "features.json",
@@ -70,6 +75,11 @@ def write_zero_shot(scores: pd.DataFrame, best: pd.DataFrame, timing: dict) -> d
 
 def write_probe_scores(frame: pd.DataFrame) -> Path:
     return files.atomic_write_csv(path("probe"), frame[SCORE_COLUMNS])
+
+
+def write_probe_table(table: pd.DataFrame) -> Path:
+    """The probe table as notebook 03 shows it, for the README's results (notebook 05)."""
+    return files.atomic_write_csv(path("probe_table"), table, index=False)
 
 
 def write_features(

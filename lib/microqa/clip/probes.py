@@ -3,9 +3,9 @@
 Every probe is scored under three cross-validation schemes: ungrouped (stratified folds),
 grouped by specimen (records sharing a specimen key never straddle folds) and grouped by
 contributor (a whole contributor's images held out: the closest stand-in for a new
-collection). Each is repeated over `CV_SEEDS` fold seeds: mean and sd over seeds, and the
-95% CI of that mean (every bootstrap resample averages the seeds), resampling the unit the
-row is grouped by: contributors for contributor-grouped rows, specimens otherwise.
+collection). Each is repeated over the profile's `cv_seeds` fold seeds: mean and sd over
+seeds, and the 95% CI of that mean (every bootstrap resample averages the seeds), resampling
+the unit the row is grouped by: contributors for contributor-grouped rows, specimens otherwise.
 
 Conditioning: features are standardised and the logistic regression is fitted with lbfgs to a
 tight tolerance, so the fit reaches the same optimum on any BLAS (predictions no longer hinge
@@ -32,18 +32,18 @@ from threadpoolctl import threadpool_limits
 from microqa import metrics, stats
 from microqa.clip import outputs as clip_outputs
 from microqa.data import taxonomy
+from microqa.run import Run
 
 PROBE_C = 1.0  # on standardised features
 PROBE_TOL = 1e-8
 REFERENCE_C = 10.0  # the reference README's setting (raw L2-normalised features)
-CV_SEEDS = tuple(range(10))
 CV_SCHEMES = {
     "stratified (ungrouped)": "stratified",
     "grouped by specimen": "grouped",
     "grouped by contributor": "contributor",
 }
 PROBE_NAMES = {"logreg": f"logreg (standardised, C={PROBE_C:g})", "knn": "5-NN"}
-SCORE_PROMPT_SETS = {"logreg": "logreg-grouped-cv", "knn": "knn-grouped-cv"}
+SCORE_PROMPT_SETS, MAIN_PROBE = clip_outputs.SCORE_PROMPT_SETS, clip_outputs.MAIN_PROBE
 
 
 def one_thread(fn):
@@ -130,7 +130,7 @@ def probe_table(
     features,
     *,
     tasks: Sequence[str] = ("technique",),
-    cv_seeds: Sequence[int] = CV_SEEDS,
+    cv_seeds: Sequence[int],
     n_boot: int,
     seed: int,
 ) -> pd.DataFrame:
@@ -213,6 +213,30 @@ def probe_scores(features, *, seed: int) -> pd.DataFrame:
 
 def write_probe_scores(frame: pd.DataFrame) -> Path:
     return clip_outputs.write_probe_scores(frame)
+
+
+def main_probe_scores(scores: pd.DataFrame, task: str = "technique") -> pd.DataFrame:
+    """The rows of `scores` (probe_scores' long table) of the study's probe on `task`."""
+    return scores[(scores["task"] == task) & (scores["prompt_set"] == MAIN_PROBE)]
+
+
+def probe_tables(feature_sets: Sequence, run: Run) -> pd.DataFrame:
+    """`probe_table` over every feature set on both tasks, with the run's fold seeds, bootstrap
+    size and seed; also kept in the CLIP stage's folder (the README's real numbers read it)."""
+    frames = [
+        probe_table(
+            fs,
+            tasks=("technique", "category"),
+            cv_seeds=range(run.profile.cv_seeds),
+            n_boot=run.n_boot,
+            seed=run.seed,
+        )
+        for fs in feature_sets
+    ]
+    frames = [frame for frame in frames if not frame.empty]
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    clip_outputs.write_probe_table(table)
+    return table
 
 
 @one_thread

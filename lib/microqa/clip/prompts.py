@@ -14,6 +14,9 @@ Three prompt sets per task (classes as in `taxonomy.TASKS`), compared in noteboo
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 from microqa.data import taxonomy
 
 EARLIER, ENSEMBLE, DESCRIPTIONS = "earlier-study", "ensemble", "descriptions"
@@ -157,25 +160,47 @@ def _ensemble(task: str) -> dict[str, list[str]]:
     }
 
 
-def prompt_sets(task: str) -> dict[str, dict[str, list[str]]]:
-    """{prompt set name: {class: [prompt texts]}} for a task, classes in the task's order."""
+def prompt_sets(task: str, chosen: dict | None = None) -> dict[str, dict[str, list[str]]]:
+    """{prompt set name: {class: [prompt texts]}} for a task, classes in the task's order.
+
+    `chosen`: a run's own prompt sets ({set name: {task: {class: [texts]}}}, the profile's
+    `clip_prompt_sets`, e.g. from notebook 03's parameter); None: the three sets above. A set
+    that leaves out a task is not scored on it; one that leaves out a class of it is an error."""
     if task not in taxonomy.TASKS:
         raise KeyError(f"unknown task {task!r}; choose one of {sorted(taxonomy.TASKS)}")
     classes = taxonomy.TASKS[task][1]
-    sets = {
-        EARLIER: EARLIER_STUDY[task],
-        ENSEMBLE: _ensemble(task),
-        DESCRIPTIONS: _DESCRIPTIONS[task],
-    }
+    if chosen is None:
+        sets = {
+            EARLIER: EARLIER_STUDY[task],
+            ENSEMBLE: _ensemble(task),
+            DESCRIPTIONS: _DESCRIPTIONS[task],
+        }
+    else:
+        sets = {name: by_task[task] for name, by_task in chosen.items() if task in by_task}
+        for name, prompts in sets.items():
+            missing = [cls for cls in classes if not prompts.get(cls)]
+            if missing:
+                raise ValueError(f"prompt set {name!r}, task {task!r}: no prompts for {missing}")
     return {name: {cls: list(prompts[cls]) for cls in classes} for name, prompts in sets.items()}
 
 
-def every_prompt() -> list[str]:
+def every_prompt(chosen: dict | None = None) -> list[str]:
     """Every text of every prompt set of every task, in a stable order (duplicates kept)."""
     return [
         text
         for task in taxonomy.TASKS
-        for prompt_set in prompt_sets(task).values()
+        for prompt_set in prompt_sets(task, chosen).values()
         for texts in prompt_set.values()
         for text in texts
     ]
+
+
+def prompts_record(chosen: dict | None = None) -> dict[str, object]:
+    """The prompt sets a run used, by content, for provenance: every text and its hash."""
+    sets = {task: prompt_sets(task, chosen) for task in taxonomy.TASKS}
+    text = json.dumps(sets, sort_keys=True, ensure_ascii=False)
+    return {
+        "source": "microqa.clip.prompts" if chosen is None else "the run's clip_prompt_sets",
+        "sha256": hashlib.sha256(text.encode()).hexdigest(),
+        "sets": sets,
+    }

@@ -249,3 +249,24 @@ def search_figure(results: pd.DataFrame, df: pd.DataFrame, title_labels: Sequenc
     fig.suptitle(provenance.stamp(f"Text->image search: '{query}' ({model})", list(title_labels)))
     fig.tight_layout()
     return fig
+
+
+ZERO_SHOT_VIEW = [
+    "model",
+    "weights",
+    "task",
+    "prompt_set",
+    "selected",
+    "n",
+    "accuracy",
+    "balanced_accuracy",
+    "top2_accuracy",
+    "macro_f1",
+    "accuracy_ci_low",
+    "accuracy_ci_high",
+]
+
+
+def zero_shot_view(table: pd.DataFrame) -> pd.DataFrame:
+    """The zero-shot table as notebook 03 shows it: the evaluate half, the columns read first."""
+    return table.loc[table["subset"] == "evaluate", ZERO_SHOT_VIEW]

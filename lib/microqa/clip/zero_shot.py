@@ -6,14 +6,12 @@ The prompt-set choice itself (cross-fitted) lives in `prompt_choice`, free of to
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
 
-from microqa import config, provenance
 from microqa.clip import embed, outputs, prompts
 from microqa.clip.models import (
     STAGE,
@@ -23,7 +21,8 @@ from microqa.clip.models import (
     default_device,
     load_or_substitute,
 )
-from microqa.data import dataset, taxonomy
+from microqa.data import taxonomy
+from microqa.run import Run
 
 
 def class_embeddings(encode, prompt_set: dict[str, list[str]]) -> np.ndarray:
@@ -67,6 +66,8 @@ class ZeroShotRun:
     failures: pd.DataFrame = field(
         default_factory=lambda: pd.DataFrame(columns=outputs.FAILURE_COLUMNS)
     )
+    data_labels: list[str] = field(default_factory=list)  # e.g. ["sample data"]
+    prompt_sets: dict | None = None  # None: microqa.clip.prompts' own
 
     @property
     def run_models(self) -> list[str]:
@@ -82,26 +83,31 @@ class ZeroShotRun:
 
 def run_zero_shot(
     df: pd.DataFrame,
-    model_names: Sequence[str],
+    study: Run,
     *,
-    profile: config.Profile,
     device: str | None = None,
     batch_size: int = 32,
     num_workers: int | None = None,
-    seed: int = 0,
     progress: bool = True,
 ) -> ZeroShotRun:
-    """Embed every image with every model, score every task x prompt set. One model in memory.
+    """Embed every image with every CLIP model of the study's profile, score every task x
+    prompt set (the profile's, else microqa.clip.prompts'). One model in memory.
 
     Images that cannot be decoded are skipped (named once on stderr, kept in `failures`)."""
-    provenance.reset_stage(STAGE)
+    study.begin_stage(STAGE)
+    profile = study.profile
     device = device or default_device()
     run = ZeroShotRun(pd.DataFrame(columns=outputs.SCORE_COLUMNS), {}, {})
+    run.data_labels, run.prompt_sets = study.data_labels, profile.clip_prompt_sets
     frames, failures, named = [], [], set()
-    for name in model_names:
+    for name in profile.clip_models:
         try:
             loaded = load_or_substitute(
-                name, device=device, seed=seed, random_archs=profile.clip_random_archs
+                name,
+                device=device,
+                seed=study.seed,
+                random_archs=profile.clip_random_archs,
+                record=study.record,
             )
         except ArchitectureUnavailable as err:
             run.status[name] = f"skipped:{err}"
@@ -128,7 +134,8 @@ def run_zero_shot(
             }
         elif (previous := embed.last_timing(loaded)) is not None:
             run.timing[name] = previous
-        frames.append(_score_model(loaded, df[ok].reset_index(drop=True), result.embeddings[ok]))
+        kept = df[ok].reset_index(drop=True)
+        frames.append(_score_model(loaded, kept, result.embeddings[ok], run.prompt_sets))
         del loaded  # one model in memory at a time
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
@@ -139,8 +146,10 @@ def run_zero_shot(
     return run
 
 
-def _score_model(loaded: ClipModel, df: pd.DataFrame, image_emb: np.ndarray) -> pd.DataFrame:
-    table = embed.cached_text_embeddings(loaded, prompts.every_prompt())
+def _score_model(
+    loaded: ClipModel, df: pd.DataFrame, image_emb: np.ndarray, chosen: dict | None
+) -> pd.DataFrame:
+    table = embed.cached_text_embeddings(loaded, prompts.every_prompt(chosen))
 
     def encode(texts):
         return np.stack([table[t] for t in texts])
@@ -151,7 +160,7 @@ def _score_model(loaded: ClipModel, df: pd.DataFrame, image_emb: np.ndarray) -> 
         if not mask.any():
             continue
         ids = df.loc[mask, "micrograph_no"].to_numpy()
-        for set_name, prompt_set in prompts.prompt_sets(task).items():
+        for set_name, prompt_set in prompts.prompt_sets(task, chosen).items():
             probs = zero_shot_probabilities(
                 image_emb[mask], class_embeddings(encode, prompt_set), loaded.logit_scale
             )
@@ -209,4 +218,21 @@ def stage_labels(run: ZeroShotRun, model: str | None = None) -> list[str]:
     """Labels for titles: 'random weights' (of `model`, or of any model), 'sample data'."""
     models = [model] if model else run.run_models
     random = any(run.status.get(m) == "random" for m in models)
-    return (["random weights"] if random else []) + dataset.data_substitutes()
+    return (["random weights"] if random else []) + run.data_labels
+
+
+def record_provenance(
+    study: Run, run: ZeroShotRun, best: pd.DataFrame, features_source: str, **parameters
+) -> dict:
+    """The CLIP stage's provenance section: models and weights, the prompt sets by content,
+    the features the embedding space used, the choices, timing and parameters."""
+    return study.record_stage(
+        STAGE,
+        models=list(run.status),
+        weights=run.status,
+        features_source=features_source,
+        prompt_sets=prompts.prompts_record(run.prompt_sets),
+        best_prompt_sets=best[["model", "task", "prompt_set"]].to_dict("records"),
+        timing=run.timing,
+        parameters={"seed": study.seed, "n_boot": study.n_boot, **parameters},
+    )

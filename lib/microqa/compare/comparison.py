@@ -20,6 +20,7 @@ import pandas as pd
 
 from microqa import provenance, stats
 from microqa.clip import outputs as clip_outputs
+from microqa.clip.outputs import MAIN_PROBE, SCORE_PROMPT_SETS
 from microqa.compare import baselines, family
 from microqa.compare.hybrids import (
     apply_cascade,
@@ -156,9 +157,16 @@ def _read_csv(path: Path) -> pd.DataFrame:
 
 
 def compare(
-    df: pd.DataFrame, *, n_boot: int, paths: dict[str, Path] | None = None, seed: int = 0
+    df: pd.DataFrame,
+    *,
+    n_boot: int,
+    paths: dict[str, Path] | None = None,
+    seed: int = 0,
+    data_source: str = "unknown",
 ) -> StudyComparison:
-    """Cross-fitted comparison of every method on every labelled image each task has."""
+    """Cross-fitted comparison of every method on every labelled image each task has;
+    `data_source` (the run's dataset source: "sample", "scraped", ...) names the data in each
+    row's provenance."""
     paths = paths or default_paths()
     timing = json.loads(paths["timing"].read_text()) if paths["timing"].exists() else {}
     records = df.set_index("micrograph_no")
@@ -211,7 +219,7 @@ def compare(
         ]
     table = pd.DataFrame(tables)
     if not table.empty:
-        table["provenance"] = table["weights"].map(provenance_line)
+        table["provenance"] = [provenance_line(w, data_source) for w in table["weights"]]
     return StudyComparison(
         table=table,
         curves=pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(),
@@ -273,7 +281,7 @@ def gallery_predictions(predictions: pd.DataFrame, task: str = "technique") -> p
         vlm &= rows["mode"] == rows.loc[vlm, "mode"].value_counts().index[0]
     keep = (
         (rows["kind"] == "clip_zero_shot")
-        | ((rows["kind"] == "clip_probe") & (rows["prompt_set"] == "logreg-grouped-cv"))
+        | ((rows["kind"] == "clip_probe") & (rows["prompt_set"] == MAIN_PROBE))
         | vlm
     )
     return rows[keep]
@@ -438,7 +446,7 @@ def study_pairs(methods: list[Method]) -> list[tuple[str, Method, Method]]:
             ):
                 pairs.append(("one VLM vs another", a, b))
     pairs += [("CLIP zero-shot vs CLIP probe", z, p) for z in zero_shot for p in probes]
-    knn = [p for p in probes if p.prompt_set == "knn-grouped-cv"]
+    knn = [p for p in probes if p.prompt_set == SCORE_PROMPT_SETS["knn"]]
     for v in vlms:
         if v.context == "clip_neighbours":
             pairs += [("retrieved expert metadata (VLM) vs k-NN probe", v, k) for k in knn]
@@ -466,8 +474,6 @@ def published_rows() -> pd.DataFrame:
     return table
 
 
-def provenance_line(weights: str) -> str:
-    data = provenance.load().get("data", {})
-    source = data.get("source", "unknown")
+def provenance_line(weights: str, source: str) -> str:
     data_label = "embedded sample" if source == "sample" else f"DoITPoMS ({source})"
     return f"data: {data_label}; weights: {weights}; git {provenance.git_sha()}"

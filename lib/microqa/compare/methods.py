@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from microqa.clip.outputs import SCORE_PROMPT_SETS
 from microqa.data import taxonomy
 
 IDENTITY = ("kind", "base", "model", "weights", "context", "mode", "prompt_set", "partner")
@@ -20,7 +21,10 @@ CONTEXT_LABELS = {
     "clip_topk": " + CLIP top-k labels",
     "clip_neighbours": " + retrieved expert metadata of nearest other specimens (supervised)",
 }
-PROBE_LABELS = {"logreg-grouped-cv": "logistic probe", "knn-grouped-cv": "5-NN probe"}
+PROBE_LABELS = {
+    SCORE_PROMPT_SETS["logreg"]: "logistic probe",
+    SCORE_PROMPT_SETS["knn"]: "5-NN probe",
+}
 BASELINE_LABELS = {  # `compare.baselines`: the rows every other row is read against
     "chance": "chance (uniform over the options)",
     "majority": "majority class (chosen on the other fold)",

@@ -1,7 +1,8 @@
 """Records -> one tidy DataFrame, validated in one place; the active dataset; taxonomy tables;
 a seeded stratified sampler.
 
-A dataset directory (GUIDE.md, "Data layout") holds `records.csv` and `images/NNNNNN.<ext>`.
+A dataset directory (README, "Use it on your own micrographs") holds `records.csv` and
+`images/NNNNNN.<ext>`.
 Required columns are REQUIRED_COLUMNS; every other column of RECORD_COLUMNS is optional (an
 absent one reads as empty). The scraper adds IMAGE_COLUMNS, describing each stored file.
 
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from microqa import config, files, provenance
+from microqa import config, files
 from microqa.data import images, splits, taxonomy
 
 # The record columns of the DoITPoMS mirror, in its order: the one statement of them.
@@ -73,11 +74,6 @@ log = logging.getLogger(__name__)
 
 class DatasetError(RuntimeError):
     """A dataset that cannot be used; the one-line message names the file, the row, the fix."""
-
-
-def specimen_key(brief_description: str) -> str:
-    """Records sharing a brief description are images of one specimen (see `splits`)."""
-    return splits.specimen_key(brief_description)
 
 
 def read_records_csv(csv_path: Path | str) -> pd.DataFrame:
@@ -298,23 +294,6 @@ def with_image_metadata(df: pd.DataFrame) -> pd.DataFrame:
     if computed:
         out.loc[todo, IMAGE_COLUMNS] = pd.DataFrame(computed, index=out.index[todo])[IMAGE_COLUMNS]
     return out
-
-
-def active_dataset_dir() -> Path:
-    """The dataset notebook 01 chose for this run (see its provenance record; a path stored
-    relative to the repository is this checkout's, never another clone's)."""
-    data = provenance.load().get("data", {})
-    if "dataset_dir" not in data:
-        raise DatasetError(
-            f"no dataset recorded in {config.display_path(provenance.record_path())}; run "
-            "notebook 01 (make reproduce)"
-        )
-    return config.repo_path(data["dataset_dir"])
-
-
-def data_substitutes() -> list[str]:
-    """Labels for titles: 'sample data' when the run fell back to the embedded sample."""
-    return ["sample data"] if provenance.load().get("data", {}).get("source") == "sample" else []
 
 
 def limit_for_profile(df: pd.DataFrame, profile: config.Profile, seed: int = 0) -> pd.DataFrame:

@@ -26,8 +26,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from microqa import config, provenance, publishing
+from microqa import config, publishing
 from microqa.data import dataset, doitpoms
+from microqa.run import Run
 
 SMOKE_IDS = "1-40"  # the smoke profile scrapes only these, into build/, never into data/
 SOURCES = {
@@ -86,7 +87,7 @@ def is_user_copy(folder: Path) -> bool:
 
 
 def resolve_dataset(
-    profile: str | None = None,
+    run: Run,
     base_url: str = "",
     *,
     dataset_dir: Path | str = "",
@@ -94,12 +95,13 @@ def resolve_dataset(
     ids: str = "",
     log: Callable[[str], None] | None = None,
 ) -> DatasetChoice:
-    """Choose this run's dataset (see the module doc) and record the choice in provenance.
+    """Choose `run`'s dataset (see the module doc) and record the choice in its provenance
+    (stage "data", which every later notebook's `Run` reads).
 
     The record is written only once the choice is made: a bad `dataset_dir` or a failed
     scrape leaves the previous record as it was."""
-    chosen = config.profile(profile)
-    provenance.begin_stage("data")  # a fresh record: no stale fallbacks from an earlier run
+    chosen = run.profile
+    run.begin_stage("data")  # a fresh record: no stale fallbacks from an earlier run
     wanted = ids or "discover"
     if dataset_dir:
         choice = _user(config.repo_path(dataset_dir), "named by the run's dataset_dir")
@@ -114,10 +116,9 @@ def resolve_dataset(
             wanted = ids
         else:
             target = config.scraped_dir()
-        choice = _scrape_or_sample(target, base_url, ids, wanted, delay, log or _sparse_log)
-    provenance.record_stage(
+        choice = _scrape_or_sample(run, target, base_url, ids, wanted, delay, log or _sparse_log)
+    run.record_stage(
         "data",
-        profile=chosen,
         source=choice.source,
         dataset_dir=choice.path,
         base_url=choice.base_url,
@@ -143,7 +144,7 @@ def _user(folder: Path, why: str) -> DatasetChoice:
     return DatasetChoice("user", folder, "", n_records, n_images, reason=why, notes=notes)
 
 
-def _scrape_or_sample(target, base_url, ids, wanted, delay, log) -> DatasetChoice:
+def _scrape_or_sample(run, target, base_url, ids, wanted, delay, log) -> DatasetChoice:
     done = doitpoms.completion(target)
     if done and done["ids"] == wanted:
         n_records, n_images, notes = inspect_dataset(target)
@@ -151,7 +152,7 @@ def _scrape_or_sample(target, base_url, ids, wanted, delay, log) -> DatasetChoic
     try:
         result = doitpoms.scrape(base_url, target, ids=ids or None, delay=delay, log=log)
     except doitpoms.SiteUnreachable as exc:
-        return _sample_instead(str(exc), target)
+        return _sample_instead(run, str(exc), target)
     notes = inspect_dataset(target)[2]
     return DatasetChoice(
         "scraped",
@@ -172,7 +173,7 @@ def _sparse_log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def _sample_instead(reason: str, target: Path) -> DatasetChoice:
+def _sample_instead(run: Run, reason: str, target: Path) -> DatasetChoice:
     sample = config.sample_dir()
     if not (sample / "records.csv").is_file():
         raise doitpoms.ScrapeError(
@@ -183,7 +184,7 @@ def _sample_instead(reason: str, target: Path) -> DatasetChoice:
             f" (the partial scrape in {publishing.relative(target)} is kept; rerun to resume it)"
         )
     n_records, n_images, notes = inspect_dataset(sample)
-    provenance.substitute(
+    run.substitute(
         "data",
         f"embedded sample {config.display_path(sample)} ({n_images} images) instead of the "
         "full library",
@@ -198,11 +199,6 @@ def _sample_instead(reason: str, target: Path) -> DatasetChoice:
 def summary_table(choice: DatasetChoice) -> pd.DataFrame:
     """One row: where the data came from and how much of it there is."""
     return pd.DataFrame([choice.summary()])
-
-
-def summary_caption(choice: DatasetChoice) -> str:
-    labels = ["sample data"] if choice.source == "sample" else []
-    return provenance.stamp("Data source of this run", labels)
 
 
 def failures_table(choice: DatasetChoice) -> pd.DataFrame:

@@ -27,6 +27,7 @@ from PIL import ImageOps
 from microqa import provenance
 from microqa.data import images, taxonomy
 from microqa.report import plots
+from microqa.run import Run
 
 RECORD_URL = "https://www.doitpoms.ac.uk/miclib/micrograph_record.php?id={}"
 THUMB_PX = 360  # long side of a thumbnail: scale-bar text stays legible at the report's size
@@ -65,10 +66,10 @@ class Gallery:
         links = ", ".join(f"[#{n}]({record_url(n)})" for n in self.ids)
         return f"Records shown (their DoITPoMS pages): {links}" if self.ids else ""
 
-    def save(self, name: str, *, degraded: str = "") -> None:
-        """Write figures/<name>.jpg (via plots.save_figure; `degraded` as there) and list the
-        records as links."""
-        plots.save_figure(self.figure, name, photo=True, degraded=degraded)
+    def save(self, run: Run, name: str, *, degraded: str = "") -> None:
+        """Write <name>.jpg where `run`'s figures go (via plots.save_figure; `degraded` as
+        there) and list the records as links."""
+        plots.save_figure(run, self.figure, name, photo=True, degraded=degraded)
         if plots._in_notebook() and self.ids:
             from IPython.display import Markdown, display
 

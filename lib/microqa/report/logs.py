@@ -1,12 +1,12 @@
 """A notebook's first call: library logs and third-party warnings go to a log file, not red
 stderr noise in the notebook (and the rendered report).
 
-`notebook_setup("03_clip_zero_shot", profile)` routes the root logger, Python warnings
-(TqdmWarning, FutureWarning, ...), and the loggers of transformers / huggingface_hub / open_clip
-(e.g. "Failed to download ...") to `build/logs/<notebook>.log`, turns off the hub's and
-transformers' own model-loading bars (our tqdm bars stay: ipywidgets draws them in a notebook),
-applies the figure style, declares the run to `publishing`, and prints one line saying where
-the log is. Offline-substitute banners are not affected: they are results, shown in the banner.
+`notebook_setup(run)` (with `run = Run.start("03_clip_zero_shot", ...)`) routes the root
+logger, Python warnings (TqdmWarning, FutureWarning, ...), and the loggers of transformers /
+huggingface_hub / open_clip (e.g. "Failed to download ...") to `build/logs/<notebook>.log`,
+turns off the hub's and transformers' own model-loading bars (our tqdm bars stay: ipywidgets
+draws them in a notebook), and applies the figure style; it returns the run, so a notebook's
+first cell is one line (`run = logs.notebook_setup(Run.start(...))`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 
 from microqa import config, publishing
 from microqa.report import plots
+from microqa.run import Run
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Libraries that install their own stderr handler instead of propagating to the root logger.
@@ -27,9 +28,9 @@ def log_path(notebook: str) -> Path:
     return config.build_dir() / "logs" / f"{notebook}.log"
 
 
-def notebook_setup(notebook: str, profile: str = "full") -> None:
-    """Call once at the top of a notebook (after its parameters cell). Returns nothing."""
-    path = log_path(notebook)
+def notebook_setup(run: Run) -> Run:
+    """Call once at the top of a notebook (after its parameters cell); returns `run`."""
+    path = log_path(run.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, mode="a", encoding="utf-8")
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
@@ -39,8 +40,8 @@ def notebook_setup(notebook: str, profile: str = "full") -> None:
     warnings.simplefilter("default")  # each distinct warning once, into the log
     _quiet_hub_libraries()
     plots.set_style()
-    publishing.begin(notebook, profile)
     print(f"Library logs and warnings of this run: {publishing.relative(path)}")
+    return run
 
 
 def _quiet_hub_libraries() -> None:

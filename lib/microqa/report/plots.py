@@ -9,6 +9,7 @@ title/caption (see `provenance.stamp`), so a reader never mistakes it for the re
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -20,7 +21,8 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from microqa import publishing  # noqa: E402
+from microqa import provenance, publishing  # noqa: E402
+from microqa.run import Run  # noqa: E402
 
 PALETTE = "colorblind"
 PAGE_PX = 1200  # CSS px a rendered page shows a figure at, at most (report.site's stylesheet)
@@ -55,6 +57,7 @@ def set_style() -> None:
 
 
 def save_figure(
+    run: Run,
     fig: plt.Figure,
     name: str,
     *,
@@ -64,7 +67,7 @@ def save_figure(
     photo: bool = False,
     alt: str = "",
 ) -> None:
-    """Write `<name>.png` where this run's figures go (`publishing.destination`), close the
+    """Write `<name>.png` where `run`'s figures go (`Run.destination`), close the
     figure, and in a notebook display the file just written (so a notebook shows exactly what
     was saved). A `photo` (a micrograph gallery) is written as `<name>.jpg`: photographs
     compress far better as JPEG; `svg` adds `<name>.svg`. `degraded` names why this result is
@@ -73,10 +76,14 @@ def save_figure(
     text); by default it is built from the figure's titles and axis labels.
     Returns nothing, so a notebook cell echoes no path."""
     alt = alt or alt_text(fig)
+
+    target = run.destination
     directory = (
         directory
-        or publishing.kept_published("figures", f"{name}.{'jpg' if photo else 'png'}", degraded)
-        or publishing.destination().figures
+        or publishing.kept_published(
+            target, "figures", f"{name}.{'jpg' if photo else 'png'}", degraded
+        )
+        or target.figures
     )
     directory.mkdir(parents=True, exist_ok=True)
     if photo:
@@ -121,24 +128,28 @@ def _in_notebook() -> bool:
 
 
 def save_table(
+    run: Run,
     df: pd.DataFrame,
     name: str,
+    title: str = "",
     *,
-    caption: str = "",
+    labels: Sequence[str] = (),
     float_format: str = ".3f",
     index: bool = False,
     directory: Path | None = None,
     degraded: str = "",
     show: bool = False,
 ) -> None:
-    """Write `<name>.csv` and `<name>.md` (caption first) where this run's tables go; a
-    `degraded` result never replaces a published one (see save_figure). `show`: also display
-    it for people in a notebook (`show_table`), so a cell shows the table once. Returns
-    nothing."""
+    """Write `<name>.csv` and `<name>.md` where `run`'s tables go, the Markdown headed by
+    `title` stamped with the substitute `labels` (`provenance.stamp`); a `degraded` result never
+    replaces a published one (see save_figure). `show`: also display it for people in a
+    notebook (`show_table`), so a cell shows the table once. Returns nothing."""
+    caption = provenance.stamp(title, list(labels)) if title else ""
+    target = run.destination
     directory = (
         directory
-        or publishing.kept_published("tables", f"{name}.csv", degraded)
-        or publishing.destination().tables
+        or publishing.kept_published(target, "tables", f"{name}.csv", degraded)
+        or target.tables
     )
     directory.mkdir(parents=True, exist_ok=True)
     df.to_csv(directory / f"{name}.csv", index=index)

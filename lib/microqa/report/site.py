@@ -47,14 +47,9 @@ from microqa import config, publishing
 from microqa.files import atomic_write_text
 from microqa.report import index as findings_index
 from microqa.report import plots
+from microqa.run import Run
 
-NOTEBOOKS = (
-    "01_scrape_doitpoms",
-    "02_eda_class_imbalance",
-    "03_clip_zero_shot",
-    "04_vlm_qa",
-    "05_comparison",
-)
+NOTEBOOKS = config.notebooks()
 MAX_BYTES = 6 * 1024 * 1024  # the whole site: pages, images, stylesheet
 MAX_PAGE_BYTES = 1536 * 1024  # one page with its images
 IMAGE_PX = 1440  # widest image file; pages show figures at most plots.PAGE_PX wide
@@ -377,7 +372,7 @@ def _write_page(path: Path, text: str) -> None:
 
 
 def default_out(notebooks_dir: Path) -> Path:
-    """docs/ for a publishing run (publishing.destination, with the profile the notebooks were
+    """docs/ for a publishing run (the run's destination, with the profile the notebooks were
     executed with); any other run's report goes to its own folder under build/runs/."""
     profiles = set()
     for name in NOTEBOOKS:
@@ -386,8 +381,7 @@ def default_out(notebooks_dir: Path) -> Path:
             nb = nbformat.read(path, as_version=4)
             params = nb.metadata.get("papermill", {}).get("parameters", {})
             profiles.add(params.get("profile", "full"))
-    publishing.begin("site", "full" if profiles <= {"full"} else "smoke")
-    target = publishing.destination()
+    target = Run.start("site", "full" if profiles <= {"full"} else "smoke").destination
     if target.published:
         return config.repo_root() / "docs"
     return config.build_dir() / "runs" / target.run_name / "docs"

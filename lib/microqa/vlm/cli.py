@@ -21,6 +21,7 @@ from pathlib import Path
 
 from microqa import provenance
 from microqa.data import dataset
+from microqa.run import Run
 from microqa.vlm import outputs, questions, runner
 from microqa.vlm.context import ClipContext
 
@@ -117,7 +118,8 @@ def _sample_size(n: str) -> int | str:
 
 def run_cli(args: argparse.Namespace) -> int:
     """Expected errors (EXPECTED_ERRORS) reach `microqa.cli`, which prints them as one line."""
-    dataset_dir = args.dataset or dataset.active_dataset_dir()
+    run = Run.start("vlm-cli", profile=None)  # MICROQA_PROFILE, else full
+    dataset_dir = args.dataset or run.dataset.dir
     records = dataset.load_records(dataset_dir)
     sample = runner.question_sample(records, _sample_size(args.n), seed=args.seed)
     settings = runner.RunSettings(
@@ -149,10 +151,11 @@ def run_cli(args: argparse.Namespace) -> int:
         context=context,
         cache_path=args.cache,
         backend_options=options,
+        record=run.record,
     )
     answers, descriptions = outputs.save_answers(result)
     runner.record_provenance(
-        result, settings, backend=args.backend, sample_size=len(sample), context=context
+        run, result, settings, backend=args.backend, sample_size=len(sample), context=context
     )
     for skip in result.skipped:
         print(f"skipped {skip['n_skipped']} {skip['task']}/{skip['context']}: {skip['reason']}")

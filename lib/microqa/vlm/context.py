@@ -20,12 +20,12 @@ faked.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from microqa import config
 from microqa.clip import outputs as clip_outputs
 from microqa.clip import prompt_choice
 from microqa.vlm import scoring
@@ -48,6 +48,7 @@ class ClipContext:
         *,
         directory: Path | str | None = None,
         clip_model: str | None = None,
+        preferred: Sequence[str] = (),
         k_labels: int = 3,
         k_neighbours: int = 3,
         folds: pd.Series | None = None,
@@ -61,11 +62,13 @@ class ClipContext:
         self.features_source: dict = {}
         self.choices = pd.DataFrame()  # the per-fold prompt sets the labels come from
         self._labels: dict[tuple[int, str], list[tuple[str, float]]] = {}
-        self._load_labels(clip_model, folds)
+        self._load_labels(clip_model, preferred, folds)
         self._load_features()
 
     # --- loading -----------------------------------------------------------------------------
-    def _load_labels(self, clip_model: str | None, folds: pd.Series | None) -> None:
+    def _load_labels(
+        self, clip_model: str | None, preferred_order: Sequence[str], folds: pd.Series | None
+    ) -> None:
         scores_path = clip_outputs.path("zero_shot", self.directory)
         best_path = clip_outputs.path("best", self.directory)
         if not scores_path.is_file():
@@ -73,7 +76,7 @@ class ClipContext:
             return
         scores = pd.read_csv(scores_path)
         models = list(dict.fromkeys(scores["model"]))
-        preferred = [m for m in config.profile().clip_models if m in models]
+        preferred = [m for m in preferred_order if m in models]  # the run's CLIP models first
         self.clip_model = clip_model or (preferred or models)[0]
         if self.clip_model not in models:
             self.reasons["clip_topk"] = f"CLIP model {self.clip_model!r} not in {scores_path}"
@@ -181,6 +184,10 @@ class ClipContext:
                 "DoITPoMS micrograph library (by CLIP image similarity):\n" + "\n".join(lines)
             )
         return "\n\n".join(parts)
+
+    def labels_if_used(self, contexts: Sequence[str]) -> list[str]:
+        """`substitute_labels` when some of `contexts` used CLIP, else none."""
+        return self.substitute_labels() if any(c != "none" for c in contexts) else []
 
     def substitute_labels(self) -> list[str]:
         """Title labels when the context itself came from random CLIP weights."""

@@ -32,7 +32,6 @@ DESCRIBE_PROMPT = (
     "Describe this micrograph: the imaging technique used to capture it, the kind of material "
     "shown, and the visible microstructural features."
 )
-DESCRIBE_TASK = "describe"
 
 
 @dataclass(frozen=True)

@@ -456,3 +456,30 @@ def scored_decisions(
             "confidence": np.nan if top is None else top.max(axis=1),
         }
     )
+
+
+QA_VIEW = [
+    "model",
+    "weights",
+    "task",
+    "prompt_set",
+    "context",
+    "mode",
+    "n",
+    "rotations",
+    "accuracy",
+    "accuracy_ci_low",
+    "accuracy_ci_high",
+    "balanced_accuracy",
+    "macro_f1",
+    "letter_mass_mean",
+    "unanswered_rate",
+    "abstention_threshold",
+    "unparseable_rate",
+    "seconds_per_question",
+]
+
+
+def qa_view(qa: pd.DataFrame) -> pd.DataFrame:
+    """The QA table as notebook 04 shows it: the columns read first."""
+    return qa[QA_VIEW]

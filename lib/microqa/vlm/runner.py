@@ -32,6 +32,7 @@ import pandas as pd
 from microqa import hub, provenance
 from microqa.data import dataset, taxonomy
 from microqa.files import sha256_file
+from microqa.run import Run
 from microqa.vlm import asking, questions
 from microqa.vlm.backends import load_backend
 from microqa.vlm.base import Backend
@@ -133,15 +134,19 @@ def _hub_reason(model: str) -> str | None:
     return f"{model} is not cached locally and {reason}" if reason else None
 
 
-def open_model(backend: str, model: str, **options: Any) -> OpenedModel:
-    """Load `model`; for the hf backend, a model unavailable here becomes its tiny stand-in."""
+def open_model(
+    backend: str, model: str, *, record: provenance.Record | None = None, **options: Any
+) -> OpenedModel:
+    """Load `model`; for the hf backend, a model unavailable here becomes its tiny stand-in
+    (declared in `record`, the run's provenance record)."""
     if backend == "hf":
         reason = _hub_reason(model)
         if reason:
             from microqa.vlm import tiny
 
             logging.getLogger(__name__).warning("cannot load %s: %s", model, reason)
-            local = tiny.offline_vlm_dir(model)  # declares the substitute; raises if STRICT=1
+            # declares the substitute in the run's record; raises if STRICT=1
+            local = tiny.offline_vlm_dir(model, record=record)
             return OpenedModel(model, load_backend("hf", str(local), **options), True)
     return OpenedModel(model, load_backend(backend, model, **options))
 
@@ -358,6 +363,7 @@ def run_study(
     context: ClipContext | None = None,
     cache_path: Path | str | None = None,
     backend_options: dict[str, Any] | None = None,
+    record: provenance.Record | None = None,
     log=print,
 ) -> StudyResult:
     """Every model in turn (one loaded at a time), all through one answer cache; with
@@ -374,7 +380,7 @@ def run_study(
         )
     with AnswerCache(cache_path or default_cache_path()) as cache:
         for model in models:
-            opened = open_model(backend, model, **options)
+            opened = open_model(backend, model, record=record, **options)
             model_parts = [run_model(opened, sample, settings, cache, context, log=log)]
             if agreement:
                 model_parts.append(run_model(opened, *agreement, cache, context, log=log))
@@ -400,7 +406,39 @@ def run_study(
     )
 
 
+def run_for_notebook(
+    run: Run,
+    records: pd.DataFrame,
+    sample: pd.DataFrame,
+    settings: RunSettings,
+    *,
+    backend: str,
+    base_url: str = "",
+    clip_model: str = "",
+) -> tuple[StudyResult, ClipContext]:
+    """Notebook 04's stage: the run's VLMs asked every question about `sample` (CLIP context
+    from the CLIP stage, its models in the run's order), answers saved fresh to build/vlm,
+    and the stage's provenance (with its substitutes) recorded in the run."""
+    run.begin_stage("vlm")  # this run's record and substitutes only
+    context = ClipContext(records, clip_model=clip_model or None, preferred=run.profile.clip_models)
+    study = run_study(
+        run.profile.vlm_models,
+        backend=backend,
+        sample=sample,
+        settings=settings,
+        context=context,
+        backend_options={"base_url": base_url or None},
+        record=run.record,
+    )
+    save_answers(study, fresh=True)
+    record_provenance(
+        run, study, settings, backend=backend, sample_size=len(sample), context=context
+    )
+    return study, context
+
+
 def record_provenance(
+    run: Run,
     result: StudyResult,
     settings: RunSettings,
     *,
@@ -410,7 +448,7 @@ def record_provenance(
 ) -> dict[str, Any]:
     # a variant run is its own record, so it never replaces the original run's
     stage = "vlm" if settings.variant == "original" else f"vlm_{settings.variant}"
-    return provenance.record_stage(
+    return run.record_stage(
         stage,
         models=list(result.weights),
         backend=backend,
@@ -429,5 +467,4 @@ def record_provenance(
         clip_features=context.features_source if context else None,
         skipped=result.skipped,
         failures=len(result.failures),
-        keep_fallbacks=True,
     )

@@ -367,17 +367,20 @@ def family_for_model(model_id: str) -> str:
     return family.stand_in
 
 
-def offline_vlm_dir(model_id: str, stage: str = "vlm") -> Path:
+def offline_vlm_dir(
+    model_id: str, stage: str = "vlm", record: provenance.Record | None = None
+) -> Path:
     """The local tiny stand-in for `model_id`, built on first use under models_dir()/tiny/.
 
-    Declares the substitution in the provenance record of `stage` (raises StrictModeError under
-    STRICT=1), so a run can never use it quietly.
+    Declares the substitution for `stage` in `record`, the run's provenance (raises
+    StrictModeError under STRICT=1), so a run can never use it quietly.
     """
     family = family_for_model(model_id)
     provenance.substitute(
         stage,
         f"VLM {model_id} -> tiny {family} model with RANDOM weights",
         "pretrained VLM weights are not available offline",
+        record,
     )
     out_dir = config.models_dir() / "tiny" / family
     if not is_tiny(out_dir):

@@ -2,7 +2,7 @@
 
     python -m microqa scrape --base-url URL --out DIR [--ids A-B] [--delay S]
 
-Layout written under DIR (see GUIDE.md, "Data layout"):
+Layout written under DIR (README, "Data"; the same layout a user's own dataset has):
   records.csv            one row per record found: the mirror's 18 columns, then IMAGE_COLUMNS
   images/NNNNNN.<ext>    the micrograph, named by id, extension from its decoded format
   .scrape/ids/NNNNNN.json  what is done for each probed id (a record row, or "missing")

@@ -1,0 +1,89 @@
+"""run.py: the run object handed from notebook to library: its profile with the notebook's
+overrides, its dataset from notebook 01's record, its provenance, its variant folder; and that
+no other module reads the provenance file or keeps run state."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from microqa import config, provenance
+from microqa.clip import prompts
+from microqa.data import taxonomy
+from microqa.run import Run, RunError
+from tests.conftest import REPO
+
+
+@pytest.fixture
+def build(tmp_path, monkeypatch):
+    monkeypatch.setenv("MICROQA_BUILD", str(tmp_path / "build"))
+    monkeypatch.delenv("MICROQA_PROFILE", raising=False)
+    monkeypatch.delenv("STRICT", raising=False)
+    return tmp_path / "build"
+
+
+def test_the_run_resolves_its_profile_from_the_notebooks_parameters(build):
+    run = Run.start("03_clip_zero_shot", "smoke", clip_models='["RN50:openai"]', n_boot=None)
+    assert run.profile.name == "smoke" and run.profile.clip_models == ("RN50:openai",)
+    assert run.n_boot == config.profile("smoke").n_boot  # None keeps the profile's
+    assert run.overrides == {"clip_models": ("RN50:openai",)}
+    assert re.fullmatch(r"v[0-9a-f]{8}", run.variant)
+    assert Run.start("03_clip_zero_shot", "smoke").variant == ""
+    with pytest.raises(RunError, match="03_clip_zero_shot: unknown profile setting 'models'"):
+        Run.start("03_clip_zero_shot", "smoke", models='["RN50:openai"]')
+
+
+def test_the_dataset_is_notebook_01s_choice_read_from_the_record(build):
+    with pytest.raises(RunError, match="no dataset recorded .* run notebook 01 first"):
+        _ = Run.start("02_eda_class_imbalance").dataset
+    first = Run.start("01_scrape_doitpoms", "smoke")
+    first.begin_stage("data")
+    first.substitute("data", "embedded sample", "site unreachable")
+    first.record_stage("data", source="sample", dataset_dir="data/sample", complete=True)
+    later = Run.start("02_eda_class_imbalance", "smoke")
+    assert later.dataset.dir == config.repo_root() / "data" / "sample"
+    assert (later.dataset.source, later.dataset.complete) == ("sample", True)
+    assert later.data_labels == ["sample data"] and later.dataset.shown == "data/sample"
+    assert "embedded sample" in later.banner(["data"])
+    assert later.destination.reasons == (
+        "not run by `make reproduce`",
+        "smoke profile",
+        "embedded sample data",
+    )
+
+
+def test_a_stage_record_holds_the_resolved_profile_and_its_overrides(build):
+    run = Run.start("05_comparison", "full", n_boot=200, seed=3)
+    section = run.record_stage("comparison", methods=[])
+    assert section["profile"] == "full"
+    assert section["profile_settings"]["n_boot"] == 200
+    assert section["profile_settings"]["seed"] == 3
+    assert section["overrides"] == {"n_boot": 200, "seed": 3}
+    assert provenance.Record.load().section("comparison")["overrides"] == {"n_boot": 200, "seed": 3}
+
+
+def test_prompt_sets_are_a_setting_recorded_by_content():
+    mine = {"plain": {"category": {c: [f"a {c.lower()}"] for c in taxonomy.TASKS["category"][1]}}}
+    assert list(prompts.prompt_sets("category", mine)) == ["plain"]
+    assert prompts.prompt_sets("technique", mine) == {}  # a set without the task is not scored
+    record = prompts.prompts_record(mine)
+    assert record["sets"]["category"]["plain"]["Ceramic"] == ["a ceramic"]
+    assert record["sha256"] != prompts.prompts_record(None)["sha256"]
+    assert prompts.prompts_record(None)["source"] == "microqa.clip.prompts"
+    with pytest.raises(ValueError, match="no prompts for"):
+        prompts.prompt_sets("category", {"bad": {"category": {"Ceramic": ["x"]}}})
+
+
+def test_only_provenance_and_run_read_the_record_and_nothing_keeps_run_state():
+    readers, state = [], []
+    for path in sorted((REPO / "lib" / "microqa").rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        name = path.relative_to(REPO / "lib" / "microqa").as_posix()
+        if name not in ("provenance.py", "run.py") and re.search(
+            r"provenance\.load\(|Record\.load\(|provenance\.json", text
+        ):
+            readers.append(name)
+        if re.search(r"^_(chosen_profile|run|pending)\b.*=", text, flags=re.MULTILINE):
+            state.append(name)
+    assert readers == [] and state == []
