@@ -88,10 +88,12 @@ def run_zero_shot(
     num_workers: int | None = None,
     seed: int = 0,
     progress: bool = True,
+    variant: str = "original",
 ) -> ZeroShotRun:
     """Embed every image with every model, score every task x prompt set. One model in memory.
 
-    Images that cannot be decoded are skipped (named once on stderr, kept in `failures`)."""
+    Images that cannot be decoded are skipped (named once on stderr, kept in `failures`).
+    `variant`: score that image variant (`data.variants`) instead of the original."""
     provenance.reset_stage(STAGE)
     device = device or default_device()
     run = ZeroShotRun(pd.DataFrame(columns=outputs.SCORE_COLUMNS), {}, {})
@@ -112,6 +114,7 @@ def run_zero_shot(
             batch_size=batch_size,
             num_workers=num_workers,
             progress=progress,
+            variant=variant,
         )
         failed = outputs.failure_rows(df["image_path"], df["micrograph_no"], result.failures)
         outputs.announce_failures(failed, named)
