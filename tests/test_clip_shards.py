@@ -149,3 +149,18 @@ def test_four_processes_fill_one_cache_and_equal_one_process_bit_for_bit(
     db = sharded / "data" / "cache" / cache.CACHE_FILE
     with sqlite3.connect(db) as con:
         assert con.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0] == len(numbers)
+
+
+def test_a_bad_shard_is_a_one_line_error(tmp_path):
+    small_dataset(tmp_path / "ds", 1)
+    result = subprocess.run(
+        [sys.executable, "-m", "microqa", "embed", "--dataset", str(tmp_path / "ds")]
+        + ["--model", "ViT-B-32:openai", "--shard", "4/4"],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and result.stderr.strip().count("\n") == 0
+    assert "4/4" in result.stderr

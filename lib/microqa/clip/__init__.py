@@ -2,6 +2,8 @@
 
     models     names, loading, random same-architecture stand-ins (`ModelIdentity`)
     embed      decoding (images.open_rgb), batching, the SQLite embedding cache
+    pixels     what the model's preprocessing gets: reduced-size decode, variant, decoded cache
+    shards     which part of an image set one process embeds (--shard, torchrun, Slurm)
     prompts    every text the stage shows the text encoder
     zero_shot  class embeddings, probabilities, the run, the prompt-set choice, text search
     report     tables and figures
@@ -19,9 +21,29 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # what the lazy names come from (also read by tools/notebook_deps.py)
-    from microqa.clip import cli, embed, models, outputs, prompts, report, zero_shot  # noqa: F401
+    from microqa.clip import (  # noqa: F401
+        cli,
+        embed,
+        models,
+        outputs,
+        pixels,
+        prompts,
+        report,
+        shards,
+        zero_shot,
+    )
 
-SUBMODULES = ("cli", "embed", "models", "outputs", "prompts", "report", "zero_shot")
+SUBMODULES = (
+    "cli",
+    "embed",
+    "models",
+    "outputs",
+    "pixels",
+    "prompts",
+    "report",
+    "shards",
+    "zero_shot",
+)
 # name -> the submodule that defines it
 _EXPORTS = {
     "EmbeddingResult": "embed",
