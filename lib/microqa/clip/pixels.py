@@ -13,7 +13,7 @@ H200 embedded 112 img/s against 3,415 img/s for the bare forward). Here:
 3. the model's resize (its first transform), then the rest of its preprocessing.
 
 The resized RGB image of step 3 is kept as `<cache>/clip_decoded/<sha[:2]>/<sha>-<sig>-<variant>
-.npy` (uint8, about 150 kB at 224 px), where `<sig>` is a hash of the decode size, the resize
+.npy` (uint8, about 200 kB at 224 px), where `<sig>` is a hash of the decode size, the resize
 and the Pillow version: a second model with the same input size, or a rerun, reads it instead
 of decoding, and gets the very same pixels (lossless). Writes are atomic, so workers and
 shards can share the folder. A model whose preprocessing does not start with a torchvision
