@@ -32,6 +32,10 @@ def test_bench_clip_reports_all_rates_and_ratios(tmp_path, monkeypatch, capsys, 
             "1",
             "--n-earlier",
             "3",
+            "--largest",
+            "3",
+            "--repeats",
+            "1",
             "--json",
             str(out),
         ]
@@ -41,5 +45,14 @@ def test_bench_clip_reports_all_rates_and_ratios(tmp_path, monkeypatch, capsys, 
     for key in ("earlier_study", "pipeline", "bare_forward", "decode_preprocess"):
         assert result[key] > 0, key
     assert result["pipeline_vs_bare"] == pytest.approx(result["pipeline"] / result["bare_forward"])
+    decoding = result["decoding"]
+    assert decoding["largest"] == 3
+    for key in ("decode_today", "decode_reduced", "decode_margin1", "decode_cached"):
+        assert decoding[key] > 0, key
+    assert decoding["decode_speedup"] == pytest.approx(
+        decoding["decode_reduced"] / decoding["decode_today"]
+    )
+    for key in ("worst_cosine", "worst_cosine_margin1"):
+        assert -1 <= decoding[key] <= 1 + 1e-5, key
     printed = capsys.readouterr().out
-    assert "(b)/(c)" in printed and "(b)/(a)" in printed
+    assert "(b)/(c)" in printed and "(b)/(a)" in printed and "worst cosine" in printed

@@ -2,6 +2,8 @@
 
     models     names, loading, random same-architecture stand-ins (`ModelIdentity`)
     embed      decoding (images.open_rgb), batching, the SQLite embedding cache
+    pixels     what the model's preprocessing gets: reduced-size decode, variant, decoded cache
+    shards     which part of an image set one process embeds (--shard, torchrun, Slurm)
     prompts    every text the stage shows the text encoder
     zero_shot  class embeddings, probabilities, the run, text search
     prompt_choice  the prompt-set choice, cross-fitted over the folds of specimens (no torch)
@@ -25,9 +27,11 @@ if TYPE_CHECKING:  # what the lazy names come from (also read by tools/notebook_
         embed,
         models,
         outputs,
+        pixels,
         prompt_choice,
         prompts,
         report,
+        shards,
         zero_shot,
     )
 
@@ -36,9 +40,11 @@ SUBMODULES = (
     "embed",
     "models",
     "outputs",
+    "pixels",
     "prompt_choice",
     "prompts",
     "report",
+    "shards",
     "zero_shot",
 )
 # name -> the submodule that defines it

@@ -2,7 +2,14 @@
 sha256), with text embeddings, memoised file hashes and timings beside them.
 
 Each batch is committed as soon as it is computed (`clip.embed`), so a killed run keeps every
-finished batch. A cache file SQLite cannot read is moved aside and rebuilt, saying so. Its own
+finished batch. The file is in WAL mode with a busy timeout, so the N processes of a sharded run
+(`clip.shards`) write to it at once on one file system (WAL needs shared memory: on a network
+file system give each node its own cache directory, MICROQA_DATA, and copy the rows over with
+`EmbeddingCache.merge`).
+
+An image variant (`data.variants`) other than the original is part of the model key
+(`variant_key`); the original keeps the plain key, so caches written before variants existed
+stay valid. A cache file SQLite cannot read is moved aside and rebuilt, saying so. Its own
 module so that `clip.models` (the weights' hash memo) and `clip.embed` both build on it without
 importing each other.
 """
@@ -17,8 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from microqa import config, files
+from microqa.data.variants import ORIGINAL
 
 CACHE_FILE = "clip_embeddings.sqlite"
+BUSY_TIMEOUT_S = 600  # a writer waits this long for another shard's commit before giving up
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS embeddings (
     model_key TEXT NOT NULL, image_sha256 TEXT NOT NULL, vector BLOB NOT NULL,
@@ -38,9 +47,18 @@ def cache_path() -> Path:
     return config.cache_dir() / CACHE_FILE
 
 
+def variant_key(model_key: str, variant: str) -> str:
+    """The cache key of a model's embeddings of an image variant (the original: the model key)."""
+    return model_key if variant == ORIGINAL else f"{model_key}|variant:{variant}"
+
+
 def _connect(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(path, timeout=60)
+    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S)
     try:
+        # WAL: readers never block the writer and writers queue on the busy timeout, so several
+        # processes fill one cache; NORMAL sync keeps every commit across a killed process.
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(_SCHEMA)
         check = db.execute("PRAGMA quick_check").fetchone()[0]
         if check != "ok":
@@ -86,6 +104,48 @@ class EmbeddingCache:
         self.db.execute("INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?)", (*key, value))
         self.db.commit()
         return value
+
+    def file_sha256s(self, paths: Iterable[Path | str]) -> list[str | OSError]:
+        """`file_sha256` of each path in one transaction (one commit, not one per file, so N
+        shards hashing the same images do not queue on each other); an OSError in place of the
+        hash of a file that cannot be read."""
+        hashes: list[str | OSError] = []
+        new = []
+        for path in paths:
+            try:
+                path = Path(path).resolve()
+                stat = path.stat()
+                key = (str(path), stat.st_size, stat.st_mtime_ns)
+                row = self.db.execute(
+                    "SELECT sha256 FROM file_hashes WHERE path=? AND size=? AND mtime_ns=?", key
+                ).fetchone()
+                value = row[0] if row else files.sha256_file(path)
+            except OSError as err:
+                hashes.append(err)
+                continue
+            if not row:
+                new.append((*key, value))
+            hashes.append(value)
+        if new:
+            self.db.executemany("INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?)", new)
+            self.db.commit()
+        return hashes
+
+    def merge(self, other: Path) -> int:
+        """Copy the image and text embeddings of another cache file (e.g. one node's) into this
+        one; rows already here are kept. Returns the number of image rows added."""
+        before = self.db.total_changes
+        self.db.execute("ATTACH DATABASE ? AS other", (str(other),))
+        try:
+            added = 0
+            for table in ("embeddings", "text_embeddings"):
+                self.db.execute(f"INSERT OR IGNORE INTO {table} SELECT * FROM other.{table}")
+                if table == "embeddings":
+                    added = self.db.total_changes - before
+            self.db.commit()
+        finally:
+            self.db.execute("DETACH DATABASE other")
+        return added
 
     def _get(self, table: str, column: str, model_key: str, keys: Iterable[str]) -> dict:
         found = {}

@@ -1,8 +1,15 @@
 """Image embeddings: decoding, batching with DataLoader workers, and the SQLite cache.
 
 Images are decoded by THE project decoder (`images.open_rgb`: every PIL mode, 16-bit
-stretched, EXIF, pixel limit), so CLIP sees the pixels the VLMs see. DataLoader workers decode
-and preprocess while the model runs.
+stretched, EXIF, pixel limit), so CLIP sees the pixels the VLMs see, at the reduced size the
+model needs and under an image variant (`clip.pixels`). DataLoader workers decode and
+preprocess while the model runs.
+
+An image's embedding depends on its pixels and the model only: every batch goes through the
+model at the full batch size (a short last batch is padded by repeating its last image), so
+the kernels see the same shapes whatever else is in the batch. That is what makes a sharded run
+(`shard`, `clip.shards`: each process embeds the images whose content hash falls in its part)
+equal a single-process run bit for bit, at the same batch size on the same device.
 
 The cache (`config.cache_dir()/clip_embeddings.sqlite`) is keyed by (architecture + weights
 identity, image sha256): a second run embeds nothing and new images embed alone. Each batch is
@@ -25,8 +32,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from microqa.clip.cache import EmbeddingCache
-from microqa.data import images
+from microqa import files
+from microqa.clip import pixels
+from microqa.clip.cache import EmbeddingCache, variant_key
+from microqa.clip.shards import WHOLE, Shard
+from microqa.data import images, variants
 
 if TYPE_CHECKING:
     from microqa.clip.models import ClipModel
@@ -46,25 +56,30 @@ def _reason(error: Exception, path: str) -> str:
 
 
 class _ImageFiles(torch.utils.data.Dataset):
-    """Decodes and preprocesses in DataLoader workers, so the model never waits for JPEGs."""
+    """Decodes and preprocesses in DataLoader workers, so the model never waits for JPEGs.
 
-    def __init__(self, paths: Sequence[str], preprocess):
-        self.paths, self.preprocess = list(paths), preprocess
+    `source`: a `pixels.PixelSource`, or any preprocess (applied to the full decode)."""
+
+    def __init__(self, paths: Sequence[str], source, hashes: Sequence[str] | None = None):
+        self.paths, self.source = list(paths), source
+        self.hashes = list(hashes) if hashes is not None else [""] * len(self.paths)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
         try:
-            return i, self.preprocess(images.open_rgb(self.paths[i])), ""
+            if isinstance(self.source, pixels.PixelSource):
+                return i, self.source(self.paths[i], self.hashes[i]), ""
+            return i, self.source(images.open_rgb(self.paths[i])), ""
         except images.ImageError as err:
             return i, None, _reason(err, self.paths[i])
 
 
 def _collate(items):
     """(positions, pixels or None, [(position, reason)] of the images that failed to decode)."""
-    ok = [(i, pixels) for i, pixels, _ in items if pixels is not None]
-    failed = [(i, reason) for i, pixels, reason in items if pixels is None]
+    ok = [(i, tensor) for i, tensor, _ in items if tensor is not None]
+    failed = [(i, reason) for i, tensor, reason in items if tensor is None]
     positions = torch.tensor([i for i, _ in ok], dtype=torch.long)
     return positions, (torch.stack([p for _, p in ok]) if ok else None), failed
 
@@ -76,10 +91,16 @@ def default_workers() -> int:
 
 
 def embed_tensors_loader(
-    paths: Sequence[str], preprocess, *, batch_size: int, num_workers: int, device: str
+    paths: Sequence[str],
+    source,
+    *,
+    batch_size: int,
+    num_workers: int,
+    device: str,
+    hashes: Sequence[str] | None = None,
 ) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(
-        _ImageFiles(paths, preprocess),
+        _ImageFiles(paths, source, hashes),
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=_collate,
@@ -100,13 +121,36 @@ class EmbeddingResult:
     seconds: float  # wall time of the computed part (decode + preprocess + forward)
     device: str
     failures: dict[int, str] = field(default_factory=dict)  # position in paths -> reason
+    other_shards: list[int] = field(default_factory=list)  # positions left to other shards
 
     @property
     def ok(self) -> np.ndarray:
         """Mask of the paths that have an embedding."""
         mask = np.ones(len(self.embeddings), bool)
         mask[list(self.failures)] = False
+        mask[self.other_shards] = False
         return mask
+
+
+def _hashes(cache: EmbeddingCache | None, paths: list[str]) -> list[str | OSError]:
+    if cache is not None:
+        return cache.file_sha256s(paths)
+    found: list[str | OSError] = []
+    for path in paths:
+        try:
+            found.append(files.sha256_file(path))
+        except OSError as err:
+            found.append(err)
+    return found
+
+
+def _forward(loaded: ClipModel, batch: torch.Tensor, batch_size: int) -> np.ndarray:
+    """Normalised embeddings of a batch, run at the full batch size (see the module's note)."""
+    n = len(batch)
+    if n < batch_size:
+        batch = torch.cat([batch, batch[-1:].expand(batch_size - n, *batch.shape[1:])])
+    feats = loaded.model.encode_image(batch.to(loaded.device, non_blocking=True))[:n]
+    return torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy()
 
 
 def embed_images(
@@ -117,37 +161,62 @@ def embed_images(
     num_workers: int | None = None,
     use_cache: bool = True,
     progress: bool = True,
+    variant: str = variants.ORIGINAL,
+    shard: Shard = WHOLE,
+    decoded_cache: bool = True,
+    decode_margin: float | None = pixels.DECODE_MARGIN,
 ) -> EmbeddingResult:
     """L2-normalised image embeddings: cached ones read back, the rest computed in batches and
-    each batch committed to the cache at once. Undecodable images are skipped (`failures`)."""
+    each batch committed to the cache at once. Undecodable images are skipped (`failures`).
+
+    `variant`: embed that variant of every image (`data.variants`; cached under its own key).
+    `shard`: embed only the images of this shard (`clip.shards`); the others are left out
+    (`other_shards`). An unreadable file has no content hash: shard 0 reports it.
+    `decoded_cache`: keep and reuse the resized images (`clip.pixels`; with `use_cache`).
+    `decode_margin`: decode at least this multiple of the model's input size (None: in full).
+    """
     from tqdm.auto import tqdm
 
     paths = [str(p) for p in paths]
+    key = variant_key(loaded.cache_key, variants.check(variant))
     out: list[np.ndarray | None] = [None] * len(paths)
     failures: dict[int, str] = {}
     with EmbeddingCache() if use_cache else contextlib.nullcontext() as cache:
         hashes = [""] * len(paths)
+        for i, digest in enumerate(_hashes(cache, paths)):
+            if isinstance(digest, OSError):
+                failures[i] = f"cannot read ({digest.strerror or digest})"
+            else:
+                hashes[i] = digest
+        # an unreadable file has no content hash to place it by: shard 0 reports it
+        owned = [shard.owns(h) if h else shard.index == 0 for h in hashes]
+        other_shards = [i for i, own in enumerate(owned) if not own]
+        for i in other_shards:
+            failures.pop(i, None)
+        mine = [i for i, own in enumerate(owned) if own]
         if cache is not None:
-            for i, path in enumerate(paths):
-                try:
-                    hashes[i] = cache.file_sha256(path)
-                except OSError as err:
-                    failures[i] = f"cannot read ({err.strerror or err})"
-            found = cache.images(loaded.cache_key, [h for h in hashes if h])
-            for i, digest in enumerate(hashes):
-                if digest in found:
-                    out[i] = found[digest]
-        todo = [i for i, v in enumerate(out) if v is None and i not in failures]
+            found = cache.images(key, [hashes[i] for i in mine if hashes[i]])
+            for i in mine:
+                if hashes[i] in found:
+                    out[i] = found[hashes[i]]
+        todo = [i for i in mine if out[i] is None and i not in failures]
         n_cached = sum(v is not None for v in out)
         seconds, n_computed = 0.0, 0
         if todo:
             workers = default_workers() if num_workers is None else num_workers
+            source = pixels.PixelSource(
+                loaded.preprocess,
+                variant=variant,
+                margin=decode_margin,
+                cache_dir=pixels.decoded_cache_dir() if use_cache and decoded_cache else None,
+            )
             loader = embed_tensors_loader(
                 [paths[i] for i in todo],
-                loaded.preprocess,
+                source,
                 batch_size=batch_size,
                 num_workers=workers,
                 device=loaded.device,
+                hashes=[hashes[i] for i in todo],
             )
             bar = tqdm(
                 total=len(todo),
@@ -158,31 +227,30 @@ def embed_images(
             )
             start = time.perf_counter()
             with torch.inference_mode():
-                for positions, pixels, failed in loader:
+                for positions, tensors, failed in loader:
                     for j, reason in failed:
                         failures[todo[j]] = reason
-                    if pixels is not None:
-                        feats = loaded.model.encode_image(
-                            pixels.to(loaded.device, non_blocking=True)
-                        )
-                        feats = torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy()
+                    if tensors is not None:
+                        feats = _forward(loaded, tensors, batch_size)
                         batch = [todo[j] for j in positions.tolist()]
                         for i, vec in zip(batch, feats, strict=True):
                             out[i] = vec.astype(np.float32)
                         if cache is not None:
-                            cache.put_images(loaded.cache_key, [(hashes[i], out[i]) for i in batch])
+                            cache.put_images(key, [(hashes[i], out[i]) for i in batch])
                         n_computed += len(batch)
                     bar.update(len(positions) + len(failed))
             seconds = time.perf_counter() - start
             bar.close()
             if cache is not None and n_computed:
-                cache.record_timing(loaded.cache_key, loaded.device, n_computed, seconds)
+                cache.record_timing(key, loaded.device, n_computed, seconds)
     dim = next((len(v) for v in out if v is not None), 0)
     matrix = np.full((len(paths), dim), np.nan, dtype=np.float32)
     for i, vec in enumerate(out):
         if vec is not None:
             matrix[i] = vec
-    return EmbeddingResult(matrix, n_computed, n_cached, seconds, loaded.device, failures)
+    return EmbeddingResult(
+        matrix, n_computed, n_cached, seconds, loaded.device, failures, other_shards
+    )
 
 
 def encode_texts(loaded: ClipModel, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:

@@ -89,11 +89,13 @@ def run_zero_shot(
     batch_size: int = 32,
     num_workers: int | None = None,
     progress: bool = True,
+    variant: str = "original",
 ) -> ZeroShotRun:
     """Embed every image with every CLIP model of the study's profile, score every task x
     prompt set (the profile's, else microqa.clip.prompts'). One model in memory.
 
-    Images that cannot be decoded are skipped (named once on stderr, kept in `failures`)."""
+    Images that cannot be decoded are skipped (named once on stderr, kept in `failures`).
+    `variant`: score that image variant (`data.variants`) instead of the original."""
     study.begin_stage(STAGE)
     profile = study.profile
     device = device or default_device()
@@ -120,6 +122,7 @@ def run_zero_shot(
             batch_size=batch_size,
             num_workers=num_workers,
             progress=progress,
+            variant=variant,
         )
         failed = outputs.failure_rows(df["image_path"], df["micrograph_no"], result.failures)
         outputs.announce_failures(failed, named)

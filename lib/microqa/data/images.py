@@ -11,6 +11,11 @@
 - a pixel limit (`MAX_PIXELS`, default 100 MP; `MICROQA_MAX_PIXELS` overrides): a larger image
   raises `ImageError` naming the file, instead of Pillow's bare DecompressionBombError.
 
+`open_rgb(path, min_side=S)` may decode smaller, for a model that needs only S pixels on the
+short side (CLIP: 224): a JPEG is decoded at 1/2, 1/4 or 1/8 scale in the DCT (Pillow's draft
+mode, several times faster), other formats are box-reduced by an integer factor
+(`Image.reduce`), never below S on the short side.
+
 A file that cannot be decoded (zero bytes, truncated, text, unknown format) raises
 `ImageError` naming the file and the reason; callers list it and go on.
 
@@ -57,8 +62,9 @@ class ImageInfo:
     sha256: str
 
 
-def _open(source, name: str, limit: int | None) -> Image.Image:
-    """Open and fully decode `source` (a path or a file object), within the pixel limit."""
+def _open(source, name: str, limit: int | None, min_side: int | None = None) -> Image.Image:
+    """Open and fully decode `source` (a path or a file object), within the pixel limit; a JPEG
+    at the smallest DCT scale that keeps its short side >= `min_side` (when given)."""
     limit = max_pixels() if limit is None else limit
     try:
         with warnings.catch_warnings():
@@ -75,6 +81,8 @@ def _open(source, name: str, limit: int | None) -> Image.Image:
                     "pixels (set MICROQA_MAX_PIXELS to allow it)"
                 )
             image.seek(0)  # first frame of an animated GIF
+            if min_side and image.format == "JPEG":
+                image.draft(image.mode, (min_side, min_side))  # keeps both sides >= min_side
             image.load()  # decode fully, so a truncated file fails here
             return image
     except ImageError:
@@ -108,8 +116,13 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def open_rgb(path: Path | str, *, limit: int | None = None) -> Image.Image:
-    """Decode an image file to 8-bit RGB, EXIF orientation applied. Raises ImageError."""
+def open_rgb(
+    path: Path | str, *, limit: int | None = None, min_side: int | None = None
+) -> Image.Image:
+    """Decode an image file to 8-bit RGB, EXIF orientation applied. Raises ImageError.
+
+    `min_side`: the caller needs only this many pixels on the short side; larger images are
+    decoded (JPEG) or box-reduced (other formats) to between min_side and twice as much."""
     path = Path(path)
     try:
         with open(path, "rb") as fh:
@@ -118,12 +131,14 @@ def open_rgb(path: Path | str, *, limit: int | None = None) -> Image.Image:
         raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if not data:
         raise ImageError(f"{path}: empty file (0 bytes)")
-    image = _open(io.BytesIO(data), str(path), limit)
+    image = _open(io.BytesIO(data), str(path), limit, min_side)
     try:
         image = ImageOps.exif_transpose(image)
     except (OSError, ValueError, SyntaxError):
         pass  # a broken EXIF block: keep the pixels as stored
-    return to_rgb(image)
+    image = to_rgb(image)  # wide images stretched on all their pixels, before any reduction
+    factor = min(image.size) // min_side if min_side else 1
+    return image.reduce(factor) if factor >= 2 else image
 
 
 def inspect_bytes(data: bytes, *, name: str = "image", limit: int | None = None) -> ImageInfo:
