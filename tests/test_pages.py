@@ -44,7 +44,12 @@ def test_a_written_page_renders_with_the_stylesheet_navigation_and_resolving_lin
     assert docs / "methods.html" in built and docs / "data.html" in built
     page = (docs / "methods.html").read_text()
     assert '<link rel="stylesheet" href="style.css">' in page and (docs / "style.css").exists()
-    assert "<title>Methods</title>" in page and "<table>" in page and "<td>1</td>" in page
+    assert (
+        "<title>Methods</title>" in page
+        and '<h1 id="methods">' in page
+        and "<table>" in page
+        and "<td>1</td>" in page
+    )
     hrefs = dict(re.findall(r'(?:href|src)="([^"]+)"[^>]*>([^<]*)', page))
     assert hrefs["../tables/clip_probe.md"] == "the probe table"
     assert hrefs["data.html#labels"] == "the data page"

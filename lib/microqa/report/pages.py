@@ -32,7 +32,19 @@ STYLESHEET = "style.css"  # written by site.build
 HREF_OR_SRC = re.compile(r'(href|src)="([^"]*)"')
 ABSOLUTE = re.compile(r"^(?:[a-z][a-z0-9+.-]*:|//|#|/)")
 
-_markdown = mistune.create_markdown(escape=False, plugins=["table", "strikethrough"])
+
+class _Renderer(mistune.HTMLRenderer):
+    """Headings get the ids a code host gives them, so `page.md#a-heading` works on both."""
+
+    def heading(self, text: str, level: int, **attrs) -> str:
+        plain = re.sub(r"<[^>]+>", "", text).lower()
+        slug = re.sub(r"\s", "-", re.sub(r"[^\w\- ]", "", plain).strip())
+        return f'<h{level} id="{slug}">{text}</h{level}>\n'
+
+
+_markdown = mistune.create_markdown(
+    escape=False, renderer=_Renderer(escape=False), plugins=["table", "strikethrough"]
+)
 
 
 def default_source() -> Path:
