@@ -1,14 +1,22 @@
-"""The README's results section, generated from tables/ by the pipeline (never typed by hand)."""
+"""The README's findings, generated from tables/ by the pipeline (never typed by hand), and
+the compact table views the notebooks show (`pivot`, `paired_view`, `probe_view`).
+
+`findings_markdown(tables, figure)` is the text between the README's results markers: short,
+findings first (the sentences of `report.index`, one figure, the real rows of the
+comparison), then one stamped paragraph on what awaits real weights. The long tables stay in
+`tables/` and the report. `update_readme` replaces the text between the markers."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
 
-from microqa import config, provenance
+from microqa import provenance
 from microqa.compare.methods import in_main_mode
+from microqa.report import index
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
@@ -115,162 +123,102 @@ def probe_view(probes: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def _markdown(frame: pd.DataFrame) -> list[str]:
-    return [frame.to_markdown(index=False), ""] if not frame.empty else ["(none)", ""]
-
-
-TRUST = (
-    "**How far to trust each number.** Intervals resample whole specimens within classes, so "
-    "near-duplicate images of one specimen count once. Probes are also scored holding out whole "
-    "contributors: a contributor photographs a few materials in one style (one contributor's "
-    "thin sections of archaeological slags are about half of the transmitted-light images), so "
-    "the contributor-grouped "
-    "probe is the better guide to a new collection, and the gap between the specimen- and "
-    "contributor-grouped scores ([tables/clip_probe.md](tables/clip_probe.md)) is the part of "
-    "the probe's skill that is recognising a contributor's style rather than the technique. "
-    "Between machines: the probes standardise features and fit to a tight tolerance, so "
-    "different BLAS kernels reach nearly the same optimum, but a prediction on a decision "
-    "boundary can still flip. Measured: on a second machine (Intel Xeon, AVX-512 OpenBLAS, "
-    "newer numpy/scipy, same scikit-learn) every number of the probe table moved by at most "
-    "0.002 (`bench/probe_portability.py`), under half a unit of the two decimals shown, yet "
-    "enough to change the last shown digit of a value that sits on a rounding boundary. "
-    "Repeated-CV spreads (sd over fold seeds, about 0.01) are larger and are shown next to "
-    "each probe."
+FIGURE_NAME = "findings"  # figures/findings.png: the README's one figure
+SERVER_COMMAND = (
+    ".venv/bin/python -m microqa vlm --backend openai --base-url http://HOST:8000/v1 \\\n"
+    "    --model Qwen/Qwen3-VL-8B-Instruct --n all --context none,clip_topk,clip_neighbours"
 )
 
 
-def _real_feature_summary() -> list[str]:
-    """The numbers that are real even offline: probes on pretrained reference features
-    (tables/clip_probe.csv, written by notebook 03), on every labelled image."""
-    path = config.tables_dir() / "clip_probe.csv"
-    if not path.exists():
-        return []
-    probe = pd.read_csv(path)
-    real = probe[
-        probe["features"].str.contains("pretrained")
-        & probe["cv"].str.startswith("grouped by")
-        & probe["probe"].str.startswith("logreg")
+def _read(tables: Path, name: str) -> pd.DataFrame | None:
+    path = tables / f"{name}.csv"
+    return pd.read_csv(path) if path.is_file() else None
+
+
+def findings_figure(tables: Path) -> plt.Figure | None:
+    """The figure of the first finding that has one (`report.index`), or None."""
+    return next((f.figure() for f in index.findings(tables) if f.figure is not None), None)
+
+
+def real_rows(comparison: pd.DataFrame) -> pd.DataFrame:
+    """The comparison's rows with real weights in the study's main answer mode: with every
+    model offline, the probes on the reference features; with real weights, every method."""
+    return comparison[(comparison["weights"] != "random") & in_main_mode(comparison["mode"])]
+
+
+def random_models(comparison: pd.DataFrame) -> list[str]:
+    """The models a run replaced by random-weight stand-ins, as the comparison names them."""
+    rows = comparison[
+        (comparison["weights"] == "random") & comparison["kind"].isin(("clip_zero_shot", "vlm"))
     ]
-    if real.empty:
-        return []
+    return list(dict.fromkeys(rows["model"].dropna()))
+
+
+def findings_markdown(tables: Path, figure: str | None = None) -> str:
+    """The README's findings, short and generated from `tables` (a missing table: no
+    sentence): the real results with n and 95% intervals (`report.index` states them), their
+    figure (`figure`, a path relative to the README, when given), the real rows of the
+    comparison, and what awaits real weights, stamped, with the commands that run it."""
     lines = [
-        "**Real pretrained features** (logistic-regression probe, 5-fold CV holding out whole "
-        "specimens or whole contributors, mean ± sd over fold seeds, all labelled images):",
+        f"_Generated from `tables/` by `lib/microqa/report/readme.py` (notebook 05) at git "
+        f"{provenance.git_sha()}; edit the code, not this section._",
         "",
     ]
-    for _, row in real.iterrows():
-        lines.append(
-            f"- {row['task']}, {row['cv']}, {row['features']}: balanced accuracy "
-            f"{_ci(row, 'balanced_accuracy')} (sd over seeds {row['balanced_accuracy_sd']:.3f}), "
-            f"accuracy {_ci(row, 'accuracy')} (n = {row['n']})"
-        )
-    return lines + ["", "Full comparison, every labelled image scored once:", ""]
-
-
-def _main_mode(table: pd.DataFrame) -> pd.DataFrame:
-    """The rows of the study's main answer mode: CLIP rows and score-mode VLM rows. The
-    generate-mode rows of the score/generate agreement subset stay in tables/comparison.*."""
-    return table[in_main_mode(table["mode"])]
-
-
-def _headline_pairs(paired: pd.DataFrame) -> pd.DataFrame:
-    """The pairs the README shows: the primary family (`compare.family`), nothing else; the
-    exploratory pairs are in tables/paired_exploratory.*."""
-    if paired.empty:
-        return paired
-    return paired[paired["family"] == "primary"]
-
-
-def _rotation_summary() -> list[str]:
-    """What asking every option order changed (tables/vlm_rotation_effect.csv, written by
-    notebook 04), without CLIP context; every context is in the linked table."""
-    path = config.tables_dir() / "vlm_rotation_effect.csv"
-    if not path.exists():
-        return []
-    from microqa.vlm import report as vlm_report  # matplotlib and seaborn, only when needed
-
-    effect = pd.read_csv(path)
-    return [
-        vlm_report.rotation_readme_text(effect[effect["context"] == "none"]),
-        "",
-        "(every context: [tables/vlm_rotation_effect.md](tables/vlm_rotation_effect.md); "
-        "letters chosen per position: "
-        "[tables/vlm_position_bias.md](tables/vlm_position_bias.md))",
-        "",
+    found = index.findings(tables)
+    lines += [f"- {f.sentence} ([table](tables/{f.table}.md))" for f in found] or [
+        "No result table of this run holds a finding yet."
     ]
-
-
-def results_markdown(
-    table: pd.DataFrame, published: pd.DataFrame, paired: pd.DataFrame | None = None
-) -> str:
-    """Markdown: provenance statement, one table per task, the published numbers alongside."""
-    record = provenance.load()
-    substitutes = provenance.fallbacks()
-    lines = [
-        f"_Generated by `notebooks/05_comparison.ipynb` at git {provenance.git_sha()}; "
-        "edit the notebooks, not this section._",
-        "",
-    ]
-    if substitutes:
+    lines.append("")
+    if figure:
+        alt = "Balanced accuracy with its 95% interval of the probe on pretrained CLIP features"
+        lines += [f"![{alt}]({figure})", ""]
+    comparison = _read(tables, "comparison")
+    if comparison is not None and not comparison.empty:
+        real = real_rows(comparison)
+        if not real.empty:
+            lines += [
+                "Every method with real weights, each labelled image scored once, balanced "
+                "accuracy [95% CI] (n); accuracy, macro F1 and every other row: "
+                "[tables/comparison.md](tables/comparison.md). (Its probe rows are one "
+                "cross-validation, scored like every other method; the finding above is the "
+                "mean over fold seeds.)",
+                "",
+                pivot(real).drop(columns="weights").to_markdown(index=False),
+                "",
+            ]
+        lines += _awaits_real_weights(random_models(comparison))
+    if (tables / "comparison_published.md").is_file():
         lines += [
-            "**⚠️ Rows marked `random` come from offline substitutes, not from the real "
-            "study.** They show that the pipeline runs end to end and say nothing about "
-            "zero-shot CLIP or the VLMs; rows marked `pretrained` are real. Substitutes used:",
-            "",
-            *[f"- {e['stage']}: {e['what']}" for e in substitutes],
-            "",
-            "(reasons and remedies: `build/provenance.json` and each notebook's banner)",
+            "The earlier study's published numbers (51 random images, no intervals, a "
+            "different protocol): [tables/comparison_published.md]"
+            "(tables/comparison_published.md).",
             "",
         ]
-    else:
-        lines += ["All numbers below come from real data and pretrained weights.", ""]
-    data = record.get("data", {})
-    source = data.get("source", "unknown")
-    if source in ("scraped", "existing") and data.get("base_url"):
-        origin = f"the DoITPoMS library, scraped from {data['base_url']}"
-    else:
-        origin = {"sample": "the embedded sample", "user": "a user dataset"}.get(source, source)
-    lines += [
-        f"Data: {origin} ({data.get('n_images', '?')} images). "
-        "Every labelled image is evaluated once: the images are split into two folds of whole "
-        "specimens; prompt sets, thresholds and weights are chosen on one fold and applied to "
-        "the other, then the folds swap. Brackets: 95% CI, bootstrap by specimen within class.",
-        "",
-    ]
-    lines += _real_feature_summary()
-    lines += [
-        "Balanced accuracy [95% CI] (n) per task (accuracy, macro F1, top-2 and cost per image: "
-        "[tables/comparison.md](tables/comparison.md)):",
-        "",
-        *_markdown(pivot(_main_mode(table))),
-    ]
-    if paired is not None and not paired.empty:
-        lines += [
-            "The primary comparisons, stated before the results (`compare/family.py`), on the "
-            "same images, Holm-corrected within this family only (every other pair: "
-            "[tables/paired_exploratory.md](tables/paired_exploratory.md)):",
-            "",
-            *_markdown(
-                paired_view(_headline_pairs(paired)).drop(
-                    columns=["family", "p (accuracy, McNemar, Holm)"]
-                )
-            ),
-        ]
-    lines += _rotation_summary()
-    lines += [TRUST, ""]
-    lines += [
-        "**Published by the earlier study** (different protocol; not comparable row by row):",
-        "",
-        "| method | task | accuracy | balanced acc. | macro F1 | top-2 | n | protocol |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for _, row in published.iterrows():
-        lines.append(
-            f"| {row['method']} | {row['task']} | {_fmt(row['accuracy'])} | "
-            f"{_fmt(row['balanced_accuracy'])} | {_fmt(row['macro_f1'])} | "
-            f"{_fmt(row['top2_accuracy'])} | {int(row['n'])} | {row['protocol']} |"
-        )
     return "\n".join(lines) + "\n"
+
+
+def _awaits_real_weights(models: list[str]) -> list[str]:
+    if not models:
+        return ["Every model of this run had its real weights.", ""]
+    named = ", ".join(f"`{m}`" for m in models)
+    return [
+        "### What awaits real weights",
+        "",
+        f"**[OFFLINE SUBSTITUTES]** This run had no pretrained weights for {named}: their "
+        "rows come from random-weight stand-ins built locally, say nothing about the real "
+        "models, and stay in `tables/` and the report, stamped. On a GPU with access to the "
+        "model hub (or the models in its cache), or against a served model (vLLM, SGLang), "
+        "the real study is:",
+        "",
+        "```bash",
+        f"STRICT=1 {index.REAL_WEIGHTS_COMMAND}   # every notebook; a substitute is an error",
+        f"{SERVER_COMMAND}",
+        "```",
+        "",
+        "(a served model: then notebooks 04 and 05 with `-p backend openai -p base_url ...`, "
+        "[docs_src/real_study.md](docs_src/real_study.md)).",
+        "",
+    ]
 
 
 def update_readme(readme: Path, markdown: str) -> None:
