@@ -83,7 +83,7 @@ reproduce: setup $(NOTEBOOKS:%=$(NB_OUT)/%.ipynb) build/report.stamp ## run note
 report: setup ## render the executed notebooks in build/notebooks/ as the static site docs/
 	MICROQA_PUBLISH=1 $(PY) -m microqa.report.site --notebooks $(NB_OUT)
 
-build/report.stamp: $(NOTEBOOKS:%=$(NB_OUT)/%.ipynb) lib/microqa/report/site.py lib/microqa/publishing.py
+build/report.stamp: $(NOTEBOOKS:%=$(NB_OUT)/%.ipynb) $(addprefix lib/microqa/report/,site.py index.py pages.py plots.py) $(wildcard docs_src/*.md) lib/microqa/publishing.py
 	MICROQA_PUBLISH=1 $(PY) -m microqa.report.site --notebooks $(NB_OUT)
 	@touch $@
 

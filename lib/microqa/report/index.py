@@ -178,9 +178,14 @@ def data_sentence(tables: Path) -> str:
 
 
 def page(
-    entries: list[tuple[str, str]], banners: list[str], tables: Path, assets: Path
+    entries: list[tuple[str, str]],
+    banners: list[str],
+    tables: Path,
+    assets: Path,
+    about: list[tuple[str, str]] = (),
 ) -> tuple[str, list[Path]]:
-    """The index HTML and the image files it wrote under `assets`."""
+    """The index HTML and the image files it wrote under `assets`; `about` lists the written
+    pages (name, title) of `report.pages`."""
     found = findings(tables)
     written = []
     figure_html = ""
@@ -208,6 +213,12 @@ def page(
     items = "\n".join(
         f'<li><a href="{name}.html">{html.escape(title)}</a></li>' for name, title in entries
     )
+    about_html = ""
+    if about:
+        links = "\n".join(
+            f'<li><a href="{name}.html">{html.escape(title)}</a></li>' for name, title in about
+        )
+        about_html = f"<h2>How the study works</h2>\n<ul>\n{links}\n</ul>"
     text = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1.0">
@@ -237,6 +248,7 @@ line-height:1.5}} li{{margin:.3rem 0}} figure{{margin:1rem 0}}</style></head>
 <ol>
 {items}
 </ol>
+{about_html}
 </body></html>
 """
     return text, written

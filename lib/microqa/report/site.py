@@ -23,8 +23,9 @@ and figures at page width) instead of 256 KB of CSS inlined per page. Relative l
 resolve is an error, as is a page over MAX_PAGE_BYTES or a site over MAX_BYTES.
 
 `python -m microqa.report.site [--notebooks build/notebooks] [--out docs]` writes index.html
-(findings first: `report.index`) and one page per notebook, refusing notebooks that hold an
-error.
+(findings first: `report.index`), one page per notebook, refusing notebooks that hold an
+error, and one page per Markdown source in docs_src/ (`report.pages`: methods, data, running
+the real study, performance), linked from the index and the navigation line.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from PIL import Image
 from microqa import config, publishing
 from microqa.files import atomic_write_text
 from microqa.report import index as findings_index
+from microqa.report import pages as written_pages
 from microqa.report import plots
 from microqa.run import Run
 
@@ -98,7 +100,11 @@ def _is_banner(output) -> bool:
 
 
 def prepare(
-    nb: nbformat.NotebookNode, name: str, pairs, pages: tuple[str, ...] | list[str] = NOTEBOOKS
+    nb: nbformat.NotebookNode,
+    name: str,
+    pairs,
+    pages: tuple[str, ...] | list[str] = NOTEBOOKS,
+    guides: tuple[str, ...] = (),
 ) -> nbformat.NotebookNode:
     """The notebook as the page shows it (see the module docstring)."""
     banners = []
@@ -129,7 +135,7 @@ def prepare(
         if cell.cell_type == "markdown":
             cell.source = scrub(cell.source, pairs)
     banner = max(banners, key=lambda b: (b.count("\n- "), len(b)), default="")
-    header = [nav_markdown(name, pages)] + ([banner] if banner else [])
+    header = [nav_markdown(name, pages, guides)] + ([banner] if banner else [])
     first = 1 if nb.cells and nb.cells[0].cell_type == "markdown" else 0
     nb.cells[first:first] = [nbformat.v4.new_markdown_cell(text) for text in header]
     return nb
@@ -209,10 +215,14 @@ def _is_photographic(image: Image.Image) -> bool:
     return colours is None or len(colours) > 3000
 
 
-def nav_markdown(current: str, pages: tuple[str, ...] | list[str] = NOTEBOOKS) -> str:
+def nav_markdown(
+    current: str, pages: tuple[str, ...] | list[str] = NOTEBOOKS, guides: tuple[str, ...] = ()
+) -> str:
+    """The navigation line: the index, the notebooks (by number), the written pages (by name)."""
     links = ["[index](index.html)"] + [
         f"**{n[:2]}**" if n == current else f"[{n[:2]}]({n}.html)" for n in pages
     ]
+    links += [f"**{g}**" if g == current else f"[{g}]({g}.html)" for g in guides]
     return "Report: " + " · ".join(links)
 
 
@@ -320,20 +330,28 @@ def _external(target: str) -> bool:
     return bool(re.match(r"^[a-z][a-z0-9+.-]*:", target)) or target.startswith("//")
 
 
-def build(notebooks_dir: Path, out_dir: Path, tables_dir: Path | None = None) -> list[Path]:
+def build(
+    notebooks_dir: Path,
+    out_dir: Path,
+    tables_dir: Path | None = None,
+    pages_dir: Path | None = None,
+) -> list[Path]:
     """Render every executed notebook found in `notebooks_dir` into `out_dir`, with the index
-    (findings from `tables_dir`, default: where this run's tables are); returns the pages."""
+    (findings from `tables_dir`, default: where this run's tables are) and the written pages
+    of `pages_dir` (default: docs_src/, `report.pages`); returns the pages."""
     pairs = machine_paths()
     found = [n for n in NOTEBOOKS if (notebooks_dir / f"{n}.ipynb").is_file()]
     if not found:
         raise SiteError(f"no executed notebooks in {publishing.relative(notebooks_dir)}")
     out_dir.mkdir(parents=True, exist_ok=True)
+    source_dir = pages_dir or written_pages.default_source()
+    guides = tuple(p.stem for p in written_pages.sources(source_dir))
     entries, pages, banners, css = [], [], [], ""
     images: dict[Path, list[Path]] = {}
     for name in found:
         nb = nbformat.read(notebooks_dir / f"{name}.ipynb", as_version=4)
         title = title_of(nb, name)
-        nb = prepare(nb, name, pairs, found)
+        nb = prepare(nb, name, pairs, found, guides)
         banners += [c.source for c in nb.cells[:3] if c.source.lstrip().startswith(BANNER_PREFIXES)]
         page = out_dir / f"{name}.html"
         images[page] = extract_images(nb, name, out_dir)
@@ -342,9 +360,14 @@ def build(notebooks_dir: Path, out_dir: Path, tables_dir: Path | None = None) ->
         entries.append((name, title))
         pages.append(page)
     _write_page(out_dir / STYLESHEET, css + READABLE_CSS)
+    written = written_pages.build(
+        source_dir, out_dir, lambda g: nav_markdown(g, found, guides), resolve_links
+    )
+    pages += [page for page, _ in written]
     index = out_dir / "index.html"
     tables = tables_dir or config.tables_dir()
-    text, images[index] = findings_index.page(entries, banners, tables, out_dir / ASSETS)
+    about = [(page.stem, title) for page, title in written]
+    text, images[index] = findings_index.page(entries, banners, tables, out_dir / ASSETS, about)
     _write_page(index, scrub(public_source(text), pairs))
     pages.insert(0, index)
     check(pages, images, out_dir)
