@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from microqa import metrics, stats
-from microqa.compare import comparison, family, hybrids, methods
+from microqa.compare import answers, comparison, family, hybrids, methods
 from microqa.data import splits, taxonomy
 
 CLASSES = taxonomy.TASKS["technique"][1]
@@ -444,7 +444,7 @@ def _answer(i, model="tiny-qwen", mode="score", probabilities="", **overrides):
 
 
 def test_vlm_decisions_average_rotations_and_sum_their_cost(tmp_path):
-    answers = [
+    rows = [
         # image 1, two rotations: probabilities averaged, seconds summed, tokens averaged
         _answer(1, probabilities={"SEM": 0.6, "TEM": 0.4}, latency_s=1.0, visual_tokens=100),
         _answer(1, probabilities={"SEM": 0.8, "TEM": 0.2}, latency_s=2.0, rotation=1),
@@ -454,9 +454,9 @@ def test_vlm_decisions_average_rotations_and_sum_their_cost(tmp_path):
         _answer(3, probabilities={"SEM": 1.0}),  # not in the dataset's folds: ignored
     ]
     path = tmp_path / "answers.csv"
-    pd.DataFrame(answers).to_csv(path, index=False)
+    pd.DataFrame(rows).to_csv(path, index=False)
     folds = pd.Series([0, 1], index=[1, 2])
-    decided = comparison.vlm_decisions(path, folds).set_index(["mode", "micrograph_no"])
+    decided = answers.vlm_decisions(path, folds).set_index(["mode", "micrograph_no"])
     assert sorted(decided.index) == [("generate", 1), ("score", 1), ("score", 2)]
     score_1, score_2 = decided.loc[("score", 1)], decided.loc[("score", 2)]
     generated = decided.loc[("generate", 1)]
@@ -466,7 +466,7 @@ def test_vlm_decisions_average_rotations_and_sum_their_cost(tmp_path):
     assert score_2["prediction"] == "AFM"
     assert generated["probabilities"] is None and generated["prediction"] == "TEM"
     assert generated["latency_s"] == 4.0
-    assert comparison.vlm_decisions(tmp_path / "absent.csv", folds).empty
+    assert answers.vlm_decisions(tmp_path / "absent.csv", folds).empty
 
 
 def _decision(i, model, task="technique", mode="score", probabilities=None, **overrides):
@@ -498,7 +498,7 @@ def test_vlm_methods_answer_with_the_forced_choice_never_the_abstention():
             _decision(2, "v", probabilities={"AFM": 0.6}, prediction=None, choice="AFM"),
         ]
     )
-    (method,) = comparison.vlm_methods(decisions)
+    (method,) = answers.vlm_methods(decisions)
     assert list(method.predictions) == ["SEM", "AFM"]
 
 
@@ -513,7 +513,7 @@ def test_vlm_methods_one_per_question_in_key_order_with_the_task_classes():
             _decision(2, "a-vlm", prediction=None),  # unanswered: no probabilities
         ]
     )
-    found = comparison.vlm_methods(decisions)
+    found = answers.vlm_methods(decisions)
     assert [(m.model, m.mode) for m in found] == [
         ("a-vlm", "generate"),
         ("a-vlm", "score"),
@@ -531,7 +531,7 @@ def test_vlm_methods_one_per_question_in_key_order_with_the_task_classes():
     )
     pd.testing.assert_frame_equal(scored.probabilities, expected, check_names=False)
     assert scored.seconds_per_image == 2.0 and scored.visual_tokens == 200.0
-    assert comparison.vlm_methods(pd.DataFrame()) == []
+    assert answers.vlm_methods(pd.DataFrame()) == []
 
 
 def testhybrid_partners_are_the_plain_questions_in_the_study_wording():
@@ -539,10 +539,10 @@ def testhybrid_partners_are_the_plain_questions_in_the_study_wording():
     plain = _method("vlm", p, model="q", context="none", prompt_set="study")
     earlier = _method("vlm", p, model="q", context="none", prompt_set="earlier_study")
     topk = _method("vlm", p, model="q", context="clip_topk", prompt_set="study")
-    assert comparison.hybrid_partners([earlier, plain, topk]) == [plain]
+    assert answers.hybrid_partners([earlier, plain, topk]) == [plain]
     # a task asked only in the earlier study's wording: its plain questions
-    assert comparison.hybrid_partners([earlier, topk]) == [earlier]
-    assert comparison.hybrid_partners([topk]) == []
+    assert answers.hybrid_partners([earlier, topk]) == [earlier]
+    assert answers.hybrid_partners([topk]) == []
 
 
 def test_default_paths_are_the_stages_output_files(tmp_path, monkeypatch):

@@ -26,7 +26,8 @@ import pandas as pd
 
 from microqa import calibration, metrics, stats
 from microqa.compare import baselines
-from microqa.compare.comparison import StudyComparison, hybrid_partners
+from microqa.compare.answers import hybrid_partners
+from microqa.compare.comparison import StudyComparison
 from microqa.compare.hybrids import apply_cascade, cascade_curve, choose_threshold, cross_fit
 from microqa.compare.methods import Method, label
 from microqa.data import taxonomy

@@ -22,6 +22,7 @@ from microqa import provenance, stats
 from microqa.clip import outputs as clip_outputs
 from microqa.clip.outputs import MAIN_PROBE, SCORE_PROMPT_SETS
 from microqa.compare import baselines, family
+from microqa.compare.answers import hybrid_partners, vlm_decisions, vlm_methods
 from microqa.compare.hybrids import (
     apply_cascade,
     cascade_curve,
@@ -36,77 +37,6 @@ from microqa.compare.hybrids import (
 from microqa.compare.methods import Method, clip_methods, label, part_weights
 from microqa.data import splits, taxonomy
 from microqa.vlm import outputs as vlm_outputs
-from microqa.vlm import scoring
-
-
-def vlm_decisions(path: Path, folds: pd.Series) -> pd.DataFrame:
-    """THE one reader of VLM answers: `vlm.scoring`'s decisions (class probabilities averaged
-    over the option rotations, abstention below a letter-mass threshold chosen on the other
-    fold of specimens), one per (model, backend, weights, task, context, mode, prompt_set,
-    micrograph_no), with what the decision cost: seconds and visual tokens of every question
-    asked for it (all rotations). Probabilities a dict by class name; prediction None when
-    unanswered."""
-    if not path.exists():
-        return pd.DataFrame()
-    answers = vlm_outputs.load_answers(path)
-    answers = answers[answers["micrograph_no"].isin(folds.index)]
-    if answers.empty:
-        return pd.DataFrame()
-    decided = scoring.decisions(answers, fold=folds)
-    cost = answers.groupby(scoring.DECISION_KEYS).agg(  # keys are never NaN: read as text
-        latency_s=("latency_s", "sum"), visual_tokens=("visual_tokens", "mean")
-    )
-    decided = decided.join(cost, on=scoring.DECISION_KEYS)
-    # JSON, or "" where the mode has no probabilities (generate) or no rotation was answered
-    decided["probabilities"] = [json.loads(t) if t else None for t in decided["probabilities"]]
-    return decided
-
-
-def vlm_methods(decisions: pd.DataFrame) -> list[Method]:
-    """One method per VLM x context x mode x prompt set, answering with the forced choice (the
-    answer before abstention; the VLM table's selective columns show what abstaining gives)."""
-    out = []
-    if decisions.empty:
-        return out
-    keys = ["model", "task", "context", "mode", "prompt_set"]
-    for (model, task, context, mode, prompt_set), group in decisions.groupby(keys):  # sorted
-        if task not in taxonomy.TASKS:
-            continue
-        group = group.set_index("micrograph_no")
-        classes = list(taxonomy.TASKS[task][1])
-        probs = None
-        if mode == "score" and group["probabilities"].notna().all():
-            probs = pd.DataFrame(list(group["probabilities"]), index=group.index)
-            probs = probs.reindex(columns=classes).fillna(0.0)
-        tokens = group["visual_tokens"]
-        out.append(
-            Method(
-                kind="vlm",
-                task=task,
-                model=str(model),
-                # the forced choice (no abstention), as the VLM table's headline
-                predictions=group["choice"].astype(object).where(group["choice"].notna(), None),
-                probabilities=probs,
-                weights=str(group["weights"].iloc[0]),
-                context=str(context),
-                mode=str(mode),
-                prompt_set=str(prompt_set),
-                seconds_per_image=float(group["latency_s"].mean()),
-                visual_tokens=float(tokens.mean()) if tokens.notna().any() else None,
-                # what selective prediction orders by: the answer before abstention and the
-                # letter mass it was abstained on
-                notes={"choice": group["choice"], "letter_mass": group["letter_mass"]},
-            )
-        )
-    return out
-
-
-def hybrid_partners(vlms: list[Method]) -> list[Method]:
-    """The VLM answers a hybrid uses: asked without CLIP context (the context variants already
-    combine the two inside the prompt), in the study's wording where the task has it."""
-    plain = [v for v in vlms if v.context == "none"]
-    study = [v for v in plain if v.prompt_set == "study"]
-    return study or plain
 
 
 @dataclass
