@@ -55,10 +55,14 @@ def test_pipeline_01_to_05_writes_the_comparison_with_provenance(smoke_pipeline)
     choices = pd.read_csv(tables / "comparison_choices.csv")
     assert {"cascade", "fusion"} <= set(choices["kind"])
     assert set(choices["held_out_fold"]) == {0, 1}
-    paired = pd.read_csv(tables / "comparison_paired_tests.csv")
+    paired = pd.read_csv(tables / "paired_primary.csv")
     assert {"p_sign_flip_holm", "p_mcnemar_accuracy_holm", "mdd_80_corrected", "family"} <= set(
         paired.columns
     )
+    for name in ("calibration", "selective", "per_class", "fold_counts", "paired_exploratory"):
+        assert not pd.read_csv(tables / f"{name}.csv").empty, name
+    calibration = pd.read_csv(tables / "calibration.csv")
+    assert {"ece_before", "ece_after", "brier_before", "temperature_fold_0"} <= set(calibration)
     record = json.loads((smoke_pipeline.root / "build" / "provenance.json").read_text())
     assert {"data", "clip", "vlm", "comparison"} <= set(record)
     assert {"data", "clip", "vlm"} <= {stage for stage in record if record[stage]["fallbacks"]}

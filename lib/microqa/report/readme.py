@@ -68,6 +68,27 @@ def pivot(table: pd.DataFrame, metric: str = "balanced_accuracy") -> pd.DataFram
     return wide.reset_index(level="order", drop=True).reset_index().rename_axis(columns=None)
 
 
+def calibration_view(table: pd.DataFrame) -> pd.DataFrame:
+    """Calibration, compact: per task and method, accuracy against mean confidence, ECE
+    [95% CI] and Brier before and after the cross-fitted temperature (chance has no ECE)."""
+    if table.empty:
+        return pd.DataFrame()
+    return pd.DataFrame(
+        {
+            "task": table["task"],
+            "method": table["label"],
+            "weights": table["weights"],
+            "n": table["n"],
+            "accuracy": table["accuracy"].map(_fmt),
+            "mean confidence": table["mean_confidence"].map(_fmt),
+            "ECE before": [_ci(r, "ece_before") for _, r in table.iterrows()],
+            "ECE after": [_ci(r, "ece_after") for _, r in table.iterrows()],
+            "Brier before": [_ci(r, "brier_before") for _, r in table.iterrows()],
+            "Brier after": [_ci(r, "brier_after") for _, r in table.iterrows()],
+        }
+    )
+
+
 def paired_view(paired: pd.DataFrame) -> pd.DataFrame:
     """The paired tests, compact: Δ balanced accuracy [95% CI], its clustered sign-flip p
     (Holm within the row's family), the minimal detectable Δ at the family's corrected level,
