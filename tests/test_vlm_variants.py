@@ -58,7 +58,7 @@ def test_a_cache_from_before_variants_opens_with_its_rows_as_original(tmp_path):
     with AnswerCache(path) as cache:
         assert cache.get_many([key])[key.key].choice == "A"
         assert cache.get_many([AnswerKey(*FIELDS, "blank")]) == {}
-        variant = cache.conn.execute("SELECT variant FROM answers").fetchone()[0]
+        variant = cache.db.execute("SELECT variant FROM answers").fetchone()[0]
     assert variant == "original"
 
 

@@ -89,3 +89,47 @@ def open_sqlite(path: Path | str, connect, *, what: str, consequence: str):
             file=sys.stderr,
         )
         return connect(path)
+
+
+def connect_wal(path: Path, setup, *, timeout: float):
+    """An SQLite connection in WAL mode (readers never block the writer; NORMAL sync keeps
+    every commit across a killed process) after `setup(connection)` created or checked the
+    schema; closed again when setup fails (so `open_sqlite` can move the file aside)."""
+    import sqlite3
+
+    db = sqlite3.connect(path, timeout=timeout)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        setup(db)
+        db.commit()
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+class SQLiteFile:
+    """A project cache in one SQLite file: opened (or moved aside and started anew when
+    unreadable, `open_sqlite`) on creation, closed on `close()` or leaving a `with` block.
+    Subclasses give `_open(path)` (e.g. `connect_wal` with their schema), `WHAT` and
+    `CONSEQUENCE` (what the warning says is lost)."""
+
+    WHAT = "cache"
+    CONSEQUENCE = "its contents will be recomputed"
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.db = open_sqlite(self.path, self._open, what=self.WHAT, consequence=self.CONSEQUENCE)
+
+    def _open(self, path: Path):
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -52,43 +52,25 @@ def variant_key(model_key: str, variant: str) -> str:
     return model_key if variant == ORIGINAL else f"{model_key}|variant:{variant}"
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S)
-    try:
-        # WAL: readers never block the writer and writers queue on the busy timeout, so several
-        # processes fill one cache; NORMAL sync keeps every commit across a killed process.
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.executescript(_SCHEMA)
-        check = db.execute("PRAGMA quick_check").fetchone()[0]
-        if check != "ok":
-            raise sqlite3.DatabaseError(f"integrity check: {check}")
-    except BaseException:
-        db.close()
-        raise
-    return db
+def _schema(db: sqlite3.Connection) -> None:
+    db.executescript(_SCHEMA)
+    check = db.execute("PRAGMA quick_check").fetchone()[0]
+    if check != "ok":
+        raise sqlite3.DatabaseError(f"integrity check: {check}")
 
 
-class EmbeddingCache:
-    """Image and text embeddings per model identity, file hashes, and measured speeds."""
+class EmbeddingCache(files.SQLiteFile):
+    """Image and text embeddings per model identity, file hashes, and measured speeds. Several
+    processes may fill one cache (WAL, with a long busy timeout)."""
+
+    WHAT = "CLIP embedding cache"
+    CONSEQUENCE = "its embeddings will be recomputed"
 
     def __init__(self, path: Path | None = None):
-        self.path = path or cache_path()
-        self.db = files.open_sqlite(
-            self.path,
-            _connect,
-            what="CLIP embedding cache",
-            consequence="its embeddings will be recomputed",
-        )
+        super().__init__(path or cache_path())
 
-    def close(self) -> None:
-        self.db.close()
-
-    def __enter__(self) -> EmbeddingCache:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def _open(self, path: Path) -> sqlite3.Connection:
+        return files.connect_wal(path, _schema, timeout=BUSY_TIMEOUT_S)
 
     def file_sha256(self, path: Path | str) -> str:
         """sha256 of a file, memoised by (path, size, mtime) so big files hash once."""

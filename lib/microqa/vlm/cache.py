@@ -93,51 +93,28 @@ class Answer:
     letter_mass: float | None = None
 
 
-class AnswerCache:
+def _schema(conn: sqlite3.Connection) -> None:
+    conn.execute(SCHEMA)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(answers)")}
+    if "letter_mass" not in columns:  # a cache written before letter mass was kept
+        conn.execute("ALTER TABLE answers ADD COLUMN letter_mass REAL")
+    if "variant" not in columns:  # a cache written before image variants: originals
+        conn.execute("ALTER TABLE answers ADD COLUMN variant TEXT NOT NULL DEFAULT 'original'")
+    conn.execute("SELECT COUNT(*) FROM answers").fetchone()
+
+
+class AnswerCache(files.SQLiteFile):
     """The cache file; safe for one writer at a time plus readers (WAL).
 
     A file that is not a readable answer cache (corrupted, or something else) is moved aside
     to `<name>.corrupt-<time>`, said so on stderr, and a new cache is started: the answers
     are recomputed, nothing is overwritten."""
 
-    def __init__(self, path: Path | str):
-        self.path = Path(path)
-        self.conn = files.open_sqlite(
-            self.path,
-            self._open,
-            what="answer cache",
-            consequence="its answers will be asked again",
-        )
+    WHAT = "answer cache"
+    CONSEQUENCE = "its answers will be asked again"
 
-    @staticmethod
-    def _open(path: Path) -> sqlite3.Connection:
-        conn = sqlite3.connect(path, timeout=30)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable per commit
-            conn.execute(SCHEMA)
-            columns = {row[1] for row in conn.execute("PRAGMA table_info(answers)")}
-            if "letter_mass" not in columns:  # a cache written before letter mass was kept
-                conn.execute("ALTER TABLE answers ADD COLUMN letter_mass REAL")
-            if "variant" not in columns:  # a cache written before image variants: originals
-                conn.execute(
-                    "ALTER TABLE answers ADD COLUMN variant TEXT NOT NULL DEFAULT 'original'"
-                )
-            conn.execute("SELECT COUNT(*) FROM answers").fetchone()
-            conn.commit()
-        except sqlite3.DatabaseError:
-            conn.close()
-            raise
-        return conn
-
-    def close(self) -> None:
-        self.conn.close()
-
-    def __enter__(self) -> AnswerCache:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def _open(self, path: Path) -> sqlite3.Connection:
+        return files.connect_wal(path, _schema, timeout=30)
 
     def get_many(self, keys: list[AnswerKey]) -> dict[str, Answer]:
         """Cached answers of `keys`, by AnswerKey.key (absent keys are missing)."""
@@ -145,7 +122,7 @@ class AnswerCache:
         ids = [k.key for k in keys]
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
-            rows = self.conn.execute(
+            rows = self.db.execute(
                 "SELECT key, raw_text, choice, probabilities, latency_s, visual_tokens, "
                 f"letter_mass FROM answers WHERE key IN ({','.join('?' * len(chunk))})",
                 chunk,
@@ -181,12 +158,12 @@ class AnswerCache:
             )
             for k, a in items
         ]
-        with self.conn:  # one commit per batch
-            before = self.conn.total_changes
-            self.conn.executemany(
+        with self.db:  # one commit per batch
+            before = self.db.total_changes
+            self.db.executemany(
                 f"INSERT OR IGNORE INTO answers ({COLUMNS}) VALUES ({','.join('?' * 16)})", rows
             )
-            return self.conn.total_changes - before
+            return self.db.total_changes - before
 
     def count(self) -> int:
-        return self.conn.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+        return self.db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
