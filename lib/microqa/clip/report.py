@@ -268,5 +268,6 @@ ZERO_SHOT_VIEW = [
 
 
 def zero_shot_view(table: pd.DataFrame) -> pd.DataFrame:
-    """The zero-shot table as notebook 03 shows it: the evaluate half, the columns read first."""
-    return table.loc[table["subset"] == "evaluate", ZERO_SHOT_VIEW]
+    """The zero-shot table as notebook 03 shows it: the cross-fitted rows (every labelled image
+    scored once with the prompt set chosen on the other fold), the columns read first."""
+    return table.loc[table["selected"], ZERO_SHOT_VIEW + ["chosen_sets"]]
