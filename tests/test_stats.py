@@ -118,7 +118,9 @@ def test_minimal_detectable_difference_at_80_percent_power():
 
 def test_same_inputs_same_numbers():
     y, pred, groups = _specimens()
-    assert stats.summarise(y, pred, groups, seed=5) == stats.summarise(y, pred, groups, seed=5)
+    assert stats.summarise(y, pred, groups, n_boot=50, seed=5) == stats.summarise(
+        y, pred, groups, n_boot=50, seed=5
+    )
 
 
 def test_summary_columns_top2_and_empty_input():
@@ -148,21 +150,29 @@ def test_summary_columns_top2_and_empty_input():
     assert stats.resamples([], [], n_boot=3) == []
 
 
-def test_defaults_are_1000_resamples_seed_0_and_2000_for_pairs():
+def test_the_run_gives_the_resamples_and_the_seed_defaults_to_0():
+    """No bootstrap size is assumed: the run's profile supplies it (full 1000, smoke 100)."""
     y, pred, groups = _specimens(n_specimens=40, per_specimen=3, seed=2)
     pred[::7] = None  # finer-grained metrics, so one more resample or another seed shows
-    assert len(stats.resamples(y, groups)) == 1000
+    assert len(stats.resamples(y, groups, n_boot=7)) == 7
     assert [list(i) for i in stats.resamples(y, groups, n_boot=3)] == [
         list(i) for i in stats.resamples(y, groups, n_boot=3, seed=0)
     ]
-    default = stats.summarise(y, pred, groups)
-    assert default == stats.summarise(y, pred, groups, n_boot=1000, seed=0)
-    assert default != stats.summarise(y, pred, groups, n_boot=1001, seed=0)
-    assert default != stats.summarise(y, pred, groups, n_boot=1000, seed=1)
+    default = stats.summarise(y, pred, groups, n_boot=300)
+    assert default == stats.summarise(y, pred, groups, n_boot=300, seed=0)
+    assert default != stats.summarise(y, pred, groups, n_boot=301, seed=0)
+    assert default != stats.summarise(y, pred, groups, n_boot=300, seed=1)
     other = np.roll(pred, 7)
-    assert stats.paired_comparison(y, pred, other, groups) == stats.paired_comparison(
-        y, pred, other, groups, n_boot=2000, seed=0
+    assert stats.paired_comparison(y, pred, other, groups, n_boot=50) == stats.paired_comparison(
+        y, pred, other, groups, n_boot=50, seed=0
     )
+    for call in (
+        lambda: stats.summarise(y, pred, groups),
+        lambda: stats.resamples(y, groups),
+        lambda: stats.paired_comparison(y, pred, other, groups),
+    ):
+        with pytest.raises(TypeError, match="n_boot"):
+            call()
 
 
 def test_paired_interval_respects_specimens_and_its_se_is_the_balanced_one():
@@ -374,13 +384,13 @@ def test_minimal_detectable_difference_at_holms_first_step():
 def test_every_interval_function_requires_its_cluster():
     y, a, b, groups = _eight_specimens()
     for call in (
-        lambda: stats.summarise(y, a, None),
-        lambda: stats.resamples(y, None),
-        lambda: stats.paired_comparison(y, a, b, None),
+        lambda: stats.summarise(y, a, None, n_boot=5),
+        lambda: stats.resamples(y, None, n_boot=5),
+        lambda: stats.paired_comparison(y, a, b, None, n_boot=5),
         lambda: stats.sign_flip_p(y, a, b, None),
-        lambda: stats.summarise(y, a, groups[:-1]),
+        lambda: stats.summarise(y, a, groups[:-1], n_boot=5),
     ):
         with pytest.raises(ValueError, match="groups"):
             call()
     with pytest.raises(TypeError):
-        stats.summarise(y, a)  # no default: a forgotten cluster is an error, not images
+        stats.summarise(y, a, n_boot=5)  # no default: a forgotten cluster is an error, not images

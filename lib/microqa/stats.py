@@ -64,7 +64,7 @@ def _strata(y: np.ndarray, groups: np.ndarray) -> np.ndarray:
 
 
 def resamples(
-    y_true: Sequence, groups: Sequence, *, n_boot: int = 1000, seed: int = 0
+    y_true: Sequence, groups: Sequence, *, n_boot: int, seed: int = 0
 ) -> list[np.ndarray]:
     """Index arrays of `n_boot` bootstrap samples: clusters (`groups`, one per image) drawn
     with replacement within class strata, each bringing all its images."""
@@ -109,7 +109,7 @@ def summarise(
     *,
     scores: np.ndarray | None = None,
     classes: Sequence | None = None,
-    n_boot: int = 1000,
+    n_boot: int,
     seed: int = 0,
 ) -> dict[str, float | int]:
     """One row: n, clusters, accuracy, balanced accuracy, macro P/R/F1, unanswered rate,
@@ -148,7 +148,7 @@ def summarise_repeats(
     *,
     scores: Sequence[np.ndarray] | None = None,
     classes: Sequence | None = None,
-    n_boot: int = 1000,
+    n_boot: int,
     seed: int = 0,
 ) -> dict[str, float | int]:
     """One number, one source, for a result repeated over CV fold seeds: each CI metric's mean
@@ -244,7 +244,7 @@ def paired_comparison(
     pred_b: Sequence,
     groups: Sequence,
     *,
-    n_boot: int = 2000,
+    n_boot: int,
     n_permutations: int = N_PERMUTATIONS,
     seed: int = 0,
 ) -> dict[str, float | int | bool]:

@@ -226,7 +226,7 @@ def cluster_table(
 
 @probes.one_thread
 def retrieval_table(
-    features: FeatureSet, *, ks: Sequence[int] = (1, 5, 10), n_boot: int = 1000, seed: int = 0
+    features: FeatureSet, *, ks: Sequence[int] = (1, 5, 10), n_boot: int, seed: int = 0
 ) -> pd.DataFrame:
     """Image->image precision@k by technique family (query excluded), with and without the
     query's own specimen among the candidates (near-duplicates make retrieval look easy)."""

@@ -65,7 +65,7 @@ def zero_shot_table(
     folds: pd.Series,
     best: pd.DataFrame,
     *,
-    n_boot: int = 1000,
+    n_boot: int,
     seed: int = 0,
 ) -> pd.DataFrame:
     """model x task rows on every labelled image: the cross-fitted prompt set (`selected`;
@@ -111,7 +111,7 @@ def category_multi_table(
     folds: pd.Series,
     best: pd.DataFrame,
     *,
-    n_boot: int = 1000,
+    n_boot: int,
     seed: int = 0,
 ) -> pd.DataFrame:
     """The multi-label *hit* view: argmax of the category task counted as a hit when it is one of
