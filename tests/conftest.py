@@ -105,3 +105,13 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if folder in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.notebooks)
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory):
+    """The tiny same-family VLMs (random weights), built once per test session into folders
+    and loaded back through the path a user's model takes."""
+    from microqa.vlm import tiny
+
+    root = tmp_path_factory.mktemp("tiny_vlms")
+    return {family: tiny.build_tiny_vlm(family, root / family) for family in tiny.FAMILIES}

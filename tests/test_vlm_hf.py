@@ -42,12 +42,6 @@ def micrograph(width: int, height: int, seed: int, mode: str = "RGB") -> Image.I
 
 
 @pytest.fixture(scope="session")
-def tiny_dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny_vlms")
-    return {family: tiny.build_tiny_vlm(family, root / family) for family in tiny.FAMILIES}
-
-
-@pytest.fixture(scope="session")
 def backends(tiny_dirs):
     torch.set_num_threads(1)
     return {family: hf.HFBackend(path, batch_size=3) for family, path in tiny_dirs.items()}

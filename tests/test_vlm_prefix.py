@@ -66,12 +66,6 @@ def sharpen(backend: hf.HFBackend, factor: float = 6.0) -> hf.HFBackend:
 
 
 @pytest.fixture(scope="module")
-def tiny_dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny_prefix")
-    return {family: tiny.build_tiny_vlm(family, root / family) for family in tiny.FAMILIES}
-
-
-@pytest.fixture(scope="module")
 def sharp(tiny_dirs):
     torch.set_num_threads(1)
     return {
