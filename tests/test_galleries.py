@@ -173,7 +173,18 @@ def test_confident_mistakes_show_the_most_confident_wrong_answers(records):
     assert gallery.ids == expected
     text = _texts(gallery.figure)
     assert "no mistakes" in text and "✗" in text
-    assert f"({len(wrong)} of {len(predictions)} wrong)" in text
+    assert f"({len(wrong)} wrong, of {len(predictions)})" in text
+    _close(gallery)
+    # abstentions are neither mistakes nor hidden: the title counts them apart
+    abstained = predictions.assign(prediction=None)
+    abstained.loc[abstained.index[:2], "prediction"] = "AFM"
+    n_wrong = int((abstained["truth"].iloc[:2] != "AFM").sum())
+    gallery = answer_galleries.confident_mistakes(records, abstained, "probe")
+    n_none = len(abstained) - 2
+    text = " ".join(_texts(gallery.figure).split())
+    assert f"({n_wrong} wrong, {n_none} no answer, of {len(abstained)})" in text
+    n_sem = int((abstained["truth"].iloc[2:] == "SEM").sum())
+    assert f"no mistakes (n={int((abstained['truth'] == 'SEM').sum())}, {n_sem} no answer)" in text
     _close(gallery)
 
 

@@ -24,6 +24,7 @@ from microqa.data import taxonomy
 from microqa.vlm import scoring
 from microqa.vlm.outputs import probability_matrix
 
+RANDOM_LABEL = "random weights"  # the substitute label of a random-weight model
 GROUP = ["model", "weights", "task", "prompt_set", "context", "mode"]
 BIAS_GROUP = ["model", "backend", "weights", "task", "prompt_set", "mode"]
 
@@ -362,7 +363,7 @@ def title_labels(weights: dict[str, str], substitutes: Sequence[str] = ()) -> li
     when any model ran with random weights (the offline tiny stand-ins)."""
     labels = list(substitutes)
     if any(w != "pretrained" for w in weights.values()):
-        labels.append("random weights")
+        labels.append(RANDOM_LABEL)
     return list(dict.fromkeys(labels))
 
 
