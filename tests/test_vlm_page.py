@@ -32,6 +32,7 @@ def test_random_weights_show_one_stamped_line_and_one_example_not_the_table(qa_r
     parts = vlm_page.qa_parts(qa, answers, LABELS)
     assert [p.table is None for p in parts] == [True, True]  # no table at all
     line, example = parts[0].markdown, parts[1].markdown
+    assert vlm_page._span(pd.Series([-0.33, 0.5])) == "-0.33 to 0.50"
     assert "\n" not in line and "[SAMPLE DATA; RANDOM WEIGHTS]" in line
     (row,) = qa.itertuples()
     # the line's numbers are the table's: one row, its n and balanced accuracy; chance 1/4
@@ -107,13 +108,13 @@ def test_mistakes_sentence_counts_answered_wrong_and_unanswered():
 def test_position_bias_and_agreement_lines_come_from_their_tables():
     bias = report.position_bias_table(_study(skill=0.0))  # letter A always chosen
     (line,) = vlm_page.position_bias_parts(bias, LABELS)
-    assert "share of 0.00–1.00 (the truth's share: 0.25)" in line.markdown
+    assert "on one letter ranged 0.00–1.00 (each letter held the truth 0.25" in line.markdown
     assert "letter A by m (category, 100%)" in line.markdown
     score, generate = _study(), _study(mode="generate")
     answers = pd.concat([score, generate], ignore_index=True)
     agreement = report.agreement_table(answers, scoring.decisions(answers, fold=FOLDS))
     (line,) = vlm_page.agreement_parts(agreement, LABELS)
-    assert "agreed on 0.00 of the 8 images" in line.markdown
+    assert "agreed on a share of 0.00 of the images (8 per row)" in line.markdown
     shown = vlm_page.agreement_parts(agreement.assign(weights="pretrained"), LABELS)
     assert len(shown) == 1 and shown[0].table is not None
 

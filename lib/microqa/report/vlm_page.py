@@ -109,7 +109,9 @@ def _span(values: pd.Series, *, counts: bool = False) -> str:
     if values.empty:
         return "–"
     low, high = (f"{v:.0f}" if counts else f"{v:.2f}" for v in (values.min(), values.max()))
-    return low if low == high else f"{low}–{high}"
+    if low == high:
+        return low
+    return f"{low} to {high}" if values.min() < 0 else f"{low}–{high}"
 
 
 def _chance(tasks: Sequence[str]) -> str:
@@ -307,8 +309,9 @@ def position_bias_parts(bias: pd.DataFrame, labels: Sequence[str]) -> list[Part]
     if len(random):
         top = random.loc[random["chosen_share"].idxmax()]
         text = (
-            f"{_models(random)} chose a letter's share of {_span(random['chosen_share'])} "
-            f"(the truth's share: {_span(random['truth_share'])}); most favoured: letter "
+            f"the share of {_models(random)}'s answers on one letter ranged "
+            f"{_span(random['chosen_share'])} (each letter held the truth "
+            f"{_span(random['truth_share'])} of the time); most favoured: letter "
             f"{top['position']} by {short_name(top['model'])} ({top['task']}, "
             f"{top['chosen_share']:.0%})."
         )
@@ -347,8 +350,8 @@ def agreement_parts(agreement: pd.DataFrame, labels: Sequence[str]) -> list[Part
     text = ""
     if len(random):
         text = (
-            f"score and generate mode agreed on {_span(random['agreement'])} of the "
-            f"{_span(random['n_images'], counts=True)} images per row; generate mode's "
+            f"score and generate mode agreed on a share of {_span(random['agreement'])} of "
+            f"the images ({_span(random['n_images'], counts=True)} per row); generate mode's "
             f"replies were unparseable {_span(random['generate_unparseable_rate'])} of the time."
         )
     return _table_parts(
