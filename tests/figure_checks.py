@@ -34,10 +34,18 @@ def unreadable(fig) -> list[str]:
     fig.canvas.draw()  # legends and tight layouts place their text when drawn
     renderer = fig.canvas.get_renderer()
     texts = visible_texts(fig)
+    # saved with bbox "tight": a title wider than the figure widens the file, and the page
+    # shrinks the whole file (text included) to PAGE_PX
+    saved_px = fig.get_tightbbox(renderer).width * plots.SAVE_DPI
+    scale = min(plots.shown_scale(fig), plots.PAGE_PX / saved_px)
+
+    def shown_px(t) -> float:
+        return t.get_fontsize() * plots.SAVE_DPI / 72 * scale
+
     problems = [
-        f"{t.get_text()[:30]!r} is {plots.shown_font_px(fig, t.get_fontsize()):.1f} px"
+        f"{t.get_text()[:30]!r} is {shown_px(t):.1f} px"
         for t in texts
-        if plots.shown_font_px(fig, t.get_fontsize()) < plots.MIN_FONT_PX
+        if shown_px(t) < plots.MIN_FONT_PX
     ]
     boxes = [(t, t.get_window_extent(renderer).expanded(1, 1).padded(-2)) for t in texts]
     for i, (a, box_a) in enumerate(boxes):

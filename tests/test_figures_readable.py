@@ -14,12 +14,23 @@ from microqa import clip
 from microqa.clip import embedding_space
 from microqa.clip import figures as clip_figures
 from microqa.data import taxonomy
+from microqa.report import plots
 from microqa.vlm import figures as vlm_figures
 from microqa.vlm.questions import CONTEXTS, DEFAULT_JOBS
 from tests.figure_checks import assert_readable, unreadable
 
 MODELS = ("Qwen/Qwen3-VL-8B-Instruct", "llava-hf/llava-v1.6-mistral-7b-hf")
-LABELS = ["sample data", "random weights"]
+LABELS = ["sample data", "random CLIP weights in context", "random weights"]  # as in a smoke run
+
+
+@pytest.fixture(autouse=True)
+def study_style():
+    """The style every notebook draws with (logs.notebook_setup), undone afterwards."""
+    import matplotlib as mpl
+
+    with mpl.rc_context():
+        plots.set_style()
+        yield
 
 
 def _decided(seed: int = 0) -> pd.DataFrame:
@@ -39,9 +50,12 @@ def _decided(seed: int = 0) -> pd.DataFrame:
     )
 
 
+@pytest.mark.parametrize("contexts", [("none",), CONTEXTS])
 @pytest.mark.parametrize(("task", "prompt_set"), DEFAULT_JOBS)
-def test_vlm_confusion_figures_read_at_page_width(task, prompt_set):
-    fig = vlm_figures.confusion_figure(_decided(), task, prompt_set, LABELS)
+def test_vlm_confusion_figures_read_at_page_width(task, prompt_set, contexts):
+    decided = _decided()
+    decided = decided[decided["context"].isin(contexts)]
+    fig = vlm_figures.confusion_figure(decided, task, prompt_set, LABELS)
     assert_readable(fig)
 
 
@@ -60,7 +74,7 @@ def test_vlm_accuracy_figure_reads_at_page_width():
 def test_the_check_finds_overlapping_and_tiny_text():
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(20, 3))  # 3000 px shown at 1200: 10 pt reads as 8 px
+    fig, ax = plt.subplots(figsize=(30, 3))  # 4500 px shown at 1200: 12 pt reads as 6.7 px
     ax.set_title("a title")
     ax.text(0.5, 0.5, "here")
     ax.text(0.5, 0.5, "here too")

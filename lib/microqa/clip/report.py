@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 
 import numpy as np
@@ -203,10 +204,14 @@ def confusion_figure(
         ax.set_title(f"{task} — {_chosen_sets(best, model, task)} (n={len(g)})", fontsize=9)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
-        ax.tick_params(axis="y", rotation=0)
-        ax.tick_params(axis="x", rotation=30)
-        for label in ax.get_xticklabels():
-            label.set_horizontalalignment("right")
+
+        # class names on lines of 12 characters: true classes horizontal, predictions
+        # vertical, so no two labels run into each other at page width
+        def wrapped(names):
+            return ["\n".join(textwrap.wrap(str(c), 12, break_long_words=False)) for c in names]
+
+        ax.set_yticklabels(wrapped(matrix.index), rotation=0)
+        ax.set_xticklabels(wrapped(matrix.columns), rotation=90)
     title = f"CLIP zero-shot confusion, {model_label or model}, cross-fitted prompt sets"
     fig.suptitle(provenance.stamp(title, list(title_labels)))
     fig.tight_layout()
