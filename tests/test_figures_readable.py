@@ -133,3 +133,46 @@ def test_clip_confusion_reads_at_page_width():
     best = clip.choose_prompt_sets(scores, df, split)
     model = scores["model"].iloc[0]
     assert_readable(clip.confusion_figure(scores, df, split, best, model, LABELS))
+
+
+def test_clip_search_figure_reads_at_page_width(tmp_path):
+    from PIL import Image
+
+    paths = []
+    for i in range(5):
+        path = tmp_path / f"{i:06d}.png"
+        Image.new("RGB", (80 + 20 * i, 60), (10 * i, 20, 30)).save(path)
+        paths.append(str(path))
+    df = pd.DataFrame(
+        {
+            "micrograph_no": range(5),
+            "image_path": paths,
+            "technique_family": ["Optical (transmitted)", "SEM", "TEM", "AFM", "SEM"],
+        }
+    )
+    hits = pd.DataFrame(
+        {
+            "rank": range(1, 6),
+            "micrograph_no": range(5),
+            "cosine": np.linspace(0.31, 0.27, 5),
+            "query": "a dendritic microstructure in a cast alloy",
+            "model": "ViT-B-32:openai",
+            "model_label": "ViT-B-32:openai (random weights, seed 0)",
+        }
+    )
+    assert_readable(clip.search_figure(hits, df, LABELS))
+
+
+def test_the_cascade_figure_reads_at_page_width():
+    from microqa.compare.figures import cascade_figure
+
+    rows = [
+        (task, base, vlm, f, 1 - f, 0.5 * (1 - f))
+        for task in ("technique", "category", "technique_coarse")
+        for base in ("CLIP zero-shot", "CLIP logistic probe (reference ViT-B/32)")
+        for vlm in ("Qwen3-VL-8B-Instruct", "llava-v1.6-mistral-7b-hf")
+        for f in np.linspace(0, 1, 5)
+    ]
+    columns = ["task", "base", "vlm", "fraction_to_vlm", "accuracy", "balanced_accuracy"]
+    curves = pd.DataFrame(rows, columns=columns)
+    assert_readable(cascade_figure(curves, "CLIP → VLM cascade [SAMPLE DATA; RANDOM WEIGHTS]"))

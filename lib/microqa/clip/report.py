@@ -240,18 +240,20 @@ def search_figure(results: pd.DataFrame, df: pd.DataFrame, title_labels: Sequenc
     """The retrieved images of a text query, best first, with their technique family."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(2.6 * len(results), 3.2), squeeze=False)
+    width = 2.2 * len(results)  # inches: 10 pt captions still read 10+ px at page width
+    fig, axes = plt.subplots(1, len(results), figsize=(width, 3.2), squeeze=False)
     records = df.set_index("micrograph_no")
     for ax, r in zip(axes[0], results.itertuples(), strict=True):
         ax.imshow(images.open_rgb(records.loc[r.micrograph_no, "image_path"]))
         ax.set_title(
             f"#{r.rank} {r.micrograph_no}\n{records.loc[r.micrograph_no, 'technique_family']}"
             f"\ncos {r.cosine:.3f}",
-            fontsize=8,
+            fontsize=10,
         )
         ax.axis("off")
     query, model = results["query"].iloc[0], results["model_label"].iloc[0]
-    fig.suptitle(provenance.stamp(f"Text->image search: '{query}' ({model})", list(title_labels)))
+    title = provenance.stamp(f"Text->image search: '{query}' ({model})", list(title_labels))
+    fig.suptitle(textwrap.fill(title, int(9 * max(width, 6.5))))  # ~9 title characters an inch
     fig.tight_layout()
     return fig
 
