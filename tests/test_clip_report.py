@@ -88,7 +88,7 @@ def test_status_and_titles_name_the_model_and_its_weights_never_a_path(tmp_path)
         }
     )
     fig = clip.search_figure(hits, df, ["random weights"])
-    title = fig._suptitle.get_text()
+    title = " ".join(fig._suptitle.get_text().split())  # wrapped to the figure's width
     assert "ViT-B-32:openai (random weights, seed 0)" in title
     assert "/machine" not in title and str(tmp_path) not in title
 

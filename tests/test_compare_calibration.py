@@ -3,6 +3,7 @@ calibration, orderings and recalls are known."""
 
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -120,17 +121,32 @@ def test_per_class_recall_agrees_with_scikit_learn(tmp_path, monkeypatch):
     assert (table["chance_recall"] == 1 / 5).all()
 
 
-def test_figures_have_a_panel_per_method_and_a_cell_per_class(tmp_path, monkeypatch):
-    from microqa.compare import calibration_figures
+def test_figures_have_a_panel_per_method_and_a_cell_per_class_and_read_at_page_width(
+    tmp_path, monkeypatch
+):
+    import matplotlib as mpl
 
+    from microqa.compare import calibration_figures
+    from microqa.report import plots
+    from tests.figure_checks import unreadable
+
+    mpl.rcParams.update(mpl.rcParamsDefault)  # undone below
+    plots.set_style()  # as notebook 05 draws them
     df, _, _, result = _compare(tmp_path, monkeypatch)
     bins = study_calibration.reliability_table(result, df)
-    fig = calibration_figures.reliability_figure(bins, "technique", "t")
+    title = "Calibration of every method [SAMPLE DATA; RANDOM WEIGHTS]"
+    fig = calibration_figures.reliability_figure(bins, "technique", title)
     assert sum(ax.get_visible() for ax in fig.axes) == bins["label"].nunique()
+    problems = {"reliability": unreadable(fig)}
     curves = selective.curves_table(result, df)
-    fig = calibration_figures.risk_coverage_figure(curves, "technique", "t")
+    fig = calibration_figures.risk_coverage_figure(curves, "technique", title)
     assert sum(ax.get_visible() for ax in fig.axes) == len(curves.groupby(["label", "confidence"]))
+    problems["risk-coverage"] = unreadable(fig)
     table = per_class.per_class_table(result, df, n_boot=10)
-    fig = calibration_figures.per_class_figure(table, "technique", "t")
+    fig = calibration_figures.per_class_figure(table, "technique", title)
     cells = [t for t in fig.axes[0].texts if "[" in t.get_text()]
     assert len(cells) == len(table)
+    problems["per-class"] = unreadable(fig)
+    plt.close("all")
+    mpl.rcParams.update(mpl.rcParamsDefault)
+    assert problems == {"reliability": [], "risk-coverage": [], "per-class": []}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import matplotlib as mpl
 import matplotlib.pyplot as plt
 import nbformat
 import numpy as np
@@ -11,8 +12,9 @@ import pandas as pd
 import pytest
 
 from microqa.data import dataset, sample, taxonomy
-from microqa.report import eda
-from tests.conftest import REPO
+from microqa.report import eda, plots
+from tests.conftest import MIRROR, REPO, needs_mirror
+from tests.figure_checks import assert_readable
 
 SAMPLE = REPO / "data" / "sample"
 NOTEBOOK = REPO / "notebooks" / "02_eda_class_imbalance.ipynb"
@@ -108,12 +110,14 @@ def test_image_tables_describe_the_files(records):
         eda.plot_contributors,
     ],
 )
-def test_every_figure_is_stamped_with_the_substitute(records, plot):
-    fig = plot(records, ["sample data"])
-    titles = [fig._suptitle.get_text()] if fig._suptitle else []
-    titles += [ax.get_title() for ax in fig.axes]
-    assert any("[SAMPLE DATA]" in t for t in titles)
-    plt.close(fig)
+def test_every_figure_is_stamped_and_reads_at_page_width(records, plot):
+    with mpl.rc_context():
+        plots.set_style()  # as the notebook draws it
+        fig = plot(records, ["sample data"])
+        titles = [fig._suptitle.get_text()] if fig._suptitle else []
+        titles += [ax.get_title() for ax in fig.axes]
+        assert any("[SAMPLE DATA]" in t for t in titles)
+        assert_readable(fig)
     fig = plot(records, [])
     assert not any("SAMPLE" in ax.get_title() for ax in fig.axes)
     plt.close(fig)
@@ -179,3 +183,15 @@ def test_notebook_02_in_the_smoke_pipeline(smoke_pipeline):
     figures = smoke_pipeline.root / "figures"
     assert (figures / "eda_class_sizes.png").stat().st_size > 10_000
     assert (smoke_pipeline.root / "tables" / "technique_taxonomy.md").exists()
+
+
+@needs_mirror()
+def test_a_technique_string_of_several_families_gets_a_bar_and_label_per_family():
+    df = dataset.load_records(MIRROR)  # "Reflected light microscopy" maps to two families
+    table = dataset.taxonomy_table(df)
+    assert table["technique"].duplicated().any()
+    fig = eda.plot_technique_strings(df)
+    ticks = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert len(ticks) == len(set(ticks)) == len(table)
+    assert "Reflected light microscopy  [Other]" in ticks
+    assert_readable(fig)

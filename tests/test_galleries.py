@@ -12,8 +12,9 @@ import pytest
 from PIL import Image
 
 from microqa.data import dataset, taxonomy
-from microqa.report import answer_galleries, galleries, plots
+from microqa.report import answer_galleries, galleries
 from tests.conftest import REPO
+from tests.figure_checks import unreadable
 
 SAMPLE = REPO / "data" / "sample"
 
@@ -29,44 +30,6 @@ def _texts(fig) -> str:
         parts.append(ax.get_title())
         parts += [t.get_text() for t in ax.texts]
     return "\n".join(parts)
-
-
-def _visible_texts(fig):
-    """Every text artist a reader sees: titles, captions, tick and axis labels, legends."""
-    texts = [fig._suptitle] if fig._suptitle else []
-    texts += list(fig.texts)
-    for legend in [*fig.legends, *(ax.get_legend() for ax in fig.axes)]:
-        if legend is not None:
-            texts += list(legend.get_texts())
-    for ax in fig.axes:
-        if not ax.get_visible():
-            continue
-        texts += [ax.title, ax._left_title, ax._right_title, *ax.texts]
-        if ax.axison:  # an axis turned off draws no labels
-            texts += [ax.xaxis.label, ax.yaxis.label]
-            for axis in (ax.xaxis, ax.yaxis):  # the ticks drawn: inside the view limits
-                texts += [label for t in axis._update_ticks() for label in (t.label1, t.label2)]
-    texts = list({id(t): t for t in texts}.values())  # the suptitle is also in fig.texts
-    return [t for t in texts if t.get_visible() and t.get_text().strip()]
-
-
-def unreadable(fig) -> list[str]:
-    """What a reader of the page could not read: text under PAGE_PX-wide display's 10 px, and
-    pairs of text artists whose rendered boxes overlap (2 px tolerance)."""
-    fig.canvas.draw()  # legends and tight layouts place their text when drawn
-    renderer = fig.canvas.get_renderer()
-    texts = _visible_texts(fig)
-    problems = [
-        f"{t.get_text()[:30]!r} is {plots.shown_font_px(fig, t.get_fontsize()):.1f} px"
-        for t in texts
-        if plots.shown_font_px(fig, t.get_fontsize()) < plots.MIN_FONT_PX
-    ]
-    boxes = [(t, t.get_window_extent(renderer).expanded(1, 1).padded(-2)) for t in texts]
-    for i, (a, box_a) in enumerate(boxes):
-        for b, box_b in boxes[i + 1 :]:
-            if box_a.width > 0 and box_b.width > 0 and box_a.overlaps(box_b):
-                problems.append(f"{a.get_text()[:30]!r} overlaps {b.get_text()[:30]!r}")
-    return problems
 
 
 def _close(gallery):
@@ -173,7 +136,18 @@ def test_confident_mistakes_show_the_most_confident_wrong_answers(records):
     assert gallery.ids == expected
     text = _texts(gallery.figure)
     assert "no mistakes" in text and "✗" in text
-    assert f"({len(wrong)} of {len(predictions)} wrong)" in text
+    assert f"({len(wrong)} wrong, of {len(predictions)})" in text
+    _close(gallery)
+    # abstentions are neither mistakes nor hidden: the title counts them apart
+    abstained = predictions.assign(prediction=None)
+    abstained.loc[abstained.index[:2], "prediction"] = "AFM"
+    n_wrong = int((abstained["truth"].iloc[:2] != "AFM").sum())
+    gallery = answer_galleries.confident_mistakes(records, abstained, "probe")
+    n_none = len(abstained) - 2
+    text = " ".join(_texts(gallery.figure).split())
+    assert f"({n_wrong} wrong, {n_none} no answer, of {len(abstained)})" in text
+    n_sem = int((abstained["truth"].iloc[2:] == "SEM").sum())
+    assert f"no mistakes (n={int((abstained['truth'] == 'SEM').sum())}, {n_sem} no answer)" in text
     _close(gallery)
 
 

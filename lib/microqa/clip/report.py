@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 
 import numpy as np
@@ -203,10 +204,14 @@ def confusion_figure(
         ax.set_title(f"{task} — {_chosen_sets(best, model, task)} (n={len(g)})", fontsize=9)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
-        ax.tick_params(axis="y", rotation=0)
-        ax.tick_params(axis="x", rotation=30)
-        for label in ax.get_xticklabels():
-            label.set_horizontalalignment("right")
+
+        # class names on lines of 12 characters: true classes horizontal, predictions
+        # vertical, so no two labels run into each other at page width
+        def wrapped(names):
+            return ["\n".join(textwrap.wrap(str(c), 12, break_long_words=False)) for c in names]
+
+        ax.set_yticklabels(wrapped(matrix.index), rotation=0)
+        ax.set_xticklabels(wrapped(matrix.columns), rotation=90)
     title = f"CLIP zero-shot confusion, {model_label or model}, cross-fitted prompt sets"
     fig.suptitle(provenance.stamp(title, list(title_labels)))
     fig.tight_layout()
@@ -235,18 +240,20 @@ def search_figure(results: pd.DataFrame, df: pd.DataFrame, title_labels: Sequenc
     """The retrieved images of a text query, best first, with their technique family."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(2.6 * len(results), 3.2), squeeze=False)
+    width = 2.2 * len(results)  # inches: 10 pt captions still read 10+ px at page width
+    fig, axes = plt.subplots(1, len(results), figsize=(width, 3.2), squeeze=False)
     records = df.set_index("micrograph_no")
     for ax, r in zip(axes[0], results.itertuples(), strict=True):
         ax.imshow(images.open_rgb(records.loc[r.micrograph_no, "image_path"]))
         ax.set_title(
             f"#{r.rank} {r.micrograph_no}\n{records.loc[r.micrograph_no, 'technique_family']}"
             f"\ncos {r.cosine:.3f}",
-            fontsize=8,
+            fontsize=10,
         )
         ax.axis("off")
     query, model = results["query"].iloc[0], results["model_label"].iloc[0]
-    fig.suptitle(provenance.stamp(f"Text->image search: '{query}' ({model})", list(title_labels)))
+    title = provenance.stamp(f"Text->image search: '{query}' ({model})", list(title_labels))
+    fig.suptitle(textwrap.fill(title, int(9 * max(width, 6.5))))  # ~9 title characters an inch
     fig.tight_layout()
     return fig
 

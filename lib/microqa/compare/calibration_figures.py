@@ -5,6 +5,8 @@ with `report.plots.save_figure`."""
 
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -12,7 +14,9 @@ import pandas as pd
 from microqa.compare.methods import BASELINE_LABELS
 
 
-def _grid(n: int, columns: int = 4, size: float = 3.2):
+def _grid(n: int, columns: int = 3, size: float = 3.6):
+    """Panels for `n` methods, three a row: 10.8 in wide, so 8 pt text is still 12 px when
+    a page shows the figure 1,200 px wide."""
     cols = min(columns, max(n, 1))
     rows = -(-max(n, 1) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows + 0.8), squeeze=False)
@@ -23,7 +27,7 @@ def _grid(n: int, columns: int = 4, size: float = 3.2):
 
 def reliability_figure(bins: pd.DataFrame, task: str, title: str):
     """One panel per method: accuracy against mean confidence per equal-mass bin, before and
-    after cross-fitted temperature scaling, each point labelled with its bin's image count."""
+    after cross-fitted temperature scaling, with the bins' image counts."""
     bins = bins[bins["task"] == task]
     labels = list(dict.fromkeys(bins["label"]))
     fig, axes = _grid(len(labels))
@@ -34,12 +38,12 @@ def reliability_figure(bins: pd.DataFrame, task: str, title: str):
             ax.plot(part["confidence"], part["accuracy"], style, ms=4, label=when)
             if when == "before":  # counts once: the bins' sizes barely move with T
                 _counts(ax, part)
-        ax.set_title(_short(name), fontsize=8)
+        ax.set_title(_short(name), fontsize=9)
         ax.set_xlim(0, 1.02)
         ax.set_ylim(-0.02, 1.05)
     axes[0].set_ylabel("accuracy in bin")
     axes[0].set_xlabel("mean confidence in bin")
-    axes[0].legend(fontsize=7, loc="upper left")
+    axes[0].legend(fontsize=8, loc="upper left")
     fig.suptitle(title)
     fig.tight_layout()
     return fig
@@ -57,12 +61,12 @@ def risk_coverage_figure(curves: pd.DataFrame, task: str, title: str):
         for ordering, (color, ls) in styles.items():
             line = part[part["ordering"] == ordering]
             ax.plot(line["coverage"], line["risk"], color=color, ls=ls, label=ordering)
-        ax.set_title(f"{_short(name)}\nby {rule}", fontsize=8)
+        ax.set_title(f"{_short(name)}\nby {rule}", fontsize=9)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, max(0.05, float(part["risk"].max()) * 1.05))
     axes[0].set_xlabel("coverage (share answered)")
     axes[0].set_ylabel("risk (error among answered)")
-    axes[0].legend(fontsize=7)
+    axes[0].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
@@ -79,7 +83,7 @@ def per_class_figure(table: pd.DataFrame, task: str, title: str):
     grid = part.pivot_table(index="class", columns="label", values="recall").loc[classes, labels]
     low = part.pivot_table(index="class", columns="label", values="recall_ci_low")
     high = part.pivot_table(index="class", columns="label", values="recall_ci_high")
-    fig, ax = plt.subplots(figsize=(1.3 * len(labels) + 2.5, 0.75 * len(classes) + 2.8))
+    fig, ax = plt.subplots(figsize=(1.05 * len(labels) + 2.5, 0.75 * len(classes) + 2.8))
     ax.imshow(grid.to_numpy(), cmap="viridis", vmin=0, vmax=1, aspect="auto")
     for i, c in enumerate(classes):
         for j, name in enumerate(labels):
@@ -88,18 +92,33 @@ def per_class_figure(table: pd.DataFrame, task: str, title: str):
                 continue
             text = f"{value:.2f}\n[{low.loc[c, name]:.2f}, {high.loc[c, name]:.2f}]"
             colour = "black" if value > 0.6 else "white"
-            ax.text(j, i, text, ha="center", va="center", fontsize=7, color=colour)
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, color=colour)
     ax.set_yticks(range(len(classes)), classes)
-    ax.set_xticks(range(len(labels)), [_short(n) for n in labels], rotation=60, ha="right")
+    # vertical, so a long (wrapped) method name stays within its own column
+    ax.set_xticks(range(len(labels)), [_short(n, 28) for n in labels], rotation=90)
     ax.set_title(title)
     fig.tight_layout()
     return fig
 
 
 def _counts(ax, part: pd.DataFrame) -> None:
-    for x, y, n in zip(part["confidence"], part["accuracy"], part["n"], strict=True):
-        ax.annotate(str(n), (x, y), textcoords="offset points", xytext=(2, 4), fontsize=7)
+    """The bins' image counts as one note in the corner: labels at every point collide where
+    bins sit close together."""
+    if part.empty:
+        return
+    low, high = int(part["n"].min()), int(part["n"].max())
+    span = str(low) if low == high else f"{low}–{high}"
+    ax.text(
+        0.98,
+        0.03,
+        f"images per bin: {span}",
+        transform=ax.transAxes,
+        ha="right",
+        va="bottom",
+        fontsize=8,
+    )
 
 
 def _short(label: str, width: int = 38) -> str:
-    return label if len(label) <= width else label[: width - 1] + "…"
+    """A method's label on lines of at most `width` characters (wrapped, never cut)."""
+    return "\n".join(textwrap.wrap(label, width, break_long_words=False)) or label

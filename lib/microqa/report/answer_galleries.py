@@ -86,12 +86,17 @@ def confident_mistakes(
             for m in mine.head(per_class).itertuples()
         ]
         n_class = int((rows_in["truth"] == cls).sum())
-        row = row or [Tile(empty=f"no mistakes\n(n={n_class})")]
+        n_none = int((rows_in["truth"] == cls).mul(rows_in["prediction"].isna()).sum())
+        silent = f", {n_none} no answer" if n_none else ""
+        row = row or [Tile(empty=f"no mistakes\n(n={n_class}{silent})")]
         rows.append(row)
     n_wrong, n_all = len(wrong), len(rows_in)
+    n_none = int(rows_in["prediction"].isna().sum())  # abstained: not wrong answers, say so
+    unanswered = f", {n_none} no answer" if n_none else ""
     return tile_figure(
         rows,
-        f"{method}: most confident mistakes per true class ({n_wrong} of {n_all} wrong)",
+        f"{method}: most confident mistakes per true class ({n_wrong} wrong{unanswered}, "
+        f"of {n_all})",
         labels,
         row_labels=order,
     )

@@ -117,10 +117,12 @@ def plot_class_counts(df: pd.DataFrame, labels: Sequence[str] = ()) -> plt.Figur
 def plot_technique_strings(df: pd.DataFrame, labels: Sequence[str] = ()) -> plt.Figure:
     """Every raw technique string, coloured by the family it maps to."""
     table = dataset.taxonomy_table(df).sort_values("n", ascending=False)
+    # a string that maps to several families (by the record's other fields) gets one bar per
+    # family, each labelled with it: two bars on one label would be drawn over each other
+    shared = table["technique"].duplicated(keep=False)
     table["label"] = [
-        plots.wrap(t, 60)
-        + (f"  [{f.split(' ')[-1].strip('()')}]" if "cross-polarised light" in t.lower() else "")
-        for t, f in zip(table["technique"], table["family"], strict=True)
+        plots.wrap(t, 60) + (f"  [{f}]" if several else "")
+        for t, f, several in zip(table["technique"], table["family"], shared, strict=True)
     ]
     fig, ax = plt.subplots(figsize=(10, 0.42 * len(table) + 1.5))
     sns.barplot(
@@ -193,7 +195,8 @@ def plot_category_cooccurrence(df: pd.DataFrame, labels: Sequence[str] = ()) -> 
     matrix = category_cooccurrence(df)
     fig, ax = plt.subplots(figsize=(9.5, 8))
     plots.count_heatmap(matrix, ax, cmap="viridis_r", label="records with both tags")
-    plots.wrap_tick_labels(ax, axis="x", width=12, rotation=90)
+    # one line per tag: a wrapped vertical label is wider than its column and hits the next
+    plots.wrap_tick_labels(ax, axis="x", width=40, rotation=90)
     plots.wrap_tick_labels(ax, axis="y", width=24, rotation=0)
     ax.set_title(provenance.stamp("Category co-occurrence (records with both tags)", labels))
     fig.tight_layout()

@@ -66,11 +66,11 @@ class Gallery:
         links = ", ".join(f"[#{n}]({record_url(n)})" for n in self.ids)
         return f"Records shown (their DoITPoMS pages): {links}" if self.ids else ""
 
-    def save(self, run: Run, name: str, *, degraded: str = "") -> None:
-        """Write <name>.jpg where `run`'s figures go (via plots.save_figure; `degraded` as
-        there) and list the records as links."""
-        plots.save_figure(run, self.figure, name, photo=True, degraded=degraded)
-        if plots._in_notebook() and self.ids:
+    def save(self, run: Run, name: str, *, degraded: str = "", show: bool = True) -> None:
+        """Write <name>.jpg where `run`'s figures go (via plots.save_figure; `degraded` and
+        `show` as there) and, when shown, list the records as links."""
+        plots.save_figure(run, self.figure, name, photo=True, degraded=degraded, show=show)
+        if show and plots._in_notebook() and self.ids:
             from IPython.display import Markdown, display
 
             display(Markdown(self.links_markdown()))

@@ -66,6 +66,7 @@ def save_figure(
     degraded: str = "",
     photo: bool = False,
     alt: str = "",
+    show: bool = True,
 ) -> None:
     """Write `<name>.png` where `run`'s figures go (`Run.destination`), close the
     figure, and in a notebook display the file just written (so a notebook shows exactly what
@@ -73,7 +74,8 @@ def save_figure(
     compress far better as JPEG; `svg` adds `<name>.svg`. `degraded` names why this result is
     weaker than a published one (e.g. reference features absent): it then never replaces it.
     `alt` says what the figure shows for a reader who cannot see it (the rendered page's alt
-    text); by default it is built from the figure's titles and axis labels.
+    text); by default it is built from the figure's titles and axis labels. `show=False` saves
+    without displaying (a page that says in words why the figure is not worth showing).
     Returns nothing, so a notebook cell echoes no path."""
     alt = alt or alt_text(fig)
 
@@ -95,7 +97,7 @@ def save_figure(
     if svg:
         fig.savefig(directory / f"{name}.svg", metadata={"Date": None})
     plt.close(fig)
-    if _in_notebook():
+    if show and _in_notebook():
         from IPython.display import Image, display
 
         display(Image(filename=str(path), alt=alt))

@@ -1,4 +1,4 @@
-"""Tables and figures of the VLM stage (notebook 04) from `build/vlm/answers.csv`.
+"""Tables of the VLM stage (notebook 04) from `build/vlm/answers.csv`.
 
 Metrics are computed on the decisions of `scoring.decisions` (one per model x task x prompt
 set x context x mode x image: every option order averaged, cross-fitted abstention) with
@@ -7,7 +7,8 @@ result of abstaining (coverage, balanced accuracy on answered images, effective 
 stands beside it. `unparseable_rate` is the share of
 generated answers the strict parser could not read (generate mode; NaN in score mode). The
 position-bias table is over every question asked; `rotation_effect_table` and
-`agreement_table` say what rotation changed and whether score and generate mode agree.
+`agreement_table` say what rotation changed and whether score and generate mode agree. The
+stage's figures are drawn in `vlm.figures`.
 """
 
 from __future__ import annotations
@@ -15,16 +16,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
 
-from microqa import metrics, provenance, stats
+from microqa import metrics, stats
 from microqa.data import taxonomy
 from microqa.vlm import scoring
 from microqa.vlm.outputs import probability_matrix
 
+RANDOM_LABEL = "random weights"  # the substitute label of a random-weight model
 GROUP = ["model", "weights", "task", "prompt_set", "context", "mode"]
 BIAS_GROUP = ["model", "backend", "weights", "task", "prompt_set", "mode"]
 
@@ -157,67 +157,6 @@ def qa_table(
             }
         )
     return pd.DataFrame(rows)
-
-
-def accuracy_figure(table: pd.DataFrame, labels: Sequence[str]) -> plt.Figure:
-    """Accuracy with 95% bootstrap CIs per model, task/prompt set and context."""
-    data = table.assign(question=table["task"] + " / " + table["prompt_set"])
-    questions_ = list(dict.fromkeys(data["question"]))
-    fig, axes = plt.subplots(
-        1, len(questions_), figsize=(4.2 * len(questions_), 3.8), sharey=True, squeeze=False
-    )
-    for ax, question in zip(axes[0], questions_, strict=True):
-        part = data[data["question"] == question]
-        sns.barplot(part, x="context", y="accuracy", hue="model", ax=ax, errorbar=None)
-        for bar_group, (_, sub) in zip(
-            ax.containers, part.groupby("model", sort=False), strict=False
-        ):
-            xs = [b.get_x() + b.get_width() / 2 for b in bar_group]
-            ax.errorbar(
-                xs,
-                sub["accuracy"],
-                yerr=[
-                    sub["accuracy"] - sub["accuracy_ci_low"],
-                    sub["accuracy_ci_high"] - sub["accuracy"],
-                ],
-                fmt="none",
-                ecolor="black",
-                capsize=3,
-                lw=1,
-            )
-        ax.set_title(question)
-        ax.set_ylim(0, 1)
-        if ax is not axes[0][0] and ax.get_legend():
-            ax.get_legend().remove()
-    fig.suptitle(provenance.stamp("VLM accuracy (95% bootstrap CI)", labels))
-    fig.tight_layout()
-    return fig
-
-
-def confusion_figure(
-    answers: pd.DataFrame, task: str, prompt_set: str, labels: Sequence[str]
-) -> plt.Figure:
-    """Row-normalised confusion matrices, one panel per model x context."""
-    classes = list(taxonomy.TASKS[task][1])
-    part = answers[(answers["task"] == task) & (answers["prompt_set"] == prompt_set)]
-    panels = list(part.groupby(["model", "context"], sort=False))
-    cols = min(3, len(panels))
-    rows = int(np.ceil(len(panels) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 4.0 * rows), squeeze=False)
-    for ax, ((model, context), group) in zip(axes.flat, panels, strict=False):
-        counts = metrics.confusion(group["truth"].tolist(), group["prediction"].tolist(), classes)
-        share = counts.div(counts.sum(axis=1).replace(0, np.nan), axis=0)
-        sns.heatmap(
-            share, annot=counts.to_numpy(), fmt="d", vmin=0, vmax=1, cmap="Blues", cbar=False, ax=ax
-        )
-        ax.set_title(f"{model.split('/')[-1]}\ncontext: {context}", fontsize=9)
-        ax.set_xlabel("prediction")
-        ax.set_ylabel("truth")
-    for ax in list(axes.flat)[len(panels) :]:
-        ax.axis("off")
-    fig.suptitle(provenance.stamp(f"VLM confusion: {task} ({prompt_set} prompts)", labels))
-    fig.tight_layout()
-    return fig
 
 
 def position_bias_table(answers: pd.DataFrame) -> pd.DataFrame:
@@ -424,7 +363,7 @@ def title_labels(weights: dict[str, str], substitutes: Sequence[str] = ()) -> li
     when any model ran with random weights (the offline tiny stand-ins)."""
     labels = list(substitutes)
     if any(w != "pretrained" for w in weights.values()):
-        labels.append("random weights")
+        labels.append(RANDOM_LABEL)
     return list(dict.fromkeys(labels))
 
 
