@@ -367,3 +367,34 @@ def test_a_timing_dict_reads_as_a_sentence():
         "Embedding time: ViT-B-32:openai: 12.5 ms per image on cpu (60 images)."
     )
     assert plots.timing_sentence({}) == "No embedding was timed."
+
+
+def test_the_calibration_and_per_class_findings_read_the_real_probe_rows(tmp_path):
+    probe = {"kind": "clip_probe", "weights": "pretrained", "prompt_set": "logreg-grouped-cv"}
+    noise = {"kind": "clip_zero_shot", "weights": "random", "prompt_set": "cross-fitted"}
+    pd.DataFrame(
+        [
+            {**probe, "task": "technique", "mean_confidence": 0.95, "accuracy": 0.9,
+             "ece_before": 0.061, "ece_before_ci_low": 0.04, "ece_before_ci_high": 0.08,
+             "ece_after": 0.041, "ece_after_ci_low": 0.02, "ece_after_ci_high": 0.06},
+            {**noise, "task": "technique", "mean_confidence": 0.3, "accuracy": 0.1,
+             "ece_before": 0.5, "ece_before_ci_low": 0.4, "ece_before_ci_high": 0.6,
+             "ece_after": 0.2, "ece_after_ci_low": 0.1, "ece_after_ci_high": 0.3},
+        ]
+    ).to_csv(tmp_path / "calibration.csv", index=False)  # fmt: skip
+    rows = [("Metal", 0.959, 0.94, 0.97, 600), ("Composite", 0.255, 0.14, 0.38, 50),
+            ("Ceramic", 0.468, 0.32, 0.62, 80)]  # fmt: skip
+    pd.DataFrame(
+        [{**probe, "task": "category", "class": c, "recall": r, "recall_ci_low": lo,
+          "recall_ci_high": hi, "n": n} for c, r, lo, hi, n in rows]
+        + [{**noise, "task": "category", "class": "Metal", "recall": 0.01, "recall_ci_low": 0,
+            "recall_ci_high": 0.02, "n": 600}]
+    ).to_csv(tmp_path / "per_class.csv", index=False)  # fmt: skip
+    found = {f.table: f.sentence for f in index.findings(tmp_path)}
+    assert "technique: mean confidence 0.95 against accuracy 0.90" in found["calibration"]
+    assert "0.06 [0.04, 0.08] before and 0.04 [0.02, 0.06] after" in found["calibration"]
+    assert "0.50" not in found["calibration"]  # the random model's row is not a finding
+    assert found["per_class"] == (
+        "The imbalance is where it fails: category: recall 0.26 [0.14, 0.38] for Composite "
+        "(n = 50) against 0.96 [0.94, 0.97] for Metal (n = 600)."
+    )

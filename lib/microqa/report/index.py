@@ -107,7 +107,63 @@ def reference_gap_finding(tables: Path) -> Finding | None:
     return Finding(sentence, "clip_reference_gap")
 
 
-FINDINGS: list[Callable[[Path], Finding | None]] = [probe_finding, reference_gap_finding]
+def _real_logistic(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the logistic probe on pretrained features (the study's real model offline;
+    with real weights, the same rows still exist)."""
+    real = table[(table["weights"] == "pretrained") & (table["kind"] == "clip_probe")]
+    return real[real["prompt_set"].astype(str).str.startswith("logreg")]
+
+
+def calibration_finding(tables: Path) -> Finding | None:
+    """Whether the real probe's confidence means what it says, before and after the
+    temperature fitted on the other fold."""
+    table = _read(tables, "calibration")
+    if table is None or table.empty or "ece_before" not in table:
+        return None
+    rows = _real_logistic(table)
+    if rows.empty:
+        return None
+    parts = [
+        f"{r['task']}: mean confidence {r['mean_confidence']:.2f} against accuracy "
+        f"{r['accuracy']:.2f}, expected calibration error {_interval(r, 'ece_before')} before "
+        f"and {_interval(r, 'ece_after')} after"
+        for _, r in rows.iterrows()
+    ]
+    sentence = (
+        "The probe is over-confident, and a temperature fitted on the other fold of specimens "
+        "corrects most of it; "
+        + "; ".join(parts)
+        + " (equal-mass bins, 95% intervals by specimen)."
+    )
+    return Finding(sentence, "calibration")
+
+
+def per_class_finding(tables: Path) -> Finding | None:
+    """Where the real probe's balanced accuracy is lost: its weakest and strongest classes."""
+    table = _read(tables, "per_class")
+    if table is None or table.empty or "recall" not in table:
+        return None
+    rows = _real_logistic(table)
+    if rows.empty:
+        return None
+    parts = []
+    for task, group in rows.groupby("task", sort=False):
+        ranked = group.sort_values("recall")
+        low, high = ranked.iloc[0], ranked.iloc[-1]
+        parts.append(
+            f"{task}: recall {_interval(low, 'recall')} for {low['class']} (n = {low['n']}) "
+            f"against {_interval(high, 'recall')} for {high['class']} (n = {high['n']})"
+        )
+    sentence = "The imbalance is where it fails: " + "; ".join(parts) + "."
+    return Finding(sentence, "per_class")
+
+
+FINDINGS: list[Callable[[Path], Finding | None]] = [
+    probe_finding,
+    calibration_finding,
+    per_class_finding,
+    reference_gap_finding,
+]
 
 
 def findings(tables: Path) -> list[Finding]:
