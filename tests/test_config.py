@@ -71,3 +71,12 @@ def test_paths_follow_their_environment_overrides(tmp_path, monkeypatch):
     monkeypatch.setenv("MICROQA_BUILD", str(tmp_path / "b"))
     assert config.scraped_dir() == tmp_path / "d" / "doitpoms"
     assert config.build_dir() == tmp_path / "b"
+
+
+def test_stand_in_models_live_in_the_users_cache_not_the_working_tree(monkeypatch, tmp_path):
+    monkeypatch.delenv("MICROQA_MODELS", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert config.models_dir() == tmp_path / "cache" / "microqa" / "models"
+    assert not config.models_dir().is_relative_to(config.repo_root())
+    monkeypatch.setenv("MICROQA_MODELS", str(tmp_path / "mine"))
+    assert config.models_dir() == tmp_path / "mine"

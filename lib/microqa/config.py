@@ -6,6 +6,7 @@ Environment variables (all optional):
   MICROQA_BUILD     build directory (default: <root>/build)
   MICROQA_PROFILE   "full" (default) or "smoke" (tiny, fast; used by the tests)
   MICROQA_SAMPLE    the embedded offline sample (default: <root>/data/sample)
+  MICROQA_MODELS    locally built stand-in models (default: ~/.cache/microqa/models)
   DOITPOMS_URL      base URL of the micrograph library (default: the live site)
   STRICT            "1" turns every offline substitution (sample data, random weights) into an error
 """
@@ -59,8 +60,11 @@ def sample_dir() -> Path:
 
 
 def models_dir() -> Path:
-    """Locally built model files (random-weight substitutes, tiny test models)."""
-    return data_dir() / "models"
+    """Locally built model files (random-weight substitutes, tiny test models): rebuilt from
+    their seed when missing, so they live in the user's cache, not in the working tree
+    (MICROQA_MODELS, else $XDG_CACHE_HOME/microqa/models, else ~/.cache/microqa/models)."""
+    cache_home = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return _env_path("MICROQA_MODELS", Path(cache_home).expanduser() / "microqa" / "models")
 
 
 def cache_dir() -> Path:
