@@ -5,6 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
+from microqa.report import logs
 from tests.conftest import REPO
 
 SCRIPT = """
@@ -38,3 +41,14 @@ def test_logs_and_warnings_go_to_the_log_file_not_stderr(tmp_path):
     assert "ERROR root: Failed to download" in log
     assert "WARNING transformers.modeling_utils: some weights" in log
     assert "IProgress not found" in log
+
+
+def test_a_notebook_of_another_checkout_is_refused(tmp_path):
+    other = tmp_path / "clone"
+    (other / "lib" / "microqa").mkdir(parents=True)
+    (other / "lib" / "microqa" / "__init__.py").write_text("")
+    (other / "notebooks").mkdir()
+    with pytest.raises(logs.OtherCheckoutError, match="imports microqa from"):
+        logs.check_library_checkout(other / "notebooks")
+    logs.check_library_checkout(REPO / "notebooks")  # this checkout's own notebooks: fine
+    logs.check_library_checkout(tmp_path)  # outside any checkout: nothing to compare

@@ -28,8 +28,37 @@ def log_path(notebook: str) -> Path:
     return config.build_dir() / "logs" / f"{notebook}.log"
 
 
+class OtherCheckoutError(RuntimeError):
+    """A notebook of one checkout imported the library of another."""
+
+
+def checkout_of(folder: Path) -> Path | None:
+    """The microqa checkout `folder` lies in (the nearest parent holding lib/microqa), if any."""
+    for candidate in (folder, *folder.parents):
+        if (candidate / "lib" / "microqa" / "__init__.py").is_file():
+            return candidate
+    return None
+
+
+def check_library_checkout(notebook_folder: Path | None = None) -> None:
+    """Refuse to run a notebook of one checkout with the library of another (an editable
+    install points at one checkout; a second clone's notebooks would silently run the first
+    clone's code and publish into it)."""
+    import microqa
+
+    folder = Path(notebook_folder or Path.cwd()).resolve()
+    notebook_checkout = checkout_of(folder)
+    library_checkout = Path(microqa.__file__).resolve().parents[2]
+    if notebook_checkout is not None and notebook_checkout != library_checkout:
+        raise OtherCheckoutError(
+            f"this notebook belongs to the checkout {notebook_checkout} but imports microqa from "
+            f"{library_checkout}: run `make setup` (or `make lab`) in {notebook_checkout}"
+        )
+
+
 def notebook_setup(run: Run) -> Run:
     """Call once at the top of a notebook (after its parameters cell); returns `run`."""
+    check_library_checkout()
     path = log_path(run.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, mode="a", encoding="utf-8")
