@@ -9,6 +9,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.setup-$(shell cat pyproject.toml 2>/dev/null | cksum | cut -d' ' -f1)
 NB_OUT := build/notebooks
+# How notebooks are stored: no outputs, and none of the metadata JupyterLab adds on save (so a
+# notebook saved in Lab leaves git clean). The git filter and `make lint` both use it.
+NBSTRIPOUT_ARGS := --keep-id --extra-keys 'metadata.language_info metadata.kernelspec.display_name'
 # the study's notebooks in run order: notebooks/NN_*.ipynb (config.notebooks() reads the same)
 NOTEBOOKS := $(sort $(basename $(notdir $(wildcard notebooks/[0-9][0-9]_*.ipynb))))
 PROFILE ?= full
@@ -39,7 +42,7 @@ $(SETUP_STAMP): pyproject.toml
 	@rm -f $(VENV)/.setup-*
 	@# strip notebook outputs on `git add` (a notebook saved in JupyterLab keeps its outputs)
 	@if git rev-parse --git-dir >/dev/null 2>&1; then $(VENV)/bin/nbstripout --install && \
-	  git config filter.nbstripout.clean '$(abspath $(PY)) -m nbstripout --keep-id'; fi
+	  git config filter.nbstripout.clean "$(abspath $(PY)) -m nbstripout $(NBSTRIPOUT_ARGS)"; fi
 	@touch $@
 
 # Notebook -> library-module dependencies, computed from the imports (see tools/notebook_deps.py):
@@ -99,7 +102,7 @@ smoke: setup ## run every notebook in the fast smoke profile into build/smoke/ (
 lint: setup ## ruff (lint and format check) over the library, tests, benchmarks, tools and notebooks; notebooks stored without outputs
 	$(PY) -m ruff check lib tests bench notebooks tools
 	$(PY) -m ruff format --check lib tests bench notebooks tools
-	$(PY) -m nbstripout --keep-id --verify notebooks/*.ipynb
+	$(PY) -m nbstripout $(NBSTRIPOUT_ARGS) --verify notebooks/*.ipynb
 
 test: setup lint ## lint + the test suite (unit, mirror integration, notebooks in the smoke profile)
 	$(PY) -m pytest -m "not slow" -q

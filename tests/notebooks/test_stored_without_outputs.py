@@ -18,3 +18,41 @@ def test_source_notebooks_are_stored_without_outputs():
                 assert cell.get("execution_count") is None, f"{path.name} has execution counts"
         tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
         assert len(tagged) == 1, f"{path.name} needs exactly one 'parameters' cell"
+
+
+def test_a_notebook_saved_in_jupyterlab_leaves_git_clean():
+    """What JupyterLab adds on save (outputs, execution counts, the full language_info and
+    the kernel's display name) is exactly what the git filter of `make setup` strips."""
+    import re
+    import shlex
+    import subprocess
+    import sys
+
+    makefile = (REPO / "Makefile").read_text(encoding="utf-8")
+    args = shlex.split(re.search(r"^NBSTRIPOUT_ARGS := (.*)$", makefile, re.M).group(1))
+    path = REPO / "notebooks" / "01_scrape_doitpoms.ipynb"
+    stored = path.read_text(encoding="utf-8")
+    saved = json.loads(stored)
+    saved["metadata"]["kernelspec"]["display_name"] = "Python 3 (ipykernel)"
+    saved["metadata"]["language_info"] = {
+        "codemirror_mode": {"name": "ipython", "version": 3},
+        "file_extension": ".py",
+        "mimetype": "text/x-python",
+        "name": "python",
+        "nbconvert_exporter": "python",
+        "pygments_lexer": "ipython3",
+        "version": "3.11.7",
+    }
+    code = next(c for c in saved["cells"] if c["cell_type"] == "code")
+    code["execution_count"] = 1
+    code["outputs"] = [{"output_type": "stream", "name": "stdout", "text": ["hello\n"]}]
+    lab_text = json.dumps(saved, indent=1, ensure_ascii=False) + "\n"
+    assert lab_text != stored
+    cleaned = subprocess.run(
+        [sys.executable, "-m", "nbstripout", *args],
+        input=lab_text,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert cleaned == stored
