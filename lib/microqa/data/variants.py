@@ -70,7 +70,8 @@ def robustness_sample(records: pd.DataFrame, profile: Profile) -> pd.DataFrame:
     original answers a variant is compared with."""
     from microqa.data import dataset
 
+    ordered = records.sort_values("micrograph_no")  # the same draw whatever the row order
     asked = dataset.stratified_sample(
-        dataset.task_labelled(records), profile.vlm_sample_size, seed=profile.seed
+        dataset.task_labelled(ordered), profile.vlm_sample_size, seed=profile.seed
     )
     return dataset.stratified_sample(asked, profile.robustness_sample_size, seed=profile.seed)
