@@ -276,3 +276,27 @@ def _described(table: pd.DataFrame, about: pd.DataFrame) -> pd.DataFrame:
     if table.empty:
         return table
     return table.join(about, on=["method", "task"])
+
+
+VIEW_COLUMNS = (
+    "method",
+    "weights",
+    "task",
+    "variant",
+    "group",
+    "comparison",
+    "n",
+    "n_specimens",
+    "balanced_accuracy_difference",
+    "balanced_accuracy_ci_low",
+    "balanced_accuracy_ci_high",
+    "consistency",
+    "consistency_ci_low",
+    "consistency_ci_high",
+    "p_sign_flip_holm",
+)
+
+
+def view(table: pd.DataFrame) -> pd.DataFrame:
+    """The columns a notebook shows of `study_tables`' tables (the CSV keeps every column)."""
+    return table[[c for c in VIEW_COLUMNS if c in table.columns]]
