@@ -207,7 +207,8 @@ def gallery_predictions(predictions: pd.DataFrame, task: str = "technique") -> p
         return predictions
     rows = predictions[predictions["task"] == task]
     vlm = (rows["kind"] == "vlm") & (rows["context"] == "none") & (rows["prompt_set"] == "study")
-    vlm &= rows["variant"] != variants.BLANK  # the micrograph itself, not the no-image baseline
+    if "variant" in rows:  # the micrograph itself, not the no-image baseline
+        vlm &= rows["variant"] != variants.BLANK
     if vlm.any():
         vlm &= rows["mode"] == rows.loc[vlm, "mode"].value_counts().index[0]
     keep = (
