@@ -111,3 +111,29 @@ def test_without_its_parts_a_question_is_not_asked(drop):
     rest = [m for m in _study() if m.kind != drop]
     questions = {q for q, _, _ in family.primary_pairs(rest, _better)}
     assert "VLM vs CLIP probe" not in questions and "hybrid vs its better part" not in questions
+
+
+def test_blank_image_answers_are_a_labelled_method_paired_with_their_vlm(tmp_path):
+    from microqa.compare import answers, comparison
+    from tests.test_robustness import ANSWERS, CLASS, RECORDS, _vlm_rows
+
+    path = tmp_path / "answers.csv"
+    rows = (
+        _vlm_rows("original", ANSWERS["original"])
+        + _vlm_rows("blank", ANSWERS["blank"])
+        + _vlm_rows("gray", ANSWERS["gray"])  # a robustness transform: not a method
+    )
+    pd.DataFrame(rows).to_csv(path, index=False)
+    folds = pd.Series(RECORDS["fold"].to_numpy(), index=RECORDS["micrograph_no"])
+    vlms = answers.vlm_methods(answers.vlm_decisions(path, folds))
+    by_label = {label(m.identity()): m for m in vlms}
+    # the original's label is unchanged; the baseline says what it was shown
+    assert set(by_label) == {"Qwen3-VL-8B-Instruct", "Qwen3-VL-8B-Instruct (blank image)"}
+    qwen, blank = by_label["Qwen3-VL-8B-Instruct"], by_label["Qwen3-VL-8B-Instruct (blank image)"]
+    assert (qwen.variant, blank.variant) == ("original", "blank")
+    assert list(qwen.predictions) == [CLASS[a] for a in ANSWERS["original"]]
+    assert list(blank.predictions) == [CLASS[a] for a in ANSWERS["blank"]]
+    assert answers.hybrid_partners(vlms) == [qwen]  # never a hybrid's partner
+    visual = [(q, a, b) for q, a, b in family.primary_pairs(vlms, _better)]
+    assert visual == [("VLM with image vs blank image", qwen, blank)]
+    assert comparison.study_pairs(vlms) == []  # no exploratory pair with the baseline

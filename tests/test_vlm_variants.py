@@ -12,7 +12,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from microqa.vlm import outputs, runner
+from microqa import config, provenance
+from microqa.data import variants
+from microqa.provenance import Record
+from microqa.run import Run
+from microqa.vlm import outputs, runner, stage
 from microqa.vlm.cache import AnswerCache, AnswerKey
 from tests.test_vlm_runner import env, stub  # noqa: F401  (fixtures)
 
@@ -107,3 +111,52 @@ def test_unknown_variants_and_text_only_on_an_image_backend_are_refused(env, stu
     with pytest.raises(ValueError, match="backend 'openai' .* cannot ask without an image"):
         _run(stub, records, tmp_path, variant="no_image")
     assert stub.chat_requests() == []
+
+
+def test_the_controls_ask_the_robustness_sample_and_keep_the_main_runs_rows(env, stub):  # noqa: F811
+    tmp_path, records = env
+    profile = config.profile("smoke").with_overrides(
+        vlm_models=["stub-vlm"], vlm_sample_size="all", robustness_sample_size=4
+    )
+    run = Run("04_vlm_qa", profile, provenance.Record.load())
+    settings = runner.RunSettings(describe=False, rotate=False, contexts=("none",))
+    main = runner.run_study(
+        ["stub-vlm"],
+        backend="openai",
+        sample=runner.question_sample(records, "all"),
+        settings=settings,
+        backend_options={"base_url": stub.base_url},
+        log=lambda *_: None,
+    )
+    outputs.save_answers(main, fresh=True)
+    outputs.save_failures([{"micrograph_no": 1, "image_file": "images/x.jpg", "reason": "r"}])
+    stage.run_variants(
+        run, records, settings, backend="openai", base_url=stub.base_url, log=lambda *_: None
+    )
+    every = outputs.load_answers(variant=None)
+    original = every[every["variant"] == "original"]
+    assert len(original) == len(main.answers)  # merged, never replaced
+    controls = every[every["variant"] != "original"]
+    assert set(controls["variant"]) == {"blank", "hflip", "rot90", "gray", "masked"}
+    expected = set(variants.robustness_sample(records, profile)["micrograph_no"])
+    assert len(expected) == 4
+    for _, asked in controls.groupby("variant"):
+        assert set(asked["micrograph_no"]) == expected
+        # the study's wording only (the earlier study's prompts are not asked), score mode
+        assert set(asked["prompt_set"]) == {"study"} and set(asked["mode"]) == {"score"}
+    assert outputs.failures_path().is_file()  # the main run's failure list stays
+    section = Record.load().section("vlm_variants")
+    assert sorted(section["images"]) == sorted(expected) and section["n"] == 4
+
+
+def test_controls_need_the_study_wording():
+    only_earlier = runner.RunSettings(jobs=(("category", "earlier_study"),))
+    with pytest.raises(ValueError, match="ask the study's wording"):
+        stage.control_settings(only_earlier)
+    asked = stage.control_settings(runner.RunSettings(mode="generate", agreement_n=3))
+    assert (asked.mode, asked.contexts, asked.describe, asked.agreement_n) == (
+        "score",
+        ("none",),
+        False,
+        0,
+    )

@@ -130,6 +130,9 @@ class Profile:
     vlm_models: tuple[str, ...] = VLM_MODELS
     vlm_sample_size: int | str = "all"  # "all" labelled images, or a stratified sample size
     vlm_agreement_n: int = 60  # images also asked in the other mode; 0: skip
+    # the images every image-variant run asks about (CLIP and VLMs alike): a seeded sample of
+    # the VLM's images stratified by technique family (`data.variants.robustness_sample`)
+    robustness_sample_size: int = 150
     n_boot: int = 1000  # bootstrap resamples behind every interval
     seed: int = 0  # folds, samples, stand-in weights, bootstrap
     cv_seeds: int = 10  # repeated CV of the probes: fold seeds per probe and scheme
@@ -201,6 +204,7 @@ PROFILES = {
         max_images=40,
         vlm_sample_size=12,
         vlm_agreement_n=6,
+        robustness_sample_size=8,
         n_boot=100,  # smoke checks the code paths, not the intervals
     ),
 }

@@ -120,3 +120,20 @@ def test_text_search_and_status_name_models_without_machine_paths(clip_run):
     failures = pd.read_csv(clip_run / "build" / "clip" / "failures.csv")
     assert list(failures.columns) == ["micrograph_no", "image_file", "reason"]
     assert failures.empty  # the sample's images all decode
+
+
+def test_robustness_scores_and_the_masked_regions_gallery(clip_run):
+    scores = pd.read_csv(clip_run / "build" / "clip" / "robustness_scores.csv")
+    assert set(scores["variant"]) == {"original", "hflip", "rot90", "gray", "masked"}
+    assert set(scores["prompt_set"]) == {"cross-fitted"}
+    # every variant scores the same robustness sample (smoke: 8 images)
+    images = scores.groupby("variant")["micrograph_no"].apply(frozenset)
+    assert images.nunique() == 1 and len(images.iloc[0]) == 8
+    sums = scores.groupby(["variant", "micrograph_no", "task"])["probability"].sum()
+    assert np.allclose(sums, 1)
+    # each image with the prompt set its fold was given (best_prompt_sets.csv)
+    best = pd.read_csv(clip_run / "build" / "clip" / "best_prompt_sets.csv")
+    assert set(scores["chosen_prompt_set"]) <= set(best["prompt_set"])
+    record = json.loads((clip_run / "build" / "provenance.json").read_text())["clip_robustness"]
+    assert record["n"] == 8 and sorted(record["images"]) == sorted(images.iloc[0])
+    assert (clip_run / "figures" / "gallery_masked_regions.jpg").stat().st_size > 10_000

@@ -20,7 +20,8 @@ MODELS = {"Qwen/Qwen3-VL-8B-Instruct", "llava-hf/llava-v1.6-mistral-7b-hf"}
 def test_notebook_04_smoke(smoke_pipeline):
     smoke_pipeline.run("04_vlm_qa")
     root = smoke_pipeline.root
-    answers = runner.load_answers(root / "build" / "vlm" / "answers.csv")
+    every = runner.load_answers(root / "build" / "vlm" / "answers.csv", variant=None)
+    answers = every[every["variant"] == "original"]
     assert list(answers.columns) == runner.ANSWER_COLUMNS
     assert set(answers["model"]) == MODELS
     assert (answers["weights"] == "random").all() and (answers["backend"] == "hf").all()
@@ -67,3 +68,31 @@ def test_notebook_04_smoke(smoke_pipeline):
     record = json.loads((root / "build" / "provenance.json").read_text(encoding="utf-8"))
     assert record["vlm"]["weights"] == dict.fromkeys(MODELS, "random")
     assert len(record["vlm"]["fallbacks"]) == 2  # one loud substitute per model
+
+
+@pytest.mark.notebooks
+def test_notebook_04_controls_join_the_answers(smoke_pipeline):
+    smoke_pipeline.run("04_vlm_qa")
+    root = smoke_pipeline.root
+    every = runner.load_answers(root / "build" / "vlm" / "answers.csv", variant=None)
+    controls = every[every["variant"] != "original"]
+    assert set(controls["variant"]) == {"blank", "hflip", "rot90", "gray", "masked"}
+    # score mode, no CLIP context, the study's wording, by every model
+    assert set(controls["mode"]) == {"score"} and set(controls["context"]) == {"none"}
+    assert set(controls["prompt_set"]) == {"study"} and set(controls["model"]) == MODELS
+    # the same robustness sample (smoke: 8 images) under every variant, inside the main sample
+    images = controls.groupby("variant")["micrograph_no"].apply(frozenset)
+    assert images.nunique() == 1 and len(images.iloc[0]) == 8
+    original = every[every["variant"] == "original"]
+    assert images.iloc[0] <= set(original["micrograph_no"])
+    # each control asks what the original asked of those images, no more
+    asked = original[
+        (original["mode"] == "score")
+        & (original["context"] == "none")
+        & (original["prompt_set"] == "study")
+        & original["micrograph_no"].isin(images.iloc[0])
+    ]
+    assert controls.groupby("variant").size().eq(len(asked)).all()
+    record = json.loads((root / "build" / "provenance.json").read_text(encoding="utf-8"))
+    assert record["vlm_variants"]["variants"] == ["blank", "hflip", "rot90", "gray", "masked"]
+    assert sorted(record["vlm_variants"]["images"]) == sorted(images.iloc[0])

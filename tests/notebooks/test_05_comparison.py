@@ -47,7 +47,11 @@ def test_pipeline_01_to_05_writes_the_comparison_with_provenance(smoke_pipeline)
     # VLMs and hybrids on the VLM's images (per mode: the other mode is asked of the agreement
     # subset only), CLIP zero-shot on all of the run's images
     answered = table[table["kind"].isin(["vlm", "cascade", "fusion"])]
-    assert answered.groupby(["task", "subset", "mode"])["n"].nunique().eq(1).all()
+    blank = answered["variant"] == "blank"  # the no-image baseline: the robustness sample
+    assert answered[~blank].groupby(["task", "subset", "mode"])["n"].nunique().eq(1).all()
+    assert answered.loc[blank, "label"].str.endswith("(blank image)").all()
+    assert set(answered.loc[blank, "task"]) == {"technique", "category"}
+    assert (answered.loc[blank, "n"] <= 8).all()
     zero_shot = table[table["kind"] == "clip_zero_shot"].set_index(["task", "subset"])["n"]
     most = answered.groupby(["task", "subset"])["n"].max()
     assert (zero_shot.loc[most.index] >= most).all()
@@ -63,6 +67,21 @@ def test_pipeline_01_to_05_writes_the_comparison_with_provenance(smoke_pipeline)
         assert not pd.read_csv(tables / f"{name}.csv").empty, name
     calibration = pd.read_csv(tables / "calibration.csv")
     assert {"ece_before", "ece_after", "brier_before", "temperature_fold_0"} <= set(calibration)
+
+    primary = paired[paired["family"] == "primary"]
+    visual = primary[primary["question"] == "VLM with image vs blank image"]
+    assert set(visual["b_variant"]) == {"blank"} and set(visual["a_variant"]) == {"original"}
+    assert len(visual) == 4  # two VLMs x two tasks of the study's wording
+    exploratory = pd.read_csv(tables / "paired_exploratory.csv")
+    assert not exploratory["b_variant"].eq("blank").any()
+    robust = pd.read_csv(tables / "robustness.csv")
+    assert set(robust["variant"]) == {"hflip", "rot90", "gray", "masked"}
+    assert set(robust["kind"]) == {"clip_zero_shot", "vlm"}
+    assert robust["consistency"].between(0, 1).all() and robust["n"].le(8).all()
+    gain = pd.read_csv(tables / "visual_gain.csv")
+    assert len(gain) == 4 and set(gain["kind"]) == {"vlm"}
+    assert "RANDOM WEIGHTS" in (tables / "robustness.md").read_text().splitlines()[0]
+    assert (smoke_pipeline.root / "figures" / "robustness.png").stat().st_size > 10_000
     record = json.loads((smoke_pipeline.root / "build" / "provenance.json").read_text())
     assert {"data", "clip", "vlm", "comparison"} <= set(record)
     assert {"data", "clip", "vlm"} <= {stage for stage in record if record[stage]["fallbacks"]}

@@ -83,6 +83,7 @@ _EXPORTS = {
     "ZeroShotRun": "zero_shot",
     "class_embeddings": "zero_shot",
     "record_provenance": "zero_shot",
+    "run_robustness": "zero_shot",
     "run_zero_shot": "zero_shot",
     "stage_labels": "zero_shot",
     "text_to_image_search": "zero_shot",

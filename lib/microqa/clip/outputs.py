@@ -12,6 +12,9 @@ the stage's files through here; `directory` is the one place the folder is named
       timing.json            {model: {seconds_per_image, device, n}}
       features.npz / .json   micrograph_no + L2-normalised embeddings; {source, pretrained}
       failures.csv           FAILURE_COLUMNS, images that could not be embedded
+      robustness_scores.csv  ROBUSTNESS_COLUMNS, zero-shot scores of the robustness sample under
+                             each image variant (original included), each image with the prompt
+                             set chosen for its fold on the other fold (`zero_shot.run_robustness`)
 """
 
 from __future__ import annotations
@@ -32,6 +35,18 @@ BEST_COLUMNS = ["model", "task", "fold", "prompt_set"]  # fold: where the choice
 SCORE_PROMPT_SETS = {"logreg": "logreg-grouped-cv", "knn": "knn-grouped-cv"}
 MAIN_PROBE = SCORE_PROMPT_SETS["logreg"]  # logistic, specimen-grouped CV
 FAILURE_COLUMNS = ["micrograph_no", "image_file", "reason"]
+# prompt_set: "cross-fitted"; chosen_prompt_set: the set applied to the image's fold
+ROBUSTNESS_COLUMNS = [
+    "micrograph_no",
+    "model",
+    "weights",
+    "task",
+    "variant",
+    "prompt_set",
+    "chosen_prompt_set",
+    "class",
+    "probability",
+]
 FILES = {
     "zero_shot": "zero_shot_scores.csv",
     "best": "best_prompt_sets.csv",
@@ -41,6 +56,7 @@ FILES = {
     "features": "features.npz",
     "features_meta": "features.json",
     "failures": "failures.csv",
+    "robustness": "robustness_scores.csv",
 }
 
 
@@ -71,6 +87,11 @@ def write_zero_shot(scores: pd.DataFrame, best: pd.DataFrame, timing: dict) -> d
         "best": files.atomic_write_csv(path("best"), best[BEST_COLUMNS]),
         "timing": files.atomic_write_text(path("timing"), json.dumps(timing, indent=2)),
     }
+
+
+def write_robustness(scores: pd.DataFrame) -> Path:
+    """robustness_scores.csv: the CLIP rows of the robustness and shortcut controls."""
+    return files.atomic_write_csv(path("robustness"), scores[ROBUSTNESS_COLUMNS])
 
 
 def write_probe_scores(frame: pd.DataFrame) -> Path:
@@ -127,9 +148,11 @@ def announce_failures(rows: pd.DataFrame, named: set[int]) -> None:
 
 
 def read_scores(kind: str = "zero_shot", folder: Path | str | None = None) -> pd.DataFrame:
-    """The stage's scores: kind "zero_shot" (zero_shot_scores.csv) or "probe"."""
-    if kind not in ("zero_shot", "probe"):
-        raise ValueError(f"unknown score kind {kind!r}; choose 'zero_shot' or 'probe'")
+    """The stage's scores: kind "zero_shot" (zero_shot_scores.csv), "probe" or "robustness"."""
+    if kind not in ("zero_shot", "probe", "robustness"):
+        raise ValueError(
+            f"unknown score kind {kind!r}; choose 'zero_shot', 'probe' or 'robustness'"
+        )
     where = path(kind, folder)
     if not where.is_file():
         raise FileNotFoundError(f"{where} not found; run notebook 03 (make reproduce) first")

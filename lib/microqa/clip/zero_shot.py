@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from microqa.clip import embed, outputs, prompts
+from microqa.clip import embed, outputs, prompt_choice, prompts
 from microqa.clip.models import (
     STAGE,
     ArchitectureUnavailable,
@@ -21,7 +21,7 @@ from microqa.clip.models import (
     default_device,
     load_or_substitute,
 )
-from microqa.data import taxonomy
+from microqa.data import taxonomy, variants
 from microqa.run import Run
 
 
@@ -97,11 +97,24 @@ def run_zero_shot(
     Images that cannot be decoded are skipped (named once on stderr, kept in `failures`).
     `variant`: score that image variant (`data.variants`) instead of the original."""
     study.begin_stage(STAGE)
+    options = {"batch_size": batch_size, "num_workers": num_workers, "progress": progress}
+    return _zero_shot(df, study, (variant,), device=device, **options)[variant]
+
+
+def _zero_shot(
+    df: pd.DataFrame, study: Run, shown: tuple[str, ...], *, device: str | None, **options
+) -> dict[str, ZeroShotRun]:
+    """`run_zero_shot` under each image variant of `shown`, each model loaded once."""
     profile = study.profile
     device = device or default_device()
-    run = ZeroShotRun(pd.DataFrame(columns=outputs.SCORE_COLUMNS), {}, {})
-    run.data_labels, run.prompt_sets = study.data_labels, profile.clip_prompt_sets
-    frames, failures, named = [], [], set()
+    runs = {}
+    for variant in shown:
+        runs[variant] = ZeroShotRun(pd.DataFrame(columns=outputs.SCORE_COLUMNS), {}, {})
+        runs[variant].data_labels = study.data_labels
+        runs[variant].prompt_sets = profile.clip_prompt_sets
+    frames: dict[str, list] = {v: [] for v in shown}
+    failures: dict[str, list] = {v: [] for v in shown}
+    named: set[int] = set()
     for name in profile.clip_models:
         try:
             loaded = load_or_substitute(
@@ -112,41 +125,53 @@ def run_zero_shot(
                 record=study.record,
             )
         except ArchitectureUnavailable as err:
-            run.status[name] = f"skipped:{err}"
+            for run in runs.values():
+                run.status[name] = f"skipped:{err}"
             print(f"SKIPPED: {err}", file=sys.stderr)
             continue
-        run.status[name], run.models[name] = loaded.weights, loaded.identity
-        result = embed.embed_images(
-            loaded,
-            df["image_path"],
-            batch_size=batch_size,
-            num_workers=num_workers,
-            progress=progress,
-            variant=variant,
-        )
-        failed = outputs.failure_rows(df["image_path"], df["micrograph_no"], result.failures)
-        outputs.announce_failures(failed, named)
-        failures.append(failed)
-        ok = result.ok
-        run.embeddings[name] = (df["micrograph_no"].to_numpy()[ok], result.embeddings[ok])
-        if result.n_computed:
-            run.timing[name] = {
-                "seconds_per_image": result.seconds / result.n_computed,
-                "device": result.device,
-                "n": result.n_computed,
-            }
-        elif (previous := embed.last_timing(loaded)) is not None:
-            run.timing[name] = previous
-        kept = df[ok].reset_index(drop=True)
-        frames.append(_score_model(loaded, kept, result.embeddings[ok], run.prompt_sets))
+        for variant, run in runs.items():
+            scored, failed = _embed_and_score(loaded, name, df, run, variant, named, **options)
+            frames[variant].append(scored)
+            failures[variant].append(failed)
         del loaded  # one model in memory at a time
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
-    if frames:
-        run.scores = pd.concat(frames, ignore_index=True)
-    if failures:
-        run.failures = pd.concat(failures).drop_duplicates("micrograph_no", ignore_index=True)
-    return run
+    for variant, run in runs.items():
+        if frames[variant]:
+            run.scores = pd.concat(frames[variant], ignore_index=True)
+        if failures[variant]:
+            failed = pd.concat(failures[variant])
+            run.failures = failed.drop_duplicates("micrograph_no", ignore_index=True)
+    return runs
+
+
+def _embed_and_score(
+    loaded: ClipModel,
+    name: str,
+    df: pd.DataFrame,
+    run: ZeroShotRun,
+    variant: str,
+    named: set[int],
+    **options,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One model's embeddings of one variant of every image (kept in `run`), and its scores
+    and failures (each failed image named once per call of `_zero_shot`)."""
+    run.status[name], run.models[name] = loaded.weights, loaded.identity
+    result = embed.embed_images(loaded, df["image_path"], variant=variant, **options)
+    failed = outputs.failure_rows(df["image_path"], df["micrograph_no"], result.failures)
+    outputs.announce_failures(failed, named)
+    ok = result.ok
+    run.embeddings[name] = (df["micrograph_no"].to_numpy()[ok], result.embeddings[ok])
+    if result.n_computed:
+        run.timing[name] = {
+            "seconds_per_image": result.seconds / result.n_computed,
+            "device": result.device,
+            "n": result.n_computed,
+        }
+    elif (previous := embed.last_timing(loaded)) is not None:
+        run.timing[name] = previous
+    kept = df[ok].reset_index(drop=True)
+    return _score_model(loaded, kept, result.embeddings[ok], run.prompt_sets), failed
 
 
 def _score_model(
@@ -192,6 +217,60 @@ def write_outputs(run: ZeroShotRun, best: pd.DataFrame) -> dict:
     written = outputs.write_zero_shot(run.scores, best, run.timing)
     written["failures"] = outputs.write_failures(run.failures)
     return written
+
+
+# --------------------------------------------------------------------------- robustness
+
+
+def run_robustness(
+    df: pd.DataFrame,
+    study: Run,
+    best: pd.DataFrame,
+    folds: pd.Series,
+    *,
+    device: str | None = None,
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Zero-shot CLIP on each robustness variant (`variants.ROBUSTNESS_VARIANTS`) of the run's
+    robustness sample (`variants.robustness_sample`, the images the VLMs' controls ask about),
+    and on the originals of the same images: each image scored with the prompt set chosen for
+    its fold on the other fold (`best`, `folds` as for the originals), so a variant's answer
+    differs from the original's by the pixels alone. Writes build/clip/robustness_scores.csv
+    (outputs.ROBUSTNESS_COLUMNS, one file with a `variant` column) and the run's
+    "clip_robustness" provenance section; returns the scores. The original embeddings come
+    from the embedding cache; each variant's are cached under its own key."""
+    sample = variants.robustness_sample(df, study.profile)
+    shown = (variants.ORIGINAL, *variants.ROBUSTNESS_VARIANTS)
+    options = {"batch_size": batch_size, "num_workers": num_workers, "progress": progress}
+    runs = _zero_shot(sample, study, shown, device=device, **options)
+    fold_of = prompt_choice.fold_by_image(df, folds)
+    frames = [
+        prompt_choice.apply_choices(run.scores, best, fold_of).assign(variant=variant)
+        for variant, run in runs.items()
+        if len(run.scores)
+    ]
+    scores = (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=outputs.ROBUSTNESS_COLUMNS)
+    )
+    outputs.write_robustness(scores)
+    first = runs[variants.ORIGINAL]
+    study.record_stage(
+        "clip_robustness",
+        models=first.run_models,
+        weights={m: first.weights(m) for m in first.run_models},
+        variants=list(shown),
+        prompt_sets="cross-fitted: each fold's set chosen on the other fold (best_prompt_sets)",
+        robustness_sample_size=study.profile.robustness_sample_size,
+        seed=study.seed,
+        n=len(sample),
+        images=[int(n) for n in sample["micrograph_no"]],
+        failures={v: len(run.failures) for v, run in runs.items() if len(run.failures)},
+    )
+    return scores
 
 
 # --------------------------------------------------------------------------- search

@@ -35,7 +35,7 @@ from microqa.compare.hybrids import (
     reported_as,
 )
 from microqa.compare.methods import Method, clip_methods, label, part_weights
-from microqa.data import splits, taxonomy
+from microqa.data import splits, taxonomy, variants
 from microqa.vlm import outputs as vlm_outputs
 
 
@@ -207,6 +207,8 @@ def gallery_predictions(predictions: pd.DataFrame, task: str = "technique") -> p
         return predictions
     rows = predictions[predictions["task"] == task]
     vlm = (rows["kind"] == "vlm") & (rows["context"] == "none") & (rows["prompt_set"] == "study")
+    if "variant" in rows:  # the micrograph itself, not the no-image baseline
+        vlm &= rows["variant"] != variants.BLANK
     if vlm.any():
         vlm &= rows["mode"] == rows.loc[vlm, "mode"].value_counts().index[0]
     keep = (
@@ -350,14 +352,17 @@ def n_note(method: Method, n: int, labelled: int) -> str:
     """Which images a row's n counts, when not every labelled image of its subset."""
     if method.kind == "vlm" and method.mode == "generate":
         return f"generate-mode agreement subset, n = {n} of {labelled}"
+    if method.variant == variants.BLANK:
+        return f"{n} of {labelled} labelled images: the robustness sample, shown a blank image"
     if n == labelled:
         return "every labelled image"
     return f"{n} of {labelled} labelled images: {COVERAGE.get(method.kind, 'those answered')}"
 
 
 def study_pairs(methods: list[Method]) -> list[tuple[str, Method, Method]]:
-    """The study's questions, as (question, a, b): the difference is a minus b."""
-    vlms = [m for m in methods if m.kind == "vlm"]
+    """The study's questions, as (question, a, b): the difference is a minus b. The blank-image
+    baseline takes part in the primary family's visual gain only (`family.primary_pairs`)."""
+    vlms = [m for m in methods if m.kind == "vlm" and not family.shows_blank(m)]
     zero_shot = [m for m in methods if m.kind == "clip_zero_shot"]
     probes = [m for m in methods if m.kind == "clip_probe"]
     clips = zero_shot + probes

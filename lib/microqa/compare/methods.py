@@ -1,7 +1,9 @@
 """The methods the study compares, as data: identity columns, predictions, probabilities.
 
 A method's identity is data (`IDENTITY`: kind, base, model, weights, context, mode,
-prompt_set, partner); its display label is derived from it by `label`, never parsed back.
+prompt_set, partner, variant); its display label is derived from it by `label`, never parsed
+back. `variant` is the image the method was shown (`data.variants`): "original" for every
+method but the no-image baseline, a VLM shown a blank image ("… (blank image)").
 """
 
 from __future__ import annotations
@@ -13,9 +15,19 @@ import numpy as np
 import pandas as pd
 
 from microqa.clip.outputs import SCORE_PROMPT_SETS
-from microqa.data import taxonomy
+from microqa.data import taxonomy, variants
 
-IDENTITY = ("kind", "base", "model", "weights", "context", "mode", "prompt_set", "partner")
+IDENTITY = (
+    "kind",
+    "base",
+    "model",
+    "weights",
+    "context",
+    "mode",
+    "prompt_set",
+    "partner",
+    "variant",
+)
 CONTEXT_LABELS = {
     "none": "",
     "clip_topk": " + CLIP top-k labels",
@@ -47,6 +59,8 @@ class Method:
     mode: str = ""  # VLMs and hybrids: score | generate
     prompt_set: str = ""  # zero-shot: set (or "cross-fitted"); probes: which probe
     partner: str = ""  # hybrids: the VLM
+    # the image shown (data.variants): "blank" for the no-image baseline, else "original"
+    variant: str = variants.ORIGINAL
     seconds_per_image: float | None = None
     visual_tokens: float | None = None
     # hybrids: the weights of each part (`weights` says "random" when either part is)
@@ -96,6 +110,13 @@ def short_name(model: str) -> str:
     return Path(text).name if "/" in text and not colon else text
 
 
+def variant_label(variant: str) -> str:
+    """What a label adds for the image a method was shown ("" for the micrograph itself)."""
+    if variant in ("", variants.ORIGINAL):
+        return ""
+    return " (blank image)" if variant == variants.BLANK else f" ({variant} image)"
+
+
 def label(identity: dict) -> str:
     """The display label of a method identity (derived, one way)."""
     kind, model = identity["kind"], short_name(identity["model"])
@@ -108,6 +129,7 @@ def label(identity: dict) -> str:
     vlm = short_name(identity["partner"] if kind in ("cascade", "fusion") else model)
     vlm += CONTEXT_LABELS.get(identity["context"], f" + {identity['context']}")
     vlm += " (generated)" if identity["mode"] == "generate" else ""
+    vlm += variant_label(identity.get("variant", variants.ORIGINAL))
     if kind == "vlm":
         return vlm + (
             ", earlier study's prompt" if identity["prompt_set"] == "earlier_study" else ""

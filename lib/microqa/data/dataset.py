@@ -303,6 +303,14 @@ def limit_for_profile(df: pd.DataFrame, profile: config.Profile, seed: int = 0) 
     return stratified_sample(df, profile.max_images, by="technique_family", seed=seed)
 
 
+def task_labelled(records: pd.DataFrame) -> pd.DataFrame:
+    """The records some evaluation task can score (a label in one of `taxonomy.TASKS`)."""
+    labelled = np.zeros(len(records), dtype=bool)
+    for column, classes in taxonomy.TASKS.values():
+        labelled |= records[column].isin(classes).to_numpy()
+    return records[labelled]
+
+
 def stratified_sample(
     df: pd.DataFrame, n: int | str | None, *, by: str = "technique_family", seed: int = 0
 ) -> pd.DataFrame:

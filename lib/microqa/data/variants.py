@@ -18,8 +18,14 @@ answers), so results of different variants never mix. One registry, used by both
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from PIL import Image, ImageOps
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from microqa.config import Profile
 
 ORIGINAL = "original"
 BLANK = "blank"
@@ -55,3 +61,17 @@ def check(name: str) -> str:
 def apply(image: Image.Image, name: str) -> Image.Image:
     """The variant `name` of an RGB image (a new image; the input is not changed)."""
     return _TRANSFORMS[check(name)](image)
+
+
+def robustness_sample(records: pd.DataFrame, profile: Profile) -> pd.DataFrame:
+    """The images every variant run asks about, CLIP and VLMs alike: `robustness_sample_size`
+    images stratified by technique family (seeded by the profile) out of the VLM's question
+    sample (the same draw as `vlm.runner.question_sample`), so each of them also has the
+    original answers a variant is compared with."""
+    from microqa.data import dataset
+
+    ordered = records.sort_values("micrograph_no")  # the same draw whatever the row order
+    asked = dataset.stratified_sample(
+        dataset.task_labelled(ordered), profile.vlm_sample_size, seed=profile.seed
+    )
+    return dataset.stratified_sample(asked, profile.robustness_sample_size, seed=profile.seed)

@@ -22,7 +22,7 @@ from pathlib import Path
 from microqa import provenance
 from microqa.data import dataset
 from microqa.run import Run
-from microqa.vlm import outputs, questions, runner
+from microqa.vlm import outputs, questions, runner, stage
 from microqa.vlm.context import ClipContext
 
 EXPECTED_ERRORS = (
@@ -153,8 +153,9 @@ def run_cli(args: argparse.Namespace) -> int:
         backend_options=options,
         record=run.record,
     )
-    answers, descriptions = outputs.save_answers(result)
-    runner.record_provenance(
+    # a variant run adds its rows; the original run's failures.csv stays
+    answers, descriptions = outputs.save_answers(result, failures=settings.variant == "original")
+    stage.record_provenance(
         run, result, settings, backend=args.backend, sample_size=len(sample), context=context
     )
     for skip in result.skipped:

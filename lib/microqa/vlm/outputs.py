@@ -109,16 +109,18 @@ def _merge_write(df: pd.DataFrame, path: Path, columns: list[str], loader) -> Pa
     )
 
 
-def save_answers(result, *, fresh: bool = False) -> tuple[Path, Path]:
-    """Write answers.csv and descriptions.csv (`fresh`: replace them, else merge by model),
-    and failures.csv (this run's undecodable images; removed when there were none)."""
+def save_answers(result, *, fresh: bool = False, failures: bool = True) -> tuple[Path, Path]:
+    """Write answers.csv and descriptions.csv (`fresh`: replace them, else merge by model and
+    variant), and failures.csv (this run's undecodable images; removed when there were none;
+    `failures=False`: left as it is, for a run that adds variants to the main run's answers)."""
     paths = (answers_path(), descriptions_path())
     if fresh:
         for path in paths:
             path.unlink(missing_ok=True)
     _merge_write(result.answers, paths[0], ANSWER_COLUMNS, load_answers)
     _merge_write(result.descriptions, paths[1], DESCRIPTION_COLUMNS, load_descriptions)
-    save_failures(result.failures)
+    if failures:
+        save_failures(result.failures)
     return paths
 
 

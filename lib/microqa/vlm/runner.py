@@ -26,13 +26,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from microqa import hub, provenance
 from microqa.data import dataset, taxonomy
 from microqa.files import sha256_file
-from microqa.run import Run
 from microqa.vlm import asking, questions
 from microqa.vlm.backends import load_backend
 from microqa.vlm.base import Backend
@@ -114,10 +112,9 @@ def question_sample(records: pd.DataFrame, n: int | str | None, *, seed: int = 0
     can score. Each question is then asked only where its task has a label: photographs and
     tomograms (family 'Other') and records without a technique get the material questions
     but no technique question; records without a primary category no material question."""
-    labelled = np.zeros(len(records), dtype=bool)
-    for column, classes in taxonomy.TASKS.values():
-        labelled |= records[column].isin(classes).to_numpy()
-    return dataset.stratified_sample(records[labelled], n, by="technique_family", seed=seed)
+    return dataset.stratified_sample(
+        dataset.task_labelled(records), n, by="technique_family", seed=seed
+    )
 
 
 def _hub_reason(model: str) -> str | None:
@@ -386,85 +383,30 @@ def run_study(
                 model_parts.append(run_model(opened, *agreement, cache, context, log=log))
             del opened  # free the weights before the next model
             parts += model_parts
-            for failure in (f for part in model_parts for f in part.failures):
-                # each bad image named once, not per model
-                if failure["micrograph_no"] not in failures:
-                    failures[failure["micrograph_no"]] = failure
-                    print(
-                        f"failed: {failure['micrograph_no']} {failure['image_file']}: "
-                        f"{failure['reason']}",
-                        file=sys.stderr,
-                    )
+            note_failures(model_parts, failures)
+    return combine(parts, list(failures.values()))
+
+
+def note_failures(parts: Sequence[StudyResult], failures: dict[int, dict[str, Any]]) -> None:
+    """Add the failures of `parts` to `failures` (by micrograph_no), naming each bad image
+    once on stderr, not once per model or variant."""
+    for failure in (f for part in parts for f in part.failures):
+        if failure["micrograph_no"] not in failures:
+            failures[failure["micrograph_no"]] = failure
+            print(
+                f"failed: {failure['micrograph_no']} {failure['image_file']}: {failure['reason']}",
+                file=sys.stderr,
+            )
+
+
+def combine(parts: Sequence[StudyResult], failures: list[dict[str, Any]]) -> StudyResult:
+    """One result of several runs (models, modes, variants); `failures`: each image once."""
     return StudyResult(
         answers=pd.concat([p.answers for p in parts], ignore_index=True),
         descriptions=pd.concat([p.descriptions for p in parts], ignore_index=True),
         skipped=[s for p in parts for s in p.skipped],
         weights={k: v for p in parts for k, v in p.weights.items()},
-        failures=list(failures.values()),
+        failures=failures,
         image_budgets={k: v for p in parts for k, v in p.image_budgets.items()},
         servers={k: v for p in parts for k, v in p.servers.items()},
-    )
-
-
-def run_for_notebook(
-    run: Run,
-    records: pd.DataFrame,
-    sample: pd.DataFrame,
-    settings: RunSettings,
-    *,
-    backend: str,
-    base_url: str = "",
-    clip_model: str = "",
-) -> tuple[StudyResult, ClipContext]:
-    """Notebook 04's stage: the run's VLMs asked every question about `sample` (CLIP context
-    from the CLIP stage, its models in the run's order), answers saved fresh to build/vlm,
-    and the stage's provenance (with its substitutes) recorded in the run."""
-    run.begin_stage("vlm")  # this run's record and substitutes only
-    context = ClipContext(records, clip_model=clip_model or None, preferred=run.profile.clip_models)
-    study = run_study(
-        run.profile.vlm_models,
-        backend=backend,
-        sample=sample,
-        settings=settings,
-        context=context,
-        backend_options={"base_url": base_url or None},
-        record=run.record,
-    )
-    save_answers(study, fresh=True)
-    record_provenance(
-        run, study, settings, backend=backend, sample_size=len(sample), context=context
-    )
-    return study, context
-
-
-def record_provenance(
-    run: Run,
-    result: StudyResult,
-    settings: RunSettings,
-    *,
-    backend: str,
-    sample_size: int,
-    context: ClipContext | None,
-) -> dict[str, Any]:
-    # a variant run is its own record, so it never replaces the original run's
-    stage = "vlm" if settings.variant == "original" else f"vlm_{settings.variant}"
-    return run.record_stage(
-        stage,
-        models=list(result.weights),
-        backend=backend,
-        weights=result.weights,
-        mode=settings.mode,
-        n=sample_size,
-        contexts=list(settings.contexts),
-        permute_options=settings.permute,
-        option_rotations=settings.rotate,
-        agreement_n=settings.agreement_n,  # images also asked in the other mode
-        image_variant=settings.variant,  # what each question showed (blank: no-image baseline)
-        seed=settings.seed,
-        image_budget=result.image_budgets,  # the budget each model ran at, as resolved
-        servers=result.servers or None,  # replicas answered from (openai backend)
-        clip_model=context.clip_model if context else None,
-        clip_features=context.features_source if context else None,
-        skipped=result.skipped,
-        failures=len(result.failures),
     )
