@@ -10,8 +10,9 @@ PY := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.setup-$(shell cat pyproject.toml 2>/dev/null | cksum | cut -d' ' -f1)
 NB_OUT := build/notebooks
 # How notebooks are stored: no outputs, and none of the metadata JupyterLab adds on save (so a
-# notebook saved in Lab leaves git clean). The git filter and `make lint` both use it.
-NBSTRIPOUT_ARGS := --keep-id --extra-keys 'metadata.language_info metadata.kernelspec.display_name'
+# notebook saved in Lab leaves git clean; the kernel's display name is stored as Lab writes it).
+# The git filter and `make lint` both use it.
+NBSTRIPOUT_ARGS := --keep-id --extra-keys 'metadata.language_info'
 # the study's notebooks in run order: notebooks/NN_*.ipynb (config.notebooks() reads the same)
 NOTEBOOKS := $(sort $(basename $(notdir $(wildcard notebooks/[0-9][0-9]_*.ipynb))))
 PROFILE ?= full

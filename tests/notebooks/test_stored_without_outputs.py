@@ -56,3 +56,6 @@ def test_a_notebook_saved_in_jupyterlab_leaves_git_clean():
         check=True,
     ).stdout
     assert cleaned == stored
+    import nbformat
+
+    nbformat.validate(nbformat.reads(stored, as_version=4))  # papermill refuses invalid JSON
