@@ -86,6 +86,7 @@ _EXPORTS = {
     "run_robustness": "zero_shot",
     "run_zero_shot": "zero_shot",
     "stage_labels": "zero_shot",
+    "search_example": "zero_shot",
     "text_to_image_search": "zero_shot",
     "write_outputs": "zero_shot",
     "zero_shot_probabilities": "zero_shot",

@@ -283,3 +283,26 @@ def labels_of(feature_sets: Sequence[FeatureSet]) -> list[str]:
     for fs in feature_sets:
         out += [label for label in fs.labels if label not in out]
     return out
+
+
+def reference_tables(feature_sets, *, n_boot: int) -> dict[str, tuple[pd.DataFrame, str, list]]:
+    """On the reference features (when present): the logistic probe under label and fold
+    variants, and the reference README's numbers against our 95% intervals, each as
+    name -> (table, title, title labels). Empty without the reference features."""
+    reference = [fs for fs in feature_sets if fs.source == REFERENCE_SOURCE]
+    if not reference:
+        return {}
+    features = reference[0]
+    gap = probes.reference_gap_table(features, n_boot=n_boot)
+    return {
+        "clip_reference_gap": (
+            gap,
+            "Reference features: logreg probe under label and fold variants",
+            features.labels,
+        ),
+        "clip_reference_readme": (
+            probes.readme_comparison(gap),
+            "Reference README numbers vs our 95% CIs",
+            features.labels,
+        ),
+    }

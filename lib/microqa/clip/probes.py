@@ -240,6 +240,12 @@ def probe_tables(feature_sets: Sequence, run: Run) -> pd.DataFrame:
 
 
 @one_thread
+def learning_curves(feature_sets, *, repeats: int, seed: int) -> pd.DataFrame:
+    """`learning_curve` of every feature set, one table."""
+    frames = [learning_curve(fs, repeats=repeats, seed=seed) for fs in feature_sets]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
 def learning_curve(
     features,
     *,

@@ -19,6 +19,7 @@ from microqa.clip.models import (
     ClipModel,
     ModelIdentity,
     default_device,
+    load_identity,
     load_or_substitute,
 )
 from microqa.data import taxonomy, variants
@@ -294,6 +295,17 @@ def text_to_image_search(
             "model_label": loaded.label,
         }
     )
+
+
+def search_example(run: ZeroShotRun, query: str, *, device: str | None = None):
+    """The top 5 images for `query` under the run's first model, scored with the very weights
+    the run used (its text encoder reloaded), or None when no model ran."""
+    if not run.run_models:
+        return None
+    model = run.run_models[0]
+    searcher = load_identity(run.models[model], device=device)
+    ids, embeddings = run.embeddings[model]
+    return text_to_image_search(searcher, query, ids, embeddings, k=5)
 
 
 def stage_labels(run: ZeroShotRun, model: str | None = None) -> list[str]:

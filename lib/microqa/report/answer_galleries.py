@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from microqa import provenance
+from microqa.clip import probes
 from microqa.report.galleries import (
     Gallery,
     Tile,
@@ -220,3 +221,29 @@ def cascade_handoffs(
         f"Images the cascade hands to the VLM ({len(sent)} of {len(cascade)}; {len(picked)} shown)"
     )
     return tile_figure(rows, title, labels, caption_lines=3)
+
+
+def embedding_galleries(features, probe_scores: pd.DataFrame, *, seed: int):
+    """Notebook 03's two galleries of one feature set (`clip.embedding_space.FeatureSet`, the
+    probe scores' own): seeded queries with their nearest neighbours among other specimens,
+    and the logistic probe's most confident technique mistakes."""
+    from microqa.report.galleries import retrieval_panels
+
+    records = features.records
+    neighbours = retrieval_panels(
+        records,
+        records["micrograph_no"],
+        features.embeddings,
+        labels=features.labels,
+        features_name=features.source,
+        seed=seed,
+    )
+    truth = records.set_index("micrograph_no")["technique_family"]
+    main = probes.main_probe_scores(probe_scores, "technique")
+    mistakes = confident_mistakes(
+        records,
+        predictions_from_scores(main, truth),
+        f"Logistic probe on {features.source}",
+        labels=features.labels,
+    )
+    return neighbours, mistakes
