@@ -24,12 +24,14 @@ def random_b32_file(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("random_b32")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MICROQA_DATA", str(root / "data"))
+        mp.setenv("MICROQA_MODELS", str(root / "data" / "models"))
         return clip.random_weights_file(ARCH, seed=0)
 
 
 def place_random_b32(source: Path, data_dir: Path) -> Path:
-    """Put the session's random weights where `clip.random_weights_file` looks under data_dir
-    (as a second run of the study would find them), without copying 600 MB."""
+    """Put the session's random weights where `clip.random_weights_file` looks when
+    MICROQA_MODELS is data_dir/models (as a second run of the study would find them), without
+    copying 600 MB."""
     target = data_dir / "models" / source.name
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -48,6 +50,7 @@ def stage_dirs(tmp_path, monkeypatch):
 
     monkeypatch.setenv("MICROQA_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("MICROQA_BUILD", str(tmp_path / "build"))
+    monkeypatch.setenv("MICROQA_MODELS", str(tmp_path / "data" / "models"))
     monkeypatch.delenv("STRICT", raising=False)
     monkeypatch.setattr(hub, "reachable", lambda: False)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))

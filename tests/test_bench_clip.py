@@ -15,6 +15,7 @@ def test_bench_clip_reports_all_rates_and_ratios(tmp_path, monkeypatch, capsys, 
     import importlib.util
 
     monkeypatch.setenv("MICROQA_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("MICROQA_MODELS", str(tmp_path / "data" / "models"))
     place_random_b32(random_b32_file, tmp_path / "data")
     spec = importlib.util.spec_from_file_location("bench_clip", REPO / "bench" / "bench_clip.py")
     bench = importlib.util.module_from_spec(spec)

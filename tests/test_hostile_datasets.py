@@ -153,6 +153,7 @@ def run_cli(hostile, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
         "PYTHONPATH": f"{REPO / 'lib'}:{REPO}",
         "MICROQA_BUILD": str(tmp_path / "build"),
         "MICROQA_DATA": str(tmp_path / "data"),
+        "MICROQA_MODELS": str(tmp_path / "data" / "models"),
         "MICROQA_MAX_PIXELS": str(hostile_data.HUGE_LIMIT),
         "HF_HUB_OFFLINE": "1",
     }

@@ -319,6 +319,7 @@ def test_offline_dir_maps_hub_ids_and_declares_the_substitute(tmp_path, monkeypa
     with pytest.raises(ValueError, match="no offline stand-in"):
         tiny.family_for_model("openai/gpt-4o")
     monkeypatch.setenv("MICROQA_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("MICROQA_MODELS", str(tmp_path / "data" / "models"))
     monkeypatch.setenv("MICROQA_BUILD", str(tmp_path / "build"))
     monkeypatch.setenv("STRICT", "1")
     with pytest.raises(provenance.StrictModeError):

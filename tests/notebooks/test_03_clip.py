@@ -106,17 +106,14 @@ def test_tables_figures_and_provenance_are_stamped(clip_run):
 def test_text_search_and_status_name_models_without_machine_paths(clip_run):
     executed = json.loads((clip_run / "notebooks" / "03_clip_zero_shot.ipynb").read_text())
     cells = [c for c in executed["cells"] if c["cell_type"] == "code"]
-    search = next(c for c in cells if "text_to_image_search" in "".join(c["source"]))
+    search = next(c for c in cells if "search_example" in "".join(c["source"]))
     status = next(c for c in cells if "status_table" in "".join(c["source"]))
     for cell in (search, status):
         shown = json.dumps(cell["outputs"])
         assert "ViT-B-32:openai (random weights, seed 0)" in shown
         # the weights are named by identity, not by their file on this machine (the data
         # stage's banner, shown here too, is another stage's business)
-        assert (
-            str(clip_run / "data" / "models") not in shown
-            and "-random-seed0.safetensors" not in shown
-        )
+        assert "microqa/models" not in shown and "-random-seed0.safetensors" not in shown
     failures = pd.read_csv(clip_run / "build" / "clip" / "failures.csv")
     assert list(failures.columns) == ["micrograph_no", "image_file", "reason"]
     assert failures.empty  # the sample's images all decode
