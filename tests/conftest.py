@@ -98,13 +98,37 @@ def smoke_pipeline(tmp_path_factory) -> NotebookPipeline:
     return NotebookPipeline(tmp_path_factory.mktemp("smoke"))
 
 
+# Test modules that run the real components whole: torch models built and embedded, worker
+# and killed subprocesses, HTTP servers, a browser. `make test-unit` leaves them out.
+INTEGRATION_MODULES = {
+    "test_bench_clip",
+    "test_clip_embed",
+    "test_clip_models",
+    "test_clip_pixels",
+    "test_clip_shards",
+    "test_hostile_datasets",
+    "test_scraper",
+    "test_scraper_resume",
+    "test_site",
+    "test_vlm_hf",
+    "test_vlm_openai",
+    "test_vlm_prefix",
+    "test_vlm_real_server",
+    "test_vlm_runner",
+    "test_vlm_variants",
+}
+
+
 def pytest_collection_modifyitems(items):
-    """Every test under tests/notebooks/ executes notebooks: marked so, whatever its file says
-    (`make test-unit` leaves them out)."""
+    """Every test under tests/notebooks/ executes notebooks, and the modules above run whole
+    components: marked so, whatever their files say (`make test-unit` leaves both out)."""
     folder = Path(__file__).parent / "notebooks"
     for item in items:
-        if folder in Path(str(item.fspath)).parents:
+        path = Path(str(item.fspath))
+        if folder in path.parents:
             item.add_marker(pytest.mark.notebooks)
+        elif path.stem in INTEGRATION_MODULES:
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")
