@@ -74,17 +74,9 @@ class EmbeddingCache(files.SQLiteFile):
 
     def file_sha256(self, path: Path | str) -> str:
         """sha256 of a file, memoised by (path, size, mtime) so big files hash once."""
-        path = Path(path).resolve()
-        stat = path.stat()
-        key = (str(path), stat.st_size, stat.st_mtime_ns)
-        row = self.db.execute(
-            "SELECT sha256 FROM file_hashes WHERE path=? AND size=? AND mtime_ns=?", key
-        ).fetchone()
-        if row:
-            return row[0]
-        value = files.sha256_file(path)
-        self.db.execute("INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?)", (*key, value))
-        self.db.commit()
+        (value,) = self.file_sha256s([path])
+        if isinstance(value, OSError):
+            raise value
         return value
 
     def file_sha256s(self, paths: Iterable[Path | str]) -> list[str | OSError]:

@@ -130,8 +130,8 @@ def calibration_finding(tables: Path) -> Finding | None:
         for _, r in rows.iterrows()
     ]
     sentence = (
-        "The probe is over-confident, and a temperature fitted on the other fold of specimens "
-        "corrects most of it; "
+        "How far the probe's confidence can be taken at its word, before and after a "
+        "temperature fitted on the other fold of specimens: "
         + "; ".join(parts)
         + " (equal-mass bins, 95% intervals by specimen)."
     )
