@@ -140,7 +140,11 @@ def test_figures_have_a_panel_per_method_and_a_cell_per_class_and_read_at_page_w
     problems = {"reliability": unreadable(fig)}
     curves = selective.curves_table(result, df)
     fig = calibration_figures.risk_coverage_figure(curves, "technique", title)
-    assert sum(ax.get_visible() for ax in fig.axes) == len(curves.groupby(["label", "confidence"]))
+    assert sum(ax.get_visible() for ax in fig.axes) == curves["label"].nunique()
+    rules = curves.groupby("label")["confidence"].nunique()  # a line per rule in its panel
+    assert [len(ax.get_lines()) for ax in fig.axes if ax.get_visible()] == list(
+        rules.loc[list(dict.fromkeys(curves["label"]))] + 2
+    )
     problems["risk-coverage"] = unreadable(fig)
     table = per_class.per_class_table(result, df, n_boot=10)
     fig = calibration_figures.per_class_figure(table, "technique", title)
@@ -150,3 +154,21 @@ def test_figures_have_a_panel_per_method_and_a_cell_per_class_and_read_at_page_w
     plt.close("all")
     mpl.rcParams.update(mpl.rcParamsDefault)
     assert problems == {"reliability": [], "risk-coverage": [], "per-class": []}
+
+
+def test_notebook_05_shows_one_tasks_confidence_figures_and_links_the_others():
+    from microqa.compare import confidence
+
+    names = [
+        f"{kind}_{task}"
+        for task in ("technique", "technique_coarse", "category")
+        for kind in ("calibration_reliability", "selective_risk_coverage", "per_class")
+    ]
+    assert [n for n in names if confidence.shown(n)] == [
+        f"{kind}_{confidence.SHOWN_TASK}"
+        for kind in ("calibration_reliability", "selective_risk_coverage", "per_class")
+    ]
+    note = confidence.links_to_the_others(names)
+    assert note.count("](figures/") == 6 and "[per_class_technique_coarse]" in note
+    assert "_category]" not in note
+    assert confidence.links_to_the_others(names[-3:]) == ""  # nothing hidden, nothing linked

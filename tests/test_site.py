@@ -80,7 +80,7 @@ def _image_output(data: str, alt: str = "") -> nbformat.NotebookNode:
 
 
 def test_a_page_links_one_stylesheet_and_its_figures_as_files_with_alt_text(tmp_path):
-    chart, photo = _png(2400, 600), _png(900, 600, noise=True)
+    chart, photo = _png(2400, 600), _png(1800, 600, noise=True)
     nb = _notebook(
         [
             [nbformat.v4.new_output("stream", name="stdout", text=f"{site.LOG_POINTER} x.log\n")],
@@ -115,6 +115,7 @@ def test_a_page_links_one_stylesheet_and_its_figures_as_files_with_alt_text(tmp_
     chart_file, photo_file = (docs / src for src, _ in sources)
     assert chart_file.suffix == ".png" and photo_file.suffix == ".jpg"  # photographic: JPEG
     assert Image.open(chart_file).width == site.IMAGE_PX  # downscaled from 2,400 px
+    assert Image.open(photo_file).width == plots.PAGE_PX  # a gallery: no wider than shown
     assert "base64" not in page
     assert all(site.broken_links(p) == [] for p in pages)
 
@@ -129,6 +130,8 @@ def test_links_to_tables_point_where_the_run_wrote_them_and_a_dead_link_is_an_er
     assert page == '<a href="../tables/comparison.md">t</a> <a href="#x">y</a>'
     (docs / "p.html").write_text(page + '<a href="tables/gone.md">g</a><img src="img/none.png">')
     assert site.broken_links(docs / "p.html") == ["tables/gone.md", "img/none.png"]
+    guide = site.resolve_links('<a href="docs_src/real_study.md">r</a>', docs)  # as the README
+    assert guide == '<a href="real_study.html">r</a>'  # its rendered page, which check requires
 
 
 def test_a_page_over_its_size_limit_is_refused(tmp_path, monkeypatch):
@@ -324,11 +327,13 @@ def test_a_rendered_site_passes_the_browser_checks(tmp_path):
 
 @pytest.mark.notebooks
 @needs_chromium
-def test_the_report_of_the_smoke_pipeline_opens_in_chromium(smoke_pipeline, tmp_path):
+def test_the_report_of_the_smoke_pipeline_opens_in_chromium(smoke_pipeline, tmp_path, monkeypatch):
     for name in site.NOTEBOOKS:
         smoke_pipeline.run(name)
+    for key, value in smoke_pipeline.env.items():  # the site reads this run's tables and figures
+        monkeypatch.setenv(key, value)
     notebooks = smoke_pipeline.root / "notebooks"
-    docs = tmp_path / "docs"
+    docs = smoke_pipeline.root / "docs"  # beside the run's tables/ and figures/, as in the repo
     pages = site.build(notebooks, docs)
     assert [p.name for p in pages] == ["index.html", *[f"{n}.html" for n in site.NOTEBOOKS]]
     forbidden = {

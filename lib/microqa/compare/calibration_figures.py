@@ -14,15 +14,17 @@ import pandas as pd
 from microqa.compare.methods import BASELINE_LABELS
 
 
-def _grid(n: int, columns: int = 3, size: float = 3.6):
-    """Panels for `n` methods, three a row: 10.8 in wide, so 8 pt text is still 12 px when
-    a page shows the figure 1,200 px wide."""
+def _grid(n: int, columns: int = 4, size: float = 3.0):
+    """Panels for `n` methods, four a row: 12 in wide, so 8 pt text is still 11 px when a
+    page shows the figure 1,200 px wide. Constrained layout keeps the title off the panels."""
     cols = min(columns, max(n, 1))
     rows = -(-max(n, 1) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows + 0.8), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(size * cols, size * rows + 0.8), squeeze=False, layout="constrained"
+    )
     for ax in axes.flat[n:]:
         ax.set_visible(False)
-    return fig, axes.flat
+    return fig, list(axes.flat)
 
 
 def reliability_figure(bins: pd.DataFrame, task: str, title: str):
@@ -45,30 +47,33 @@ def reliability_figure(bins: pd.DataFrame, task: str, title: str):
     axes[0].set_xlabel("mean confidence in bin")
     axes[0].legend(fontsize=8, loc="upper left")
     fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 
 def risk_coverage_figure(curves: pd.DataFrame, task: str, title: str):
-    """One panel per (method, confidence rule): its risk-coverage curve with the oracle and
-    the random ordering of the same answers as references."""
+    """One panel per method: its risk-coverage curve under each confidence rule, with the
+    oracle and the random ordering of the same answers as references (a rule reorders the
+    answers, it does not change them, so both references are the method's)."""
     curves = curves[curves["task"] == task]
-    panels = list(dict.fromkeys(zip(curves["label"], curves["confidence"], strict=True)))
-    fig, axes = _grid(len(panels))
-    styles = {"method": ("C0", "-"), "oracle": ("C2", ":"), "random": ("0.5", "--")}
-    for ax, (name, rule) in zip(axes, panels, strict=False):
-        part = curves[(curves["label"] == name) & (curves["confidence"] == rule)]
-        for ordering, (color, ls) in styles.items():
-            line = part[part["ordering"] == ordering]
+    labels = list(dict.fromkeys(curves["label"]))
+    fig, axes = _grid(len(labels))
+    for ax, name in zip(axes, labels, strict=False):
+        part = curves[curves["label"] == name]
+        rules = list(dict.fromkeys(part["confidence"]))
+        for k, rule in enumerate(rules):
+            line = part[(part["confidence"] == rule) & (part["ordering"] == "method")]
+            ax.plot(line["coverage"], line["risk"], color=f"C{k}", label=f"by {rule}")
+        for ordering, (color, ls) in {"oracle": ("C2", ":"), "random": ("0.5", "--")}.items():
+            line = part[(part["confidence"] == rules[0]) & (part["ordering"] == ordering)]
             ax.plot(line["coverage"], line["risk"], color=color, ls=ls, label=ordering)
-        ax.set_title(f"{_short(name)}\nby {rule}", fontsize=9)
+        ax.set_title(_short(name), fontsize=9)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, max(0.05, float(part["risk"].max()) * 1.05))
+        if len(rules) > 1 or ax is axes[0]:
+            ax.legend(fontsize=8, loc="upper left")
     axes[0].set_xlabel("coverage (share answered)")
     axes[0].set_ylabel("risk (error among answered)")
-    axes[0].legend(fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 

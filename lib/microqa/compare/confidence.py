@@ -47,6 +47,25 @@ def tables(result: StudyComparison, df: pd.DataFrame, *, n_boot: int, seed: int)
     }
 
 
+# The task whose figures the notebook shows; the other tasks' figures are saved and linked
+# (three tasks' nine wall-sized figures would make the page too heavy to read or load).
+SHOWN_TASK = "category"
+
+
+def shown(name: str) -> bool:
+    """Whether notebook 05 shows the figure `name` (of `figures`) or only links it."""
+    return name.endswith(f"_{SHOWN_TASK}")
+
+
+def links_to_the_others(names: list[str]) -> str:
+    """A Markdown line linking the saved figures of `names` the notebook does not show."""
+    others = [n for n in names if not shown(n)]
+    if not others:
+        return ""
+    listed = ", ".join(f"[{n}](figures/{n}.png)" for n in others)
+    return f"The same figures for the other tasks, saved beside these: {listed}."
+
+
 def figures(tables: dict, stamp) -> list[tuple[str, object]]:
     """(name, figure) per task: reliability diagrams, risk-coverage curves, per-class recall.
     `stamp(title)` adds the substitute labels to each title."""

@@ -54,7 +54,8 @@ from microqa.run import Run
 NOTEBOOKS = config.notebooks()
 MAX_BYTES = 6 * 1024 * 1024  # the whole site: pages, images, stylesheet
 MAX_PAGE_BYTES = 1536 * 1024  # one page with its images
-IMAGE_PX = 1440  # widest image file; pages show figures at most plots.PAGE_PX wide
+IMAGE_PX = 1440  # widest chart file; pages show figures at most plots.PAGE_PX wide
+JPEG_QUALITY = 72  # galleries of micrographs: no visible loss at the width a page shows
 STYLESHEET = "style.css"
 ASSETS = "img"
 LOG_POINTER = "Library logs and warnings of this run:"
@@ -192,14 +193,18 @@ def extract_images(nb: nbformat.NotebookNode, name: str, out_dir: Path) -> list[
 def _write_image(image: Image.Image, stem: Path, photo: bool) -> tuple[Path, tuple[int, int]]:
     stem.parent.mkdir(parents=True, exist_ok=True)
     image = image.convert("RGB")
-    if image.width > IMAGE_PX:
-        height = round(image.height * IMAGE_PX / image.width)
-        image = image.resize((IMAGE_PX, height), Image.Resampling.LANCZOS)
+    photo = photo or _is_photographic(image)
+    # a chart keeps more pixels than it is shown at (thin lines and small text stay sharp);
+    # a gallery of micrographs is shown at PAGE_PX and gains nothing from more
+    widest = plots.PAGE_PX if photo else IMAGE_PX
+    if image.width > widest:
+        height = round(image.height * widest / image.width)
+        image = image.resize((widest, height), Image.Resampling.LANCZOS)
     shown = (min(image.width, plots.PAGE_PX), None)
     shown = (shown[0], round(image.height * shown[0] / image.width))
-    if photo or _is_photographic(image):
+    if photo:
         path = stem.with_suffix(".jpg")
-        image.save(path, quality=78, optimize=True, progressive=True)
+        image.save(path, quality=JPEG_QUALITY, optimize=True, progressive=True)
     else:  # a chart: few colours, a palette PNG keeps it sharp and small
         path = stem.with_suffix(".png")
         image.quantize(256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
@@ -303,12 +308,16 @@ HREF_OR_SRC = re.compile(r'(href|src)="([^"#][^"]*)"')
 
 def resolve_links(page: str, out_dir: Path) -> str:
     """Relative links to tables/ and figures/ written for the repository root, pointed at where
-    this run wrote them (relative to the page); other links are left as they are."""
+    this run wrote them (relative to the page); a written page's source (docs_src/NAME.md, as
+    the README links it) at its rendered page NAME.html, which `check` then requires; other
+    links are left as they are."""
 
     def fix(match: re.Match) -> str:
         attr, target = match.groups()
         if _external(target) or (out_dir / target).exists():
             return match.group(0)
+        if target.startswith("docs_src/") and target.endswith(".md"):
+            return f'{attr}="{Path(target).stem}.html"'
         for top, folder in (("tables/", config.tables_dir()), ("figures/", config.figures_dir())):
             for base in (out_dir.parent / top, folder):
                 if target.startswith(top) and (base / target[len(top) :]).exists():
