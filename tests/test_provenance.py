@@ -110,3 +110,34 @@ def test_the_banner_says_each_substitute_in_one_sentence_and_keeps_the_full_reas
     assert "RuntimeError" not in text and text.count("**clip**") == 1
     assert "- **vlm**: tiny model, because " + "x" * 50 + " ….\n" in text  # cut between words
     assert provenance.Record.load().section("clip")["fallbacks"][0]["reason"] == raw  # kept whole
+
+
+def test_a_short_reason_reads_on_after_because_and_keeps_a_names_case():
+    assert provenance.short_reason("Pretrained VLM weights are not available offline.") == (
+        "pretrained VLM weights are not available offline"
+    )
+    reason = "ViT-B-32:openai: pretrained weights 'openai' cannot be found (RuntimeError: x)"
+    assert provenance.short_reason(reason).startswith("ViT-B-32:openai: pretrained")
+    assert provenance.short_reason("CUDA is absent").startswith("CUDA")
+
+
+def test_the_commit_is_dirty_when_code_changed_not_when_a_run_rewrote_its_outputs(
+    tmp_path, monkeypatch
+):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    for path in ("lib/stage.py", "docs/index.html", "tables/t.md", "figures/f.png", "README.md"):
+        (tmp_path / path).parent.mkdir(exist_ok=True)
+        (tmp_path / path).write_text("committed\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    monkeypatch.setattr(config, "repo_root", lambda: tmp_path)
+    for path in ("docs/index.html", "tables/t.md", "figures/f.png", "README.md"):
+        (tmp_path / path).write_text("rewritten by a run\n")
+    assert not provenance.git_sha().endswith("-dirty")
+    (tmp_path / "lib/stage.py").write_text("changed code\n")
+    assert provenance.git_sha().endswith("-dirty")

@@ -44,7 +44,7 @@ def _git(*args: str) -> str:
 
 def git_sha() -> str:
     """Short commit of the checkout, "-dirty" when tracked files other than the pipeline's own
-    outputs (figures/, tables/, README.md, which a run rewrites) differ from it."""
+    outputs (figures/, tables/, docs/, README.md, which a run rewrites) differ from it."""
     try:
         sha = _git("rev-parse", "--short", "HEAD")
         if not sha:
@@ -57,6 +57,7 @@ def git_sha() -> str:
             ".",
             ":!figures",
             ":!tables",
+            ":!docs",
             ":!README.md",
         )
         return sha + ("-dirty" if changed else "")
@@ -166,7 +167,9 @@ def short_reason(reason: str, limit: int = 110) -> str:
     text = text.rstrip(".:, ")
     if len(text) > limit:
         text = text[: text.rfind(" ", 0, limit)].rstrip(".:, ") + " …"
-    return text[:1].lower() + text[1:] if text[:2] != text[:2].upper() else text
+    first = text.split(" ")[0]
+    # "Pretrained ..." reads on after "because"; a name ("ViT-B-32:openai", "CUDA") keeps its case
+    return text[:1].lower() + text[1:] if first.isalpha() and first[1:].islower() else text
 
 
 def substitute(stage: str, what: str, reason: str, record: Record | None = None) -> str:
