@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from microqa.report import index, plots, site
+from microqa.report import pages as pages_module
 from tests.conftest import REPO
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -242,6 +243,7 @@ IMAGES_LOADED = """
 const imgs = Array.from(document.images);
 return imgs.map(i => [i.complete && i.naturalWidth > 0, (i.src || '').slice(0, 60)]);
 """
+IMAGE_SOURCES = "return Array.from(document.images).map(i => i.src);"
 LINKS = """
 return Array.from(document.querySelectorAll('a[href], img[src], link[href]'))
   .map(e => e.href || e.src);
@@ -282,7 +284,8 @@ def check_site_in_browser(driver, docs) -> int:
                 linked.append(target)
             else:
                 assert not MACHINE_URL.match(url), f"{page.name} links {url}"
-        images = {t for t in linked if t.suffix in (".png", ".jpg")}
+        shown = {Path(unquote(urlparse(u).path)) for u in driver.execute_script(IMAGE_SOURCES)}
+        images = {t for t in linked if t in shown}  # a figure only linked is not loaded
         size = page.stat().st_size + sum(t.stat().st_size for t in images)
         assert size <= site.MAX_PAGE_BYTES, f"{page.name}: {size} bytes with its images"
         assert not driver.find_elements("css selector", STDERR), f"{page.name} shows stderr"
@@ -333,9 +336,17 @@ def test_the_report_of_the_smoke_pipeline_opens_in_chromium(smoke_pipeline, tmp_
     for key, value in smoke_pipeline.env.items():  # the site reads this run's tables and figures
         monkeypatch.setenv(key, value)
     notebooks = smoke_pipeline.root / "notebooks"
-    docs = smoke_pipeline.root / "docs"  # beside the run's tables/ and figures/, as in the repo
-    pages = site.build(notebooks, docs)
-    assert [p.name for p in pages] == ["index.html", *[f"{n}.html" for n in site.NOTEBOOKS]]
+    root = smoke_pipeline.root  # laid out as the repository: docs/ beside tables/, figures/,
+    docs = root / "docs"  # the written pages' sources and the files they link
+    shutil.copytree(REPO / "docs_src", root / "docs_src")
+    for linked in ("README.md", "data/sample/LICENSE.md"):
+        (root / linked).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / linked, root / linked)
+    pages = site.build(notebooks, docs, pages_dir=root / "docs_src")
+    written = [f"{p.stem}.html" for p in pages_module.sources(pages_module.default_source())]
+    assert len(written) >= 6  # methods, data, running, the real study, GPUs, performance
+    notebook_pages = [f"{n}.html" for n in site.NOTEBOOKS]
+    assert [p.name for p in pages] == ["index.html", *notebook_pages, *written]
     forbidden = {
         str(REPO),
         str(REPO.parent) + "/",
@@ -356,7 +367,7 @@ def test_the_report_of_the_smoke_pipeline_opens_in_chromium(smoke_pipeline, tmp_
                 screenshot = REPO / "build" / "report-index.png"
                 screenshot.parent.mkdir(exist_ok=True)
                 driver.save_screenshot(str(screenshot))
-            else:
+            elif page.name in notebook_pages:  # each notebook page: its banner, once
                 text = driver.find_element("tag name", "body").text
                 assert text.count("OFFLINE SUBSTITUTES IN USE") == 1, page.name
     finally:
@@ -402,4 +413,12 @@ def test_the_calibration_and_per_class_findings_read_the_real_probe_rows(tmp_pat
     assert found["per_class"] == (
         "The imbalance is where it fails: category: recall 0.26 [0.14, 0.38] for Composite "
         "(n = 50) against 0.96 [0.94, 0.97] for Metal (n = 600)."
+    )
+
+
+def test_a_local_mirrors_addresses_are_named_as_the_public_site():
+    text = "cannot reach http://127.0.0.1:9/miclib/: http://localhost:8765/robots.txt refused"
+    assert site.public_source(text) == (
+        "cannot reach https://www.doitpoms.ac.uk/miclib/: "
+        "https://www.doitpoms.ac.uk/robots.txt refused"
     )

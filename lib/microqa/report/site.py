@@ -62,6 +62,9 @@ LOG_POINTER = "Library logs and warnings of this run:"
 PUBLIC_LIBRARY = "https://www.doitpoms.ac.uk/miclib/"
 # a local mirror's base URL (python -m microqa mirror): a machine address, never on a page
 LOOPBACK_LIBRARY = re.compile(r"https?://(?:127\.0\.0\.1|localhost|0\.0\.0\.0)(?::\d+)?/miclib/?")
+# Any other address on this machine (a mirror's robots.txt, an image): the public site's own
+PUBLIC_SITE = "https://www.doitpoms.ac.uk/"
+LOOPBACK_ORIGIN = re.compile(r"https?://(?:127\.0\.0\.1|localhost|0\.0\.0\.0)(?::\d+)?/")
 BANNER_PREFIXES = ("## ⚠️ OFFLINE SUBSTITUTES", "**Provenance:**")
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 
@@ -149,8 +152,9 @@ def _without_log_pointer(text: str) -> str:
 
 
 def public_source(text: str) -> str:
-    """A local mirror's URL named as the public library it serves."""
-    return LOOPBACK_LIBRARY.sub(PUBLIC_LIBRARY, text)
+    """A local mirror's URLs named as the public library it serves (the only server on this
+    machine the study talks to; provenance keeps the address it really used)."""
+    return LOOPBACK_ORIGIN.sub(PUBLIC_SITE, LOOPBACK_LIBRARY.sub(PUBLIC_LIBRARY, text))
 
 
 def _scrub_output(output, pairs):
@@ -364,7 +368,7 @@ def build(
         banners += [c.source for c in nb.cells[:3] if c.source.lstrip().startswith(BANNER_PREFIXES)]
         page = out_dir / f"{name}.html"
         images[page] = extract_images(nb, name, out_dir)
-        text, css = split_stylesheet(scrub(render(nb, title), pairs))
+        text, css = split_stylesheet(public_source(scrub(render(nb, title), pairs)))
         _write_page(page, resolve_links(text, out_dir))
         entries.append((name, title))
         pages.append(page)
