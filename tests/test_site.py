@@ -54,6 +54,7 @@ def test_prepare_keeps_one_banner_at_the_top_and_scrubs_machine_paths(tmp_path):
             [nbformat.v4.new_output("display_data", data={"text/markdown": full})],
         ]
     )
+    copy = nbformat.reads(nbformat.writes(nb), 4)
     page = site.prepare(nb, "02_eda_class_imbalance", site.machine_paths())
     sources = [c.source for c in page.cells]
     assert sources[0].startswith("# 02") and sources[1].startswith("Report: [index]")
@@ -62,6 +63,8 @@ def test_prepare_keeps_one_banner_at_the_top_and_scrubs_machine_paths(tmp_path):
     assert text.count("OFFLINE SUBSTITUTE") == 1 and "**Provenance:**" not in text
     assert str(REPO) not in text and tempfile.gettempdir() + "/" not in text
     assert "wrote figures/x.png from $TMPDIR/abc/file" in text
+    again = site.prepare(copy, "02_eda_class_imbalance", site.machine_paths())
+    assert [c.id for c in again.cells] == [c.id for c in page.cells]  # a rebuild: the same page
 
 
 def _png(width: int, height: int, noise: bool = False) -> str:

@@ -141,7 +141,9 @@ def prepare(
     banner = max(banners, key=lambda b: (b.count("\n- "), len(b)), default="")
     header = [nav_markdown(name, pages, guides)] + ([banner] if banner else [])
     first = 1 if nb.cells and nb.cells[0].cell_type == "markdown" else 0
-    nb.cells[first:first] = [nbformat.v4.new_markdown_cell(text) for text in header]
+    nb.cells[first:first] = [  # fixed ids: a rebuilt page differs only where its content does
+        nbformat.v4.new_markdown_cell(text, id=f"page-header-{k}") for k, text in enumerate(header)
+    ]
     return nb
 
 
