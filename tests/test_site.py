@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from microqa.data import doitpoms
 from microqa.report import index, plots, site
 from microqa.report import pages as pages_module
 from tests.conftest import REPO
@@ -109,7 +110,7 @@ def test_a_page_links_one_stylesheet_and_its_figures_as_files_with_alt_text(tmp_
     assert '<link rel="stylesheet" href="style.css">' in page and "<style" not in page
     assert (docs / "style.css").stat().st_size > 100_000  # nbconvert's CSS, written once
     assert "SKIPPED" not in page and site.LOG_POINTER not in page and "127.0.0.1" not in page
-    assert site.PUBLIC_LIBRARY in page
+    assert doitpoms.PUBLIC_LIBRARY in page
     tags = re.findall(r"<img [^>]*>", page)
     sources = [(re.search(r'src="([^"]+)"', t)[1], re.search(r'alt="([^"]*)"', t)[1]) for t in tags]
     assert [alt for _, alt in sources] == [
@@ -416,12 +417,4 @@ def test_the_calibration_and_per_class_findings_read_the_real_probe_rows(tmp_pat
     assert found["per_class"] == (
         "The imbalance is where it fails: category: recall 0.26 [0.14, 0.38] for Composite "
         "(n = 50) against 0.96 [0.94, 0.97] for Metal (n = 600)."
-    )
-
-
-def test_a_local_mirrors_addresses_are_named_as_the_public_site():
-    text = "cannot reach http://127.0.0.1:9/miclib/: http://localhost:8765/robots.txt refused"
-    assert site.public_source(text) == (
-        "cannot reach https://www.doitpoms.ac.uk/miclib/: "
-        "https://www.doitpoms.ac.uk/robots.txt refused"
     )

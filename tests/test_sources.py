@@ -50,6 +50,11 @@ def test_smoke_profile_scrapes_a_small_range_into_build_then_reuses_it(tree, mir
     data = provenance.Record.load().section("data")
     assert data["source"] == "scraped" and data["fallbacks"] == []
     assert data["dataset_dir"] == config.display_path(choice.dataset_dir) and data["n_images"] == 7
+    # readers are told the public library the mirror serves; provenance keeps the mirror's address
+    [row] = sources.summary_table(choice).to_dict("records")
+    assert row["scraped_from"] == "https://www.doitpoms.ac.uk/miclib/"
+    assert row["served_by"] == "local mirror"
+    assert data["base_url"] == mirror.base_url and "127.0.0.1" in mirror.base_url
 
     asked = len(mirror.requests)
     again = sources.resolve_dataset(Run.start("01", "smoke"), delay=0)
@@ -225,3 +230,14 @@ def test_notebook_01_uses_a_user_folder_as_it_is(tmp_path):
     assert not (tmp_path / "data" / "doitpoms").exists()
     table = (tmp_path / "tables" / "01_data_source.md").read_text(encoding="utf-8")
     assert "user dataset" in table and "SAMPLE DATA" not in table
+
+
+def test_a_local_mirrors_addresses_are_named_as_the_public_site():
+    text = "cannot reach http://127.0.0.1:9/miclib/: http://localhost:8765/robots.txt refused"
+    assert doitpoms.public_urls(text) == (
+        "cannot reach https://www.doitpoms.ac.uk/miclib/: "
+        "https://www.doitpoms.ac.uk/robots.txt refused"
+    )
+    assert doitpoms.is_local_mirror("http://[::1]:8765/miclib/")
+    assert not doitpoms.is_local_mirror("https://www.doitpoms.ac.uk/miclib/")
+    assert doitpoms.public_urls("https://example.org/miclib/") == "https://example.org/miclib/"

@@ -58,11 +58,19 @@ class DatasetChoice:
         """The folder as outputs name it (relative to the repository when inside it)."""
         return config.display_path(self.dataset_dir)
 
+    @property
+    def served_by(self) -> str:
+        """Who answered the scrape, as a reader may be told it (provenance keeps base_url)."""
+        if not self.base_url:
+            return ""
+        return "local mirror" if doitpoms.is_local_mirror(self.base_url) else "the site"
+
     def summary(self) -> dict[str, object]:
         return {
             "source": SOURCES[self.source],
             "dataset": self.path,
-            "base_url": self.base_url,
+            "scraped_from": doitpoms.public_urls(self.base_url),
+            "served_by": self.served_by,
             "n_records": self.n_records,
             "n_images": self.n_images,
             "n_failures": len(self.failures),

@@ -20,9 +20,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from microqa.data import doitpoms
 from microqa.report import plots
 
-PUBLIC_LIBRARY = "https://www.doitpoms.ac.uk/miclib/"
 QUESTION = (
     "Can CLIP and vision-language models tell what a materials micrograph shows (the imaging "
     "technique, the class of material) and how far can their answers be trusted?"
@@ -219,16 +219,16 @@ def _inline_markdown(text: str) -> str:
 def data_sentence(tables: Path) -> str:
     source = _read(tables, "01_data_source")
     if source is None or source.empty:
-        return f"Micrographs of the DoITPoMS Micrograph Library ({PUBLIC_LIBRARY})."
+        return f"Micrographs of the DoITPoMS Micrograph Library ({doitpoms.PUBLIC_LIBRARY})."
     row = source.iloc[0]
-    url = str(row.get("base_url") or "")
-    mirror = bool(re.match(r"https?://(127\.0\.0\.1|localhost|0\.0\.0\.0)", url))
-    origin = (
-        "served by a local mirror of it" if mirror else ("scraped" if url else "embedded sample")
+    served_by = str(row.get("served_by") or "")
+    public = doitpoms.PUBLIC_LIBRARY
+    origin = {"local mirror": "served by a local mirror of it", "the site": "scraped"}.get(
+        served_by, str(row.get("source") or "")
     )
     return (
         f"{int(row['n_images'])} micrographs with their records ({int(row['n_records'])}) from "
-        f'the DoITPoMS Micrograph Library (<a href="{PUBLIC_LIBRARY}">{PUBLIC_LIBRARY}</a>; '
+        f'the DoITPoMS Micrograph Library (<a href="{public}">{public}</a>; '
         f"{origin}), labelled by imaging technique and material class."
     )
 

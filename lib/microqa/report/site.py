@@ -45,6 +45,7 @@ from nbconvert import HTMLExporter
 from PIL import Image
 
 from microqa import config, publishing
+from microqa.data import doitpoms
 from microqa.files import atomic_write_text
 from microqa.report import index as findings_index
 from microqa.report import pages as written_pages
@@ -59,12 +60,6 @@ JPEG_QUALITY = 72  # galleries of micrographs: no visible loss at the width a pa
 STYLESHEET = "style.css"
 ASSETS = "img"
 LOG_POINTER = "Library logs and warnings of this run:"
-PUBLIC_LIBRARY = "https://www.doitpoms.ac.uk/miclib/"
-# a local mirror's base URL (python -m microqa mirror): a machine address, never on a page
-LOOPBACK_LIBRARY = re.compile(r"https?://(?:127\.0\.0\.1|localhost|0\.0\.0\.0)(?::\d+)?/miclib/?")
-# Any other address on this machine (a mirror's robots.txt, an image): the public site's own
-PUBLIC_SITE = "https://www.doitpoms.ac.uk/"
-LOOPBACK_ORIGIN = re.compile(r"https?://(?:127\.0\.0\.1|localhost|0\.0\.0\.0)(?::\d+)?/")
 BANNER_PREFIXES = ("## ⚠️ OFFLINE SUBSTITUTES", "**Provenance:**")
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 
@@ -153,19 +148,13 @@ def _without_log_pointer(text: str) -> str:
     )
 
 
-def public_source(text: str) -> str:
-    """A local mirror's URLs named as the public library it serves (the only server on this
-    machine the study talks to; provenance keeps the address it really used)."""
-    return LOOPBACK_ORIGIN.sub(PUBLIC_SITE, LOOPBACK_LIBRARY.sub(PUBLIC_LIBRARY, text))
-
-
 def _scrub_output(output, pairs):
     if "text" in output:
-        output["text"] = public_source(scrub(output["text"], pairs))
+        output["text"] = doitpoms.public_urls(scrub(output["text"], pairs))
     for mime, value in output.get("data", {}).items():
         if mime.startswith("text/") or mime.endswith("json"):
             if isinstance(value, str):
-                output["data"][mime] = public_source(scrub(value, pairs))
+                output["data"][mime] = doitpoms.public_urls(scrub(value, pairs))
     return output
 
 
@@ -370,7 +359,7 @@ def build(
         banners += [c.source for c in nb.cells[:3] if c.source.lstrip().startswith(BANNER_PREFIXES)]
         page = out_dir / f"{name}.html"
         images[page] = extract_images(nb, name, out_dir)
-        text, css = split_stylesheet(public_source(scrub(render(nb, title), pairs)))
+        text, css = split_stylesheet(doitpoms.public_urls(scrub(render(nb, title), pairs)))
         _write_page(page, resolve_links(text, out_dir))
         entries.append((name, title))
         pages.append(page)
@@ -383,7 +372,7 @@ def build(
     tables = tables_dir or config.tables_dir()
     about = [(page.stem, title) for page, title in written]
     text, images[index] = findings_index.page(entries, banners, tables, out_dir / ASSETS, about)
-    _write_page(index, scrub(public_source(text), pairs))
+    _write_page(index, scrub(doitpoms.public_urls(text), pairs))
     pages.insert(0, index)
     check(pages, images, out_dir)
     return pages

@@ -66,6 +66,13 @@ from microqa.data.doitpoms.store import (  # noqa: F401 (the scraper's API)
 from microqa.data.images import ImageInfo
 
 RECORD_PAGE = "micrograph_record.php?id={id}"
+PUBLIC_LIBRARY = config.DEFAULT_DOITPOMS_URL
+PUBLIC_SITE = "https://www.doitpoms.ac.uk/"
+# A local mirror (python -m microqa mirror) serves the library from this machine: outputs name
+# the public library it serves instead (provenance keeps the address the run really used).
+_LOOPBACK = r"https?://(?:127\.0\.0\.1|localhost|0\.0\.0\.0|\[::1\])(?::\d+)?/"
+_LOOPBACK_LIBRARY = re.compile(_LOOPBACK + "miclib/?")
+_LOOPBACK_ORIGIN = re.compile(_LOOPBACK)
 IMAGE_PATH = "micrographs/large/{id:06d}.jpg"
 
 # The mirror's longest run of missing ids between two records is 28 (ids 86-113 plus 118):
@@ -78,6 +85,17 @@ MAX_CONSECUTIVE_FAILURES = 10
 
 
 # ----------------------------------------------------------------------------- the scrape
+
+
+def is_local_mirror(url: str) -> bool:
+    """True for a library served from this machine (a loopback address)."""
+    return bool(_LOOPBACK_ORIGIN.match(url))
+
+
+def public_urls(text: str) -> str:
+    """`text` with a local mirror's URLs named as the public library's (its pages, robots.txt
+    and images under the public site)."""
+    return _LOOPBACK_ORIGIN.sub(PUBLIC_SITE, _LOOPBACK_LIBRARY.sub(PUBLIC_LIBRARY, text))
 
 
 def normalise_base(base_url: str) -> str:
