@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -93,9 +94,19 @@ def execute_notebook(name: str, out: Path, *, env: dict[str, str], parameters: d
     return out
 
 
+# Notebook 04 runs with its technique question reworded, as a user adapting it would (papermill
+# passes a JSON string): the wording must reach the model and the page, and be recorded.
+SMOKE_TECHNIQUE_QUESTION = "By which imaging technique was this micrograph taken?"
+SMOKE_PARAMETERS = {
+    "04_vlm_qa": {
+        "vlm_questions": json.dumps({"technique": {"question": SMOKE_TECHNIQUE_QUESTION}})
+    }
+}
+
+
 @pytest.fixture(scope="session")
 def smoke_pipeline(tmp_path_factory) -> NotebookPipeline:
-    return NotebookPipeline(tmp_path_factory.mktemp("smoke"))
+    return NotebookPipeline(tmp_path_factory.mktemp("smoke"), parameters=SMOKE_PARAMETERS)
 
 
 # Test modules that run the real components whole: torch models built and embedded, worker

@@ -80,3 +80,14 @@ def test_stand_in_models_live_in_the_users_cache_not_the_working_tree(monkeypatc
     assert not config.models_dir().is_relative_to(config.repo_root())
     monkeypatch.setenv("MICROQA_MODELS", str(tmp_path / "mine"))
     assert config.models_dir() == tmp_path / "mine"
+
+
+def test_vlm_questions_come_as_a_json_mapping_and_are_recorded_by_content():
+    full = config.profile("full")
+    wording = '{"category": {"question": "Which material is this?"}}'
+    reworded = full.with_overrides(vlm_questions=wording)
+    assert reworded.vlm_questions == {"category": {"question": "Which material is this?"}}
+    assert reworded.as_record()["vlm_questions"] == reworded.vlm_questions
+    assert reworded.overrides_from(full) == {"vlm_questions": reworded.vlm_questions}
+    with pytest.raises(ValueError, match="vlm_questions must be a mapping"):
+        full.with_overrides(vlm_questions='["a question"]')

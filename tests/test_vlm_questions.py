@@ -1,10 +1,14 @@
-"""Question rendering: the earlier study's prompt verbatim, seeded option permutations."""
+"""Question rendering: the earlier study's prompt verbatim, seeded option permutations, a run's
+own wording."""
 
 from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+
 from microqa.data import taxonomy
+from microqa.vlm import questions
 from microqa.vlm.questions import ANSWER_INSTRUCTION, build_question
 
 
@@ -64,3 +68,46 @@ def test_permutations_are_seeded_per_image_and_cover_every_position():
         for i in range(200)
     ]
     assert other_seed != orders
+
+
+def test_a_run_may_reword_the_study_questions_but_not_their_classes():
+    reworded = questions.with_wording(
+        {
+            "technique": {"question": "  How was this imaged?  "},
+            "category": {
+                "options": {
+                    "Composite": "A composite",
+                    "Metal or alloy": "A metal",
+                    "Polymer": "A polymer",
+                    "Ceramic": "A ceramic",
+                }
+            },
+        }
+    )
+    asked = build_question("technique", sets=reworded)
+    assert asked.prompt.splitlines()[0] == "How was this imaged?"
+    assert asked.option_texts == build_question("technique").option_texts
+    category = build_question("category", sets=reworded, rotation=1)
+    assert category.classes == ("Ceramic", "Polymer", "Composite", "Metal or alloy")
+    assert category.option_texts == ("A ceramic", "A polymer", "A composite", "A metal")
+    assert category.prompt.splitlines()[0] == build_question("category").prompt.splitlines()[0]
+    # the earlier study's prompts stay verbatim, and the module's own wording is untouched
+    assert (
+        reworded[("category", "earlier_study")]
+        == questions.PROMPT_SETS[("category", "earlier_study")]
+    )
+    assert build_question("technique").prompt.startswith("Which imaging technique")
+
+
+@pytest.mark.parametrize(
+    ("wording", "message"),
+    [
+        ({"technique_coarse": {"question": "?"}}, "no study question for task 'technique_coarse'"),
+        ({"category": {"options": {"Metal or alloy": "metal"}}}, "options must name exactly"),
+        ({"category": {"question": "  "}}, "every text must be a non-empty string"),
+        ({"category": {"wording": "?"}}, r"must be \{\"question\""),
+    ],
+)
+def test_bad_wording_is_a_one_line_error(wording, message):
+    with pytest.raises(ValueError, match=message):
+        questions.with_wording(wording)

@@ -122,6 +122,20 @@ def test_rerun_reads_everything_from_the_cache(env, stub):
     )
 
 
+def test_reworded_questions_reach_the_server_and_are_asked_anew(env, stub):
+    tmp_path, records = env
+    jobs = (("category", "study"),)
+    first = _run(stub, records, tmp_path, describe=False, jobs=jobs, rotate=False)
+    asked_before = len(stub.chat_requests())
+    wording = {"category": {"question": "Which material is this, in one letter?"}}
+    again = _run(stub, records, tmp_path, describe=False, jobs=jobs, rotate=False, wording=wording)
+    texts = [request_text_and_image(b)[0] for b in stub.chat_requests()[asked_before:]]
+    assert len(texts) == len(first.answers) == len(again.answers) > 0  # none from the cache
+    reworded = "Which material is this, in one letter?\nA) Metal or alloy"
+    assert all(text.startswith(reworded) for text in texts)
+    assert (again.answers["cached"] == False).all()  # noqa: E712 (a column of bools)
+
+
 def test_generate_mode_parses_the_stubs_sentences(env, stub):
     tmp_path, records = env
     result = _run(stub, records, tmp_path, mode="generate", permute=True, seed=3)

@@ -128,6 +128,9 @@ class Profile:
     # None: the prompt sets of microqa.clip.prompts; else {set name: {task: {class: [prompts]}}}
     clip_prompt_sets: dict | None = None
     vlm_models: tuple[str, ...] = VLM_MODELS
+    # None: the questions of microqa.vlm.questions; else the study's wording per task,
+    # {task: {"question": text, "options": {class: text}}} (either key optional)
+    vlm_questions: dict | None = None
     vlm_sample_size: int | str = "all"  # "all" labelled images, or a stratified sample size
     vlm_agreement_n: int = 60  # images also asked in the other mode; 0: skip
     # the images every image-variant run asks about (CLIP and VLMs alike): a seeded sample of
@@ -166,9 +169,16 @@ class Profile:
         return json.loads(json.dumps(asdict(self)))
 
 
+# settings given as a mapping (None by default), and the shape each expects
+MAPPING_SETTINGS = {
+    "clip_prompt_sets": "{set: {task: {class: [prompts]}}}",
+    "vlm_questions": '{task: {"question": text, "options": {class: text}}}',
+}
+
+
 def _coerce(key: str, value: Any, current: Any) -> Any:
     """A parameter value in the type of the profile field it overrides."""
-    wants_collection = isinstance(current, tuple | dict) or key == "clip_prompt_sets"
+    wants_collection = isinstance(current, tuple | dict) or key in MAPPING_SETTINGS
     if isinstance(value, str) and wants_collection:
         text = value.strip()
         if text[:1] in "[{":
@@ -182,8 +192,8 @@ def _coerce(key: str, value: Any, current: Any) -> Any:
         if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
             raise ValueError(f"{key} must be a list of strings, got {value!r}")
         return tuple(value)
-    if key == "clip_prompt_sets" and not isinstance(value, dict):
-        raise ValueError(f"{key} must be a mapping {{set: {{task: {{class: [prompts]}}}}}}")
+    if key in MAPPING_SETTINGS and not isinstance(value, dict):
+        raise ValueError(f"{key} must be a mapping {MAPPING_SETTINGS[key]}")
     return value
 
 

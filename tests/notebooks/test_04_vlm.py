@@ -12,6 +12,7 @@ import pytest
 from microqa.data import taxonomy
 from microqa.vlm import runner
 from microqa.vlm.questions import DEFAULT_JOBS
+from tests.conftest import SMOKE_TECHNIQUE_QUESTION
 
 MODELS = {"Qwen/Qwen3-VL-8B-Instruct", "llava-hf/llava-v1.6-mistral-7b-hf"}
 
@@ -68,6 +69,13 @@ def test_notebook_04_smoke(smoke_pipeline):
     record = json.loads((root / "build" / "provenance.json").read_text(encoding="utf-8"))
     assert record["vlm"]["weights"] == dict.fromkeys(MODELS, "random")
     assert len(record["vlm"]["fallbacks"]) == 2  # one loud substitute per model
+    # the reworded technique question (a papermill parameter) is what the page shows as asked,
+    # and provenance records it by content
+    reworded = {"technique": {"question": SMOKE_TECHNIQUE_QUESTION}}
+    assert record["vlm"]["overrides"]["vlm_questions"] == reworded
+    page = (root / "notebooks" / "04_vlm_qa.ipynb").read_text(encoding="utf-8")
+    assert f"> {SMOKE_TECHNIQUE_QUESTION}" in page
+    assert "> Which imaging technique was used" not in page
 
 
 @pytest.mark.notebooks

@@ -146,24 +146,30 @@ def qa_parts(
         columns=report.QA_VIEW,
     )
     if len(random):
-        parts.append(Part(example_question(answers[stand_in(answers)], labels)))
+        sets = questions.with_wording(run.profile.vlm_questions) if run is not None else None
+        parts.append(Part(example_question(answers[stand_in(answers)], labels, sets=sets)))
     return parts
 
 
-def example_question(answers: pd.DataFrame, labels: Sequence[str] = ()) -> str:
+def example_question(
+    answers: pd.DataFrame, labels: Sequence[str] = (), *, sets: questions.PromptSets | None = None
+) -> str:
     """ONE question as the model saw it, its raw answer and what the study read from it:
     the first image's technique question (fixed option order, no context) of the first model,
-    so the page shows the same example on every run of the same data."""
+    so the page shows the same example on every run of the same data. `sets`: the run's
+    wording (`questions.with_wording`)."""
     pool = answers.sort_values(["model", "micrograph_no", "mode", "rotation"], kind="stable")
     preferred = pool[(pool["context"] == "none") & (pool["rotation"] == 0)]
     row = (preferred if len(preferred) else pool).iloc[0]
     classes = str(row["permutation"]).split("|")
     letters = [chr(ord("A") + i) for i in range(len(classes))]
-    asked = questions.build_question(row["task"], row["prompt_set"], rotation=int(row["rotation"]))
+    asked = questions.build_question(
+        row["task"], row["prompt_set"], rotation=int(row["rotation"]), sets=sets
+    )
     if list(asked.classes) == classes and row["context"] == "none":
         prompt = asked.prompt
     else:  # a permuted order or a CLIP context: the options as they were shown
-        texts = questions.prompt_set(row["task"], row["prompt_set"]).option_text
+        texts = questions.prompt_set(row["task"], row["prompt_set"], sets).option_text
         prompt = "\n".join(f"{x}) {texts[c]}" for x, c in zip(letters, classes, strict=True))
     quoted = "\n".join(f"> {escape(line)}  " for line in prompt.splitlines() if line.strip())
     model = short_name(row["model"])

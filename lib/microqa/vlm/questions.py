@@ -11,15 +11,18 @@ for each option. Two sets exist:
   "Fracture", which is a feature, not a material: never a correct answer under primary labels.
 
 Options are lettered A, B, C, ... in the taxonomy's class order, or, with `permute=True`, in an
-order seeded per image (to measure position bias). The prompt a backend receives is the whole
-user text: optional CLIP context, the question, the options and the final instruction.
+order seeded per image (to measure position bias). A run may reword the `study` set
+(`with_wording`, the profile's `vlm_questions`); the classes stay the taxonomy's. The prompt a
+backend receives is the whole user text: optional CLIP context, the question, the options and
+the final instruction.
 """
 
 from __future__ import annotations
 
 import string
 import zlib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -103,11 +106,42 @@ DEFAULT_JOBS: tuple[tuple[str, str], ...] = (
 CONTEXTS = ("none", "clip_topk", "clip_neighbours")
 
 
-def prompt_set(task: str, name: str = "study") -> PromptSet:
+PromptSets = Mapping[tuple[str, str], PromptSet]
+
+
+def with_wording(wording: Mapping[str, Mapping] | None = None) -> dict[tuple[str, str], PromptSet]:
+    """The prompt sets with the `study` set's wording replaced where `wording` says (a run's
+    `vlm_questions`, e.g. notebook 04's parameter): {task: {"question": text, "options":
+    {class: text}}}, either key optional; the classes stay the taxonomy's, so every option is
+    named. None: the wording above. Bad wording is a one-line ValueError."""
+    sets = dict(PROMPT_SETS)
+    for task, change in (wording or {}).items():
+        base = sets.get((task, "study"))
+        if base is None:
+            tasks = sorted(t for t, n in PROMPT_SETS if n == "study")
+            raise ValueError(f"vlm_questions: no study question for task {task!r}; tasks: {tasks}")
+        if not isinstance(change, Mapping) or not set(change) <= {"question", "options"}:
+            raise ValueError(f'vlm_questions[{task!r}] must be {{"question": ..., "options": ...}}')
+        question = change.get("question", base.question)
+        options = dict(change.get("options", base.option_text))
+        if set(options) != set(base.option_text):
+            raise ValueError(
+                f"vlm_questions[{task!r}]: options must name exactly {list(base.option_text)}"
+            )
+        texts = [question, *options.values()]
+        if not all(isinstance(text, str) and text.strip() for text in texts):
+            raise ValueError(f"vlm_questions[{task!r}]: every text must be a non-empty string")
+        ordered = {cls: options[cls].strip() for cls in base.option_text}  # the taxonomy's order
+        sets[(task, "study")] = replace(base, question=question.strip(), option_text=ordered)
+    return sets
+
+
+def prompt_set(task: str, name: str = "study", sets: PromptSets | None = None) -> PromptSet:
+    sets = PROMPT_SETS if sets is None else sets
     try:
-        return PROMPT_SETS[(task, name)]
+        return sets[(task, name)]
     except KeyError:
-        known = ", ".join(f"{t}/{n}" for t, n in PROMPT_SETS)
+        known = ", ".join(f"{t}/{n}" for t, n in sets)
         raise ValueError(f"no prompt set {name!r} for task {task!r}; known: {known}") from None
 
 
@@ -146,10 +180,10 @@ def option_order(
     return tuple(classes[i] for i in rng.permutation(len(classes)))
 
 
-def rotations(task: str, prompt_set_name: str = "study") -> range:
+def rotations(task: str, prompt_set_name: str = "study", sets: PromptSets | None = None) -> range:
     """The cyclic rotations of a question's options: one per option (MMBench's CircularEval),
     so every class is shown under every letter exactly once."""
-    return range(len(prompt_set(task, prompt_set_name).option_text))
+    return range(len(prompt_set(task, prompt_set_name, sets).option_text))
 
 
 def build_question(
@@ -162,10 +196,12 @@ def build_question(
     seed: int = 0,
     image_key: str = "",
     rotation: int = 0,
+    sets: PromptSets | None = None,
 ) -> Question:
     """Render a question; `image_key` (e.g. the micrograph number) seeds its permutation and
-    `rotation` shifts the options cyclically (rotation r shows option i under letter i - r)."""
-    pset = prompt_set(task, prompt_set_name)
+    `rotation` shifts the options cyclically (rotation r shows option i under letter i - r).
+    `sets`: the prompt sets in use (`with_wording`); None: the module's own."""
+    pset = prompt_set(task, prompt_set_name, sets)
     classes = option_order(
         tuple(pset.option_text), permute=permute, seed=seed, key=f"{task}/{image_key}"
     )

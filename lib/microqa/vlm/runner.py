@@ -69,8 +69,13 @@ class RunSettings:
     # the image each question shows (data.variants; "blank": the no-image baseline,
     # "no_image": none at all, where the backend allows it); part of every answer key
     variant: str = "original"
+    # the study's question wording where it differs ({task: {"question", "options"}}: the
+    # profile's vlm_questions); None: microqa.vlm.questions as written
+    wording: dict | None = None
+    prompt_sets: questions.PromptSets = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self.prompt_sets = questions.with_wording(self.wording)
         asking.check_variant(self.variant)
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
@@ -80,7 +85,7 @@ class RunSettings:
             if context not in questions.CONTEXTS:
                 raise ValueError(f"unknown context {context!r}; choose from {questions.CONTEXTS}")
         for task, prompt_set in self.jobs:
-            questions.prompt_set(task, prompt_set)  # raises naming the known pairs
+            questions.prompt_set(task, prompt_set, self.prompt_sets)  # names the known pairs
 
 
 @dataclass
@@ -172,7 +177,9 @@ def _question_items(opened, sample, settings, context, shas, base, skipped) -> l
     backend, items = opened.backend, []
     for task, pset in settings.jobs:
         column = taxonomy.TASKS[task][0]
-        rotations = questions.rotations(task, pset) if settings.rotate else (0,)
+        rotations = (
+            questions.rotations(task, pset, settings.prompt_sets) if settings.rotate else (0,)
+        )
         for variant in settings.contexts if pset == "study" else ("none",):
             where = {**base, "task": task, "prompt_set": pset, "context": variant}
             if variant != "none":
@@ -204,6 +211,7 @@ def _question_items(opened, sample, settings, context, shas, base, skipped) -> l
                         seed=settings.seed,
                         image_key=str(mno),
                         rotation=rotation,
+                        sets=settings.prompt_sets,
                     )
                     if settings.mode == "score":
                         params, tokens = {"letters": list(q.letters)}, None
