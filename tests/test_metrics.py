@@ -149,3 +149,20 @@ def test_mcnemar_row_and_numeric_correctness():
         "only_b_correct": 0,
         "p_value": pytest.approx(2 * 0.5**5),
     }
+
+
+def test_balanced_accuracy_is_scikit_learns_macro_recall_to_the_last_bit():
+    # the hand-written formula replaces sklearn's (its input checks dominated notebook 05), so
+    # it must give the very same floats, no-answers and classes never predicted included
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        n = int(rng.integers(1, 80))
+        y_true = rng.choice(["Metal", "Ceramic", "Polymer", "Composite"], n)
+        y_pred = rng.choice(["Metal", "Ceramic", "Polymer", "Composite", "SEM", None], n)
+        expected = skm.recall_score(
+            y_true,
+            metrics.clean_predictions(y_pred),
+            labels=sorted(set(y_true)),
+            average="macro",
+        )
+        assert metrics.balanced_accuracy(y_true, y_pred) == float(expected)

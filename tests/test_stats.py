@@ -394,3 +394,19 @@ def test_every_interval_function_requires_its_cluster():
             call()
     with pytest.raises(TypeError):
         stats.summarise(y, a, n_boot=5)  # no default: a forgotten cluster is an error, not images
+
+
+def test_resamples_are_drawn_once_per_input_and_cannot_be_changed_by_a_caller():
+    y = np.array(["a", "a", "b", "b", "b", "c"])
+    groups = np.array([1, 1, 2, 3, 3, 4])
+    first = stats.resamples(y, groups, n_boot=5, seed=1)
+    again = stats.resamples(list(y), list(groups), n_boot=5, seed=1)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    other = stats.resamples(y, groups, n_boot=5, seed=2)
+    assert any(not np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+    with pytest.raises(ValueError, match="read-only"):
+        first[0][0] = 0
+    # every sample keeps whole clusters: specimen 3 brings both its images, in order
+    for sample in first:
+        drawn = list(sample)
+        assert drawn.count(3) == drawn.count(4) and drawn.count(0) == drawn.count(1)

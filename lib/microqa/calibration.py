@@ -120,6 +120,12 @@ def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
 
 def risk_coverage(confidence: np.ndarray, correct: np.ndarray) -> pd.DataFrame:
     """coverage k/n and expected risk of the k most confident, k = 1..n (ties: module doc)."""
+    risk = _risks(confidence, correct)
+    return pd.DataFrame({"coverage": np.arange(1, len(risk) + 1) / len(risk), "risk": risk})
+
+
+def _risks(confidence: np.ndarray, correct: np.ndarray) -> np.ndarray:
+    """The expected risk of the k most confident, k = 1..n (`risk_coverage`'s risk column)."""
     confidence = np.asarray(confidence, dtype=float)
     wrong = ~np.asarray(correct, dtype=bool)
     n = len(wrong)
@@ -129,15 +135,14 @@ def risk_coverage(confidence: np.ndarray, correct: np.ndarray) -> pd.DataFrame:
     _, block, size = np.unique(-conf, return_inverse=True, return_counts=True)
     block_error = np.bincount(block, weights=wrong) / size
     expected_wrong = block_error[block]
-    k = np.arange(1, n + 1)
-    return pd.DataFrame({"coverage": k / n, "risk": np.cumsum(expected_wrong) / k})
+    return np.cumsum(expected_wrong) / np.arange(1, n + 1)
 
 
 def aurc(confidence: np.ndarray, correct: np.ndarray) -> float:
     """Area under the risk-coverage curve: mean risk over coverages 1/n..1."""
     if len(confidence) == 0:
         return np.nan
-    return float(risk_coverage(confidence, correct)["risk"].mean())
+    return float(np.mean(_risks(confidence, correct)))  # per bootstrap sample: no DataFrame
 
 
 def oracle_aurc(correct: np.ndarray) -> float:

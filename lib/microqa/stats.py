@@ -26,6 +26,8 @@ same inputs give the same numbers on any machine.
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -63,6 +65,13 @@ def _strata(y: np.ndarray, groups: np.ndarray) -> np.ndarray:
     return rarest.loc[groups].to_numpy()
 
 
+# The samples of the last few (labels, clusters, n_boot, seed): notebook 05 asks for the same
+# samples of a task hundreds of times (every method, every metric), and drawing them is most of
+# its bootstrap cost. Read-only arrays, so one caller cannot change another's samples.
+_DRAWN: OrderedDict[str, list[np.ndarray]] = OrderedDict()
+_DRAWN_KEPT = 16
+
+
 def resamples(
     y_true: Sequence, groups: Sequence, *, n_boot: int, seed: int = 0
 ) -> list[np.ndarray]:
@@ -70,24 +79,51 @@ def resamples(
     with replacement within class strata, each bringing all its images."""
     y = np.asarray(y_true)
     groups = _clusters(y, groups)
-    if len(y) == 0:
+    key = hashlib.sha256(
+        "\x1e".join(
+            ["\x1f".join(map(repr, y)), "\x1f".join(map(repr, groups)), f"{n_boot}/{seed}"]
+        ).encode()
+    ).hexdigest()
+    if key not in _DRAWN:
+        _DRAWN[key] = _draw(y, groups, n_boot=n_boot, seed=seed)
+        while len(_DRAWN) > _DRAWN_KEPT:
+            _DRAWN.popitem(last=False)
+    _DRAWN.move_to_end(key)
+    return list(_DRAWN[key])
+
+
+def _draw(y: np.ndarray, groups: np.ndarray, *, n_boot: int, seed: int) -> list[np.ndarray]:
+    if len(y) == 0 or n_boot == 0:
         return []
     strata = _strata(y, groups)
-    members: list[list[np.ndarray]] = []
+    # Every cluster's images laid end to end, stratum by stratum; each stratum's clusters are
+    # numbered from its offset. Draws are made stratum by stratum, sample by sample (so a seed
+    # always gives the same samples); the images are gathered once for all samples at the end.
+    images, sizes, offsets = [], [], []
     for stratum in sorted(set(strata)):
         in_stratum = np.flatnonzero(strata == stratum)
         keys, inverse = np.unique(groups[in_stratum], return_inverse=True)
-        members.append([in_stratum[inverse == k] for k in range(len(keys))])
+        offsets.append(sum(len(s) for s in sizes))
+        images.append(in_stratum[np.argsort(inverse, kind="stable")])
+        sizes.append(np.bincount(inverse, minlength=len(keys)))
+    images, counts = np.concatenate(images), [len(s) for s in sizes]
+    sizes = np.concatenate(sizes)
+    starts = np.cumsum(sizes) - sizes
     rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n_boot):
-        picked = [
-            specimens[j]
-            for specimens in members
-            for j in rng.integers(0, len(specimens), len(specimens))
+    drawn = np.concatenate(
+        [
+            rng.integers(0, count, count) + offset
+            for _ in range(n_boot)
+            for count, offset in zip(counts, offsets, strict=True)
         ]
-        out.append(np.concatenate(picked))
-    return out
+    )
+    lengths = sizes[drawn]
+    # the drawn clusters' images in draw order: a ragged gather, no loop over clusters
+    shift = np.repeat(starts[drawn] - (np.cumsum(lengths) - lengths), lengths)
+    picked = images[shift + np.arange(lengths.sum())]
+    picked.setflags(write=False)
+    per_sample = lengths.reshape(n_boot, len(sizes)).sum(axis=1)
+    return np.split(picked, np.cumsum(per_sample)[:-1])
 
 
 def interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, float]:

@@ -97,18 +97,21 @@ def calibration_row(
     samples = stats.resamples(
         truth.loc[ids].to_numpy(), groups.loc[ids].to_numpy(), n_boot=n_boot, seed=seed
     )
+    boot = {}  # (ECE, Brier) of every bootstrap sample, before and after scaling
     for when, p in (("before", probs), ("after", scaled)):
         ece, brier = _scores(p, y, whole)
         row[f"ece_{when}"] = np.nan if chance else ece
         row[f"brier_{when}"] = brier
         row[f"nll_{when}"] = calibration.nll(p, y)
-        boot = np.array([_scores(p, y, i) for i in samples])
+        boot[when] = np.array([_scores(p, y, i) for i in samples])
         if not chance:
-            row[f"ece_{when}_ci_low"], row[f"ece_{when}_ci_high"] = stats.interval(boot[:, 0])
-        row[f"brier_{when}_ci_low"], row[f"brier_{when}_ci_high"] = stats.interval(boot[:, 1])
+            ece_low_high = stats.interval(boot[when][:, 0])
+            row[f"ece_{when}_ci_low"], row[f"ece_{when}_ci_high"] = ece_low_high
+        brier_low_high = stats.interval(boot[when][:, 1])
+        row[f"brier_{when}_ci_low"], row[f"brier_{when}_ci_high"] = brier_low_high
     row["mean_confidence_after"] = float(calibration.top_label(scaled, y)[0].mean())
     if not chance:
-        change = [_scores(scaled, y, i)[0] - _scores(probs, y, i)[0] for i in samples]
+        change = list(boot["after"][:, 0] - boot["before"][:, 0])  # paired: the same samples
         row["ece_change"] = row["ece_after"] - row["ece_before"]
         row["ece_change_ci_low"], row["ece_change_ci_high"] = stats.interval(change)
     for fold_id, t in temperatures.items():
