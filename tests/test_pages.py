@@ -9,6 +9,7 @@ import nbformat
 import pytest
 
 from microqa.report import pages, site
+from tests.conftest import REPO
 
 PAGE = """# Methods
 
@@ -92,3 +93,14 @@ def test_the_committed_pages_link_only_what_exists():
                 continue
             assert (source / target.split("#")[0]).exists(), f"{path.name} links {target}"
         assert not re.search(r"\d\.\d\d \[\d\.\d\d, \d\.\d\d\]", text), path.name
+
+
+def test_the_written_pages_name_no_address_of_a_machine():
+    # commands name a placeholder (the URL the mirror prints, a GPU host), never this machine's
+    # loopback address, which a reader's machine does not serve
+    machine = re.compile(r"127\.0\.0\.1|localhost|0\.0\.0\.0")
+    written = sorted((REPO / "docs_src").glob("*.md")) + [REPO / "README.md"]
+    assert len(written) > 3
+    for page in written:
+        found = machine.search(page.read_text(encoding="utf-8"))
+        assert found is None, f"{page.name} names {found[0]}"
