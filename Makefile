@@ -108,8 +108,8 @@ lint: setup ## ruff (lint and format check) over the library, tests, benchmarks,
 test: setup lint ## lint + the test suite (unit, mirror integration, notebooks in the smoke profile)
 	$(PY) -m pytest -m "not slow" -q
 
-test-unit: setup ## unit tests only (no notebooks, integration or slow tests, no lint; about 2 minutes on 2 cores)
-	$(PY) -m pytest -m "not slow and not notebooks and not integration" -q
+test-unit: setup ## unit tests only (no notebooks, integration or slow tests, no lint), one worker per core
+	$(PY) -m pytest -m "not slow and not notebooks and not integration" -q -n auto
 
 mutation: setup ## mutation testing (mutmut) of the study logic; prints the kill rate (slow)
 	rm -rf build/mutation && mkdir -p build/mutation/data

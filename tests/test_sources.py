@@ -7,6 +7,7 @@ import json
 import socket
 
 import pytest
+from urllib3.util.retry import Retry
 
 from microqa import config, provenance
 from microqa.data import doitpoms, sources
@@ -30,6 +31,8 @@ def tree(tmp_path, monkeypatch):
     monkeypatch.setenv("MICROQA_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("MICROQA_SAMPLE", str(make_mirror(tmp_path / "sample")))
     monkeypatch.delenv("STRICT", raising=False)
+    # A closed port is still retried as a user's run retries it, without the 1 s backoff sleep.
+    monkeypatch.setattr(Retry, "_sleep_backoff", lambda self: None)
     return tmp_path
 
 
