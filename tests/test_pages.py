@@ -104,3 +104,24 @@ def test_the_written_pages_name_no_address_of_a_machine():
     for page in written:
         found = machine.search(page.read_text(encoding="utf-8"))
         assert found is None, f"{page.name} names {found[0]}"
+    # the notebooks' own text and code (their pages; outputs are the site's to rewrite)
+    notebooks = sorted((REPO / "notebooks").glob("0*.ipynb"))
+    assert len(notebooks) == 5
+    for path in notebooks:
+        for cell in nbformat.read(path, as_version=4).cells:
+            found = machine.search(cell.source)
+            assert found is None, f"{path.name} names {found[0]} in {cell.source[:60]!r}"
+
+
+def test_every_notebook_parameter_a_page_passes_exists():
+    # papermill only warns about an unknown `-p name`, and the run quietly uses the default
+    declared = set()
+    for path in sorted((REPO / "notebooks").glob("0*.ipynb")):
+        for cell in nbformat.read(path, as_version=4).cells:
+            if "parameters" in cell.metadata.get("tags", []):
+                declared |= set(re.findall(r"^(\w+)\s*(?::[^=]*)?=", cell.source, re.MULTILINE))
+    assert {"profile", "clip_models", "vlm_sample_size"} <= declared
+    written = sorted((REPO / "docs_src").glob("*.md")) + [REPO / "README.md", REPO / "Makefile"]
+    for page in written:
+        for name in re.findall(r"(?<!mkdir )(?<![\w-])-p (\w+)", page.read_text(encoding="utf-8")):
+            assert name in declared, f"{page.name} passes -p {name}, no notebook's parameter"

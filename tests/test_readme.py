@@ -72,7 +72,7 @@ def test_the_findings_show_real_results_first_and_stamp_what_awaits_real_weights
     _comparison(tmp_path, weights_of_vlm="random")
     text = readme.findings_markdown(tmp_path, "figures/findings.png")
     assert text.index("0.78 [0.70, 0.82] holding out specimens") < text.index("findings.png")
-    assert "(n = 836 images, 383 specimens)" in text
+    assert "(n = 836 images, 383 specimens, 46 contributors; chance 0.20)" in text
     assert "| CLIP logistic probe | 0.76 [0.70, 0.82] (n=836)" in re.sub(r" +", " ", text)
     assert "0.000" not in text and "Qwen3-VL-8B-Instruct |" not in text  # random rows left out
     awaits = text[text.index("What awaits real weights") :]
@@ -95,3 +95,24 @@ def test_missing_tables_give_no_sentence_and_no_number(tmp_path):
     assert readme.findings_figure(tmp_path) is None
     _probe_table(tmp_path)
     assert readme.findings_figure(tmp_path) is not None
+
+
+def test_a_baseline_that_cannot_vary_says_so_instead_of_a_zero_width_interval():
+    def row(kind, label, value, low, high):
+        return (
+            {"kind": kind, "label": label, "weights": "none", "task": "technique"}
+            | {"subset": "all labelled", "n": 839, "accuracy": value, "accuracy_ci_low": low}
+            | {"accuracy_ci_high": high, "balanced_accuracy": 0.2}
+        )
+
+    table = pd.DataFrame(
+        [
+            row("chance", "chance", 0.2, 0.2, 0.2),
+            row("majority", "majority", 0.689, 0.658, 0.719),
+            row("clip_probe", "probe", 0.5, 0.5, 0.5),  # a method: its interval stays as it is
+        ]
+    )
+    cells = readme.pivot(table, "accuracy").set_index("label")["technique"]
+    assert cells["chance"] == "0.200, exact by construction (n=839)"
+    assert cells["majority"] == "0.69 [0.66, 0.72] (n=839)"
+    assert cells["probe"] == "0.500 [0.500, 0.500] (n=839)"

@@ -10,6 +10,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import nbformat
 import numpy as np
 import pandas as pd
@@ -149,10 +150,10 @@ def test_a_page_over_its_size_limit_is_refused(tmp_path, monkeypatch):
 
 def _probe_table(tables):
     rows = []
-    for cv, low, mid, high in (
-        ("grouped by specimen", 0.70, 0.78, 0.82),
-        ("grouped by contributor", 0.51, 0.58, 0.63),
-        ("stratified (ungrouped)", 0.75, 0.81, 0.85),
+    for cv, low, mid, high, clusters, unit in (
+        ("grouped by specimen", 0.70, 0.78, 0.82, 383, "specimens"),
+        ("grouped by contributor", 0.51, 0.58, 0.63, 46, "contributors"),
+        ("stratified (ungrouped)", 0.75, 0.81, 0.85, 383, "specimens"),
     ):
         rows.append(
             {
@@ -162,6 +163,8 @@ def _probe_table(tables):
                 "cv": cv,
                 "n": 836,
                 "n_specimens": 383,
+                "n_clusters": clusters,
+                "resampled": unit,
                 "balanced_accuracy": mid,
                 "balanced_accuracy_ci_low": low,
                 "balanced_accuracy_ci_high": high,
@@ -178,8 +181,10 @@ def test_the_index_puts_the_findings_from_the_tables_first(tmp_path):
     found = text[text.index("What we found") : text.index("What awaits real weights")]
     assert (
         "technique: balanced accuracy 0.78 [0.70, 0.82] holding out specimens; "
-        "0.58 [0.51, 0.63] holding out contributors (n = 836 images, 383 specimens)" in found
+        "0.58 [0.51, 0.63] holding out contributors "
+        "(n = 836 images, 383 specimens, 46 contributors; chance 0.20)" in found
     )
+    assert "its 95% interval resamples, within class, the unit the row holds out" in found
     assert "0.20" not in found and "ungrouped" not in found  # random weights, leaky folds
     assert written == [tmp_path / "findings.png"] and 'src="' + tmp_path.name in found
     awaits = text[text.index("What awaits real weights") :]
@@ -418,3 +423,70 @@ def test_the_calibration_and_per_class_findings_read_the_real_probe_rows(tmp_pat
         "The imbalance is where it fails: category: recall 0.26 [0.14, 0.38] for Composite "
         "(n = 50) against 0.96 [0.94, 0.97] for Metal (n = 600)."
     )
+
+
+def test_the_label_and_fold_range_names_the_earlier_studys_probe_not_the_headline_one(tmp_path):
+    rows = [
+        {"probe": "logreg (raw features, C=10)", "labels": labels, "cv": cv, "seed": 0}
+        | {"balanced_accuracy": mid, "balanced_accuracy_ci_low": mid - 0.05}
+        | {"balanced_accuracy_ci_high": mid + 0.05}
+        for labels, cv, mid in (("ours", "GroupKFold(5)", 0.66), ("all reflected", "KFold", 0.7))
+    ]
+    pd.DataFrame(rows).to_csv(tmp_path / "clip_reference_gap.csv", index=False)
+    sentence = index.reference_gap_finding(tmp_path).sentence
+    assert sentence.startswith(
+        "On the same features the earlier study's probe, logreg (raw features, C=10), ranges "
+        "from balanced accuracy 0.66 [0.61, 0.71] (ours, GroupKFold(5)) to 0.70"
+    )
+    assert "2 label and fold variants, one fold seed each" in sentence
+
+
+def test_the_weakest_class_says_when_its_interval_reaches_chance(tmp_path):
+    real = {"weights": "pretrained", "kind": "clip_probe", "prompt_set": "logreg-grouped-cv"}
+    rows = [
+        real
+        | {"task": "category", "class": cls, "n": n, "recall": mid, "chance_recall": 0.25}
+        | {"recall_ci_low": low, "recall_ci_high": mid + 0.1}
+        for cls, n, mid, low in (("Composite", 51, 0.25, 0.15), ("Metal or alloy", 680, 0.96, 0.94))
+    ]
+    pd.DataFrame(rows).to_csv(tmp_path / "per_class.csv", index=False)
+    sentence = index.per_class_finding(tmp_path).sentence
+    assert "for Composite (n = 51, its interval reaching chance (0.25)) against" in sentence
+    assert sentence.count("chance") == 1  # the strong class is far above it
+
+    rows[0] |= {"recall_ci_low": 0.3, "recall": 0.4}  # clear of chance: nothing said
+    pd.DataFrame(rows).to_csv(tmp_path / "per_class.csv", index=False)
+    assert "chance" not in index.per_class_finding(tmp_path).sentence
+
+
+def test_the_findings_figure_draws_chance_for_each_task():
+    rows = pd.DataFrame(
+        {
+            "task": ["technique", "category"],
+            "cv": ["grouped by specimen"] * 2,
+            "features": ["reference ViT-B/32 (pretrained)"] * 2,
+            "balanced_accuracy": [0.78, 0.55],
+            "balanced_accuracy_ci_low": [0.72, 0.5],
+            "balanced_accuracy_ci_high": [0.83, 0.61],
+        }
+    )
+    fig = index.probe_figure(rows)
+    [ax] = fig.axes
+    dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert [tuple(line.get_xdata()) for line in dashed] == [(0.2, 0.2), (0.25, 0.25)]
+    assert "chance (1 / classes)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    plt.close(fig)
+
+
+def test_the_calibration_finding_gives_the_change_with_its_own_interval(tmp_path):
+    row = {"weights": "pretrained", "kind": "clip_probe", "prompt_set": "logreg-grouped-cv"}
+    row |= {"task": "technique_coarse", "mean_confidence": 0.97, "accuracy": 0.93}
+    for name, (mid, low, high) in {
+        "ece_before": (0.03, 0.02, 0.05),
+        "ece_after": (0.0065, 0.0071, 0.0286),  # a biased ECE: its interval above it
+        "ece_change": (-0.0235, -0.036, 0.002),
+    }.items():
+        row |= {name: mid, f"{name}_ci_low": low, f"{name}_ci_high": high}
+    pd.DataFrame([row]).to_csv(tmp_path / "calibration.csv", index=False)
+    sentence = index.calibration_finding(tmp_path).sentence
+    assert "0.01 [0.01, 0.03] after (change -0.02 [-0.04, 0.00])" in sentence

@@ -43,6 +43,7 @@ CV_SCHEMES = {
     "grouped by contributor": "contributor",
 }
 PROBE_NAMES = {"logreg": f"logreg (standardised, C={PROBE_C:g})", "knn": "5-NN"}
+REFERENCE_PROBE_NAME = f"logreg (raw features, C={REFERENCE_C:g})"  # the gap table's probe
 SCORE_PROMPT_SETS, MAIN_PROBE = clip_outputs.SCORE_PROMPT_SETS, clip_outputs.MAIN_PROBE
 
 
@@ -336,6 +337,7 @@ def reference_gap_table(features, *, n_boot: int, seeds: Sequence[int] = (0,)) -
                 rows.append(
                     {
                         "features": features.source,
+                        "probe": REFERENCE_PROBE_NAME,
                         "labels": label_name,
                         "cv": cv_name,
                         "seed": seed,

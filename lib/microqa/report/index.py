@@ -20,7 +20,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from microqa.data import doitpoms
+from microqa.data import doitpoms, taxonomy
 from microqa.report import plots
 
 QUESTION = (
@@ -54,6 +54,11 @@ def _read(tables: Path, name: str) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.is_file() else None
 
 
+def chance(task: str) -> float:
+    """Balanced accuracy of any guess that ignores the image: one over the task's classes."""
+    return 1 / len(taxonomy.TASKS[task][1])
+
+
 def _interval(row: pd.Series, metric: str = "balanced_accuracy") -> str:
     return f"{row[metric]:.2f} [{row[f'{metric}_ci_low']:.2f}, {row[f'{metric}_ci_high']:.2f}]"
 
@@ -78,16 +83,17 @@ def probe_finding(tables: Path) -> Finding | None:
             f"{_interval(r)} holding out {r['cv'].removeprefix('grouped by ')}s"
             for _, r in group.iterrows()
         )
-        first = group.iloc[0]
+        units = ", ".join(f"{r['n_clusters']} {r['resampled']}" for _, r in group.iterrows())
         parts.append(
-            f"{task}: balanced accuracy {held} "
-            f"(n = {first['n']} images, {first['n_specimens']} specimens)"
+            f"{task}: balanced accuracy {held} (n = {group['n'].iloc[0]} images, {units}; "
+            f"chance {chance(task):.2f})"
         )
     features = rows["features"].iloc[0]
     sentence = (
         f"A logistic probe on {features} image features names the micrograph's "
         + "; ".join(parts)
-        + ". 95% intervals resample specimens within class."
+        + ". Each value is the mean over the fold seeds; its 95% interval resamples, within "
+        "class, the unit the row holds out."
     )
     return Finding(sentence, "clip_probe", lambda: probe_figure(rows))
 
@@ -99,10 +105,12 @@ def reference_gap_finding(tables: Path) -> Finding | None:
         return None
     low = gap.loc[gap["balanced_accuracy"].idxmin()]
     high = gap.loc[gap["balanced_accuracy"].idxmax()]
+    probe = f"the earlier study's probe, {low['probe']}," if "probe" in gap else "a probe"
     sentence = (
-        f"The same probe ranges from balanced accuracy {_interval(low)} ({low['labels']}, "
-        f"{low['cv']}) to {_interval(high)} ({high['labels']}, {high['cv']}) across "
-        f"{len(gap)} label and fold variants."
+        f"On the same features {probe} ranges from balanced accuracy {_interval(low)} "
+        f"({low['labels']}, {low['cv']}) to {_interval(high)} ({high['labels']}, {high['cv']}) "
+        f"across {len(gap)} label and fold variants, one fold seed each: how far labelling and "
+        "fold choices alone move a number."
     )
     return Finding(sentence, "clip_reference_gap")
 
@@ -126,7 +134,7 @@ def calibration_finding(tables: Path) -> Finding | None:
     parts = [
         f"{r['task']}: mean confidence {r['mean_confidence']:.2f} against accuracy "
         f"{r['accuracy']:.2f}, expected calibration error {_interval(r, 'ece_before')} before "
-        f"and {_interval(r, 'ece_after')} after"
+        f"and {_interval(r, 'ece_after')} after (change {_interval(r, 'ece_change')})"
         for _, r in rows.iterrows()
     ]
     sentence = (
@@ -150,9 +158,13 @@ def per_class_finding(tables: Path) -> Finding | None:
     for task, group in rows.groupby("task", sort=False):
         ranked = group.sort_values("recall")
         low, high = ranked.iloc[0], ranked.iloc[-1]
+        at_chance = ""
+        if "chance_recall" in low and low["recall_ci_low"] <= low["chance_recall"]:
+            at_chance = f", its interval reaching chance ({low['chance_recall']:.2f})"
         parts.append(
-            f"{task}: recall {_interval(low, 'recall')} for {low['class']} (n = {low['n']}) "
-            f"against {_interval(high, 'recall')} for {high['class']} (n = {high['n']})"
+            f"{task}: recall {_interval(low, 'recall')} for {low['class']} (n = {low['n']}"
+            f"{at_chance}) against {_interval(high, 'recall')} for {high['class']} "
+            f"(n = {high['n']})"
         )
     sentence = "The imbalance is where it fails: " + "; ".join(parts) + "."
     return Finding(sentence, "per_class")
@@ -179,7 +191,11 @@ def probe_figure(rows: pd.DataFrame) -> plt.Figure:
     y = range(len(rows))
     mid = rows["balanced_accuracy"].to_numpy()
     err = [mid - rows["balanced_accuracy_ci_low"], rows["balanced_accuracy_ci_high"] - mid]
-    ax.errorbar(mid, list(y), xerr=err, fmt="o", capsize=4)
+    ax.errorbar(mid, list(y), xerr=err, fmt="o", capsize=4, label="probe")
+    for i, task in enumerate(rows["task"]):
+        label = "chance (1 / classes)" if i == 0 else None
+        ax.plot([chance(task)] * 2, [i - 0.3, i + 0.3], "--", color="0.4", label=label)
+    ax.legend(loc="lower right", fontsize="small")
     ax.set_yticks(list(y), labels)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)

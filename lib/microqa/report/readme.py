@@ -49,6 +49,18 @@ def p_value(p: float) -> str:
 
 
 KIND_ORDER = ("clip_zero_shot", "clip_probe", "vlm", "cascade", "fusion")
+BASELINE_KINDS = ("chance", "majority")
+
+
+def _cell(row: pd.Series, metric: str) -> str:
+    """'<metric> [95% CI] (n=...)'; a baseline whose value cannot vary (balanced accuracy of
+    any constant guess is 1 / classes) says so instead of showing a zero-width interval."""
+    n = f"(n={int(row['n'])})"
+    if row.get("kind") in BASELINE_KINDS and row.get(f"{metric}_ci_low") == row.get(
+        f"{metric}_ci_high"
+    ):
+        return f"{row[metric]:.3f}, exact by construction {n}"
+    return f"{_ci(row, metric)} {n}"
 
 
 def pivot(table: pd.DataFrame, metric: str = "balanced_accuracy") -> pd.DataFrame:
@@ -58,7 +70,7 @@ def pivot(table: pd.DataFrame, metric: str = "balanced_accuracy") -> pd.DataFram
     subset = table["subset"].map(lambda s: "" if s == "all labelled" else f" ({s})")
     table = table.assign(
         column=table["task"] + subset,
-        cell=[f"{_ci(r, metric)} (n={int(r['n'])})" for _, r in table.iterrows()],
+        cell=[_cell(r, metric) for _, r in table.iterrows()],
         order=table["kind"].map(lambda k: KIND_ORDER.index(k) if k in KIND_ORDER else 99),
     )
     wide = table.pivot_table(
