@@ -83,6 +83,15 @@ def test_probe_table_reports_both_schemes_and_learns_a_real_signal():
     assert (table["n"] == len(fs.records)).all()
 
 
+def test_the_balanced_probe_weighs_every_class_alike_and_is_reported_beside_the_plain_one():
+    assert probes.classifier("logreg-balanced")[-1].class_weight == "balanced"
+    assert probes.classifier("logreg")[-1].class_weight is None
+    fs = _feature_set()
+    table = probes.probe_table(fs, cv_seeds=(0,), n_boot=20, seed=0)
+    assert sorted(table["probe"].unique()) == sorted(probes.PROBE_NAMES.values())
+    assert len(table) == len(probes.PROBE_NAMES) * len(probes.CV_SCHEMES)
+
+
 def test_probe_scores_follow_the_contract():
     fs = _feature_set()
     scores = probes.probe_scores(fs, seed=0)
@@ -235,7 +244,8 @@ def test_contributor_scheme_only_where_records_name_contributors():
     for features in (unnamed, missing):
         assert probes._cv_groups(features, "technique", "contributor") is None
     table = probes.probe_table(unnamed, cv_seeds=(0,), n_boot=5, seed=0)
-    assert sorted(table["cv"]) == sorted(["stratified (ungrouped)", "grouped by specimen"] * 2)
+    expected = ["stratified (ungrouped)", "grouped by specimen"] * len(probes.PROBE_NAMES)
+    assert sorted(table["cv"]) == sorted(expected)
 
 
 def test_probe_scores_come_from_grouped_folds():
