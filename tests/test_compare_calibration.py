@@ -172,3 +172,11 @@ def test_notebook_05_shows_one_tasks_confidence_figures_and_links_the_others():
     assert note.count("](figures/") == 6 and "[per_class_technique_coarse]" in note
     assert "_category]" not in note
     assert confidence.links_to_the_others(names[-3:]) == ""  # nothing hidden, nothing linked
+
+
+def test_the_fold_counts_carry_no_substitute_stamp_the_model_tables_do():
+    from microqa.compare import confidence
+
+    assert confidence.substitutes_of("fold_counts", ["RANDOM WEIGHTS"]) == []
+    for name in set(confidence.TITLES) - {"fold_counts"}:
+        assert confidence.substitutes_of(name, ["RANDOM WEIGHTS"]) == ["RANDOM WEIGHTS"]

@@ -22,6 +22,12 @@ TITLES = {
     "per_class": "Per-class recall of every method (95% CI by specimen within class)",
     "fold_counts": "The two folds of specimens: images of each class in each fold",
 }
+MODEL_FREE = ("fold_counts",)  # data only: no substitute model's output to stamp
+
+
+def substitutes_of(name: str, substitutes: list[str]) -> list[str]:
+    """The substitute labels stamped on table `name`: none on a table no model wrote into."""
+    return [] if name in MODEL_FREE else substitutes
 
 
 def tables(result: StudyComparison, df: pd.DataFrame, *, n_boot: int, seed: int) -> dict:
