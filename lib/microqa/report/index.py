@@ -60,8 +60,9 @@ def chance(task: str) -> float:
     return 1 / len(taxonomy.TASKS[task][1])
 
 
-def _interval(row: pd.Series, metric: str = "balanced_accuracy") -> str:
-    return f"{row[metric]:.2f} [{row[f'{metric}_ci_low']:.2f}, {row[f'{metric}_ci_high']:.2f}]"
+def _interval(row: pd.Series, metric: str = "balanced_accuracy", digits: int = 2) -> str:
+    low, high = row[f"{metric}_ci_low"], row[f"{metric}_ci_high"]
+    return f"{row[metric]:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
 def _pretrained_logreg(probe: pd.DataFrame, method: str = "logreg") -> pd.DataFrame:
@@ -144,7 +145,7 @@ def calibration_finding(tables: Path) -> Finding | None:
     parts = [
         f"{r['task']}: mean confidence {r['mean_confidence']:.2f} against accuracy "
         f"{r['accuracy']:.2f}, expected calibration error {_interval(r, 'ece_before')} before "
-        f"and {_interval(r, 'ece_after')} after (change {_interval(r, 'ece_change')})"
+        f"and {_interval(r, 'ece_after')} after (change {_interval(r, 'ece_change', 3)})"
         for _, r in rows.iterrows()
     ]
     sentence = (
