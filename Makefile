@@ -42,8 +42,12 @@ $(SETUP_STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@rm -f $(VENV)/.setup-*
 	@# strip notebook outputs on `git add` (a notebook saved in JupyterLab keeps its outputs)
+	@# then refresh the index once: a fresh clone's files are racily clean (written in the
+	@# second the index was), so without it every `git status` (each result's commit stamp)
+	@# would run the filter over every notebook, about 10 s each time
 	@if git rev-parse --git-dir >/dev/null 2>&1; then $(VENV)/bin/nbstripout --install && \
-	  git config filter.nbstripout.clean "$(abspath $(PY)) -m nbstripout $(NBSTRIPOUT_ARGS)"; fi
+	  git config filter.nbstripout.clean "$(abspath $(PY)) -m nbstripout $(NBSTRIPOUT_ARGS)" && \
+	  git update-index -q --refresh >/dev/null || true; fi
 	@touch $@
 
 # Notebook -> library-module dependencies, computed from the imports (see tools/notebook_deps.py):

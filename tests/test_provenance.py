@@ -141,3 +141,33 @@ def test_the_commit_is_dirty_when_code_changed_not_when_a_run_rewrote_its_output
     assert not provenance.git_sha().endswith("-dirty")
     (tmp_path / "lib/stage.py").write_text("changed code\n")
     assert provenance.git_sha().endswith("-dirty")
+
+
+def test_a_commit_stamp_never_writes_the_users_git_index(tmp_path, monkeypatch):
+    # A status that refreshes the index takes its lock; cut off by the timeout it would leave
+    # .git/index.lock behind, and every later status would be slow. A stamp only reads.
+    import subprocess
+    import time
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "nb.ipynb").write_text("{}\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    monkeypatch.setattr(config, "repo_root", lambda: tmp_path)
+    index = tmp_path / ".git" / "index"
+    time.sleep(1.1)
+    (tmp_path / "nb.ipynb").touch()  # stat-dirty, same content: a plain status rewrites the index
+    before = index.stat().st_mtime_ns
+    assert not provenance.git_sha().endswith("-dirty")
+    assert index.stat().st_mtime_ns == before
+
+    git("config", "filter.slow.clean", "sleep 3; cat")
+    (tmp_path / ".gitattributes").write_text("*.ipynb filter=slow\n")
+    git("add", ".gitattributes")  # the committed notebook now goes through a slow filter
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "slow")
+    (tmp_path / "nb.ipynb").touch()
+    monkeypatch.setattr(provenance, "GIT_TIMEOUT", 1)
+    assert provenance.git_sha() == "unknown"  # a git slower than the timeout: said, not guessed

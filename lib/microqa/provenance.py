@@ -35,9 +35,19 @@ def record_path() -> Path:
     return config.build_dir() / "provenance.json"
 
 
+GIT_TIMEOUT = 10  # seconds; a slower git answers "unknown" rather than holding up a run
+
+
 def _git(*args: str) -> str:
+    # --no-optional-locks: `status` must not take the user's index lock to refresh it. A status
+    # killed by the timeout (notebooks' clean filter on a racily-clean checkout can take 10 s)
+    # would leave .git/index.lock behind, and every later status would then be slow too.
     out = subprocess.run(
-        ["git", *args], cwd=config.repo_root(), capture_output=True, text=True, timeout=10
+        ["git", "--no-optional-locks", *args],
+        cwd=config.repo_root(),
+        capture_output=True,
+        text=True,
+        timeout=GIT_TIMEOUT,
     )
     return out.stdout.strip()
 
