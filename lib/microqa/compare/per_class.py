@@ -44,7 +44,7 @@ def recall_rows(
                 "recall": float(right[mine].mean()),
                 "recall_ci_low": low,
                 "recall_ci_high": high,
-                "chance_recall": 1 / len(taxonomy.TASKS[method.task][1]),
+                "chance_recall": taxonomy.chance(method.task),
                 "ci_level": stats.LEVEL,
             }
         )

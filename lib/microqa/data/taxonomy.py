@@ -175,6 +175,11 @@ TASKS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
+def chance(task: str) -> float:
+    """Balanced accuracy (and each class's recall) of a guess that ignores the image."""
+    return 1 / len(TASKS[task][1])
+
+
 class UnmappedLabelError(ValueError):
     """A label string that the taxonomy cannot place; never silently dropped."""
 

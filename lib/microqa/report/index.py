@@ -55,11 +55,6 @@ def _read(tables: Path, name: str) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.is_file() else None
 
 
-def chance(task: str) -> float:
-    """Balanced accuracy of any guess that ignores the image: one over the task's classes."""
-    return 1 / len(taxonomy.TASKS[task][1])
-
-
 def _interval(row: pd.Series, metric: str = "balanced_accuracy", digits: int = 2) -> str:
     low, high = row[f"{metric}_ci_low"], row[f"{metric}_ci_high"]
     return f"{row[metric]:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
@@ -88,7 +83,7 @@ def probe_finding(tables: Path) -> Finding | None:
         units = ", ".join(f"{r['n_clusters']} {r['resampled']}" for _, r in group.iterrows())
         parts.append(
             f"{task}: balanced accuracy {held} (n = {group['n'].iloc[0]} images, {units}; "
-            f"chance {chance(task):.2f})"
+            f"chance {taxonomy.chance(task):.2f})"
         )
     features = rows["features"].iloc[0]
     sentence = (
@@ -205,7 +200,7 @@ def probe_figure(rows: pd.DataFrame) -> plt.Figure:
     ax.errorbar(mid, list(y), xerr=err, fmt="o", capsize=4, label="probe")
     for i, task in enumerate(rows["task"]):
         label = "chance (1 / classes)" if i == 0 else None
-        ax.plot([chance(task)] * 2, [i - 0.3, i + 0.3], "--", color="0.4", label=label)
+        ax.plot([taxonomy.chance(task)] * 2, [i - 0.3, i + 0.3], "--", color="0.4", label=label)
     ax.legend(loc="lower right", fontsize="small")
     ax.set_yticks(list(y), labels)
     ax.invert_yaxis()

@@ -115,7 +115,7 @@ def _span(values: pd.Series, *, counts: bool = False) -> str:
 
 
 def _chance(tasks: Sequence[str]) -> str:
-    return _span(pd.Series([1 / len(taxonomy.TASKS[t][1]) for t in dict.fromkeys(tasks)]))
+    return _span(pd.Series([taxonomy.chance(t) for t in dict.fromkeys(tasks)]))
 
 
 # --- the sections, in the page's order -------------------------------------------------------
