@@ -10,6 +10,10 @@ import pytest
 
 from microqa import config
 
+# The suite already runs one pytest worker per core (make test-unit): the study's own
+# process pools (the probes' fits) stay serial here unless a test asks for more.
+os.environ.setdefault("MICROQA_JOBS", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = config.shared_dir()
 MIRROR = SHARED / "doitpoms"

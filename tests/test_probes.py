@@ -83,6 +83,23 @@ def test_probe_table_reports_both_schemes_and_learns_a_real_signal():
     assert (table["n"] == len(fs.records)).all()
 
 
+def test_fits_spread_over_processes_give_exactly_the_serial_table(monkeypatch):
+    fs = _contributor_styles()
+    tables = {}
+    for jobs in ("1", "2"):
+        monkeypatch.setenv("MICROQA_JOBS", jobs)
+        tables[jobs] = probes.probe_table(fs, cv_seeds=(0, 1), n_boot=20, seed=0)
+    assert len(tables["1"]) == len(probes.PROBE_NAMES) * len(probes.CV_SCHEMES)
+    pd.testing.assert_frame_equal(tables["1"], tables["2"], check_exact=True)
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1"])
+def test_a_bad_process_count_is_named(monkeypatch, value):
+    monkeypatch.setenv("MICROQA_JOBS", value)
+    with pytest.raises(ValueError, match=f"MICROQA_JOBS='{value}'"):
+        config.parallel_jobs()
+
+
 def test_the_balanced_probe_weighs_every_class_alike_and_is_reported_beside_the_plain_one():
     assert probes.classifier("logreg-balanced")[-1].class_weight == "balanced"
     assert probes.classifier("logreg")[-1].class_weight is None

@@ -9,6 +9,7 @@ Environment variables (all optional):
   MICROQA_MODELS    locally built stand-in models (default: ~/.cache/microqa/models)
   DOITPOMS_URL      base URL of the micrograph library (default: the live site)
   STRICT            "1" turns every offline substitution (sample data, random weights) into an error
+  MICROQA_JOBS      processes for the CPU-bound fits spread over cores (default: every core)
 """
 
 from __future__ import annotations
@@ -103,6 +104,17 @@ def repo_path(path: Path | str) -> Path:
 
 def doitpoms_url() -> str:
     return os.environ.get("DOITPOMS_URL") or DEFAULT_DOITPOMS_URL
+
+
+def parallel_jobs() -> int:
+    """Processes for CPU-bound work the study spreads over cores (the probes' fits):
+    MICROQA_JOBS, else every core this process may use."""
+    value = os.environ.get("MICROQA_JOBS", "").strip()
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"MICROQA_JOBS={value!r}: expected a whole number of processes >= 1")
+        return int(value)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def strict() -> bool:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from joblib import Parallel, delayed
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold, StratifiedKFold
 from sklearn.neighbors import KNeighborsClassifier
@@ -29,7 +30,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from microqa import metrics, stats
+from microqa import config, metrics, stats
 from microqa.clip import outputs as clip_outputs
 from microqa.data import taxonomy
 from microqa.run import Run
@@ -124,6 +125,17 @@ def out_of_fold(
     return predicted, proba
 
 
+def out_of_fold_each(jobs: Sequence[dict]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`out_of_fold(**job)` for every job, in order, spread over `config.parallel_jobs()`
+    processes (processes, not threads: the fits are small and bound by Python, so threads would
+    queue on one GIL). Each fit runs on one BLAS thread and is deterministic, so the results
+    equal a serial run's exactly."""
+    n_jobs = min(len(jobs), config.parallel_jobs())
+    if n_jobs <= 1:
+        return [out_of_fold(**job) for job in jobs]
+    return Parallel(n_jobs=n_jobs)(delayed(out_of_fold)(**job) for job in jobs)
+
+
 def _cv_groups(features, task: str, scheme: str) -> np.ndarray | None:
     """The groups a scheme holds out together (None: the records name no contributor)."""
     _, _, specimens, _ = features.task(task)
@@ -158,39 +170,49 @@ def probe_table(
             for name, scheme in CV_SCHEMES.items()
             if (groups := _cv_groups(features, task, scheme)) is not None
         }
-        for method in PROBE_NAMES:
-            for cv_name, (scheme, groups) in schemes.items():
-                repeats = []
-                for cv_seed in cv_seeds:
-                    pred, proba = out_of_fold(
-                        x, y, groups, method=method, scheme=scheme, seed=cv_seed, classes=classes
-                    )
-                    repeats.append((pred, proba))
-                # one number, one source: the seed-averaged score with the interval of that
-                # average, resampling the unit the CV held out (contributors for the
-                # contributor scheme, else specimens)
-                clusters = groups if scheme == "contributor" else specimens
-                summary = stats.summarise_repeats(
-                    y,
-                    [p for p, _ in repeats],
-                    clusters,
-                    scores=[s for _, s in repeats],
-                    classes=classes,
-                    n_boot=n_boot,
-                    seed=seed,
-                )
-                summary["n_specimens"] = int(pd.Series(specimens).nunique())
-                summary["resampled"] = "contributors" if scheme == "contributor" else "specimens"
-                rows.append(
-                    {
-                        "features": features.source,
-                        "task": task,
-                        "probe": PROBE_NAMES[method],
-                        "cv": cv_name,
-                        "cv_seeds": len(cv_seeds),
-                        **summary,
-                    }
-                )
+        combinations = [(method, cv_name) for method in PROBE_NAMES for cv_name in schemes]
+        jobs = [
+            dict(
+                x=x,
+                y=y,
+                groups=schemes[cv_name][1],
+                method=method,
+                scheme=schemes[cv_name][0],
+                seed=cv_seed,
+                classes=classes,
+            )
+            for method, cv_name in combinations
+            for cv_seed in cv_seeds
+        ]
+        fitted = iter(out_of_fold_each(jobs))
+        for method, cv_name in combinations:
+            scheme, groups = schemes[cv_name]
+            repeats = [next(fitted) for _ in cv_seeds]
+            # one number, one source: the seed-averaged score with the interval of that
+            # average, resampling the unit the CV held out (contributors for the
+            # contributor scheme, else specimens)
+            clusters = groups if scheme == "contributor" else specimens
+            summary = stats.summarise_repeats(
+                y,
+                [p for p, _ in repeats],
+                clusters,
+                scores=[s for _, s in repeats],
+                classes=classes,
+                n_boot=n_boot,
+                seed=seed,
+            )
+            summary["n_specimens"] = int(pd.Series(specimens).nunique())
+            summary["resampled"] = "contributors" if scheme == "contributor" else "specimens"
+            rows.append(
+                {
+                    "features": features.source,
+                    "task": task,
+                    "probe": PROBE_NAMES[method],
+                    "cv": cv_name,
+                    "cv_seeds": len(cv_seeds),
+                    **summary,
+                }
+            )
     return pd.DataFrame(rows)
 
 
