@@ -76,6 +76,20 @@ def test_calibration_table_holds_every_probabilistic_method_and_both_baselines(
     assert (counts == len(df)).all()
 
 
+def test_the_bootstrapped_tables_spread_over_processes_equal_the_serial_ones(tmp_path, monkeypatch):
+    df, _, _, result = _compare(tmp_path, monkeypatch)
+    tables = {}
+    for jobs in ("1", "2"):
+        monkeypatch.setenv("MICROQA_JOBS", jobs)
+        tables[jobs] = [
+            study_calibration.calibration_table(result, df, n_boot=20, seed=4),
+            selective.selective_table(result, df, n_boot=20, seed=4),
+        ]
+    for serial, spread in zip(tables["1"], tables["2"], strict=True):
+        assert len(serial) > 1
+        pd.testing.assert_frame_equal(serial, spread, check_exact=True)
+
+
 def test_the_cascade_on_raw_confidence_reproduces_the_comparisons_cascade(tmp_path, monkeypatch):
     df, _, _, result = _compare(tmp_path, monkeypatch)
     table = study_calibration.cascade_table(result, df, n_boot=20)

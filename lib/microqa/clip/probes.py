@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from joblib import Parallel, delayed
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold, StratifiedKFold
 from sklearn.neighbors import KNeighborsClassifier
@@ -30,7 +29,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from microqa import config, metrics, stats
+from microqa import metrics, parallel, stats
 from microqa.clip import outputs as clip_outputs
 from microqa.data import taxonomy
 from microqa.run import Run
@@ -125,17 +124,6 @@ def out_of_fold(
     return predicted, proba
 
 
-def out_of_fold_each(jobs: Sequence[dict]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """`out_of_fold(**job)` for every job, in order, spread over `config.parallel_jobs()`
-    processes (processes, not threads: the fits are small and bound by Python, so threads would
-    queue on one GIL). Each fit runs on one BLAS thread and is deterministic, so the results
-    equal a serial run's exactly."""
-    n_jobs = min(len(jobs), config.parallel_jobs())
-    if n_jobs <= 1:
-        return [out_of_fold(**job) for job in jobs]
-    return Parallel(n_jobs=n_jobs)(delayed(out_of_fold)(**job) for job in jobs)
-
-
 def _cv_groups(features, task: str, scheme: str) -> np.ndarray | None:
     """The groups a scheme holds out together (None: the records name no contributor)."""
     _, _, specimens, _ = features.task(task)
@@ -171,36 +159,44 @@ def probe_table(
             if (groups := _cv_groups(features, task, scheme)) is not None
         }
         combinations = [(method, cv_name) for method in PROBE_NAMES for cv_name in schemes]
-        jobs = [
-            dict(
-                x=x,
-                y=y,
-                groups=schemes[cv_name][1],
-                method=method,
-                scheme=schemes[cv_name][0],
-                seed=cv_seed,
-                classes=classes,
-            )
-            for method, cv_name in combinations
-            for cv_seed in cv_seeds
-        ]
-        fitted = iter(out_of_fold_each(jobs))
-        for method, cv_name in combinations:
+        fits = parallel.run(
+            [
+                functools.partial(
+                    out_of_fold,
+                    x,
+                    y,
+                    schemes[cv_name][1],
+                    method=method,
+                    scheme=schemes[cv_name][0],
+                    seed=cv_seed,
+                    classes=classes,
+                )
+                for method, cv_name in combinations
+                for cv_seed in cv_seeds
+            ]
+        )
+        # one number, one source: the seed-averaged score with the interval of that average,
+        # resampling the unit the CV held out (contributors for the contributor scheme, else
+        # specimens)
+        summaries = []
+        for k, (_, cv_name) in enumerate(combinations):
             scheme, groups = schemes[cv_name]
-            repeats = [next(fitted) for _ in cv_seeds]
-            # one number, one source: the seed-averaged score with the interval of that
-            # average, resampling the unit the CV held out (contributors for the
-            # contributor scheme, else specimens)
+            repeats = fits[k * len(cv_seeds) : (k + 1) * len(cv_seeds)]
             clusters = groups if scheme == "contributor" else specimens
-            summary = stats.summarise_repeats(
-                y,
-                [p for p, _ in repeats],
-                clusters,
-                scores=[s for _, s in repeats],
-                classes=classes,
-                n_boot=n_boot,
-                seed=seed,
+            summaries.append(
+                functools.partial(
+                    stats.summarise_repeats,
+                    y,
+                    [p for p, _ in repeats],
+                    clusters,
+                    scores=[s for _, s in repeats],
+                    classes=classes,
+                    n_boot=n_boot,
+                    seed=seed,
+                )
             )
+        for (method, cv_name), summary in zip(combinations, parallel.run(summaries), strict=True):
+            scheme = schemes[cv_name][0]
             summary["n_specimens"] = int(pd.Series(specimens).nunique())
             summary["resampled"] = "contributors" if scheme == "contributor" else "specimens"
             rows.append(

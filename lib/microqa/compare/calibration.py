@@ -19,12 +19,13 @@ baselines. Formulas: `microqa.calibration`.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 
-from microqa import calibration, metrics, stats
+from microqa import calibration, metrics, parallel, stats
 from microqa.compare import baselines
 from microqa.compare.answers import hybrid_partners
 from microqa.compare.comparison import StudyComparison
@@ -124,12 +125,13 @@ def calibration_table(result: StudyComparison, df: pd.DataFrame, *, n_boot: int,
     """Every probabilistic method and baseline, per task: ECE (equal-mass bins), Brier, NLL,
     before and after cross-fitted temperature scaling, with clustered CIs."""
     groups = df.set_index("micrograph_no")["specimen_group"]
-    rows = []
+    rows = []  # one bootstrap per row: spread over processes
     for task in taxonomy.TASKS:
         truth = task_truth(df, task)
         for method in probabilistic_methods(result, df, task):
-            rows.append(calibration_row(method, truth, result.folds, groups, n_boot, seed))
-    return pd.DataFrame(rows)
+            args = (method, truth, result.folds, groups, n_boot, seed)
+            rows.append(functools.partial(calibration_row, *args))
+    return pd.DataFrame(parallel.run(rows))
 
 
 def reliability_table(result: StudyComparison, df: pd.DataFrame) -> pd.DataFrame:
