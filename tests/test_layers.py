@@ -14,6 +14,7 @@ LAYERS = {
     "metrics": 0,
     "stats": 0,
     "calibration": 0,
+    "parallel": 0,
     "config": 0,
     "files": 0,
     "provenance": 0,
