@@ -10,9 +10,11 @@ import pytest
 
 from microqa import config
 
-# The suite already runs one pytest worker per core (make test-unit): the study's own
-# process pools (the probes' fits) stay serial here unless a test asks for more.
-os.environ.setdefault("MICROQA_JOBS", "1")
+# Under xdist (make test-unit) the suite already runs one pytest worker per core, so there the
+# study's own process pools (microqa.parallel) stay serial unless a test asks for more; a
+# plain run (make test, the notebooks' kernels) spreads them over the cores as a user's does.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("MICROQA_JOBS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = config.shared_dir()

@@ -26,3 +26,10 @@ def test_results_come_back_in_the_pieces_order(monkeypatch, jobs):
 def test_no_pieces_is_an_empty_list(monkeypatch):
     monkeypatch.setenv("MICROQA_JOBS", "2")
     assert parallel.run([]) == []
+
+
+def test_pytest_workers_keep_the_studys_pools_serial():
+    # make test-unit runs a worker per core; a second layer of processes would oversubscribe
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        pytest.skip("not a pytest-xdist worker")
+    assert os.environ.get("MICROQA_JOBS") == "1"
