@@ -119,7 +119,8 @@ mutation: setup ## mutation testing (mutmut) of the study logic; prints the kill
 	rm -rf build/mutation && mkdir -p build/mutation/data
 	cp -r pyproject.toml tests notebooks build/mutation/ && cp -r data/sample build/mutation/data/
 	cp -r lib build/mutation/src  # mutmut names modules from a src/ layout
-	cd build/mutation && MICROQA_SHARED=$(abspath ..)/shared PYTHONPATH= \
+	@# MICROQA_JOBS=1: mutmut already runs one child per core, so no second layer of processes
+	cd build/mutation && MICROQA_SHARED=$(abspath ..)/shared MICROQA_JOBS=1 PYTHONPATH= \
 	  $(abspath $(VENV))/bin/mutmut run --max-children $(shell nproc) $(MUTANTS)
 	cd build/mutation && $(abspath $(VENV))/bin/mutmut export-cicd-stats
 	$(PY) -c "import json; s = json.load(open('build/mutation/mutants/mutmut-cicd-stats.json')); \

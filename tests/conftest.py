@@ -14,7 +14,7 @@ from microqa import config
 # study's own process pools (microqa.parallel) stay serial unless a test asks for more; a
 # plain run (make test, the notebooks' kernels) spreads them over the cores as a user's does.
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    os.environ.setdefault("MICROQA_JOBS", "1")
+    os.environ["MICROQA_JOBS"] = "1"  # even where the developer exported another value
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = config.shared_dir()

@@ -93,7 +93,7 @@ def test_fits_spread_over_processes_give_exactly_the_serial_table(monkeypatch):
     pd.testing.assert_frame_equal(tables["1"], tables["2"], check_exact=True)
 
 
-@pytest.mark.parametrize("value", ["0", "two", "-1"])
+@pytest.mark.parametrize("value", ["0", "two", "-1", "²"])
 def test_a_bad_process_count_is_named(monkeypatch, value):
     monkeypatch.setenv("MICROQA_JOBS", value)
     with pytest.raises(ValueError, match=f"MICROQA_JOBS='{value}'"):

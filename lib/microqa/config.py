@@ -9,7 +9,7 @@ Environment variables (all optional):
   MICROQA_MODELS    locally built stand-in models (default: ~/.cache/microqa/models)
   DOITPOMS_URL      base URL of the micrograph library (default: the live site)
   STRICT            "1" turns every offline substitution (sample data, random weights) into an error
-  MICROQA_JOBS      processes for the CPU-bound fits spread over cores (default: every core)
+  MICROQA_JOBS      processes for the CPU-bound fits and bootstraps (default: every usable core)
 """
 
 from __future__ import annotations
@@ -106,15 +106,24 @@ def doitpoms_url() -> str:
     return os.environ.get("DOITPOMS_URL") or DEFAULT_DOITPOMS_URL
 
 
+def usable_cores() -> int:
+    """Cores this process may use: its CPU affinity and a container's CPU quota (joblib reads
+    both; os.cpu_count() sees every core of the host)."""
+    from joblib import cpu_count
+
+    return max(1, cpu_count())
+
+
 def parallel_jobs() -> int:
-    """Processes for CPU-bound work the study spreads over cores (the probes' fits):
-    MICROQA_JOBS, else every core this process may use."""
+    """Processes for the CPU-bound pieces the study spreads over cores (`microqa.parallel`:
+    the probes' fits and bootstraps, notebook 05's per-row bootstraps): MICROQA_JOBS, else
+    every usable core."""
     value = os.environ.get("MICROQA_JOBS", "").strip()
     if value:
-        if not value.isdigit() or int(value) < 1:
+        if not (value.isascii() and value.isdigit()) or int(value) < 1:
             raise ValueError(f"MICROQA_JOBS={value!r}: expected a whole number of processes >= 1")
         return int(value)
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return usable_cores()
 
 
 def strict() -> bool:

@@ -21,7 +21,6 @@ fatal. A cache file SQLite cannot read is moved aside and rebuilt, saying so.
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -32,7 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from microqa import files
+from microqa import config, files
 from microqa.clip import pixels
 from microqa.clip.cache import EmbeddingCache, variant_key
 from microqa.clip.shards import WHOLE, Shard
@@ -87,7 +86,7 @@ def _collate(items):
 def default_workers() -> int:
     # One worker per core (capped): on a GPU machine decoding is the bottleneck, so every core
     # should decode; bench/bench_clip.py measures the effect.
-    return max(1, min(16, os.cpu_count() or 1))
+    return min(16, config.usable_cores())
 
 
 def embed_tensors_loader(
