@@ -136,6 +136,29 @@ def _cv_groups(features, task: str, scheme: str) -> np.ndarray | None:
     return pd.factorize(records["contributor"].astype(str))[0]
 
 
+def repeated_probe(x, y, groups, specimens, *, method, scheme, cv_seeds, classes, n_boot, seed):
+    """One probe under one CV scheme, repeated over fold seeds: the seed-averaged scores with the
+    interval of that average (one number, one source), resampling the unit the CV held out
+    (contributors for the contributor scheme, else specimens)."""
+    repeats = [
+        out_of_fold(x, y, groups, method=method, scheme=scheme, seed=s, classes=classes)
+        for s in cv_seeds
+    ]
+    clusters = groups if scheme == "contributor" else specimens
+    summary = stats.summarise_repeats(
+        y,
+        [p for p, _ in repeats],
+        clusters,
+        scores=[s for _, s in repeats],
+        classes=classes,
+        n_boot=n_boot,
+        seed=seed,
+    )
+    summary["n_specimens"] = int(pd.Series(specimens).nunique())
+    summary["resampled"] = "contributors" if scheme == "contributor" else "specimens"
+    return summary
+
+
 def probe_table(
     features,
     *,
@@ -145,10 +168,9 @@ def probe_table(
     seed: int,
 ) -> pd.DataFrame:
     """Logistic (plain and with balanced class weights) and k-NN probes under the three CV
-    schemes, repeated over fold seeds: each
-    score's mean and sd over seeds and the 95% CI of that mean (`stats.summarise_repeats`),
-    resampling contributors for contributor-grouped rows and specimens otherwise."""
-    rows = []
+    schemes, repeated over fold seeds (`repeated_probe`), one row each; the rows are computed
+    in parallel (`microqa.parallel`)."""
+    keys, pieces = [], []
     for task in tasks:
         x, y, specimens, _ = features.task(task)
         classes = taxonomy.TASKS[task][1]
@@ -158,57 +180,28 @@ def probe_table(
             for name, scheme in CV_SCHEMES.items()
             if (groups := _cv_groups(features, task, scheme)) is not None
         }
-        combinations = [(method, cv_name) for method in PROBE_NAMES for cv_name in schemes]
-        fits = parallel.run(
-            [
-                functools.partial(
-                    out_of_fold,
-                    x,
-                    y,
-                    schemes[cv_name][1],
-                    method=method,
-                    scheme=schemes[cv_name][0],
-                    seed=cv_seed,
-                    classes=classes,
+        for method in PROBE_NAMES:
+            for cv_name, (scheme, groups) in schemes.items():
+                keys.append({"task": task, "probe": PROBE_NAMES[method], "cv": cv_name})
+                pieces.append(
+                    functools.partial(
+                        repeated_probe,
+                        x,
+                        y,
+                        groups,
+                        specimens,
+                        method=method,
+                        scheme=scheme,
+                        cv_seeds=cv_seeds,
+                        classes=classes,
+                        n_boot=n_boot,
+                        seed=seed,
+                    )
                 )
-                for method, cv_name in combinations
-                for cv_seed in cv_seeds
-            ]
-        )
-        # one number, one source: the seed-averaged score with the interval of that average,
-        # resampling the unit the CV held out (contributors for the contributor scheme, else
-        # specimens)
-        summaries = []
-        for k, (_, cv_name) in enumerate(combinations):
-            scheme, groups = schemes[cv_name]
-            repeats = fits[k * len(cv_seeds) : (k + 1) * len(cv_seeds)]
-            clusters = groups if scheme == "contributor" else specimens
-            summaries.append(
-                functools.partial(
-                    stats.summarise_repeats,
-                    y,
-                    [p for p, _ in repeats],
-                    clusters,
-                    scores=[s for _, s in repeats],
-                    classes=classes,
-                    n_boot=n_boot,
-                    seed=seed,
-                )
-            )
-        for (method, cv_name), summary in zip(combinations, parallel.run(summaries), strict=True):
-            scheme = schemes[cv_name][0]
-            summary["n_specimens"] = int(pd.Series(specimens).nunique())
-            summary["resampled"] = "contributors" if scheme == "contributor" else "specimens"
-            rows.append(
-                {
-                    "features": features.source,
-                    "task": task,
-                    "probe": PROBE_NAMES[method],
-                    "cv": cv_name,
-                    "cv_seeds": len(cv_seeds),
-                    **summary,
-                }
-            )
+    rows = [
+        {"features": features.source, **key, "cv_seeds": len(cv_seeds), **summary}
+        for key, summary in zip(keys, parallel.run(pieces), strict=True)
+    ]
     return pd.DataFrame(rows)
 
 

@@ -125,13 +125,13 @@ def calibration_table(result: StudyComparison, df: pd.DataFrame, *, n_boot: int,
     """Every probabilistic method and baseline, per task: ECE (equal-mass bins), Brier, NLL,
     before and after cross-fitted temperature scaling, with clustered CIs."""
     groups = df.set_index("micrograph_no")["specimen_group"]
-    rows = []  # one bootstrap per row: spread over processes
+    pieces = []  # one row each, with its bootstrap: spread over processes
     for task in taxonomy.TASKS:
         truth = task_truth(df, task)
         for method in probabilistic_methods(result, df, task):
             args = (method, truth, result.folds, groups, n_boot, seed)
-            rows.append(functools.partial(calibration_row, *args))
-    return pd.DataFrame(parallel.run(rows))
+            pieces.append(functools.partial(calibration_row, *args))
+    return pd.DataFrame(parallel.run(pieces))
 
 
 def reliability_table(result: StudyComparison, df: pd.DataFrame) -> pd.DataFrame:

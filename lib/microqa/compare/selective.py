@@ -82,15 +82,15 @@ def selective_table(result: StudyComparison, df: pd.DataFrame, *, n_boot: int, s
     """Per task, method and confidence rule: AURC against its oracle and random references,
     and the coverage at balanced error <= MAX_BALANCED_RISK, with clustered CIs."""
     groups = df.set_index("micrograph_no")["specimen_group"]
-    rows = []  # one bootstrap per row: spread over processes
+    pieces = []  # one row each, with its bootstrap: spread over processes
     for task in taxonomy.TASKS:
         truth = task_truth(df, task)
         for method in result.methods:
             if method.task == task and _main_mode(method):
                 for name, conf, pred in orderings(method):
                     args = (name, conf, pred, truth, groups, n_boot, seed, method)
-                    rows.append(functools.partial(selective_row, *args))
-    return pd.DataFrame(parallel.run(rows))
+                    pieces.append(functools.partial(selective_row, *args))
+    return pd.DataFrame(parallel.run(pieces))
 
 
 def _thinned(curve: pd.DataFrame) -> pd.DataFrame:
