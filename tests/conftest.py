@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,12 @@ from microqa import config
 # plain run (make test, the notebooks' kernels) spreads them over the cores as a user's does.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["MICROQA_JOBS"] = "1"  # even where the developer exported another value
+
+# jsonschema offers an "iri" format check when rfc3987_syntax is installed (it comes with
+# JupyterLab's jupyter-events), and that module builds an Earley grammar at import: about 6 s
+# of every pytest worker's collection here, since nbformat imports jsonschema. nbformat's
+# schemas use no formats at all, so the tests leave it out; a user's run is unaffected.
+sys.modules.setdefault("rfc3987_syntax", None)  # `import rfc3987_syntax` now raises ImportError
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = config.shared_dir()
@@ -117,13 +124,17 @@ def smoke_pipeline(tmp_path_factory) -> NotebookPipeline:
 
 # Test modules that run the real components whole: torch models built and embedded, worker
 # and killed subprocesses, HTTP servers, a browser. `make test-unit` leaves them out.
+# Modules whose every test runs a whole component: a model, a server, a browser, or a
+# subprocess (the CLI, make, git). Single tests that start processes carry the mark themselves.
 INTEGRATION_MODULES = {
     "test_bench_clip",
+    "test_cli",
     "test_clip_embed",
     "test_clip_models",
     "test_clip_pixels",
     "test_clip_shards",
     "test_hostile_datasets",
+    "test_makefile",
     "test_scraper",
     "test_scraper_resume",
     "test_site",
@@ -134,6 +145,26 @@ INTEGRATION_MODULES = {
     "test_vlm_runner",
     "test_vlm_variants",
 }
+
+
+def _excluded_by_markexpr(config, marker: str) -> bool:
+    """True when `-m` leaves out every test carrying `marker` whatever else it carries: the
+    expression is a conjunction ("a and not b and ...") with "not <marker>" among its terms."""
+    expression = " ".join(config.getoption("markexpr", "").split())
+    terms = expression.split(" and ")
+    return f"not {marker}" in terms and not any(" or " in t or "(" in t for t in terms)
+
+
+def pytest_ignore_collect(collection_path, config):
+    """`make test-unit` leaves out notebooks and integration tests: their modules are not even
+    imported (each worker would otherwise load torch and the servers only to deselect them)."""
+    path = Path(collection_path)
+    folder = Path(__file__).parent / "notebooks"
+    if (path == folder or folder in path.parents) and _excluded_by_markexpr(config, "notebooks"):
+        return True
+    if path.stem in INTEGRATION_MODULES and _excluded_by_markexpr(config, "integration"):
+        return True
+    return None
 
 
 def pytest_collection_modifyitems(items):

@@ -76,6 +76,7 @@ def test_calibration_table_holds_every_probabilistic_method_and_both_baselines(
     assert (counts == len(df)).all()
 
 
+@pytest.mark.integration  # starts a pool of worker processes
 def test_the_bootstrapped_tables_spread_over_processes_equal_the_serial_ones(tmp_path, monkeypatch):
     df, _, _, result = _compare(tmp_path, monkeypatch)
     tables = {}

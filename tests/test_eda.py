@@ -6,7 +6,6 @@ import json
 
 import matplotlib as mpl
 import matplotlib.pyplot as plt
-import nbformat
 import numpy as np
 import pandas as pd
 import pytest
@@ -127,11 +126,15 @@ def test_every_figure_is_stamped_and_reads_at_page_width(records, plot):
 
 
 def _outputs(path) -> str:
+    import nbformat  # here, not at the top: only the notebook tests read notebooks
+
     nb = nbformat.read(path, as_version=4)
     return json.dumps([c.get("outputs", []) for c in nb.cells])
 
 
 def _images_shown(path) -> int:
+    import nbformat
+
     nb = nbformat.read(path, as_version=4)
     outputs = [o for c in nb.cells for o in c.get("outputs", [])]
     return sum("image/png" in o.get("data", {}) for o in outputs)

@@ -21,6 +21,7 @@ warnings.warn("IProgress not found", UserWarning)
 """
 
 
+@pytest.mark.integration  # a Python subprocess
 def test_logs_and_warnings_go_to_the_log_file_not_stderr(tmp_path):
     env = {
         "PATH": "/usr/bin:/bin",

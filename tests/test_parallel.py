@@ -14,7 +14,8 @@ def _square_and_pid(k: int) -> tuple[int, int]:
     return k * k, os.getpid()
 
 
-@pytest.mark.parametrize("jobs", ["1", "2"])
+# jobs=2 starts a pool of worker processes: an integration test
+@pytest.mark.parametrize("jobs", ["1", pytest.param("2", marks=pytest.mark.integration)])
 def test_results_come_back_in_the_pieces_order(monkeypatch, jobs):
     monkeypatch.setenv("MICROQA_JOBS", jobs)
     results = parallel.run([functools.partial(_square_and_pid, k) for k in range(40)])

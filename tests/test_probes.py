@@ -83,6 +83,7 @@ def test_probe_table_reports_both_schemes_and_learns_a_real_signal():
     assert (table["n"] == len(fs.records)).all()
 
 
+@pytest.mark.integration  # starts a pool of worker processes
 def test_fits_spread_over_processes_give_exactly_the_serial_table(monkeypatch):
     fs = _contributor_styles()
     tables = {}

@@ -122,6 +122,7 @@ def test_a_short_reason_reads_on_after_because_and_keeps_a_names_case():
     assert provenance.short_reason("CUDA is absent").startswith("CUDA")
 
 
+@pytest.mark.integration  # runs git
 def test_the_commit_is_dirty_when_code_changed_not_when_a_run_rewrote_its_outputs(
     tmp_path, monkeypatch
 ):
@@ -144,6 +145,7 @@ def test_the_commit_is_dirty_when_code_changed_not_when_a_run_rewrote_its_output
     assert provenance.git_sha().endswith("-dirty")
 
 
+@pytest.mark.integration  # runs git, with a deliberately slow filter
 def test_a_commit_stamp_never_writes_the_users_git_index(tmp_path, monkeypatch):
     # A status that refreshes the index takes its lock; cut off by the timeout it would leave
     # .git/index.lock behind, and every later status would be slow. A stamp only reads.

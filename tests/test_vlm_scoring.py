@@ -77,6 +77,7 @@ def test_invalid_log_probabilities_are_refused(bad):
         scoring.letter_scores([("A", bad), ("B", -1.0)], ["A", "B"])
 
 
+@pytest.mark.integration  # builds and loads a tiny VLM of each family
 @pytest.mark.parametrize("family", ["qwen3_vl", "llava_next"])
 def test_hf_backend_and_the_rule_agree_on_the_same_log_probabilities(tmp_path, family):
     """The hf backend's letter probabilities and letter mass equal `letter_scores` fed the
