@@ -10,7 +10,11 @@ H200 embedded 112 img/s against 3,415 img/s for the bare forward). Here:
    side, so the model's own antialiased resize still does the last, largest step;
 2. the variant (`data.variants`: hflip, rot90, gray, ...) is applied *before* the resize and
    the centre crop, so a rotated non-square micrograph is cropped as a rotated one;
-3. the model's resize (its first transform), then the rest of its preprocessing.
+3. the model's resize (its first transform), then the rest of its preprocessing. A bicubic or
+   bilinear antialiased resize of an RGB image is computed by torch's uint8 kernel on a
+   channels-last view instead of by Pillow: the same output size, within one grey level of
+   Pillow's pixels (tested), and about 4x faster on one core (resizing, not decoding, was
+   most of the time on the mirror's largest micrographs: `make bench`).
 
 The resized RGB image of step 3 is kept as `<cache>/clip_decoded/<sha[:2]>/<sha>-<sig>-<variant>
 .npy` (uint8, about 200 kB at 224 px), where `<sig>` is a hash of the decode size, the resize
@@ -25,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +61,7 @@ class PixelSource:
         variant: str = variants.ORIGINAL,
         margin: float | None = DECODE_MARGIN,
         cache_dir: Path | None = None,
+        fast_resize: bool = True,
     ):
         from torchvision import transforms
 
@@ -66,10 +72,13 @@ class PixelSource:
             size = steps[0].size
             largest = max(size) if isinstance(size, list | tuple) else size
             self.min_side = math.ceil(margin * largest) if margin else None
-            described = f"{steps[0]!r}|min_side={self.min_side}|Pillow {PIL.__version__}"
+            self.fast_resize = fast_resize and _torch_can_resize(steps[0])
+            kernel = "torch uint8" if self.fast_resize else f"Pillow {PIL.__version__}"
+            described = f"{steps[0]!r}|min_side={self.min_side}|{kernel}"
             self.signature = hashlib.sha256(described.encode()).hexdigest()[:12]
         else:  # unknown preprocessing: decode in full, apply it whole, cache nothing
             self.resize, self.rest, self.min_side, self.signature = None, preprocess, None, None
+            self.fast_resize = False
         self.cache_dir = Path(cache_dir) if cache_dir is not None and self.signature else None
 
     def cached_path(self, sha256: str) -> Path | None:
@@ -97,7 +106,7 @@ class PixelSource:
         image = variants.apply(images.open_rgb(path, min_side=self.min_side), self.variant)
         if self.resize is None:
             return image
-        image = self.resize(image)
+        image = _torch_resize(self.resize, image) if self.fast_resize else self.resize(image)
         if where is not None:
             buffer = io.BytesIO()
             np.save(buffer, np.asarray(image, dtype=np.uint8))
@@ -106,3 +115,43 @@ class PixelSource:
 
     def __call__(self, path: str, sha256: str = ""):
         return self.rest(self.image(path, sha256))
+
+
+def _torch_can_resize(resize) -> bool:
+    """Whether `resize` (a torchvision Resize) is one torch's uint8 kernel computes as Pillow
+    does: bicubic or bilinear, antialiased, to a short side, no cap on the long one."""
+    from torchvision.transforms import InterpolationMode
+
+    size = resize.size
+    return (
+        resize.interpolation in (InterpolationMode.BICUBIC, InterpolationMode.BILINEAR)
+        and resize.antialias is not False
+        and resize.max_size is None
+        and (isinstance(size, int) or len(size) == 1)
+    )
+
+
+def _torch_resize(resize, image: Image.Image) -> Image.Image:
+    """`resize(image)` for an RGB image made smaller, by torch's uint8 antialiased kernel on a
+    channels-last view (the layout its vectorised path reads); anything else goes to Pillow."""
+    import torch
+
+    short = resize.size if isinstance(resize.size, int) else resize.size[0]
+    width, height = image.size
+    if image.mode != "RGB" or min(width, height) <= short:
+        return resize(image)  # an enlargement is cheap, and Pillow's stays exact
+    # torchvision's rule: the short side becomes `short`, the long one is truncated
+    if width <= height:
+        size = (int(short * height / width), short)
+    else:
+        size = (short, int(short * width / height))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a read-only array: the kernel only reads
+        hwc = torch.from_numpy(np.asarray(image))
+    resized = torch.nn.functional.interpolate(
+        hwc.permute(2, 0, 1)[None],
+        size=size,
+        mode=resize.interpolation.value,
+        antialias=True,
+    )
+    return Image.fromarray(resized[0].permute(1, 2, 0).numpy(), mode="RGB")
