@@ -85,20 +85,44 @@ def test_full_decode_with_pillows_resize_is_todays_preprocessing(tmp_path):
 @pytest.mark.parametrize(
     "kind", [transforms.InterpolationMode.BICUBIC, transforms.InterpolationMode.BILINEAR]
 )
-def test_the_torch_resize_is_pillows_size_within_one_grey_level(kind):
+def test_the_torch_resize_is_pillows_size_within_two_grey_levels(kind):
+    """Landscape and square reductions by torch: Pillow's size, within two grey levels even on
+    pure noise (the worst case for clipped overshoots); portraits, enlargements and other
+    modes are Pillow's own, bit for bit."""
+    import torch.nn.functional as F
+
     resize = transforms.Resize(224, interpolation=kind)
     rng = np.random.default_rng(0)
-    for width, height in [(1024, 768), (768, 1024), (3000, 2000), (449, 300), (500, 223)]:
-        noisy = _texture(width, height).astype(int) + rng.integers(-40, 40, (height, width, 3))
-        image = Image.fromarray(noisy.clip(0, 255).astype(np.uint8))
-        pillow, torch_ = np.asarray(resize(image)), np.asarray(pixels._torch_resize(resize, image))
-        assert pillow.shape == torch_.shape, (width, height)
-        assert np.abs(pillow.astype(int) - torch_.astype(int)).max() <= 1, (width, height)
-    # an enlargement, and any mode but RGB, are Pillow's own
-    small = Image.fromarray(_texture(100, 60))
-    assert np.array_equal(np.asarray(pixels._torch_resize(resize, small)), resize(small))
-    gray = Image.fromarray(_texture(900, 600)[..., 0])
-    assert np.array_equal(np.asarray(pixels._torch_resize(resize, gray)), resize(gray))
+    shapes = [(w, h) for w in (225, 449, 600, 1024, 3000) for h in (225, 230, 300, 768) if w >= h]
+    differs = 0
+    for width, height in shapes:
+        noise = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        pillow, fast = np.asarray(resize(noise)), np.asarray(pixels._torch_resize(resize, noise))
+        assert pillow.shape == fast.shape, (width, height)
+        assert np.abs(pillow.astype(int) - fast.astype(int)).max() <= 2, (width, height)
+        differs += not np.array_equal(pillow, fast)
+        # and it is torch's kernel that ran, not a quiet hand-over to Pillow
+        direct = F.interpolate(
+            torch.from_numpy(np.array(noise)).permute(2, 0, 1)[None],
+            size=pillow.shape[:2],
+            mode=kind.value,
+            antialias=True,
+        )
+        assert np.array_equal(fast, direct[0].permute(1, 2, 0).numpy()), (width, height)
+    assert differs  # bit-identical everywhere would mean Pillow ran
+    smooth = Image.fromarray(_texture(1024, 768))
+    assert (
+        np.abs(np.asarray(resize(smooth)).astype(int) - pixels._torch_resize(resize, smooth)).max()
+        <= 1
+    )
+    # Pillow resizes this portrait vertically first: torch's order would differ by ~25 levels
+    portrait = Image.fromarray(rng.integers(0, 256, (600, 225, 3), dtype=np.uint8))
+    for other in (
+        portrait,
+        Image.fromarray(_texture(100, 60)),  # an enlargement
+        Image.fromarray(_texture(900, 600)[..., 0]),  # grey
+    ):
+        assert np.array_equal(np.asarray(pixels._torch_resize(resize, other)), resize(other))
 
 
 def test_only_a_resize_torch_computes_as_pillow_does_takes_the_fast_path():
@@ -195,7 +219,7 @@ def test_embedding_under_a_variant_is_cached_under_its_own_key(random_b32, stage
     )
     assert (flipped.n_computed, flipped.n_cached) == (3, 0)  # not the original's rows
     want = _direct(random_b32, variants.apply(images.open_rgb(paths[1]), "hflip"))
-    # within one grey level of the model's own Pillow resize (the fast one): 1e-4, not 1e-3
+    # within two grey levels of the model's own Pillow resize (the fast one): 1e-4, not 1e-3
     assert np.allclose(flipped.embeddings[1], want, atol=1e-4)
     assert not np.allclose(flipped.embeddings[1], original.embeddings[1], atol=1e-3)
     again = clip.embed_images(random_b32, paths, num_workers=0, progress=False, variant="hflip")
