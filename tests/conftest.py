@@ -122,10 +122,9 @@ def smoke_pipeline(tmp_path_factory) -> NotebookPipeline:
     return NotebookPipeline(tmp_path_factory.mktemp("smoke"), parameters=SMOKE_PARAMETERS)
 
 
-# Test modules that run the real components whole: torch models built and embedded, worker
-# and killed subprocesses, HTTP servers, a browser. `make test-unit` leaves them out.
-# Modules whose every test runs a whole component: a model, a server, a browser, or a
-# subprocess (the CLI, make, git). Single tests that start processes carry the mark themselves.
+# Test modules whose every test runs a real component whole: torch models built and embedded,
+# worker and killed subprocesses (the CLI, make, git), HTTP servers, a browser. `make test-unit`
+# leaves them out; single tests that start processes carry the mark themselves.
 INTEGRATION_MODULES = {
     "test_bench_clip",
     "test_cli",
