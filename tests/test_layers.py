@@ -20,6 +20,7 @@ LAYERS = {
     "provenance": 0,
     "publishing": 0,
     "hub": 0,
+    "drawing": 0,
     "run": 0,
     "data": 1,
     "clip": 2,

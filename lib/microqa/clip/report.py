@@ -190,7 +190,8 @@ def confusion_figure(
     """Confusion matrices (rows: truth) of one model's cross-fitted prompt sets, every
     labelled image. `model_label`: how the title names the model (default: its name)."""
     import matplotlib.pyplot as plt
-    import seaborn as sns
+
+    from microqa import drawing
 
     crossed = cross_fitted_predictions(scores[scores["model"] == model], df, folds, best)
     tasks = list(dict.fromkeys(crossed["task"]))
@@ -200,18 +201,14 @@ def confusion_figure(
         classes = list(taxonomy.TASKS[task][1])
         y = labels(df, task).loc[g["micrograph_no"]].to_numpy()
         matrix = metrics.confusion(y, g["predicted"].tolist(), classes)
-        sns.heatmap(matrix, annot=True, fmt="d", cbar=False, cmap="Blues", ax=ax)
+        drawing.heatmap(matrix, ax, fmt="d", cmap="Blues")
         ax.set_title(f"{task} — {_chosen_sets(best, model, task)} (n={len(g)})", fontsize=9)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
-
         # class names on lines of 12 characters: true classes horizontal, predictions
         # vertical, so no two labels run into each other at page width
-        def wrapped(names):
-            return ["\n".join(textwrap.wrap(str(c), 12, break_long_words=False)) for c in names]
-
-        ax.set_yticklabels(wrapped(matrix.index), rotation=0)
-        ax.set_xticklabels(wrapped(matrix.columns), rotation=90)
+        ax.set_yticklabels([drawing.wrap(c, 12) for c in matrix.index])
+        ax.set_xticklabels([drawing.wrap(c, 12) for c in matrix.columns], rotation=90)
     title = f"CLIP zero-shot confusion, {model_label or model}, cross-fitted prompt sets"
     fig.suptitle(provenance.stamp(title, list(title_labels)))
     fig.tight_layout()

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from microqa import provenance
+from microqa import drawing, provenance
 from microqa.data import dataset, taxonomy
 from microqa.report import plots
 
@@ -121,7 +121,7 @@ def plot_technique_strings(df: pd.DataFrame, labels: Sequence[str] = ()) -> plt.
     # family, each labelled with it: two bars on one label would be drawn over each other
     shared = table["technique"].duplicated(keep=False)
     table["label"] = [
-        plots.wrap(t, 60) + (f"  [{f}]" if several else "")
+        drawing.wrap(t, 60) + (f"  [{f}]" if several else "")
         for t, f, several in zip(table["technique"], table["family"], shared, strict=True)
     ]
     fig, ax = plt.subplots(figsize=(10, 0.42 * len(table) + 1.5))
@@ -312,22 +312,20 @@ def plot_missing_fields(df: pd.DataFrame, labels: Sequence[str] = ()) -> plt.Fig
     table = missing_fields(df)
     counts = df["technique_family"].fillna(NONE).value_counts()
     table.columns = [
-        f"{plots.wrap(c, 12)}\n(n={len(df) if c == 'all' else counts[c]})" for c in table.columns
+        f"{drawing.wrap(c, 12)}\n(n={len(df) if c == 'all' else counts[c]})" for c in table.columns
     ]
     fig, ax = plt.subplots(figsize=(11, 6))
-    sns.heatmap(
+    drawing.heatmap(
         table * 100,
-        annot=True,
+        ax,
         fmt=".0f",
         cmap="rocket_r",
         vmin=0,
         vmax=100,
-        cbar_kws={"label": "% of records without a value"},
-        ax=ax,
+        colorbar_label="% of records without a value",
         linewidths=0.5,
-        annot_kws={"fontsize": 8},
+        fontsize=8,
     )
-    ax.grid(False)
     ax.set(
         xlabel="",
         ylabel="",
@@ -354,7 +352,7 @@ def plot_contributors(df: pd.DataFrame, labels: Sequence[str] = (), top: int = 1
     fig, axes = plt.subplots(2, 1, figsize=(11, 2 * (0.45 * top + 1.2)))
     for ax, column in zip(axes, ("contributor", "organisation"), strict=True):
         table = records_per(df, column, top).assign(
-            label=lambda t, column=column: t[column].map(lambda v: plots.wrap(v, 60))
+            label=lambda t, column=column: t[column].map(lambda v: drawing.wrap(v, 60))
         )
         sns.barplot(data=table, y="label", x="n", ax=ax, color=sns.color_palette()[1])
         ax.bar_label(

@@ -24,7 +24,7 @@ import pandas as pd
 from matplotlib.patches import Rectangle
 from PIL import ImageOps
 
-from microqa import provenance
+from microqa import drawing, provenance
 from microqa.data import images, taxonomy
 from microqa.report import plots
 from microqa.run import Run
@@ -162,7 +162,7 @@ def tile_figure(
     cell = min(CELL_INCHES, (MAX_WIDTH_INCHES - left - 0.15 - GAP * (ncols - 1)) / ncols)
     width = left + ncols * cell + GAP * (ncols - 1) + 0.15
     heading = textwrap.wrap(provenance.stamp(title, labels), int(width * 72 / (12 * 0.6)))
-    header_lines = max((len(plots.wrap(c, 22).split("\n")) for c in col_labels), default=0)
+    header_lines = max((len(drawing.wrap(c, 22).split("\n")) for c in col_labels), default=0)
     top = 0.2 + LINE * 1.4 * len(heading) + LINE * 1.15 * header_lines
     bands = []
     for row in rows:
@@ -183,14 +183,14 @@ def tile_figure(
             if tile.micrograph_no is not None:
                 ids.append(int(tile.micrograph_no))
             if r == 0 and c < len(col_labels):  # column header above the first row's title
-                header = plots.wrap(col_labels[c], 22)
+                header = drawing.wrap(col_labels[c], 22)
                 tile_title = ax.get_title()
                 ax.set_title(
                     f"{header}\n{tile_title}" if tile_title else header, fontsize=10, pad=2
                 )
             if c == 0 and r < len(row_labels):
                 ax.annotate(
-                    plots.wrap(row_labels[r], 14),
+                    drawing.wrap(row_labels[r], 14),
                     (-0.08, 0.5),
                     xycoords="axes fraction",
                     ha="right",

@@ -1,5 +1,6 @@
 """One seaborn style for every figure, the helpers that write figures and tables, and the
-generic figure helpers (wrapped tick labels, count heatmaps). A stage's own figures live in its
+generic figure helpers (wrapped tick labels, count heatmaps; the heatmap and word wrapping
+themselves are `microqa.drawing`, which every stage shares). A stage's own figures live in its
 package (`clip.figures`, `compare.figures`) and are saved through `save_figure` here.
 
 Every figure and table produced from offline substitutes carries the substitute in its
@@ -8,7 +9,6 @@ title/caption (see `provenance.stamp`), so a reader never mistakes it for the re
 
 from __future__ import annotations
 
-import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,7 +21,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from microqa import provenance, publishing  # noqa: E402
+from microqa import drawing, provenance, publishing  # noqa: E402
 from microqa.run import Run  # noqa: E402
 
 PALETTE = "colorblind"
@@ -220,7 +220,7 @@ def wrap_tick_labels(
     for which in ("x", "y") if axis == "both" else (axis,):
         get = ax.get_xticklabels if which == "x" else ax.get_yticklabels
         set_ = ax.set_xticklabels if which == "x" else ax.set_yticklabels
-        labels = [wrap(t.get_text(), width) for t in get()]
+        labels = [drawing.wrap(t.get_text(), width) for t in get()]
         if not any(labels):
             continue
         kwargs = {} if rotation is None else {"rotation": rotation}
@@ -230,11 +230,6 @@ def wrap_tick_labels(
         set_(labels, **kwargs)
 
 
-def wrap(label: str, width: int = 14) -> str:
-    """A label broken on word boundaries into lines of at most `width` characters."""
-    return "\n".join(textwrap.wrap(str(label), width, break_long_words=False)) or str(label)
-
-
 def count_heatmap(
     table: pd.DataFrame, ax: plt.Axes, *, cmap: str = "mako_r", label: str = "records"
 ) -> None:
@@ -242,24 +237,21 @@ def count_heatmap(
     whole numbers; zero cells left blank so empty combinations read as empty."""
     values = table.astype(float)
     vmax = max(1.0, float(values.to_numpy().max()))
-    sns.heatmap(
+    colorbar = drawing.heatmap(
         values.where(values > 0),
-        annot=table.where(table > 0),
+        ax,
         fmt=".0f",
         cmap=cmap,
         vmin=0,
         vmax=vmax,
-        cbar_kws={"label": label},
-        ax=ax,
+        colorbar_label=label,
         linewidths=0.5,
         linecolor="0.85",
-        annot_kws={"fontsize": 9},
+        fontsize=9,
     )
-    colorbar = ax.collections[0].colorbar
     colorbar.locator = MaxNLocator(integer=True)
     colorbar.update_ticks()
     ax.set_facecolor("white")
-    ax.grid(False)
 
 
 def timing_sentence(timing: dict[str, dict]) -> str:

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from microqa import metrics, provenance
+from microqa import drawing, metrics, provenance
 from microqa.data import taxonomy
 
 
@@ -65,22 +65,15 @@ def confusion_figure(
     for ax, ((model, context), group) in zip(axes.flat, panels, strict=False):
         counts = metrics.confusion(group["truth"].tolist(), group["prediction"].tolist(), classes)
         share = counts.div(counts.sum(axis=1).replace(0, np.nan), axis=0)
-        sns.heatmap(
-            share, annot=counts.to_numpy(), fmt="d", vmin=0, vmax=1, cmap="Blues", cbar=False, ax=ax
-        )
+        drawing.heatmap(share, ax, annot=counts.to_numpy(), fmt="d", vmin=0, vmax=1, cmap="Blues")
         ax.set_title(f"{model.split('/')[-1]}\ncontext: {context}", fontsize=10)
         ax.set_xlabel("prediction")
         ax.set_ylabel("truth")
-        ax.set_yticklabels([_wrap(c) for c in share.index], rotation=0)
-        ax.set_xticklabels([_wrap(c) for c in share.columns], rotation=90)
+        ax.set_yticklabels([drawing.wrap(c, 12) for c in share.index])
+        ax.set_xticklabels([drawing.wrap(c, 12) for c in share.columns], rotation=90)
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     title = provenance.stamp(f"VLM confusion: {task} ({prompt_set} prompts)", labels)
     fig.suptitle(textwrap.fill(title, int(9 * 4.6 * cols)))  # ~9 title characters an inch
     fig.tight_layout()
     return fig
-
-
-def _wrap(label: str, width: int = 12) -> str:
-    """A class name on lines of at most `width` characters, broken between words."""
-    return "\n".join(textwrap.wrap(str(label), width, break_long_words=False)) or str(label)
