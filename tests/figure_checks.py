@@ -31,7 +31,16 @@ def visible_texts(fig):
 def unreadable(fig) -> list[str]:
     """What a reader of the page could not read: text under PAGE_PX-wide display's 10 px, and
     pairs of text artists whose rendered boxes overlap (2 px tolerance)."""
-    fig.canvas.draw()  # legends and tight layouts place their text when drawn
+    # Legends and tight layouts place their text when drawn. No pixels are needed for that,
+    # and resampling the images (a gallery's micrographs) was most of the drawing's time.
+    shown = [image for ax in fig.axes for image in ax.images if image.get_visible()]
+    for image in shown:
+        image.set_visible(False)
+    try:
+        fig.draw_without_rendering()
+    finally:
+        for image in shown:
+            image.set_visible(True)
     renderer = fig.canvas.get_renderer()
     texts = visible_texts(fig)
     # saved with bbox "tight": a title wider than the figure widens the file, and the page

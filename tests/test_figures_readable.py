@@ -78,7 +78,9 @@ def test_the_check_finds_overlapping_and_tiny_text():
     ax.set_title("a title")
     ax.text(0.5, 0.5, "here")
     ax.text(0.5, 0.5, "here too")
+    image = ax.imshow(np.zeros((8, 8)), extent=(0, 1, 0, 1))  # set aside while text is placed
     problems = unreadable(fig)
+    assert image.get_visible()  # and drawn again afterwards
     plt.close(fig)
     assert any("'here' overlaps 'here too'" in p for p in problems)
     assert any(p.startswith("'a title' is") for p in problems)

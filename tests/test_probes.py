@@ -131,6 +131,9 @@ def test_learning_curve_uses_the_requested_labels_per_class():
     assert curve["accuracy"].iloc[-1] >= curve["accuracy"].iloc[0]
 
 
+# A whole-study check on the 867 real features (45 fits of the README's raw-feature probe),
+# not a unit's: it runs in `make test`, not `make test-unit`
+@pytest.mark.integration
 @needs_reference()
 @needs_mirror()
 def test_reference_readme_grouped_probe_is_reproduced_within_ci():
@@ -178,7 +181,8 @@ def test_scheme_labels_match_their_folds():
 
 def test_contributor_grouping_exposes_style():
     fs = _contributor_styles()
-    table = probes.probe_table(fs, cv_seeds=(0, 1, 2), n_boot=20, seed=0)
+    # one fold seed: every seed alone gives 1.0 against at most 0.12 here
+    table = probes.probe_table(fs, cv_seeds=(0,), n_boot=20, seed=0)
     specimen = _row(table, "5-NN", "grouped by specimen")["balanced_accuracy"]
     contributor = _row(table, "5-NN", "grouped by contributor")["balanced_accuracy"]
     assert specimen > 0.9 and contributor < 0.5
