@@ -40,21 +40,35 @@ def apply_cascade(base: Method, vlm: Method, threshold: float) -> Method:
 
 
 def cascade_curve(base: Method, vlm: Method, truth: pd.Series) -> pd.DataFrame:
-    """Accuracy and balanced accuracy as the least confident images are sent to the VLM."""
-    conf = confidence(base.probabilities.loc[truth.index])
+    """Accuracy and balanced accuracy as the least confident images are sent to the VLM: at
+    each threshold, the answers `apply_cascade` gives (computed here on arrays, since a curve
+    has a point per image)."""
+    base = base.restricted(truth.index)
+    ids = base.predictions.index.intersection(vlm.predictions.index)
+    conf = confidence(base.probabilities.loc[ids]).to_numpy()
+    at = ids.get_indexer(truth.index)
+    if (at < 0).any():  # as apply_cascade's answers would: a truth image without one
+        raise KeyError(f"images without a VLM answer: {list(truth.index[at < 0])}")
+    own, other = (_answers(m.predictions.loc[ids])[at] for m in (base, vlm))
+    conf_at, y = conf[at], truth.to_numpy()
     rows = []
-    for threshold in [-np.inf, *np.unique(conf.to_numpy()), np.inf]:
-        hybrid = apply_cascade(base.restricted(truth.index), vlm, threshold)
-        balanced, accuracy = _balanced(truth, hybrid.predictions)
+    for threshold in [-np.inf, *np.unique(conf), np.inf]:
+        answers = np.where(conf_at < threshold, other, own)
+        balanced, accuracy = ranking(y, list(answers))
         rows.append(
             {
                 "threshold": threshold,
-                "fraction_to_vlm": hybrid.notes["fraction_to_vlm"],
+                "fraction_to_vlm": float((conf < threshold).mean()) if len(ids) else 0.0,
                 "accuracy": accuracy,
                 "balanced_accuracy": balanced,
             }
         )
     return pd.DataFrame(rows).drop_duplicates("fraction_to_vlm")  # keeps the lowest threshold
+
+
+def _answers(predictions: pd.Series) -> np.ndarray:
+    """Answers as `apply_cascade` stores them: objects, None where there is no answer."""
+    return predictions.astype(object).where(predictions.notna(), None).to_numpy(dtype=object)
 
 
 def choose_threshold(curve: pd.DataFrame) -> float:
