@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from microqa import calibration
+from microqa import calibration, stats
 from microqa.compare import calibration as study_calibration
 from microqa.compare import methods, per_class, selective
 from tests.test_comparison import CLASSES, _compare
@@ -132,6 +132,17 @@ def test_per_class_recall_agrees_with_scikit_learn(tmp_path, monkeypatch):
         assert rows["recall"].to_numpy() == pytest.approx(expected)
     assert (table["recall_ci_low"] <= table["recall"] + 1e-12).all()
     assert (table["recall"] <= table["recall_ci_high"] + 1e-12).all()
+    # each interval: the class's recall in every specimen resample, recomputed one by one
+    groups = df.set_index("micrograph_no")["specimen_group"]
+    method = result.methods[0]
+    ids = truth.index.intersection(method.predictions.index)
+    y = truth.loc[ids].to_numpy()
+    right = y == method.predictions.loc[ids].to_numpy()
+    samples = stats.resamples(y, groups.loc[ids].to_numpy(), n_boot=20, seed=0)
+    rows = table[table["label"] == methods.label(method.identity())].set_index("class")
+    for c, row in rows.iterrows():
+        low, high = stats.interval([right[i][y[i] == c].mean() for i in samples])
+        assert (row["recall_ci_low"], row["recall_ci_high"]) == (low, high)
     assert "majority" in set(table["kind"])
     assert (table["chance_recall"] == 1 / 5).all()
 

@@ -63,6 +63,31 @@ def test_a_sent_image_the_vlm_did_not_answer_has_no_answer():
     assert list(cascade.notes["sent"]) == [True, False]
 
 
+def test_every_point_of_the_cascade_curve_is_what_apply_cascade_answers():
+    """The curve computes its answers on arrays; each point must be the cascade itself at that
+    threshold: tied margins enter together, an unanswered image sent is wrong, and the
+    curve's images are truth's, in truth's order."""
+    rng = np.random.default_rng(4)
+    top = rng.choice([0.5, 0.6, 0.6, 0.8, 0.95], size=40)  # tied margins
+    clip = _method("clip_zero_shot", np.column_stack([top, 1 - top]), **CLIP)
+    vlm = _method("vlm", rng.dirichlet([1, 1], size=40), **VLM)
+    answers = vlm.predictions.astype(object)
+    answers.iloc[::7] = None  # images the VLM did not answer
+    vlm.predictions = answers
+    truth = pd.Series(rng.choice(OPTIONS, size=40), index=range(1, 41)).sample(
+        frac=0.8, random_state=1
+    )
+    curve = hybrids.cascade_curve(clip, vlm, truth)
+    assert len(curve) == 5  # -inf, inf and three margins (the lowest sends none, as -inf)
+    for point in curve.itertuples():
+        cascade = hybrids.apply_cascade(clip.restricted(truth.index), vlm, point.threshold)
+        balanced, accuracy = hybrids.ranking(
+            truth.to_numpy(), list(cascade.predictions.loc[truth.index])
+        )
+        assert (point.balanced_accuracy, point.accuracy) == (balanced, accuracy)
+        assert point.fraction_to_vlm == cascade.notes["fraction_to_vlm"]
+
+
 def test_fusion_is_the_normalised_geometric_mean_at_half_weight():
     clip = _method("clip_zero_shot", [[0.01, 0.99], [0.5, 0.5]])
     vlm = _method("vlm", [[0.9, 0.1], [0.8, 0.2]])
