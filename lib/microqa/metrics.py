@@ -44,14 +44,25 @@ def balanced_accuracy(y_true: Sequence, y_pred: Sequence) -> float:
 
 
 def macro_prf(y_true: Sequence, y_pred: Sequence) -> tuple[float, float, float]:
-    p, r, f, _ = skm.precision_recall_fscore_support(
-        y_true,
-        clean_predictions(y_pred),
-        labels=_classes(y_true),
-        average="macro",
-        zero_division=0,
-    )
-    return float(p), float(r), float(f)
+    """Macro precision, recall and F1 over the classes present in y_true: scikit-learn's
+    `precision_recall_fscore_support(..., average="macro", zero_division=0)` arithmetic
+    without its input checks (about 8 ms a call, thousands of calls in the probes' folds)."""
+    truth = np.asarray(y_true, dtype=object)
+    if truth.size == 0:
+        raise ValueError("macro precision/recall/F1 of no images")
+    classes = _classes(truth)
+    code = {c: i for i, c in enumerate(classes)}
+    t = np.array([code[c] for c in truth], dtype=np.int64)
+    p = np.array([code.get(c, -1) for c in clean_predictions(y_pred)], dtype=np.int64)
+    k = len(classes)
+    support = np.bincount(t, minlength=k)
+    predicted = np.bincount(p[p >= 0], minlength=k)
+    correct = np.bincount(t[t == p], minlength=k)
+    # a class never predicted has precision 0 (zero_division=0); every class has support
+    precision = np.divide(correct, predicted, out=np.zeros(k), where=predicted > 0)
+    recall = correct / support
+    f1 = 2 * correct / (support + predicted)  # sklearn's 2TP / (2TP + FN + FP)
+    return float(np.mean(precision)), float(np.mean(recall)), float(np.mean(f1))
 
 
 def macro_f1(y_true: Sequence, y_pred: Sequence) -> float:
