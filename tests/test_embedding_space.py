@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
+import pytest
 
 from microqa.clip import embedding_space as space
 from microqa.data import taxonomy
@@ -54,3 +59,44 @@ def test_clusters_and_retrieval_find_planted_structure():
     other = noise[noise.candidates == "other specimens only"]["precision_at_k"].iloc[0]
     same = noise[noise.candidates == "all other images"]["precision_at_k"].iloc[0]
     assert same > 0.9 and other < 0.4
+
+
+UMAP_FIT = """
+import json, sys
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+rng = np.random.default_rng(0)
+x = np.vstack([rng.normal(size=(30, 16)) + 4, rng.normal(size=(30, 16)) - 4]).astype(np.float32)
+if sys.argv[1] == "umap-learn":  # umap-learn as it comes: nothing cached between processes
+    import umap
+    coords = umap.UMAP(n_neighbors=15, metric="cosine", random_state=0).fit_transform(x)
+    kernels = []
+else:
+    from microqa.clip import embedding_space as space
+    import umap.umap_
+    coords = space.umap_2d(x, random_state=0)
+    kernels = [umap.umap_.smooth_knn_dist, umap.umap_.compute_membership_strengths]
+stats = [(k.stats.cache_hits, k.stats.cache_misses) for k in kernels]
+print(json.dumps({"coords": coords.tolist(), "stats": [[sum(h.values()), sum(m.values())]
+                                                       for h, m in stats]}))
+"""
+
+
+@pytest.mark.slow  # three fresh processes, one of which compiles UMAP's kernels (~15 s)
+def test_cached_umap_kernels_are_loaded_by_the_next_process_and_embed_identically():
+    def fit(how: str) -> dict:
+        done = subprocess.run(
+            [sys.executable, "-c", UMAP_FIT, how], capture_output=True, text=True, check=True
+        )
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    plain = fit("umap-learn")
+    first, second = fit("microqa"), fit("microqa")
+    # the kernels the first process compiled (or found) are loaded from the cache by the next
+    assert all(hits > 0 and misses == 0 for hits, misses in second["stats"]), second["stats"]
+    # the same embedding as umap-learn's own uncached kernels give, process after process
+    assert first["coords"] == plain["coords"] == second["coords"]
