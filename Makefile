@@ -41,6 +41,8 @@ $(SETUP_STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@rm -f $(VENV)/.setup-*
+	@# numba compiles UMAP's kernels on first use: once here rather than in the first notebook run
+	$(PY) -c "from microqa.clip import embedding_space; embedding_space.compile_umap()"
 	@# strip notebook outputs on `git add` (a notebook saved in JupyterLab keeps its outputs)
 	@# then refresh the index once: a fresh clone's files are racily clean (written in the
 	@# second the index was), so without it every `git status` (each result's commit stamp)

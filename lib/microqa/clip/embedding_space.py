@@ -165,6 +165,12 @@ def cache_umap_kernels() -> int:
     return switched
 
 
+def compile_umap() -> None:
+    """Compile UMAP's kernels into the environment now (`make setup` calls it): about 40 s on
+    2 cores, once per environment, instead of during the first notebook run."""
+    umap_2d(np.random.default_rng(0).normal(size=(20, 8)).astype(np.float32))
+
+
 def umap_2d(x: np.ndarray, *, random_state: int = 0, n_neighbors: int = 15) -> np.ndarray:
     import umap
 
