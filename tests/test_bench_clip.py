@@ -53,6 +53,9 @@ def test_bench_clip_reports_all_rates_and_ratios(tmp_path, monkeypatch, capsys, 
     assert decoding["decode_speedup"] == pytest.approx(
         decoding["decode_reduced"] / decoding["decode_today"]
     )
+    for key in ("ms_full_decode", "ms_decode_half", "ms_decode_quarter", "ms_pillow_resize_224"):
+        assert decoding[key] > 0, key
+    assert decoding["ms_today"] == pytest.approx(1000 / decoding["decode_today"])
     for key in ("worst_cosine", "worst_cosine_margin1"):
         assert -1 <= decoding[key] <= 1 + 1e-5, key
     printed = capsys.readouterr().out
