@@ -186,13 +186,7 @@ def decode_floor(paths: list[str], repeats: int) -> dict[str, float]:
     speed-up of it (a 3x faster pipeline must fit in a third of today's time)."""
 
     def ms(fn, inputs) -> float:
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            for item in inputs:
-                fn(item)
-            best = min(best, time.perf_counter() - start)
-        return 1000 * best / len(inputs)
+        return 1000 / _best_rate(fn, inputs, repeats)
 
     decoded = [open_rgb(p) for p in paths]
 

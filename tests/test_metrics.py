@@ -151,14 +151,22 @@ def test_mcnemar_row_and_numeric_correctness():
     }
 
 
+def _random_truth_and_answers(seed: int, cases: int = 300):
+    """Small random label sets with no-answers, predictions of a class absent from the truth
+    ("SEM") and classes never predicted."""
+    rng = np.random.default_rng(seed)
+    for _ in range(cases):
+        n = int(rng.integers(1, 80))
+        yield (
+            rng.choice(["Metal", "Ceramic", "Polymer", "Composite"], n),
+            rng.choice(["Metal", "Ceramic", "Polymer", "Composite", "SEM", None], n),
+        )
+
+
 def test_balanced_accuracy_is_scikit_learns_macro_recall_to_the_last_bit():
     # the hand-written formula replaces sklearn's (its input checks dominated notebook 05), so
-    # it must give the very same floats, no-answers and classes never predicted included
-    rng = np.random.default_rng(7)
-    for _ in range(300):
-        n = int(rng.integers(1, 80))
-        y_true = rng.choice(["Metal", "Ceramic", "Polymer", "Composite"], n)
-        y_pred = rng.choice(["Metal", "Ceramic", "Polymer", "Composite", "SEM", None], n)
+    # it must give the very same floats
+    for y_true, y_pred in _random_truth_and_answers(7):
         expected = skm.recall_score(
             y_true,
             metrics.clean_predictions(y_pred),
@@ -170,13 +178,8 @@ def test_balanced_accuracy_is_scikit_learns_macro_recall_to_the_last_bit():
 
 def test_macro_precision_recall_f1_are_scikit_learns_to_the_last_bit():
     # hand-written like balanced accuracy (sklearn's input checks were most of the probes'
-    # time): the same floats, with no-answers, predictions of classes absent from the truth and
-    # classes never predicted (precision 0) included
-    rng = np.random.default_rng(11)
-    for _ in range(300):
-        n = int(rng.integers(1, 80))
-        y_true = rng.choice(["Metal", "Ceramic", "Polymer", "Composite"], n)
-        y_pred = rng.choice(["Metal", "Ceramic", "Polymer", "Composite", "SEM", None], n)
+    # time); a never-predicted class has precision 0
+    for y_true, y_pred in _random_truth_and_answers(11):
         p, r, f, _ = skm.precision_recall_fscore_support(
             y_true,
             metrics.clean_predictions(y_pred),
