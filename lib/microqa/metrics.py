@@ -46,7 +46,8 @@ def balanced_accuracy(y_true: Sequence, y_pred: Sequence) -> float:
 def macro_prf(y_true: Sequence, y_pred: Sequence) -> tuple[float, float, float]:
     """Macro precision, recall and F1 over the classes present in y_true: scikit-learn's
     `precision_recall_fscore_support(..., average="macro", zero_division=0)` arithmetic
-    without its input checks (about 8 ms a call, thousands of calls in the probes' folds)."""
+    without its input checks: 0.14 ms a call instead of 3.5 ms on 60 images (measured on the
+    development machine); the probes make one call per fold seed of every probe."""
     truth = np.asarray(y_true, dtype=object)
     if truth.size == 0:
         raise ValueError("macro precision/recall/F1 of no images")
