@@ -63,12 +63,7 @@ def test_clusters_and_retrieval_find_planted_structure():
 
 UMAP_FIT = """
 import json, sys
-import json
-import subprocess
-import sys
-
 import numpy as np
-import pytest
 rng = np.random.default_rng(0)
 x = np.vstack([rng.normal(size=(30, 16)) + 4, rng.normal(size=(30, 16)) - 4]).astype(np.float32)
 if sys.argv[1] == "umap-learn":  # umap-learn as it comes: nothing cached between processes
