@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # GPU checks for a lent GPU machine (no hub access needed), each step timed out and logged so
 # one failure does not lose the others' results:
-#   1. the tiny Qwen3-VL and LLaVA-NeXT models on CUDA in bf16: the shared prefix answers as the
+#   1. the CLIP embedding benchmark on CUDA (first: the one step that reads the whole library);
+#   2. the tiny Qwen3-VL and LLaVA-NeXT models on CUDA in bf16: the shared prefix answers as the
 #      plain per-question pass does (bf16: loose tolerance) on real micrographs;
-#   2. the VLM benchmark (earlier loop / plain batched / shared prefix) on CUDA, both families,
+#   3. the VLM benchmark (earlier loop / plain batched / shared prefix) on CUDA, both families,
 #      tiny and larger random models;
-#   3. the CLIP embedding benchmark on CUDA;
 #   4. the probe table recomputed on this machine's CPU against tables/clip_probe.csv
 #      (bench/probe_portability.py; inputs exported beforehand to .device_inputs/);
 #   5. the VLM benchmark on a random-weight Qwen3-VL with the 8B model's dimensions.
-# With real weights cached, MODEL=<hub id or dir> benches that model too.
+# With real weights cached, MODEL=<hub id or dir> benches that model too. IMAGES=<folder> points
+# the benches at a copy of the library (default: the mirror beside the checkout, else the
+# sample), CLIP_N=<count> sets how many of its micrographs the CLIP benchmark embeds (the whole
+# library: 870).
 #   bench/gpu_check.sh            (uses .venv/bin/python; override with PY=...)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +20,8 @@ PY=${PY:-.venv/bin/python}
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD/lib:$PWD"
 WORK=${OUT:-build}/gpu_check
 N=${N:-16}
+CLIP_N=${CLIP_N:-60}
+IMAGES_ARG=(${IMAGES:+--images "$IMAGES"})
 mkdir -p "$WORK"
 status=0
 step() {  # step SECONDS NAME COMMAND...: run, log, remember a failure, go on
@@ -42,7 +47,7 @@ print(torch.cuda.get_device_name(0), "torch", torch.__version__)
 work = config.models_dir() / "gpu_check"
 qs = study_questions()
 prompts, letters = [q.prompt for q in qs], [list(q.letters) for q in qs]
-decoded = [images.open_rgb(p) for p in find_images(8, None)]
+decoded = [images.open_rgb(p) for p in find_images(8, Path(sys.argv[1]) if len(sys.argv) > 1 else None)]
 for family in tiny.FAMILIES:
     backend = HFBackend(tiny.build_tiny_vlm(family, work / family))
     assert backend.device == "cuda" and backend.dtype == torch.bfloat16, (backend.device, backend.dtype)
@@ -63,17 +68,18 @@ for family in tiny.FAMILIES:
     assert drift < 2e-2, drift
 print("GPU CHECK OK")
 PYEOF
-step 120 "1. shared prefix = plain pass on CUDA (tiny models)" "$PY" /tmp/gpu_agreement.py
+step 300 "1. CLIP bench" "$PY" bench/bench_clip.py --device cuda --n "$CLIP_N" \
+  --n-earlier 200 "${IMAGES_ARG[@]}" --json "$WORK/clip.json"
+step 120 "2. shared prefix = plain pass on CUDA (tiny models)" "$PY" /tmp/gpu_agreement.py ${IMAGES:+"$IMAGES"}
 for family in qwen3_vl llava_next; do
-  step 150 "2. VLM bench $family" "$PY" bench/bench_vlm.py --family "$family" --device cuda \
-    -n "$N" --earlier-images 4 --batch-size 16
+  step 150 "3. VLM bench $family" "$PY" bench/bench_vlm.py --family "$family" --device cuda \
+    -n "$N" --earlier-images 4 --batch-size 16 "${IMAGES_ARG[@]}"
 done
-step 120 "3. CLIP bench" "$PY" bench/bench_clip.py --device cuda --n 60 --json "$WORK/clip.json"
 if [ -f .device_inputs/probe_inputs.npz ]; then
   step 120 "4. probe table on this CPU" "$PY" bench/probe_portability.py check .device_inputs
 fi
 step 300 "5. VLM bench, Qwen3-VL 8B dimensions" "$PY" bench/bench_vlm.py --sizes 8b \
-  --device cuda -n 8 --earlier-images 2 --batch-size 36
+  --device cuda -n 8 --earlier-images 2 --batch-size 36 "${IMAGES_ARG[@]}"
 if [ -n "${MODEL:-}" ]; then
   step 300 "real model" "$PY" bench/bench_vlm.py --model "$MODEL" --device cuda -n "$N" \
     --batch-size 16 --earlier-images 8
