@@ -57,6 +57,44 @@ def test_calibration_row_of_an_overconfident_method_improves_after_scaling():
     assert row["n_specimens"] == len(set(groups))
 
 
+def test_each_resamples_ece_and_brier_are_those_of_its_own_rows_to_the_last_bit():
+    """The bootstrap gathers per-image confidences, hits and Brier terms computed once: every
+    resample must score exactly as its rows scored afresh (== on the floats)."""
+    probs, y, _ = _planted_probs(n=300, seed=3)
+    probs = np.round(probs, 2)  # ties in confidence, so equal-mass bins share tied values
+    probs /= probs.sum(axis=1, keepdims=True)
+    rng = np.random.default_rng(4)
+    samples = [rng.integers(0, len(y), size) for size in (1, 2, 7, 150, 300, 300, 600)]
+    scored = study_calibration._scores(probs, y, samples)
+    for i, (ece, brier) in zip(samples, scored, strict=True):
+        conf, correct = calibration.top_label(probs[i], y[i])
+        assert ece == calibration.ece(conf, correct)
+        assert brier == calibration.brier(probs[i], y[i])
+
+
+def test_coverage_at_risk_on_class_codes_is_the_same_as_on_labels():
+    """selective_row scores its resamples on integer codes of the labels: the same classes in
+    the same order and the same hits, so the same floats, with predictions outside the truth's
+    classes (None, an unknown label) and classes missing from a resample."""
+    rng = np.random.default_rng(5)
+    labels = np.array(["Metal", "Ceramic", "Polymer", "Composite"], dtype=object)
+    y = labels[rng.integers(0, 4, 200)]
+    pred = np.where(rng.random(200) < 0.6, y, labels[rng.integers(0, 4, 200)]).astype(object)
+    pred[rng.random(200) < 0.1] = None
+    pred[:3] = "Glass"
+    conf = np.round(rng.random(200), 1)  # ties
+    y_codes, p_codes = selective._codes(y, pred)
+    for size in (5, 50, 200, 400):
+        i = rng.integers(0, 200, size)
+        i = i[y[i] != "Polymer"] if size == 50 else i  # a class absent from the resample
+        on_labels = calibration.balanced_risk_curve(conf[i], y[i], pred[i])
+        on_codes = calibration.balanced_risk_curve(conf[i], y_codes[i], p_codes[i])
+        assert np.array_equal(on_codes, on_labels)  # the whole curve the coverage is read from
+        for risk in (0.0, 0.1, 0.25, 0.5):
+            expected = calibration.coverage_at_risk(conf[i], y[i], pred[i], risk)
+            assert calibration.coverage_at_risk(conf[i], y_codes[i], p_codes[i], risk) == expected
+
+
 def test_calibration_table_holds_every_probabilistic_method_and_both_baselines(
     tmp_path, monkeypatch
 ):

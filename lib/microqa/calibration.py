@@ -82,11 +82,16 @@ def ece(confidence: np.ndarray, correct: np.ndarray, n_bins: int = N_BINS) -> fl
     return float(np.sum(np.abs(right - said)) / len(confidence))
 
 
-def brier(probs: np.ndarray, y: np.ndarray) -> float:
-    """Multi-class Brier score: mean of sum_k (p_k - [y = k])^2."""
+def brier_terms(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Each image's term of the Brier score: sum_k (p_k - [y = k])^2."""
     probs = np.asarray(probs, dtype=float)
     onehot = np.eye(probs.shape[1])[np.asarray(y)]
-    return float(np.mean(np.sum((probs - onehot) ** 2, axis=1)))
+    return np.sum((probs - onehot) ** 2, axis=1)
+
+
+def brier(probs: np.ndarray, y: np.ndarray) -> float:
+    """Multi-class Brier score: the mean of `brier_terms`."""
+    return float(np.mean(brier_terms(probs, y)))
 
 
 def nll(probs: np.ndarray, y: np.ndarray) -> float:
