@@ -272,7 +272,7 @@ body.querySelectorAll('code').forEach(c => c.remove());
 return body.innerText;
 """
 STDERR = "[data-mime-type='application/vnd.jupyter.stderr']"
-RAW_DICT = re.compile(r'^\s*\{\s*"[^"]+":', flags=re.M)
+RAW_DICT = re.compile(r"""^\s*\{\s*["'][^"']+["']\s*:""", flags=re.M)  # JSON or a Python repr
 MACHINE_URL = re.compile(r"https?://(127\.0\.0\.1|localhost|0\.0\.0\.0)\b")
 
 

@@ -317,10 +317,11 @@ def stage_labels(run: ZeroShotRun, model: str | None = None) -> list[str]:
 
 def record_provenance(
     study: Run, run: ZeroShotRun, best: pd.DataFrame, features_source: str, **parameters
-) -> dict:
-    """The CLIP stage's provenance section: models and weights, the prompt sets by content,
-    the features the embedding space used, the choices, timing and parameters."""
-    return study.record_stage(
+) -> None:
+    """Record the CLIP stage's provenance section: models and weights, the prompt sets by
+    content, the features the embedding space used, the choices, timing and parameters.
+    Returns nothing, so the notebook cell that calls it shows no raw record to a reader."""
+    study.record_stage(
         STAGE,
         models=list(run.status),
         weights=run.status,
