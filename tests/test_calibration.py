@@ -24,6 +24,22 @@ def test_ece_with_equal_mass_bins_by_hand():
     assert calibration.ece(conf, correct, n_bins=1) == pytest.approx(0.05)
 
 
+def test_equal_mass_edges_are_numpys_percentiles_to_the_last_bit():
+    """The bin edges are computed without np.percentile's machinery: they must be its floats,
+    == on every edge, for sizes from 1 up, ties, constant and two-valued confidences, top-label
+    confidences near 1 and 1/k, and other bin counts."""
+    rng = np.random.default_rng(0)
+    cases = [rng.random(n) for n in (1, 2, 3, 9, 10, 11, 59, 60, 61, 839, 1000)]
+    cases += [np.round(rng.random(n), d) for n in (7, 60, 500) for d in (1, 2)]  # ties
+    cases += [np.full(13, 0.25), np.repeat([0.2, 0.9], [3, 40]), 1 - rng.random(300) ** 8 / 1e6]
+    cases += [rng.dirichlet(np.ones(5), 200).max(axis=1), np.full(4, 1 / 3)]
+    for values in cases:
+        for n_bins in (calibration.N_BINS, 3, 7, 15):
+            expected = np.percentile(values, np.linspace(0, 100, n_bins + 1))
+            got = calibration.equal_mass_edges(values, n_bins)
+            assert got.tolist() == expected.tolist(), (len(values), n_bins)
+
+
 def test_tied_confidences_share_a_bin():
     conf = np.array([0.5, 0.5, 0.5, 0.5, 0.9, 0.95])
     bins = calibration.equal_mass_bins(conf, n_bins=3)

@@ -39,11 +39,32 @@ def top_label(probs: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return probs.max(axis=1), probs.argmax(axis=1) == np.asarray(y)
 
 
+def equal_mass_edges(confidence: np.ndarray, n_bins: int = N_BINS) -> np.ndarray:
+    """`np.percentile(confidence, np.linspace(0, 100, n_bins + 1))`, computed as numpy's
+    default ("linear") method does, on a sorted copy: the same floats (tested against
+    np.percentile) without its generic machinery, which cost most of each bootstrap resample's
+    ECE (about 0.4 ms of 0.5)."""
+    ordered = np.sort(np.asarray(confidence, dtype=float))
+    if len(ordered) == 0 or np.isnan(ordered[-1]):  # numpy's own rules for these
+        return np.percentile(ordered, np.linspace(0, 100, n_bins + 1))
+    quantiles = np.true_divide(np.linspace(0, 100, n_bins + 1), 100)
+    virtual = (len(ordered) - 1) * quantiles  # numpy: the virtual index of each quantile
+    below = np.floor(virtual)
+    above = below + 1
+    top = virtual >= len(ordered) - 1  # numpy takes the last value there
+    below[top] = above[top] = -1
+    below, above = below.astype(np.intp), above.astype(np.intp)
+    gamma = virtual - below
+    low, high = ordered[below], ordered[above]
+    step = high - low
+    # numpy's _lerp: from the nearer end, so that gamma 1 gives `high` exactly
+    return np.where(gamma >= 0.5, high - step * (1 - gamma), low + step * gamma)
+
+
 def equal_mass_bins(confidence: np.ndarray, n_bins: int = N_BINS) -> np.ndarray:
     """Bin index (0..n_bins-1) of each confidence, cut at its quantiles (sklearn's edges)."""
     confidence = np.asarray(confidence, dtype=float)
-    edges = np.percentile(confidence, np.linspace(0, 100, n_bins + 1))
-    return np.searchsorted(edges[1:-1], confidence)
+    return np.searchsorted(equal_mass_edges(confidence, n_bins)[1:-1], confidence)
 
 
 def reliability_bins(
