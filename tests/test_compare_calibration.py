@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from microqa import calibration, stats
+from microqa import calibration, metrics, stats
 from microqa.compare import calibration as study_calibration
 from microqa.compare import methods, per_class, selective
 from tests.test_comparison import CLASSES, _compare
@@ -83,7 +83,8 @@ def test_coverage_at_risk_on_class_codes_is_the_same_as_on_labels():
     pred[rng.random(200) < 0.1] = None
     pred[:3] = "Glass"
     conf = np.round(rng.random(200), 1)  # ties
-    y_codes, p_codes = selective._codes(y, pred)
+    codes = metrics.LabelCodes(y, metrics.clean_predictions(pred))
+    y_codes, p_codes = codes.t, codes.p
     for size in (5, 50, 200, 400):
         i = rng.integers(0, 200, size)
         i = i[y[i] != "Polymer"] if size == 50 else i  # a class absent from the resample

@@ -77,8 +77,7 @@ def cross_fitted_scaling(
 def _scores(probs: np.ndarray, y: np.ndarray, samples) -> np.ndarray:
     """(ECE, Brier) of each sample of image indices. Each image's confidence, hit and Brier
     term are computed once and gathered per sample: the same floats as scoring a sample's rows
-    afresh (a row's terms do not depend on the other rows). The equal-mass bin edges
-    (`np.percentile`) remain most of the cost."""
+    afresh (a row's terms do not depend on the other rows)."""
     conf, correct = calibration.top_label(probs, y)
     terms = calibration.brier_terms(probs, y)
     return np.array(

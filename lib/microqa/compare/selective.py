@@ -25,7 +25,7 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 
-from microqa import calibration, parallel, stats
+from microqa import calibration, metrics, parallel, stats
 from microqa.compare.calibration import task_truth
 from microqa.compare.comparison import StudyComparison
 from microqa.compare.hybrids import confidence
@@ -57,18 +57,6 @@ def _main_mode(method: Method) -> bool:
     return method.mode != "generate"
 
 
-def _codes(y: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The truth and the predictions as integer codes in the truth's sorted class order (a
-    prediction of no true class: -1). `calibration.coverage_at_risk` gives the same floats on
-    them as on the labels (the same classes in the same order, the same hits) without sorting
-    strings again in every resample."""
-    code = {c: i for i, c in enumerate(sorted(set(y)))}
-    return (
-        np.array([code[v] for v in y], dtype=np.int64),
-        np.array([code.get(v, -1) for v in pred], dtype=np.int64),
-    )
-
-
 def selective_row(name, conf, pred, truth, groups, n_boot, seed, method: Method) -> dict:
     ids = truth.index.intersection(conf.index)
     y, c = truth.loc[ids].to_numpy(), conf.loc[ids].to_numpy(dtype=float)
@@ -83,9 +71,11 @@ def selective_row(name, conf, pred, truth, groups, n_boot, seed, method: Method)
     row["coverage_at_risk"] = calibration.coverage_at_risk(c, y, p, MAX_BALANCED_RISK)
     samples = stats.resamples(y, groups.loc[ids].to_numpy(), n_boot=n_boot, seed=seed)
     aurcs = [calibration.aurc(c[i], correct[i]) for i in samples]
-    y_codes, p_codes = _codes(y, p)
+    # on integer codes (the truth's classes in the same order, the same hits: the same
+    # floats) so that no resample sorts strings again
+    codes = metrics.LabelCodes(y, metrics.clean_predictions(p))
     covered = [
-        calibration.coverage_at_risk(c[i], y_codes[i], p_codes[i], MAX_BALANCED_RISK)
+        calibration.coverage_at_risk(c[i], codes.t[i], codes.p[i], MAX_BALANCED_RISK)
         for i in samples
     ]
     row["aurc_ci_low"], row["aurc_ci_high"] = stats.interval(aurcs)
