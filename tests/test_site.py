@@ -69,6 +69,26 @@ def test_prepare_keeps_one_banner_at_the_top_and_scrubs_machine_paths(tmp_path):
     assert [c.id for c in again.cells] == [c.id for c in page.cells]  # a rebuild: the same page
 
 
+def test_a_progress_bar_and_the_widgets_state_stay_off_the_page():
+    """A tqdm bar in a notebook is a widget whose text form is its first frame: a page that
+    kept it would show the run frozen at 0%. The output beside it stays."""
+    bar_text = "embed ViT-B-32:openai:   0%|          | 0/870 [00:00<?, ?img/s]"
+    bar = nbformat.v4.new_output(
+        "display_data",
+        data={"text/plain": bar_text, site.WIDGET_MIME: {"model_id": "abc123", "version_major": 2}},
+    )
+    summary = (
+        "Qwen/Qwen3-VL-8B-Instruct: 30 questions about 2 images, 30 asked now, 0 from the cache"
+    )
+    nb = _notebook([[bar, nbformat.v4.new_output("stream", name="stdout", text=summary)]])
+    nb.metadata["widgets"] = {
+        "application/vnd.jupyter.widget-state+json": {"state": {"abc123": {}}, "version_major": 2}
+    }
+    html = site.render(site.prepare(nb, "03_clip_zero_shot", site.machine_paths()), "03")
+    assert "0/870" not in html and "widget-state" not in html and "abc123" not in html
+    assert summary in html
+
+
 def _png(width: int, height: int, noise: bool = False) -> str:
     rng = np.random.default_rng(0)
     pixels = np.full((height, width, 3), 255, dtype=np.uint8)

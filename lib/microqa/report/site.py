@@ -8,7 +8,8 @@ hidden, and a few preprocessing steps on each executed notebook before rendering
   notebook displayed; later copies and the "!!!" stderr banners are dropped);
 - absolute paths of the machine that ran it (the repository, its parent, the temporary
   folder, the home folder) are rewritten to repo-relative ones or removed;
-- widget outputs (tqdm bars) keep only their text form, which a static page can show;
+- widget outputs (tqdm bars) and the widgets' saved state are left out: a bar's text form
+  is its first frame, which a static page would show frozen at 0%;
 - stderr streams (warnings, "SKIPPED: ..." notes) and the "Library logs ..." pointer are left
   out: they stay in the executed notebooks and the logs, readers have neither;
 - the loopback URL of a local DoITPoMS mirror is named as the public library it mirrors (the
@@ -123,13 +124,11 @@ def prepare(
             if _is_banner(output):
                 banners.append(output["data"]["text/markdown"])
                 continue
-            data = output.get("data")
-            if data and WIDGET_MIME in data:
-                data.pop(WIDGET_MIME)
-                if not data:
-                    continue
+            if WIDGET_MIME in output.get("data", {}):
+                continue  # a progress bar: its text form is its first frame
             kept.append(_scrub_output(output, pairs))
         cell.outputs = kept
+    nb.metadata.pop("widgets", None)  # the bars' saved state, which nothing on the page reads
     for cell in nb.cells:
         if cell.cell_type == "markdown":
             cell.source = scrub(cell.source, pairs)

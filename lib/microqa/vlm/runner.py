@@ -287,9 +287,10 @@ def run_model(
         opened, items + described, cache, failures, settings.variant
     )
     answered = [it for it in items if it.key.key in found]
+    asked_now = sum(it.key.key in fresh for it in answered)
     log(
         f"{opened.label}: {len(answered)} questions about {len(shas)} images, "
-        f"{sum(it.key.key in fresh for it in answered)} asked now, the rest from the cache"
+        f"{asked_now} asked now, {len(answered) - asked_now} from the cache"
         + (f"; {len(failures)} images failed" if failures else "")
     )
     rows = [_answer_row(base, it, found[it.key.key], settings, fresh) for it in answered]
