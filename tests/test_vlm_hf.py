@@ -149,6 +149,44 @@ def test_generate_batched_equals_unbatched(family, backends, mixed_requests):
     assert all(r.text and r.latency_s > 0 and r.visual_tokens > 0 for r in batched)
 
 
+@pytest.mark.parametrize("family", tiny.FAMILIES)
+def test_questions_about_one_image_preprocess_it_once_into_the_processors_own_tensors(
+    family, backends, monkeypatch
+):
+    backend = backends[family]
+    image = micrograph(520, 390, 1)
+    prompts = [PROMPT, "Short?", PROMPT + " Think of the scale bar."]
+    requests = [VLMRequest(image, p) for p in prompts]
+    expected = backend.processor(
+        text=[backend._prompt_text(r) for r in requests],
+        images=[[image]] * len(requests),
+        padding=True,
+        return_tensors="pt",
+        **backend._images_kwargs,
+    )
+    calls = []
+    preprocess = backend.processor.image_processor.__call__
+    monkeypatch.setattr(
+        type(backend.processor.image_processor),
+        "__call__",
+        lambda self, images, **kw: calls.append(images) or preprocess(images, **kw),
+    )
+    inputs = backend._inputs(requests)
+    assert len(calls) == 1 and len(calls[0]) == 1  # one image processed, once
+    assert sorted(inputs) == sorted(expected)
+    for key in expected:
+        assert inputs[key].dtype == expected[key].dtype, key
+        assert torch.equal(inputs[key], expected[key]), key
+    # copies of an image (different objects) take the processor's own path
+    calls.clear()
+    backend._inputs([VLMRequest(image.copy(), p) for p in prompts])
+    assert sum(len(c) for c in calls) == len(prompts)
+    # and the answers are the same whichever path built the inputs
+    one_image = backend.generate_image(image, prompts, max_new_tokens=6)
+    copies = backend.generate([VLMRequest(image.copy(), p) for p in prompts], max_new_tokens=6)
+    assert [r.text for r in one_image] == [r.text for r in copies]
+
+
 def test_image_modes_give_the_same_answer_as_their_rgb_version(backends):
     backend = backends["qwen3_vl"]
     base = micrograph(300, 200, 3)

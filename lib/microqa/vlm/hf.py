@@ -199,11 +199,52 @@ class HFBackend:
 
     def _inputs(self, batch: Sequence[VLMRequest]):
         texts = [self._prompt_text(request) for request in batch]
-        images = [[to_rgb(request.image)] for request in batch]
-        inputs = self.processor(
-            text=texts, images=images, padding=True, return_tensors="pt", **self._images_kwargs
-        )
+        pictures = [to_rgb(request.image) for request in batch]
+        if len(batch) > 1 and self.family is not None and all(p is pictures[0] for p in pictures):
+            inputs = self._one_image_inputs(texts, pictures[0])
+        else:
+            inputs = self.processor(
+                text=texts,
+                images=[[p] for p in pictures],
+                padding=True,
+                return_tensors="pt",
+                **self._images_kwargs,
+            )
         return inputs.to(self.device)
+
+    # what the processors of the two families derive from the prompts' tokens
+    _TEXT_KEYS = frozenset({"input_ids", "attention_mask", "mm_token_type_ids"})
+
+    def _one_image_inputs(self, texts: list[str], image: Image.Image):
+        """The processor's own inputs for several questions about ONE image, with the image
+        preprocessed once instead of once per question (`generate_image` batches every
+        question about an image; the image processor was about a quarter of its time on
+        CPU). Qwen-VL and LLaVA-NeXT stack each image's arrays along the first axis and expand
+        its placeholder to the same number of tokens in every prompt, so the image arrays are
+        repeated and the prompts tokenised with that expansion: the very tensors the
+        processor builds for the batch (a test compares them)."""
+        import torch
+        from transformers import BatchFeature
+
+        one = self.processor(
+            text=texts[:1], images=[[image]], return_tensors="pt", **self._images_kwargs
+        )
+        placeholder = self.processor.tokenizer.convert_ids_to_tokens(self.image_token_id)
+        if any(text.count(placeholder) != 1 for text in texts):
+            raise ValueError(f"{self.model_id}: expected one image placeholder per prompt")
+        expanded = placeholder * int((one["input_ids"][0] == self.image_token_id).sum())
+        data = dict(
+            self.processor.tokenizer(
+                [text.replace(placeholder, expanded) for text in texts], padding=True
+            )
+        )
+        if "mm_token_type_ids" in one:
+            data["mm_token_type_ids"] = self.processor.create_mm_token_type_ids(data["input_ids"])
+        data = {k: torch.tensor(v) for k, v in data.items() if k in one}
+        for key, value in one.items():
+            if key not in self._TEXT_KEYS:
+                data[key] = torch.cat([value] * len(texts))
+        return BatchFeature(data)
 
     def _prefetched(self, requests: Sequence[VLMRequest]) -> Iterator[tuple[Sequence, object]]:
         """(batch, model inputs) pairs. On a GPU the next batch is decoded and preprocessed
