@@ -12,6 +12,10 @@ ways to answer, all through the same HFBackend:
   image, each text segment the questions share (a CLIP context, a question stem) prefilled
   once on top of it, and only the questions' distinct tails scored, in batches.
 
+Generate mode (free-text answers, 16 new tokens, batched), on the first images: with every
+question's image preprocessed again (the processor given one copy of the image per question)
+and with the image preprocessed once for all the questions about it (`generate_image`).
+
 Offline it runs the tiny random-weight model of a family (language model hidden 64, 2 layers)
 and a larger random-weight model of the same family (hidden 512, 8 layers), so the ratio is not
 measured only on a model whose language model costs nothing; `--model` takes a hub id or a
@@ -30,11 +34,12 @@ from pathlib import Path
 
 from microqa import config
 from microqa.data import images
-from microqa.vlm import prefix, questions, tiny
+from microqa.vlm import prefix, questions, runner, tiny
 from microqa.vlm.base import VLMRequest
 from microqa.vlm.hf import HFBackend
 
 TARGET = 5.0
+GENERATE_TOKENS = runner.RunSettings.max_new_tokens  # the study's generate mode
 # Representative CLIP context texts (their length is what matters to the cost).
 TOPK = (
     "Hint from a CLIP image classifier (zero-shot; it can be wrong): its top 3 labels for this "
@@ -186,10 +191,23 @@ def bench_model(model: str, paths: list[Path], args) -> dict:
         backend.shared_prefix = True
         backend.score_image(image, prompts, letters)
 
+    generate_images = decoded[: args.generate_images]
+    # copies made outside the timed calls: distinct image objects take the processor's path
+    copies = {id(image): [image.copy() for _ in prompts] for image in generate_images}
+
+    def generate_per_question(image):
+        requests = [VLMRequest(c, p) for c, p in zip(copies[id(image)], prompts, strict=True)]
+        backend.generate(requests, max_new_tokens=GENERATE_TOKENS)
+
+    def generate_once(image):
+        backend.generate_image(image, prompts, max_new_tokens=GENERATE_TOKENS)
+
     saved_batch, backend.batch_size = backend.batch_size, 1
     earlier_qps = timed(earlier, earlier_images)
     backend.batch_size = saved_batch
     plain_qps, shared_qps = timed(plain, decoded), timed(shared, decoded)
+    per_question_qps = timed(generate_per_question, generate_images)
+    once_qps = timed(generate_once, generate_images)
     tokens = [prefill_tokens(backend, image, prompts) for image in decoded]
     return {
         "model": model,
@@ -207,6 +225,10 @@ def bench_model(model: str, paths: list[Path], args) -> dict:
         "prefill_tokens_per_question_shared": sum(t[1] for t in tokens) / len(tokens),
         "ratio_shared_vs_earlier": shared_qps / earlier_qps,
         "ratio_shared_vs_plain": shared_qps / plain_qps,
+        "n_images_generate": len(generate_images),
+        "generate_image_per_question_qps": per_question_qps,
+        "generate_image_once_qps": once_qps,
+        "ratio_generate_once_vs_per_question": once_qps / per_question_qps,
         "target": TARGET,
     }
 
@@ -231,6 +253,13 @@ def report(label: str, r: dict) -> None:
         f"  shared prefix / earlier loop: {ratio:.1f}x ({verdict} the {TARGET:.0f}x target); "
         f"shared / plain batched: {r['ratio_shared_vs_plain']:.1f}x"
     )
+    print(
+        f"  generate mode ({GENERATE_TOKENS} tokens, batched, {r['n_images_generate']} "
+        f"micrographs): image preprocessed per question "
+        f"{r['generate_image_per_question_qps']:.2f} questions/s, once per image "
+        f"{r['generate_image_once_qps']:.2f} "
+        f"({r['ratio_generate_once_vs_per_question']:.2f}x)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -247,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=None,
         help="time the earlier loop on the first N images only (default: all)",
+    )
+    parser.add_argument(
+        "--generate-images", type=int, default=4, help="micrographs timed in generate mode"
     )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default=None)
