@@ -27,7 +27,8 @@ all questions (the per-question text, CLIP context included, comes after the ima
 image is preprocessed once, the vision tower runs once and the shared prefix is prefilled once;
 the text the questions share after it (a CLIP context, a question stem) is prefilled once on
 top, and only each question's distinct tail is scored, in batches (see `microqa.vlm.prefix`).
-`shared_prefix=False` keeps the plain per-question forward pass.
+`shared_prefix=False` keeps the plain per-question forward pass. `generate_image` (free-text
+answers) preprocesses the image once for all the questions, then generates them in batches.
 """
 
 from __future__ import annotations
@@ -372,7 +373,7 @@ class HFBackend:
     def generate_image(
         self, image: Image.Image, prompts: list[str], *, max_new_tokens: int
     ) -> list[GenerateResult]:
-        """Greedy answers to every question about one image (the image decoded once)."""
+        """Greedy answers to every question about one image (decoded and preprocessed once)."""
         image = to_rgb(image)
         return self.generate([VLMRequest(image, p) for p in prompts], max_new_tokens=max_new_tokens)
 
