@@ -113,6 +113,56 @@ def test_shared_prefix_equals_the_plain_forward_pass(family, sharp, monkeypatch)
         assert drift > TOLERANCE, name
 
 
+@pytest.mark.parametrize("family", tiny.FAMILIES)
+def test_generate_mode_on_the_shared_prefix_writes_what_model_generate_writes(
+    family, sharp, monkeypatch
+):
+    """Greedy answers decoded on top of the image prefix equal transformers' own `generate`,
+    one question at a time, token for token (answers that stop early included); a decode step
+    placed one position off would not."""
+    backend = sharp[family]
+    prompts, _ = study_questions()
+    prompts += ["Describe this micrograph in one sentence.", "Short?"]
+    tokens = 16
+    for path in real_micrographs(2):
+        image = images.open_rgb(path)
+        shared = backend.generate_image(image, prompts, max_new_tokens=tokens)
+        alone = [
+            backend.generate([hf.VLMRequest(image.copy(), p)], max_new_tokens=tokens)[0]
+            for p in prompts
+        ]
+        assert [s.text for s in shared] == [a.text for a in alone]
+        assert [s.visual_tokens for s in shared] == [a.visual_tokens for a in alone]
+    lengths = [len(backend.processor.tokenizer(a.text)["input_ids"]) for a in alone]
+    assert len(set(lengths)) > 1  # some answers end before the token limit
+
+    real = prefix._step
+
+    def one_off(backend_, cache, mask, new, positions, deltas):
+        return real(backend_, cache, mask, new, positions + (new.shape[1] == 1), deltas)
+
+    monkeypatch.setattr(prefix, "_step", one_off)
+    off = backend.generate_image(image, prompts, max_new_tokens=tokens)
+    assert [o.text for o in off] != [a.text for a in alone]
+
+
+def test_a_model_whose_greedy_search_is_not_plain_answers_through_model_generate(
+    sharp, monkeypatch
+):
+    backend = sharp["qwen3_vl"]
+    image = images.open_rgb(real_micrographs(1)[0])
+    prompts = study_questions()[0][:4]
+    monkeypatch.setattr(backend.model.generation_config, "repetition_penalty", 1.3)
+    assert not prefix.plain_greedy(backend)
+    calls = []
+    real = backend.model.generate
+    monkeypatch.setattr(backend.model, "generate", lambda **kw: calls.append(1) or real(**kw))
+    answers = backend.generate_image(image, prompts, max_new_tokens=8)
+    assert calls and len(answers) == len(prompts)
+    monkeypatch.setattr(backend.model.generation_config, "repetition_penalty", 1.0)
+    assert prefix.plain_greedy(backend)
+
+
 def _runs(segment, above=()):
     """{question index: (the shared segments it runs on, its tail)} under a plan."""
     above = (*above, segment.tokens) if segment.tokens else above

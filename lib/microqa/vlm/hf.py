@@ -374,7 +374,11 @@ class HFBackend:
         self, image: Image.Image, prompts: list[str], *, max_new_tokens: int
     ) -> list[GenerateResult]:
         """Greedy answers to every question about one image (decoded and preprocessed once)."""
+        from microqa.vlm import prefix
+
         image = to_rgb(image)
+        if self.shared_prefix and prefix.plain_greedy(self):
+            return prefix.generate_image(self, image, prompts, max_new_tokens)
         return self.generate([VLMRequest(image, p) for p in prompts], max_new_tokens=max_new_tokens)
 
     def visual_tokens(self, image: Image.Image) -> int:

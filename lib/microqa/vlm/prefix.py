@@ -256,3 +256,130 @@ def score_image(
     _score_segment(backend, plan([ids for _, ids in splits]), cache, length, deltas, rows)
     latency = (time.perf_counter() - start) / len(prompts)
     return backend.letter_results(torch.stack(rows), letters, latency, [visual] * len(prompts))
+
+
+# --------------------------------------------------------------------------- generate mode
+
+# Settings of a model's generation config that would make transformers' greedy search more
+# than argmax decoding up to an end token (a logits processor, a stop rule, beams), with their
+# neutral values (None is transformers' default; checkpoints often write the neutral number).
+# The shared-prefix decoder implements plain greedy search only, so a model setting any of
+# them otherwise answers through `model.generate`.
+GREEDY_NEUTRAL = {
+    "num_beams": (None, 1),
+    "penalty_alpha": (None, 0, 0.0),
+    "repetition_penalty": (None, 1, 1.0),
+    "encoder_repetition_penalty": (None, 1, 1.0),
+    "no_repeat_ngram_size": (None, 0),
+    "encoder_no_repeat_ngram_size": (None, 0),
+    "bad_words_ids": (None, []),
+    "suppress_tokens": (None, []),
+    "begin_suppress_tokens": (None, []),
+    "sequence_bias": (None, {}),
+    "min_length": (None, 0),
+    "min_new_tokens": (None, 0),
+    "forced_bos_token_id": (None,),
+    "forced_eos_token_id": (None,),
+    "exponential_decay_length_penalty": (None,),
+    "guidance_scale": (None, 1, 1.0),
+    "stop_strings": (None, []),
+    "watermarking_config": (None,),
+}
+
+
+def plain_greedy(backend) -> bool:
+    """Whether the model's greedy search is plain argmax decoding up to an end token (its
+    generation config keeps every GREEDY_NEUTRAL setting neutral)."""
+    config = backend.model.generation_config
+    return all(getattr(config, name, None) in neutral for name, neutral in GREEDY_NEUTRAL.items())
+
+
+def _end_tokens(backend) -> set[int]:
+    eos = backend.model.generation_config.eos_token_id
+    if eos is None:
+        eos = backend.processor.tokenizer.eos_token_id
+    return set(eos if isinstance(eos, list | tuple) else [eos]) - {None}
+
+
+def _step(backend, cache, mask, tokens, positions, deltas):
+    """One forward call of new `tokens` (batch x n) at `positions` onto `cache` (extended in
+    place as transformers' caches are), attending where `mask` (batch x cache+n) is 1: the
+    logits of each row's last new token."""
+    import torch
+
+    if deltas is not None:  # Qwen-VL multimodal rope: text continues on all three axes
+        positions = (positions + deltas.cpu()).unsqueeze(0).expand(3, *positions.shape)
+    device = backend.device
+    with torch.inference_mode():
+        return backend.model.model(
+            input_ids=tokens.to(device),
+            attention_mask=mask.to(device),
+            position_ids=positions.to(device),
+            cache=cache,
+            use_cache=True,
+        ).last_hidden_state
+
+
+def greedy(backend, cache, length: int, deltas, suffixes: list[list[int]], max_new_tokens: int):
+    """Greedy continuations of right-padded `suffixes` on top of the prefix in `cache`: the
+    new token ids of each row, up to and including its end token. Every row keeps its own
+    positions (prefix, its suffix, then its new tokens), and the padding after a short suffix
+    is masked out, so each row decodes as it would alone."""
+    import torch
+
+    batch, longest = len(suffixes), max(len(s) for s in suffixes)
+    pad = backend.processor.tokenizer.pad_token_id or 0
+    ids = torch.full((batch, longest), pad, dtype=torch.long)
+    mask = torch.zeros((batch, length + longest), dtype=torch.long)
+    mask[:, :length] = 1
+    for row, suffix in enumerate(suffixes):
+        ids[row, : len(suffix)] = torch.tensor(suffix)
+        mask[row, length : length + len(suffix)] = 1
+    lengths = torch.tensor([len(s) for s in suffixes])
+    extended = _shared(cache, batch)
+    positions = (length + torch.arange(longest)).expand(batch, longest)
+    hidden = _step(backend, extended, mask, ids, positions, deltas)
+    last = hidden[torch.arange(batch, device=hidden.device), (lengths - 1).to(hidden.device)]
+    head, ends = backend.model.get_output_embeddings(), _end_tokens(backend)
+    out: list[list[int]] = [[] for _ in range(batch)]
+    done = [False] * batch
+    for step in range(max_new_tokens):
+        with torch.inference_mode():
+            chosen = head(last).argmax(dim=-1).cpu()
+        for row in range(batch):
+            if not done[row]:
+                out[row].append(int(chosen[row]))
+                done[row] = int(chosen[row]) in ends
+        if all(done) or step == max_new_tokens - 1:
+            break
+        tokens = torch.where(torch.tensor(done), pad, chosen).unsqueeze(1)
+        mask = torch.cat([mask, torch.ones((batch, 1), dtype=torch.long)], dim=1)
+        hidden = _step(backend, extended, mask, tokens, (length + lengths + step)[:, None], deltas)
+        last = hidden[:, -1]
+    return out
+
+
+def generate_image(backend, image: Image.Image, prompts: list[str], max_new_tokens: int):
+    """Greedy answers to every question about `image` from one image pass: the prefix is
+    prefilled once and the questions' suffixes decoded on top of it in batches of similar
+    length (`backend.batch_size`)."""
+    from microqa.vlm.base import GenerateResult
+
+    start = time.perf_counter()
+    splits = [split_prompt(backend, text) for text in prompt_texts(backend, prompts)]
+    prefix_texts = {text for text, _ in splits}
+    if len(prefix_texts) != 1:
+        raise PrefixError(f"the prompts of one image do not share a prefix in {backend.model_id}")
+    cache, length, deltas, visual = prefill(backend, image, prefix_texts.pop())
+    new_tokens: list = [None] * len(splits)
+    order = sorted(range(len(splits)), key=lambda i: len(splits[i][1]))
+    for begin in range(0, len(order), backend.batch_size):
+        chunk = order[begin : begin + backend.batch_size]
+        decoded = greedy(
+            backend, cache, length, deltas, [splits[i][1] for i in chunk], max_new_tokens
+        )
+        for index, tokens in zip(chunk, decoded, strict=True):
+            new_tokens[index] = tokens
+    texts = backend.processor.batch_decode(new_tokens, skip_special_tokens=True)
+    latency = (time.perf_counter() - start) / len(prompts)
+    return [GenerateResult(text=t, latency_s=latency, visual_tokens=visual) for t in texts]
