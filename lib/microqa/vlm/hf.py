@@ -213,17 +213,13 @@ class HFBackend:
             )
         return inputs.to(self.device)
 
-    # what the processors of the two families derive from the prompts' tokens
-    _TEXT_KEYS = frozenset({"input_ids", "attention_mask", "mm_token_type_ids"})
+    _TEXT_KEYS = frozenset({"input_ids", "attention_mask", "mm_token_type_ids"})  # from tokens
 
     def _one_image_inputs(self, texts: list[str], image: Image.Image):
-        """The processor's own inputs for several questions about ONE image, with the image
-        preprocessed once instead of once per question (`generate_image` batches every
-        question about an image; the image processor was about a quarter of its time on
-        CPU). Qwen-VL and LLaVA-NeXT stack each image's arrays along the first axis and expand
-        its placeholder to the same number of tokens in every prompt, so the image arrays are
-        repeated and the prompts tokenised with that expansion: the very tensors the
-        processor builds for the batch (a test compares them)."""
+        """The processor's own inputs for several questions about ONE image, preprocessed
+        once, not once per question: Qwen-VL and LLaVA-NeXT stack each image's arrays along
+        the first axis and expand its placeholder alike in every prompt, so the arrays are
+        repeated and the prompts tokenised with that expansion (a test compares the tensors)."""
         import torch
         from transformers import BatchFeature
 
@@ -234,11 +230,8 @@ class HFBackend:
         if any(text.count(placeholder) != 1 for text in texts):
             raise ValueError(f"{self.model_id}: expected one image placeholder per prompt")
         expanded = placeholder * int((one["input_ids"][0] == self.image_token_id).sum())
-        data = dict(
-            self.processor.tokenizer(
-                [text.replace(placeholder, expanded) for text in texts], padding=True
-            )
-        )
+        prompts = [text.replace(placeholder, expanded) for text in texts]
+        data = dict(self.processor.tokenizer(prompts, padding=True))
         if "mm_token_type_ids" in one:
             data["mm_token_type_ids"] = self.processor.create_mm_token_type_ids(data["input_ids"])
         data = {k: torch.tensor(v) for k, v in data.items() if k in one}
