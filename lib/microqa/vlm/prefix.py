@@ -178,9 +178,9 @@ def planned_tokens(segment: Segment) -> int:
     return own + sum(planned_tokens(child) for child in segment.segments)
 
 
-def _forward(backend, cache, length: int, deltas, suffixes: list[list[int]]):
-    """Run right-padded `suffixes` on top of `cache` (length `length`): (hidden states, the
-    extended cache). Positions continue from the cache's length."""
+def _padded(backend, length: int, suffixes: list[list[int]]):
+    """The right-padded token ids of `suffixes` (batch x longest), and the attention mask over
+    a prefix of `length` and them (the padding masked out)."""
     import torch
 
     batch, longest = len(suffixes), max(len(s) for s in suffixes)
@@ -191,20 +191,38 @@ def _forward(backend, cache, length: int, deltas, suffixes: list[list[int]]):
     for row, suffix in enumerate(suffixes):
         ids[row, : len(suffix)] = torch.tensor(suffix)
         mask[row, length : length + len(suffix)] = 1
-    positions = (length + torch.arange(longest)).expand(batch, longest)
+    return ids, mask
+
+
+def _step(backend, cache, mask, tokens, positions, deltas):
+    """One forward call of new `tokens` (batch x n) at `positions` onto `cache` (extended in
+    place as transformers' caches are), attending where `mask` (batch x cache+n) is 1: the
+    new tokens' hidden states."""
+    import torch
+
     if deltas is not None:  # Qwen-VL multimodal rope: text continues on all three axes
-        positions = (positions + deltas.cpu()).unsqueeze(0).expand(3, batch, longest)
+        positions = (positions + deltas.cpu()).unsqueeze(0).expand(3, *positions.shape)
     device = backend.device
-    extended = _shared(cache, batch)
     with torch.inference_mode():
-        hidden = backend.model.model(
-            input_ids=ids.to(device),
+        return backend.model.model(
+            input_ids=tokens.to(device),
             attention_mask=mask.to(device),
             position_ids=positions.to(device),
-            cache=extended,
+            cache=cache,
             use_cache=True,
         ).last_hidden_state
-    return hidden, extended
+
+
+def _forward(backend, cache, length: int, deltas, suffixes: list[list[int]]):
+    """Run right-padded `suffixes` on top of `cache` (length `length`): (hidden states, the
+    extended cache). Positions continue from the cache's length."""
+    import torch
+
+    ids, mask = _padded(backend, length, suffixes)
+    batch, longest = ids.shape
+    extended = _shared(cache, batch)
+    positions = (length + torch.arange(longest)).expand(batch, longest)
+    return _step(backend, extended, mask, ids, positions, deltas), extended
 
 
 def extend(backend, cache, length: int, deltas, tokens: list[int]):
@@ -240,6 +258,15 @@ def _score_segment(backend, segment: Segment, cache, length: int, deltas, rows: 
             rows[index] = row
 
 
+def prefilled(backend, image: Image.Image, prompts: list[str]):
+    """Each prompt's token ids after the image, and `prefill` of the image prefix they share."""
+    splits = [split_prompt(backend, text) for text in prompt_texts(backend, prompts)]
+    prefix_texts = {text for text, _ in splits}
+    if len(prefix_texts) != 1:
+        raise PrefixError(f"the prompts of one image do not share a prefix in {backend.model_id}")
+    return [ids for _, ids in splits], prefill(backend, image, prefix_texts.pop())
+
+
 def score_image(
     backend, image: Image.Image, prompts: list[str], letters: list[list[str]]
 ) -> list[ScoreResult]:
@@ -247,13 +274,9 @@ def score_image(
     import torch
 
     start = time.perf_counter()
-    splits = [split_prompt(backend, text) for text in prompt_texts(backend, prompts)]
-    prefix_texts = {text for text, _ in splits}
-    if len(prefix_texts) != 1:
-        raise PrefixError(f"the prompts of one image do not share a prefix in {backend.model_id}")
-    cache, length, deltas, visual = prefill(backend, image, prefix_texts.pop())
-    rows = [None] * len(splits)
-    _score_segment(backend, plan([ids for _, ids in splits]), cache, length, deltas, rows)
+    suffixes, (cache, length, deltas, visual) = prefilled(backend, image, prompts)
+    rows = [None] * len(suffixes)
+    _score_segment(backend, plan(suffixes), cache, length, deltas, rows)
     latency = (time.perf_counter() - start) / len(prompts)
     return backend.letter_results(torch.stack(rows), letters, latency, [visual] * len(prompts))
 
@@ -301,25 +324,6 @@ def _end_tokens(backend) -> set[int]:
     return set(eos if isinstance(eos, list | tuple) else [eos]) - {None}
 
 
-def _step(backend, cache, mask, tokens, positions, deltas):
-    """One forward call of new `tokens` (batch x n) at `positions` onto `cache` (extended in
-    place as transformers' caches are), attending where `mask` (batch x cache+n) is 1: the
-    logits of each row's last new token."""
-    import torch
-
-    if deltas is not None:  # Qwen-VL multimodal rope: text continues on all three axes
-        positions = (positions + deltas.cpu()).unsqueeze(0).expand(3, *positions.shape)
-    device = backend.device
-    with torch.inference_mode():
-        return backend.model.model(
-            input_ids=tokens.to(device),
-            attention_mask=mask.to(device),
-            position_ids=positions.to(device),
-            cache=cache,
-            use_cache=True,
-        ).last_hidden_state
-
-
 def greedy(backend, cache, length: int, deltas, suffixes: list[list[int]], max_new_tokens: int):
     """Greedy continuations of right-padded `suffixes` on top of the prefix in `cache`: the
     new token ids of each row, up to and including its end token. Every row keeps its own
@@ -327,14 +331,8 @@ def greedy(backend, cache, length: int, deltas, suffixes: list[list[int]], max_n
     is masked out, so each row decodes as it would alone."""
     import torch
 
-    batch, longest = len(suffixes), max(len(s) for s in suffixes)
-    pad = backend.processor.tokenizer.pad_token_id or 0
-    ids = torch.full((batch, longest), pad, dtype=torch.long)
-    mask = torch.zeros((batch, length + longest), dtype=torch.long)
-    mask[:, :length] = 1
-    for row, suffix in enumerate(suffixes):
-        ids[row, : len(suffix)] = torch.tensor(suffix)
-        mask[row, length : length + len(suffix)] = 1
+    ids, mask = _padded(backend, length, suffixes)
+    (batch, longest), pad = ids.shape, backend.processor.tokenizer.pad_token_id or 0
     lengths = torch.tensor([len(s) for s in suffixes])
     extended = _shared(cache, batch)
     positions = (length + torch.arange(longest)).expand(batch, longest)
@@ -366,17 +364,13 @@ def generate_image(backend, image: Image.Image, prompts: list[str], max_new_toke
     from microqa.vlm.base import GenerateResult
 
     start = time.perf_counter()
-    splits = [split_prompt(backend, text) for text in prompt_texts(backend, prompts)]
-    prefix_texts = {text for text, _ in splits}
-    if len(prefix_texts) != 1:
-        raise PrefixError(f"the prompts of one image do not share a prefix in {backend.model_id}")
-    cache, length, deltas, visual = prefill(backend, image, prefix_texts.pop())
-    new_tokens: list = [None] * len(splits)
-    order = sorted(range(len(splits)), key=lambda i: len(splits[i][1]))
+    suffixes, (cache, length, deltas, visual) = prefilled(backend, image, prompts)
+    new_tokens: list = [None] * len(suffixes)
+    order = sorted(range(len(suffixes)), key=lambda i: len(suffixes[i]))
     for begin in range(0, len(order), backend.batch_size):
         chunk = order[begin : begin + backend.batch_size]
         decoded = greedy(
-            backend, cache, length, deltas, [splits[i][1] for i in chunk], max_new_tokens
+            backend, cache, length, deltas, [suffixes[i] for i in chunk], max_new_tokens
         )
         for index, tokens in zip(chunk, decoded, strict=True):
             new_tokens[index] = tokens
