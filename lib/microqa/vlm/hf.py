@@ -28,7 +28,9 @@ image is preprocessed once, the vision tower runs once and the shared prefix is 
 the text the questions share after it (a CLIP context, a question stem) is prefilled once on
 top, and only each question's distinct tail is scored, in batches (see `microqa.vlm.prefix`).
 `shared_prefix=False` keeps the plain per-question forward pass. `generate_image` (free-text
-answers) preprocesses the image once for all the questions, then generates them in batches.
+answers) decodes the questions greedily on the same shared prefix; with `shared_prefix=False`,
+or a model whose greedy search is not plain, `model.generate` answers them, the image still
+preprocessed once for all of them.
 """
 
 from __future__ import annotations

@@ -17,6 +17,11 @@ question (with any CLIP context) after the image. So, per image:
    for its next child or batch. Tails are right-padded and each row's logits are read at its
    last real token.
 
+Generate mode (`generate_image`) decodes the questions greedily on the same prefix, in batches
+of similar length: each row keeps its own positions and its padding is masked out, so it writes
+token for token what `model.generate` writes alone (models whose generation config changes
+greedy search, `GREEDY_NEUTRAL`, keep `model.generate`).
+
 Positions continue from the prefix: plain 0..n for LLaVA-NeXT's Mistral; for Qwen-VL the
 multimodal rope gives text after the image the position `prefix max + 1 + j` on all three
 axes, which is `P + j + rope_deltas` with the deltas the model computed for the prefix
