@@ -147,7 +147,7 @@ def test_generate_mode_on_the_shared_prefix_writes_what_model_generate_writes(
 
 
 def test_a_model_whose_greedy_search_is_not_plain_answers_through_model_generate(
-    sharp, monkeypatch
+    sharp, monkeypatch, caplog
 ):
     backend = sharp["qwen3_vl"]
     image = images.open_rgb(real_micrographs(1)[0])
@@ -159,6 +159,8 @@ def test_a_model_whose_greedy_search_is_not_plain_answers_through_model_generate
     monkeypatch.setattr(backend.model, "generate", lambda **kw: calls.append(1) or real(**kw))
     answers = backend.generate_image(image, prompts, max_new_tokens=8)
     assert calls and len(answers) == len(prompts)
+    said = [r.getMessage() for r in caplog.records if "model.generate" in r.getMessage()]
+    assert len(said) == 1 and "repetition_penalty" in said[0]  # said once, naming the setting
     monkeypatch.setattr(backend.model.generation_config, "repetition_penalty", 1.0)
     assert prefix.plain_greedy(backend)
 

@@ -35,6 +35,7 @@ exactly the tokens of its plain prompt.
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -317,9 +318,21 @@ GREEDY_NEUTRAL = {
 
 def plain_greedy(backend) -> bool:
     """Whether the model's greedy search is plain argmax decoding up to an end token (its
-    generation config keeps every GREEDY_NEUTRAL setting neutral)."""
+    generation config keeps every GREEDY_NEUTRAL setting neutral); when it is not, says once
+    per backend which settings send its generate mode through `model.generate`."""
     config = backend.model.generation_config
-    return all(getattr(config, name, None) in neutral for name, neutral in GREEDY_NEUTRAL.items())
+    changers = [
+        n for n, neutral in GREEDY_NEUTRAL.items() if getattr(config, n, None) not in neutral
+    ]
+    if changers and not backend.__dict__.get("_greedy_announced"):
+        backend._greedy_announced = True
+        logging.getLogger(__name__).warning(
+            "%s: its generation config sets %s, so generate mode answers through "
+            "model.generate (the image prefix prefilled again for every question)",
+            backend.model_id,
+            ", ".join(changers),
+        )
+    return not changers
 
 
 def _end_tokens(backend) -> set[int]:
