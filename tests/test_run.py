@@ -53,6 +53,34 @@ def test_the_dataset_is_notebook_01s_choice_read_from_the_record(build):
     )
 
 
+def _data_from(source: str) -> None:
+    first = Run.start("01_scrape_doitpoms", "full")
+    first.begin_stage("data")
+    first.record_stage("data", source=source, dataset_dir="data/sample", complete=True)
+
+
+def test_on_the_embedded_sample_the_full_profile_runs_its_sample_sizes_unless_a_user_set_them(
+    build,
+):
+    full = config.profile("full")
+    _data_from("scraped")
+    assert Run.start("03_clip_zero_shot", "full").profile == full  # the library: as it is
+    _data_from("sample")
+    run = Run.start("04_vlm_qa", "full", cv_seeds=7)
+    assert run.profile.vlm_agreement_n == full.on_sample["vlm_agreement_n"] < full.vlm_agreement_n
+    assert run.profile.robustness_sample_size == full.on_sample["robustness_sample_size"]
+    assert run.profile.cv_seeds == 7  # the user's parameter wins over the sample's size
+    assert run.overrides == {"cv_seeds": 7} and run.variant  # only the user's name a variant
+    assert Run.start("04_vlm_qa", "full").variant == ""
+    section = run.record_stage("vlm")
+    assert section["profile_settings"]["vlm_agreement_n"] == full.on_sample["vlm_agreement_n"]
+    assert Run.start("04_vlm_qa", "smoke").profile == config.profile("smoke")  # already small
+    with pytest.raises(RunError, match="unknown profile setting 'on_sample'"):
+        Run.start("04_vlm_qa", "full", on_sample="{}")
+    note = full.sample_note()
+    assert "3 CV fold seeds per probe" in note and "20 images asked in both VLM modes" in note
+
+
 def test_a_stage_record_holds_the_resolved_profile_and_its_overrides(build):
     run = Run.start("05_comparison", "full", n_boot=200, seed=3)
     section = run.record_stage("comparison", methods=[])

@@ -86,6 +86,9 @@ def test_unreachable_site_falls_back_to_the_sample_loudly(tree, monkeypatch, cap
     [fallback] = data["fallbacks"]
     sample = config.display_path(config.sample_dir())
     assert f"embedded sample {sample} (7 images)" in fallback["what"]
+    # the banner names the smaller side analyses the later notebooks run on the sample
+    assert config.profile("full").sample_note() in fallback["what"]
+    assert Run.start("04", "full").profile.vlm_agreement_n == 20
     assert url in fallback["reason"]
     assert "OFFLINE SUBSTITUTES IN USE" in provenance.Record.load().banner(["data"])
     assert Run.start("02", "full").data_labels == ["sample data"]  # stamped on later titles

@@ -64,7 +64,11 @@ class Run:
             resolved = base.with_overrides(**overrides)
         except ValueError as err:
             raise RunError(f"{name}: {err}") from None
-        return cls(name, resolved, provenance.Record.load(), resolved.overrides_from(base))
+        record = provenance.Record.load()
+        changed = resolved.overrides_from(base)  # the user's: they name the run's folder
+        if record.section("data").get("source") == "sample":
+            resolved = resolved.for_sample(kept=changed)
+        return cls(name, resolved, record, changed)
 
     # --- settings ------------------------------------------------------------------------------
     @property

@@ -192,10 +192,11 @@ def _sample_instead(run: Run, reason: str, target: Path) -> DatasetChoice:
             f" (the partial scrape in {publishing.relative(target)} is kept; rerun to resume it)"
         )
     n_records, n_images, notes = inspect_dataset(sample)
+    smaller = run.profile.sample_note()
     run.substitute(
         "data",
         f"embedded sample {config.display_path(sample)} ({n_images} images) instead of the "
-        "full library",
+        "full library" + (f", with smaller side analyses ({smaller})" if smaller else ""),
         reason,
     )
     return DatasetChoice("sample", sample, "", n_records, n_images, reason=reason, notes=notes)
