@@ -27,7 +27,7 @@ DATASET_DIR := $(if $(DATASET),$(abspath $(DATASET)))
 # MICROQA_PUBLISH=1: these runs may publish to figures/, tables/, docs/ (lib/microqa/publishing.py)
 PAPERMILL = MICROQA_PUBLISH=1 $(PY) -m papermill --no-progress-bar --log-output --cwd notebooks -p profile $(PROFILE) $(NB_PARAMS)
 
-.PHONY: help setup reproduce report smoke test test-unit test-slow bench lab lint sample clean mutation
+.PHONY: help setup reproduce executed report smoke test test-unit test-slow bench lab lint sample clean mutation
 
 help: ## show this help
 	@echo "Targets:"
@@ -58,7 +58,7 @@ build/notebook-deps.mk: tools/notebook_deps.py $(wildcard notebooks/*.ipynb) $(s
 	@mkdir -p build
 	@$(PYTHON) tools/notebook_deps.py --out-dir $(NB_OUT) > $@
 
-ifneq ($(filter reproduce $(NB_OUT)/%,$(MAKECMDGOALS)),)
+ifneq ($(filter reproduce executed $(NB_OUT)/%,$(MAKECMDGOALS)),)
 -include build/notebook-deps.mk
 endif
 
@@ -67,7 +67,7 @@ endif
 # DATASET=DIR); the stamp is rewritten only when they differ, so an unchanged setting rebuilds
 # nothing. (Written while the Makefile is read, not by a rule, so `make -n`/`make -q` see the truth.)
 DATA_SOURCE := url=$(DOITPOMS_URL) strict=$(STRICT) dataset=$(DATASET_DIR)
-ifneq ($(filter reproduce $(NB_OUT)/%,$(MAKECMDGOALS)),)
+ifneq ($(filter reproduce executed $(NB_OUT)/%,$(MAKECMDGOALS)),)
 $(shell mkdir -p build; echo '$(DATA_SOURCE)' | cmp -s - build/data-source.txt || echo '$(DATA_SOURCE)' > build/data-source.txt)
 endif
 $(NB_OUT)/01_scrape_doitpoms.ipynb: build/data-source.txt
@@ -86,7 +86,13 @@ $(NB_OUT)/%.ipynb: notebooks/%.ipynb $(SETUP_STAMP)
 	$(PAPERMILL) $< $(NB_OUT)/partial/$*.ipynb
 	@mv $(NB_OUT)/partial/$*.ipynb $@
 
-reproduce: setup $(NOTEBOOKS:%=$(NB_OUT)/%.ipynb) build/report.stamp ## run notebooks 01-05, regenerating figures/, tables/ and docs/ (only what changed)
+# Notebooks whose inputs are ready run side by side (02 needs only 01, so it runs beside 03);
+# REPRODUCE_JOBS=1 runs them one after another.
+REPRODUCE_JOBS ?= 2
+reproduce: setup ## run notebooks 01-05, regenerating figures/, tables/ and docs/ (only what changed)
+	@$(MAKE) --no-print-directory -j$(REPRODUCE_JOBS) executed
+
+executed: $(NOTEBOOKS:%=$(NB_OUT)/%.ipynb) build/report.stamp
 
 # microqa.report.site decides where the report goes: docs/ only for a full-profile run on the full
 # library, else build/runs/<run>/docs. `make reproduce` rebuilds it when a notebook changed.

@@ -64,7 +64,8 @@ def would_execute(tree, *variables: str) -> list[str]:
         env=env,
         check=True,
     ).stdout
-    return [name for name in NOTEBOOKS if f"notebooks/{name}.ipynb " in out]
+    papermill = [line for line in out.splitlines() if "papermill" in line]
+    return [name for name in NOTEBOOKS if any(f"notebooks/{name}.ipynb " in c for c in papermill)]
 
 
 def touch(path, when):

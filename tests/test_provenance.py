@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -174,3 +176,22 @@ def test_a_commit_stamp_never_writes_the_users_git_index(tmp_path, monkeypatch):
     (tmp_path / "nb.ipynb").touch()
     monkeypatch.setattr(provenance, "GIT_TIMEOUT", 1)
     assert provenance.git_sha() == "unknown"  # a git slower than the timeout: said, not guessed
+
+
+def test_notebooks_finishing_side_by_side_keep_each_others_stages(build, tmp_path):
+    """`make reproduce` runs notebook 02 beside 03: two processes finishing stages at once
+    must both find their sections in the record (a read-modify-write without the lock loses
+    one process's stages)."""
+    script = (
+        "import sys\n"
+        "from microqa import provenance\n"
+        "for i in range(150):\n"
+        "    provenance.Record.load().record_stage(f'{sys.argv[1]}{i}')\n"
+    )
+    env = {**os.environ, "MICROQA_ROOT": str(tmp_path)}  # no git here: no git call to wait on
+    writers = [
+        subprocess.Popen([sys.executable, "-c", script, name], env=env) for name in ("a", "b")
+    ]
+    assert [w.wait(timeout=120) for w in writers] == [0, 0]
+    stages = set(provenance.Record.load().sections)
+    assert stages == {f"{name}{i}" for name in "ab" for i in range(150)}

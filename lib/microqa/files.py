@@ -7,10 +7,13 @@ the old file or the new one, never half of one.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +50,20 @@ def atomic_write_csv(path: Path | str, frame: pd.DataFrame, **to_csv: Any) -> Pa
     """`frame.to_csv(path, **to_csv)`, atomically (index=False unless given)."""
     to_csv.setdefault("index", False)
     return atomic_write_text(path, frame.to_csv(**to_csv))
+
+
+@contextlib.contextmanager
+def locked(path: Path | str) -> Iterator[None]:
+    """Hold an exclusive lock beside `path` (`.<name>.lock`) for a read-modify-write of it:
+    notebooks that `make reproduce` runs side by side update one provenance record."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def sha256_bytes(data: bytes) -> str:

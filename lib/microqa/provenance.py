@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from microqa import config
-from microqa.files import atomic_write_json
+from microqa.files import atomic_write_json, locked
 
 
 class StrictModeError(RuntimeError):
@@ -121,9 +121,10 @@ class Record:
             "fallbacks": substitutes,
         }
         # another notebook of this run may have finished its stage since this record was read
-        on_disk = Record.load(self.path).sections
-        self.sections = {**on_disk, stage: section}
-        atomic_write_json(self.path, self.sections)
+        # (or be finishing one now: `make reproduce` runs 02 beside 03)
+        with locked(self.path):
+            self.sections = {**Record.load(self.path).sections, stage: section}
+            atomic_write_json(self.path, self.sections)
         return section
 
     def add_substitute(self, stage: str, entry: dict[str, str]) -> None:
@@ -133,11 +134,12 @@ class Record:
             if entry not in self.pending[stage]:
                 self.pending[stage].append(entry)
             return
-        self.sections = {**Record.load(self.path).sections, **self.sections}
-        fallbacks = self.sections.setdefault(stage, {}).setdefault("fallbacks", [])
-        if entry not in fallbacks:
-            fallbacks.append(entry)
-            atomic_write_json(self.path, self.sections)
+        with locked(self.path):
+            self.sections = {**Record.load(self.path).sections, **self.sections}
+            fallbacks = self.sections.setdefault(stage, {}).setdefault("fallbacks", [])
+            if entry not in fallbacks:
+                fallbacks.append(entry)
+                atomic_write_json(self.path, self.sections)
 
     def fallbacks(self, stage: str | None = None) -> list[dict[str, str]]:
         """Substitutes behind `stage` (or every stage): a stage running now shows its own."""
