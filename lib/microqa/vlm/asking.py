@@ -20,6 +20,7 @@ The image asked about is the run's variant of the decoded micrograph (`data.vari
 from __future__ import annotations
 
 import threading
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from typing import Any
 import pandas as pd
 
 from microqa.data import images, variants
-from microqa.vlm import questions
+from microqa.vlm import copies, questions
 from microqa.vlm.base import Ask, Backend, ImageJob, VLMRequest, answer_image, generate_image
 from microqa.vlm.cache import Answer, AnswerKey
 from microqa.vlm.parsing import parse_choice
@@ -76,6 +77,23 @@ def failure(row, reason: str) -> dict[str, Any]:
         "image_file": image_file(row["image_path"]),
         "reason": reason,
     }
+
+
+def unanswered(row, errors: list[str]) -> dict[str, Any]:
+    """The failure of an image some of whose questions got no answer (a server's errors)."""
+    reasons = "; ".join(dict.fromkeys(errors))
+    return failure(row, f"{len(errors)} questions unanswered: {reasons}")
+
+
+ImageError = images.ImageError
+
+
+def shown_image(row, variant: str):
+    """The image the questions about `row` show: its `variant` of the decoded micrograph, or
+    None for `NO_IMAGE`. Raises ImageError when the file does not decode."""
+    if variant == NO_IMAGE:
+        return None
+    return variants.apply(images.open_rgb(row["image_path"]), variant)
 
 
 def ask_image(
@@ -154,6 +172,37 @@ def _answer_in_flight(backend, pending: dict[int, dict[str, Item]], image_of, st
 
 
 DESCRIBE_BATCH = 8  # open-question generations batched across images (long outputs)
+CHOICE, OPEN = "choice", "open"  # the kinds of task of the local path
+
+
+def answer_task(backend: Backend, task: tuple[str, list[Item]], variant: str):
+    """One task of `answer_by_image`'s local path: (CHOICE, one image's multiple-choice items)
+    or (OPEN, a batch of open questions, one image each). Returns the answers to store and
+    the failures (an image that does not decode is not asked)."""
+    kind, items = task
+    shown, failures = [], []
+    for it in items[:1] if kind == CHOICE else items:
+        try:
+            shown.append((it, shown_image(it.row, variant)))
+        except images.ImageError as exc:
+            failures.append(failure(it.row, str(exc)))
+    if not shown:
+        return [], failures
+    if kind == CHOICE:
+        stored, errors = ask_image(backend, shown[0][1], items)
+    else:
+        requests = [VLMRequest(image, it.prompt) for it, image in shown]
+        results = backend.generate(requests, max_new_tokens=items[0].max_new_tokens)
+        pairs = list(zip(shown, results, strict=True))
+        stored = [
+            (it.key, Answer(res.text, None, None, res.latency_s, res.visual_tokens))
+            for (it, _), res in pairs
+            if not res.error
+        ]
+        errors = [res.error for _, res in pairs if res.error]
+    if errors:
+        failures.append(unanswered(shown[0][0].row, errors))
+    return stored, failures
 
 
 def answer_by_image(
@@ -161,8 +210,8 @@ def answer_by_image(
 ) -> tuple[dict[str, Answer], set[str]]:
     """Cached answers read; the missing multiple-choice questions asked image by image
     (committed per image), then the open question in batches across images (its long
-    generations batch well, and a random stand-in never stops before the token limit).
-    Each image is shown as its `variant` (None is sent for `NO_IMAGE`)."""
+    generations batch well, and a random stand-in never stops before the token limit), each a
+    task of `answer_task`. Each image is shown as its `variant` (None is sent for `NO_IMAGE`)."""
     check_backend_allows(opened.backend, variant)
     from tqdm.auto import tqdm
 
@@ -187,51 +236,60 @@ def answer_by_image(
         mno = int(row["micrograph_no"])
         if mno in undecodable:
             return False
-        if variant == NO_IMAGE:
-            return None
         try:
-            return variants.apply(images.open_rgb(row["image_path"]), variant)
+            return shown_image(row, variant)
         except images.ImageError as exc:
             with lock:
                 failures.append(failure(row, str(exc)))
                 undecodable.add(mno)
             return False
 
-    def store(stored, errors, row):
-        if errors:
-            reasons = "; ".join(dict.fromkeys(errors))
-            failures.append(failure(row, f"{len(errors)} questions unanswered: {reasons}"))
-        cache.put_many(stored)  # committed: a kill after this line loses nothing of it
+    def found_now(stored):
         for key, answer in stored:
             found[key.key] = answer
             fresh.add(key.key)
+
+    def store(stored, errors, row):
+        if errors:
+            failures.append(unanswered(row, errors))
+        cache.put_many(stored)  # committed: a kill after this line loses nothing of it
+        found_now(stored)
         bar.update(len(stored) + len(errors))
 
     if hasattr(opened.backend, "answer_images"):  # a server: many images in flight
         _answer_in_flight(opened.backend, pending, image_of, store)
         bar.close()
         return found, fresh
-    described: list[Item] = []
-    for todo in pending.values():
-        todo = list(todo.values())
-        described += [it for it in todo if it.question is None]
-        todo = [it for it in todo if it.question is not None]
-        if todo and (image := image_of(todo[0].row)) is not False:
-            store(*ask_image(opened.backend, image, todo), todo[0].row)
-    for start in range(0, len(described), DESCRIBE_BATCH):
-        chunk, requests = [], []
-        for it in described[start : start + DESCRIBE_BATCH]:
-            if (image := image_of(it.row)) is not False:
-                chunk.append(it)
-                requests.append(VLMRequest(image, it.prompt))
-        if not chunk:
-            continue
-        results = opened.backend.generate(requests, max_new_tokens=chunk[0].max_new_tokens)
-        stored = [
-            (it.key, Answer(res.text, None, None, res.latency_s, res.visual_tokens))
-            for it, res in zip(chunk, results, strict=True)
-            if not res.error
-        ]
-        store(stored, [res.error for res in results if res.error], chunk[0].row)
+    # tasks: each image's multiple-choice questions, then the open question in batches across
+    # images; this process answers from the front of the queue and, for a small model on a
+    # CPU with cores to spare, worker processes (`copies`) from the back
+    described = [it for todo in pending.values() for it in todo.values() if it.question is None]
+    tasks = [
+        (CHOICE, mine)
+        for todo in pending.values()
+        if (mine := [it for it in todo.values() if it.question is not None])
+    ] + [
+        (OPEN, described[i : i + DESCRIBE_BATCH]) for i in range(0, len(described), DESCRIBE_BATCH)
+    ]
+    helpers = copies.workers(opened, len(tasks), cache.path, variant, answer_task)
+    queue = deque(tasks)
+
+    def record(stored, failed, asked) -> None:
+        failures.extend(failed)
+        found_now(stored)
+        bar.update(asked)
+
+    with copies.one_thread(helpers is not None):
+        while queue:
+            for done in helpers.take_and_collect(queue) if helpers else ():
+                record(*done)
+            if queue:
+                task = queue.popleft()
+                stored, failed = answer_task(opened.backend, task, variant)
+                cache.put_many(stored)  # committed: a kill after this line loses nothing of it
+                record(stored, failed, len(task[1]))
+        while helpers and helpers.running:
+            for done in helpers.done(wait=True):
+                record(*done)
     bar.close()
     return found, fresh

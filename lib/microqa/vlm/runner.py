@@ -31,7 +31,7 @@ import pandas as pd
 from microqa import hub, provenance
 from microqa.data import dataset, taxonomy
 from microqa.files import sha256_file
-from microqa.vlm import asking, questions
+from microqa.vlm import asking, copies, questions
 from microqa.vlm.backends import load_backend
 from microqa.vlm.base import Backend
 from microqa.vlm.cache import Answer, AnswerCache, AnswerKey, canonical_params, prompt_hash
@@ -95,6 +95,7 @@ class OpenedModel:
     label: str
     backend: Backend
     substituted: bool = False
+    recipe: copies.Recipe | None = None  # how a worker process opens the same model
 
 
 @dataclass
@@ -141,16 +142,17 @@ def open_model(
 ) -> OpenedModel:
     """Load `model`; for the hf backend, a model unavailable here becomes its tiny stand-in
     (declared in `record`, the run's provenance record)."""
-    if backend == "hf":
-        reason = _hub_reason(model)
-        if reason:
-            from microqa.vlm import tiny
+    source, substituted = model, False
+    if backend == "hf" and (reason := _hub_reason(model)):
+        from microqa.vlm import tiny
 
-            logging.getLogger(__name__).warning("cannot load %s: %s", model, reason)
-            # declares the substitute in the run's record; raises if STRICT=1
-            local = tiny.offline_vlm_dir(model, record=record)
-            return OpenedModel(model, load_backend("hf", str(local), **options), True)
-    return OpenedModel(model, load_backend(backend, model, **options))
+        logging.getLogger(__name__).warning("cannot load %s: %s", model, reason)
+        # declares the substitute in the run's record; raises if STRICT=1
+        source, substituted = str(tiny.offline_vlm_dir(model, record=record)), True
+    loaded = load_backend(backend, source, **options)
+    # a local model may be copied into worker processes (`copies`); a server is not
+    copy = copies.recipe(backend, source, options) if backend == "hf" else None
+    return OpenedModel(model, loaded, substituted, copy)
 
 
 # --- one model ---------------------------------------------------------------------------------
