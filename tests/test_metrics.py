@@ -112,6 +112,23 @@ def test_fast_bootstrap_metrics_agree_with_the_scikit_learn_ones_on_every_subsam
         assert codes.macro_f1(i) == pytest.approx(metrics.macro_f1(t, p))
 
 
+def test_every_bootstrap_sample_scored_at_once_equals_scoring_each_sample():
+    # classes absent from some samples, a prediction outside the truth's classes, no answer
+    rng = np.random.default_rng(1)
+    y_true = rng.choice(np.array(["a", "b", "c", "d"], dtype=object), 40, p=[0.6, 0.2, 0.15, 0.05])
+    y_pred = metrics.clean_predictions(rng.choice(np.array(["a", "b", "c", "z", None]), 40))
+    codes = metrics.LabelCodes(y_true, y_pred)
+    samples = [rng.integers(0, 40, 40) for _ in range(200)]
+    weights = metrics.sample_weights(samples, 40)
+    assert weights.shape == (200, 40) and (weights.sum(axis=1) == 40).all()
+    for name in ("accuracy", "balanced_accuracy", "macro_f1"):
+        each = [getattr(codes, name)(i) for i in samples]
+        np.testing.assert_allclose(codes.on_samples(name, weights), each, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="no per-sample form of 'top2'"):
+        codes.on_samples("top2", weights)
+    assert metrics.sample_weights([], 5).shape == (0, 5)
+
+
 def test_top_k_ties_go_to_the_lower_index_on_wide_rows():
     # 40 options scored 0, 1 or 2: many ties, and rows long enough for numpy's default
     # (unstable) sort to reorder them

@@ -107,6 +107,36 @@ class LabelCodes:
         f1 = 2 * correct[present] / (support[present] + predicted[present])
         return float(np.mean(f1))
 
+    def on_samples(self, name: str, weights: np.ndarray) -> np.ndarray:
+        """Metric `name` (accuracy, balanced_accuracy, macro_f1) of every bootstrap sample at
+        once: `weights[b, j]` is how often image j is in sample b (`sample_weights`). The
+        class counts of all samples are one matrix product (exact: whole numbers); each value
+        equals the per-sample method's up to the order of a float sum (last digit)."""
+        onehot = np.eye(self.k)
+        truth = onehot[self.t]
+        support = weights @ truth
+        if name == "accuracy":
+            return (weights @ (self.t == self.p).astype(float)) / support.sum(axis=1)
+        correct = weights @ (truth * (self.t == self.p)[:, None])
+        present = support > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            if name == "balanced_accuracy":
+                per_class = correct / support
+            elif name == "macro_f1":
+                per_class = 2 * correct / (support + weights @ onehot[self.p])
+            else:
+                raise ValueError(f"no per-sample form of {name!r}")
+        return np.where(present, per_class, 0.0).sum(axis=1) / present.sum(axis=1)
+
+
+def sample_weights(samples: Sequence[np.ndarray], n: int) -> np.ndarray:
+    """(samples, n) float matrix: how often each of n images is in each bootstrap sample."""
+    if not len(samples):
+        return np.zeros((0, n))
+    rows = np.repeat(np.arange(len(samples)), [len(s) for s in samples])
+    flat = rows * n + np.concatenate(samples)
+    return np.bincount(flat, minlength=len(samples) * n).reshape(len(samples), n).astype(float)
+
 
 def per_class_table(y_true: Sequence, y_pred: Sequence) -> pd.DataFrame:
     classes = _classes(y_true)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -134,8 +134,10 @@ def interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, floa
     return float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
 
 
-def _metric_functions(codes: metrics.LabelCodes) -> dict[str, Callable[[np.ndarray], float]]:
-    return {name: getattr(codes, name) for name in CI_METRICS}
+def _weights(y: np.ndarray, groups: np.ndarray, *, n_boot: int, seed: int) -> np.ndarray:
+    """`resamples(...)` as a (n_boot, images) matrix of multiplicities (`metrics.LabelCodes.
+    on_samples` scores every sample at once from it)."""
+    return metrics.sample_weights(resamples(y, groups, n_boot=n_boot, seed=seed), len(y))
 
 
 def summarise(
@@ -168,10 +170,10 @@ def summarise(
     }
     if scores is not None and classes is not None and n:
         row["top2_accuracy"] = metrics.top_k_accuracy(y_true, scores, classes, 2)
-    samples = resamples(y_true, groups, n_boot=n_boot, seed=seed)
-    functions = _metric_functions(metrics.LabelCodes(y_true, y_pred))
+    weights = _weights(y_true, groups, n_boot=n_boot, seed=seed)
+    codes = metrics.LabelCodes(y_true, y_pred)
     for name in CI_METRICS:
-        values = [functions[name](i) for i in samples]
+        values = codes.on_samples(name, weights)
         row[f"{name}_ci_low"], row[f"{name}_ci_high"] = interval(values)
     row["ci_level"] = LEVEL
     return row
@@ -194,7 +196,7 @@ def summarise_repeats(
     y = np.asarray(y_true)
     groups = _clusters(y, groups)
     codes = [metrics.LabelCodes(y, metrics.clean_predictions(p)) for p in repeats]
-    samples = resamples(y, groups, n_boot=n_boot, seed=seed)
+    weights = _weights(y, groups, n_boot=n_boot, seed=seed)
     whole = np.arange(len(y))
     row: dict[str, float | int] = {
         "n": len(y),
@@ -205,7 +207,7 @@ def summarise_repeats(
         values = [getattr(c, name)(whole) for c in codes]
         row[name] = float(np.mean(values))
         row[f"{name}_sd"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-        boot = [np.mean([getattr(c, name)(i) for c in codes]) for i in samples]
+        boot = np.mean([c.on_samples(name, weights) for c in codes], axis=0)
         row[f"{name}_ci_low"], row[f"{name}_ci_high"] = interval(boot)
     if scores is not None and classes is not None:
         row["top2_accuracy"] = float(
@@ -293,14 +295,14 @@ def paired_comparison(
     groups = _clusters(y, groups)
     a, b = metrics.clean_predictions(pred_a), metrics.clean_predictions(pred_b)
     codes_a, codes_b = metrics.LabelCodes(y, a), metrics.LabelCodes(y, b)
-    samples = resamples(y, groups, n_boot=n_boot, seed=seed)
+    weights = _weights(y, groups, n_boot=n_boot, seed=seed)
     identical = bool(len(y) and np.array_equal(a, b))
     row: dict[str, float | int | bool] = {"n": len(y)}
     row["n_specimens"] = int(pd.Series(groups).nunique())
     row["identical"] = identical
     for name in ("balanced_accuracy", "accuracy"):
         fa, fb = getattr(codes_a, name), getattr(codes_b, name)
-        boot = np.array([fa(i) - fb(i) for i in samples])
+        boot = codes_a.on_samples(name, weights) - codes_b.on_samples(name, weights)
         whole = np.arange(len(y))
         row[f"{name}_difference"] = fa(whole) - fb(whole) if len(y) else np.nan
         row[f"{name}_ci_low"], row[f"{name}_ci_high"] = interval(boot)

@@ -27,13 +27,12 @@ def recall_rows(
     y = truth.loc[ids].to_numpy()
     right = y == metrics.clean_predictions(list(method.predictions.loc[ids]))
     g = groups.loc[ids].to_numpy()
-    samples = stats.resamples(y, g, n_boot=n_boot, seed=seed)
+    weights = metrics.sample_weights(stats.resamples(y, g, n_boot=n_boot, seed=seed), len(y))
     classes = [c for c in taxonomy.TASKS[method.task][1] if c in set(y)]
-    # every class's recall in each resample, counted in one pass per resample (one per class
-    # and resample cost seconds on 60 images); strata keep every class in every resample
-    code = pd.Index(classes).get_indexer(y)
-    boot = np.array([_recalls(code[i], right[i], len(classes)) for i in samples])
-    boot = boot.reshape(len(samples), len(classes))
+    # every class's recall in every resample: its hits and images counted for all resamples in
+    # one matrix product each (whole numbers: exact); strata keep every class in every resample
+    member = (pd.Index(classes).get_indexer(y)[:, None] == np.arange(len(classes))).astype(float)
+    boot = (weights @ (member * right[:, None])) / (weights @ member)
     rows = []
     for k, c in enumerate(classes):
         mine = y == c
@@ -54,13 +53,6 @@ def recall_rows(
             }
         )
     return rows
-
-
-def _recalls(code: np.ndarray, right: np.ndarray, n_classes: int) -> np.ndarray:
-    """Share of right answers per class code (codes < 0: a class outside the task)."""
-    known = code >= 0
-    hits = np.bincount(code[known], weights=right[known], minlength=n_classes)
-    return hits / np.bincount(code[known], minlength=n_classes)
 
 
 def per_class_table(result: StudyComparison, df: pd.DataFrame, *, n_boot: int, seed: int = 0):
