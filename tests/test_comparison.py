@@ -836,9 +836,11 @@ def _small_study(build, *, probes=True, modes=("score", "generate")):
 
 def test_compare_pools_every_method_per_task_and_subset(tmp_path, monkeypatch):
     monkeypatch.setenv("MICROQA_BUILD", str(tmp_path))
-    monkeypatch.setattr(comparison.provenance, "git_sha", lambda: "abc1234")  # no git per row
+    asked = []
+    monkeypatch.setattr(comparison.provenance, "git_sha", lambda: asked.append(1) or "abc1234")
     df = _small_study(tmp_path)
     result = comparison.compare(df, n_boot=5)  # the stages' own files (no timing.json)
+    assert len(asked) == 1  # the commit asked once per table, not once per row (git status)
     table = result.table
     rows = table.groupby(["task", "subset", "kind"]).size().to_dict()
     # technique: 3 CLIP stages (zero-shot, 2 probes) x 2 VLMs (score, generated) cascades and

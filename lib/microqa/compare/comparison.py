@@ -149,7 +149,8 @@ def compare(
         ]
     table = pd.DataFrame(tables)
     if not table.empty:
-        table["provenance"] = [provenance_line(w, data_source) for w in table["weights"]]
+        commit = provenance.git_sha()
+        table["provenance"] = [provenance_line(w, data_source, commit) for w in table["weights"]]
     return StudyComparison(
         table=table,
         curves=pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(),
@@ -409,6 +410,8 @@ def published_rows() -> pd.DataFrame:
     return table
 
 
-def provenance_line(weights: str, source: str) -> str:
+def provenance_line(weights: str, source: str, commit: str | None = None) -> str:
+    """A row's provenance; `commit`: the checkout's (`provenance.git_sha`, asked once per
+    table: each asking runs `git status`, seconds when a notebook is edited)."""
     data_label = "embedded sample" if source == "sample" else f"DoITPoMS ({source})"
-    return f"data: {data_label}; weights: {weights}; git {provenance.git_sha()}"
+    return f"data: {data_label}; weights: {weights}; git {commit or provenance.git_sha()}"
