@@ -81,6 +81,32 @@ def test_savers_write_where_the_decision_says_and_return_nothing(repo):
     assert list((repo / "figures").iterdir()) == []  # the committed folder untouched
 
 
+def _panels(title: str):
+    """A wall of panels as notebook 05 draws them: constrained layout, legends, a title."""
+    fig, axes = plt.subplots(2, 3, figsize=(9, 5), layout="constrained")
+    for k, ax in enumerate(axes.flat):
+        ax.plot([0, 1, 2], [k, k + 1, k * k], "o-", label="before")
+        ax.set_title(f"method {k}: a long label of the method")
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    return fig
+
+
+def test_figures_drawn_in_worker_processes_are_the_bytes_drawn_here(repo, monkeypatch):
+    _data_stage(source="sample", dataset_dir="data/sample")
+    plots.set_style()
+    run = _run()
+    folder = repo / "build" / "runs" / "full-sample-interactive" / "figures"
+    plots.save_figure(run, _panels("one"), "here_one")
+    plots.save_figure(run, _panels("two"), "here_two")
+    monkeypatch.setenv("MICROQA_JOBS", "2")
+    plots.save_figures(run, [("there_one", _panels("one")), ("there_two", _panels("two"))])
+    for name in ("one", "two"):
+        here, there = (folder / f"{where}_{name}.png" for where in ("here", "there"))
+        assert here.read_bytes() == there.read_bytes()
+    assert plt.get_fignums() == []  # every figure closed
+
+
 def test_an_explicit_folder_override_is_honoured(repo, tmp_path, monkeypatch):
     monkeypatch.setenv("MICROQA_FIGURES", str(tmp_path / "smoke_figures"))
     assert _run().destination.figures == tmp_path / "smoke_figures"

@@ -9,6 +9,8 @@ title/caption (see `provenance.stamp`), so a reader never mistakes it for the re
 
 from __future__ import annotations
 
+import functools
+import pickle
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -78,26 +80,67 @@ def save_figure(
     without displaying (a page that says in words why the figure is not worth showing).
     Returns nothing, so a notebook cell echoes no path."""
     alt = alt or alt_text(fig)
+    path = _figure_path(run, name, directory, degraded, photo)
+    if photo:
+        fig.savefig(path, pil_kwargs={"quality": 85, "optimize": True})
+    else:
+        fig.savefig(path, metadata=PNG_METADATA)
+    if svg:
+        fig.savefig(path.with_suffix(".svg"), metadata={"Date": None})
+    plt.close(fig)
+    if show:
+        _display(path, alt)
 
+
+PNG_METADATA = {"Software": None}  # no matplotlib version in the file: unchanged figures diff clean
+
+
+def save_figures(run: Run, figures: Sequence[tuple[str, plt.Figure]], *, shown=None) -> None:
+    """`save_figure` for each (name, figure) as a PNG, the files drawn side by side in worker
+    processes (`microqa.parallel`: matplotlib draws on one core, and a wall of panels takes
+    seconds), then displayed in order where `shown(name)` (None: all). Each file holds the
+    bytes `save_figure` writes (tested): the figure travels pickled, and is drawn under this
+    process's style settings."""
+    from microqa import parallel
+
+    style = {k: v for k, v in plt.rcParams.items() if k != "backend"}
+    saved, pieces = [], []
+    for name, fig in figures:
+        path = _figure_path(run, name, None, "", False)
+        saved.append((name, path, alt_text(fig)))
+        pieces.append(functools.partial(_draw_png, pickle.dumps(fig), path, style))
+        plt.close(fig)
+    parallel.run(pieces)
+    for name, path, alt in saved:
+        if shown is None or shown(name):
+            _display(path, alt)
+
+
+def _draw_png(figure: bytes, path: Path, style: dict) -> None:
+    """In a worker: the pickled figure saved as `save_figure` saves a PNG, under `style`."""
+    with matplotlib.rc_context(style):
+        fig = pickle.loads(figure)
+        fig.savefig(path, metadata=PNG_METADATA)
+        plt.close(fig)
+
+
+def _figure_path(run: Run, name: str, directory: Path | None, degraded: str, photo: bool) -> Path:
+    """Where figure `name` goes: `directory`, else where `run`'s figures go (a `degraded`
+    result never replaces a published one: `publishing.kept_published`)."""
+    filename = f"{name}.{'jpg' if photo else 'png'}"
     target = run.destination
     directory = (
         directory
-        or publishing.kept_published(
-            target, "figures", f"{name}.{'jpg' if photo else 'png'}", degraded
-        )
+        or publishing.kept_published(target, "figures", filename, degraded)
         or target.figures
     )
     directory.mkdir(parents=True, exist_ok=True)
-    if photo:
-        path = directory / f"{name}.jpg"
-        fig.savefig(path, pil_kwargs={"quality": 85, "optimize": True})
-    else:
-        path = directory / f"{name}.png"
-        fig.savefig(path, metadata={"Software": None})
-    if svg:
-        fig.savefig(directory / f"{name}.svg", metadata={"Date": None})
-    plt.close(fig)
-    if show and _in_notebook():
+    return directory / filename
+
+
+def _display(path: Path, alt: str) -> None:
+    """In a notebook, the file just written (so a notebook shows exactly what was saved)."""
+    if _in_notebook():
         from IPython.display import Image, display
 
         display(Image(filename=str(path), alt=alt))
