@@ -268,3 +268,34 @@ def test_a_corrupted_cache_is_moved_aside_and_rebuilt(random_b32, stage_dirs, ca
     assert str(path) in line and "moved it aside" in line
     assert len(list(path.parent.glob(f"{path.name}.corrupt-*"))) == 1
     assert clip.embed_images(random_b32, paths, num_workers=0, progress=False).n_cached == 3
+
+
+def test_text_features_skip_the_padding_and_equal_the_towers_own():
+    import open_clip
+
+    from microqa.clip import prompts
+    from microqa.data import taxonomy
+
+    torch.manual_seed(0)
+    text = {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 3}
+    vision = {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16}
+    model = open_clip.CLIP(embed_dim=32, vision_cfg=vision, text_cfg=text).eval()
+    tokenizer = open_clip.get_tokenizer("ViT-B-32")
+    sets = [s for task in taxonomy.TASKS for s in prompts.prompt_sets(task, None).values()]
+    texts = [p for s in sets for ps in s.values() for p in ps][:64] + ["a micrograph"]
+    tokens = tokenizer(texts)
+    assert int(tokens.argmax(dim=-1).max()) < 60  # the padding the short path skips
+    calls = []
+    model.transformer.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[1]))
+    with torch.inference_mode():
+        full = model.encode_text(tokens)
+        short = embed.text_features(model, tokens)
+    assert calls == [77, int(tokens.argmax(dim=-1).max()) + 1]
+    torch.testing.assert_close(short, full, rtol=1e-5, atol=1e-6)
+    one = embed.text_features(model, tokens[-1:])  # a prompt alone: its own, shorter length
+    torch.testing.assert_close(one, full[-1:], rtol=1e-5, atol=1e-6)
+    # a tower without a causal mask sees every position: it runs as it is
+    model.attn_mask = None
+    with torch.inference_mode():
+        assert embed.text_features(model, tokens).shape == full.shape
+    assert calls[-1] == 77

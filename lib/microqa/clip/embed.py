@@ -257,9 +257,37 @@ def encode_texts(loaded: ClipModel, texts: Sequence[str], batch_size: int = 64) 
     with torch.inference_mode():
         for start in range(0, len(texts), batch_size):
             tokens = loaded.tokenizer(list(texts[start : start + batch_size])).to(loaded.device)
-            feats = loaded.model.encode_text(tokens)
+            feats = text_features(loaded.model, tokens)
             chunks.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy())
     return np.concatenate(chunks)
+
+
+def text_features(model, tokens: torch.Tensor) -> torch.Tensor:
+    """`model.encode_text(tokens)`, without the padding after the batch's last end-of-text.
+
+    In an OpenAI-style CLIP text tower (open_clip's `CLIP`: a causal mask, the feature taken
+    at each prompt's end-of-text token) no position sees a later one, so the padding after the
+    last end-of-text changes no feature: the study's prompts end by token 40 of 77, and the
+    tower runs on 40 (3x faster on a CPU; equal to `encode_text` up to float rounding, tested).
+    Any other text tower (SigLIP, BiomedCLIP's BERT: no causal mask) runs as it is."""
+    import open_clip
+
+    if (
+        type(model).encode_text is not open_clip.CLIP.encode_text
+        or model.text_pool_type != "argmax"
+        or model.attn_mask is None
+    ):
+        return model.encode_text(tokens)
+    length = int(tokens.argmax(dim=-1).max()) + 1  # the end-of-text token has the largest id
+    tokens = tokens[:, :length]
+    dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(dtype) + model.positional_embedding[:length].to(dtype)
+    x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:length, :length]))
+    x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
+    projection = model.text_projection
+    if projection is None:
+        return x
+    return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
 
 
 def cached_text_embeddings(loaded: ClipModel, texts: Sequence[str]) -> dict[str, np.ndarray]:
