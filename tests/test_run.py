@@ -70,6 +70,8 @@ def test_on_the_embedded_sample_the_full_profile_runs_its_sample_sizes_unless_a_
     assert run.profile.vlm_agreement_n == full.on_sample["vlm_agreement_n"] < full.vlm_agreement_n
     assert run.profile.robustness_sample_size == full.on_sample["robustness_sample_size"]
     assert run.profile.cv_seeds == 7  # the user's parameter wins over the sample's size
+    assert Run.start("03_clip_zero_shot", "full", cv_seeds=10).profile.cv_seeds == 10  # even
+    # when it is the full profile's own value
     assert run.overrides == {"cv_seeds": 7} and run.variant  # only the user's name a variant
     assert Run.start("04_vlm_qa", "full").variant == ""
     section = run.record_stage("vlm")
@@ -77,6 +79,8 @@ def test_on_the_embedded_sample_the_full_profile_runs_its_sample_sizes_unless_a_
     assert Run.start("04_vlm_qa", "smoke").profile == config.profile("smoke")  # already small
     with pytest.raises(RunError, match="unknown profile setting 'on_sample'"):
         Run.start("04_vlm_qa", "full", on_sample="{}")
+    for profile in config.PROFILES.values():  # the banner names every size a profile changes
+        assert set(profile.on_sample) <= set(config.SAMPLE_SIZE_NAMES)
     note = full.sample_note()
     assert "3 CV fold seeds per probe" in note and "20 images asked in both VLM modes" in note
 

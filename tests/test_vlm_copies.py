@@ -3,12 +3,13 @@ each with its own copy of the model; the answers are the ones the main process a
 
 from __future__ import annotations
 
+import functools
 from types import SimpleNamespace
 
 import pandas as pd
 import torch
-from joblib.externals.loky import get_reusable_executor
 
+from microqa import parallel
 from microqa.data import dataset
 from microqa.vlm import copies, runner
 from microqa.vlm.cache import AnswerCache
@@ -28,8 +29,9 @@ def test_copies_only_where_cores_and_memory_allow_them(monkeypatch):
     assert copies.count(_opened(), n_tasks=1) == 1
     assert copies.count(_opened(device="cuda:0"), n_tasks=50) == 1  # a GPU: one model
     assert copies.count(_opened(recipe=None), n_tasks=50) == 1  # a server: nothing to copy
-    monkeypatch.setattr(copies, "available_memory", lambda: 2 * 40_400 * 2)
+    monkeypatch.setattr(copies, "available_memory", lambda: 4 * 2 * 40_400)
     assert copies.count(_opened(), n_tasks=50) == 3  # half the memory holds two more copies
+    # (each counted twice its weights: activations and caches)
     monkeypatch.setattr(copies, "available_memory", lambda: 40_000)
     assert copies.count(_opened(), n_tasks=50) == 1  # no room for a second copy
     monkeypatch.setenv("MICROQA_JOBS", "1")
@@ -61,8 +63,7 @@ def test_workers_answer_as_the_main_process_alone_does(tmp_path, monkeypatch, ti
     model = str(tiny_dirs["qwen3_vl"])
     # a fresh worker takes seconds to start (imports, its copy of the model), in which this
     # process alone would answer every task of so small a sample: start it first
-    executor = get_reusable_executor(max_workers=1)
-    executor.submit(copies._prepare, copies.recipe("hf", model, {})).result()
+    copies.pool(1).submit(copies._prepare, copies.recipe("hf", model, {})).result()
     results = {}
     for jobs in ("1", "2"):
         monkeypatch.setenv("MICROQA_JOBS", jobs)
@@ -85,9 +86,11 @@ def test_workers_answer_as_the_main_process_alone_does(tmp_path, monkeypatch, ti
             a.sort_values(key).reset_index(drop=True), b.sort_values(key).reset_index(drop=True)
         )
     broken = int(sample["micrograph_no"].iloc[4])
-    assert {f["micrograph_no"] for f in beside.failures} == {broken}
+    assert [f["micrograph_no"] for f in beside.failures] == [broken]  # listed once
     assert broken not in set(beside.answers["micrograph_no"])
     assert len(beside.descriptions) == len(sample) - 1 and len(beside.answers) > 0
     # every answer, the workers' included, is in the cache: a rerun asks nothing
     with AnswerCache(tmp_path / "cache-2.sqlite") as cache:
         assert cache.count() == len(beside.answers) + len(beside.descriptions)
+    # the copies' workers are their own pool: joblib's (`microqa.parallel`) still works beside
+    assert parallel.run([functools.partial(int, "1"), functools.partial(int, "2")]) == [1, 2]

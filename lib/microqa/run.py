@@ -67,7 +67,8 @@ class Run:
         record = provenance.Record.load()
         changed = resolved.overrides_from(base)  # the user's: they name the run's folder
         if record.section("data").get("source") == "sample":
-            resolved = resolved.for_sample(kept=changed)
+            given = [key for key, value in overrides.items() if value is not None]
+            resolved = resolved.for_sample(kept=given)  # a value given is kept, even the default
         return cls(name, resolved, record, changed)
 
     # --- settings ------------------------------------------------------------------------------

@@ -193,10 +193,12 @@ def _sample_instead(run: Run, reason: str, target: Path) -> DatasetChoice:
         )
     n_records, n_images, notes = inspect_dataset(sample)
     smaller = run.profile.sample_note()
+    if smaller:
+        smaller = f", with smaller side analyses unless a parameter sets them ({smaller})"
     run.substitute(
         "data",
         f"embedded sample {config.display_path(sample)} ({n_images} images) instead of the "
-        "full library" + (f", with smaller side analyses ({smaller})" if smaller else ""),
+        f"full library{smaller}",
         reason,
     )
     return DatasetChoice("sample", sample, "", n_records, n_images, reason=reason, notes=notes)

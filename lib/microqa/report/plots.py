@@ -108,8 +108,8 @@ def save_figures(run: Run, figures: Sequence[tuple[str, plt.Figure]], *, shown=N
     for name, fig in figures:
         path = _figure_path(run, name, None, "", False)
         saved.append((name, path, alt_text(fig)))
+        plt.close(fig)  # first: a figure pickled while pyplot holds it reopens in a worker's pyplot
         pieces.append(functools.partial(_draw_png, pickle.dumps(fig), path, style))
-        plt.close(fig)
     parallel.run(pieces)
     for name, path, alt in saved:
         if shown is None or shown(name):

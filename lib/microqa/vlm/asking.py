@@ -85,9 +85,6 @@ def unanswered(row, errors: list[str]) -> dict[str, Any]:
     return failure(row, f"{len(errors)} questions unanswered: {reasons}")
 
 
-ImageError = images.ImageError
-
-
 def shown_image(row, variant: str):
     """The image the questions about `row` show: its `variant` of the decoded micrograph, or
     None for `NO_IMAGE`. Raises ImageError when the file does not decode."""
@@ -275,7 +272,8 @@ def answer_by_image(
     queue = deque(tasks)
 
     def record(stored, failed, asked) -> None:
-        failures.extend(failed)
+        listed = {f["micrograph_no"] for f in failures}
+        failures.extend(f for f in failed if f["micrograph_no"] not in listed)  # once per image
         found_now(stored)
         bar.update(asked)
 

@@ -33,6 +33,20 @@ from microqa import config
 Recipe = tuple[str, str, tuple[tuple[str, Any], ...]]
 
 _LOADED: dict[Recipe, Any] = {}  # a worker's copy of the model it last answered with
+_POOL: dict[int, Any] = {}  # this process's workers, by their number (kept between calls)
+
+
+def pool(n_workers: int):
+    """The worker processes of the copies: their own pool, kept for the next call (a worker
+    keeps its copy of the model), not joblib's shared one (`microqa.parallel` resizes that)."""
+    from joblib.externals.loky import ProcessPoolExecutor
+
+    if n_workers not in _POOL:
+        for old in _POOL.values():
+            old.shutdown(wait=False)
+        _POOL.clear()
+        _POOL[n_workers] = ProcessPoolExecutor(max_workers=n_workers)
+    return _POOL[n_workers]
 
 
 def recipe(backend: str, model: str, options: dict[str, Any]) -> Recipe:
@@ -40,14 +54,25 @@ def recipe(backend: str, model: str, options: dict[str, Any]) -> Recipe:
 
 
 def available_memory() -> int:
-    """Bytes of memory the system can still give (Linux MemAvailable; 0 when unknown)."""
+    """Bytes of memory this process can still be given: Linux's MemAvailable, or less under a
+    container's limit (cgroup v2 `memory.max` less `memory.current`); 0 when unknown (then
+    one process answers)."""
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
+        free = next(
+            int(line.split()[1]) * 1024
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemAvailable:")
+        )
+    except (OSError, ValueError, IndexError, StopIteration):
+        return 0
+    group = Path("/sys/fs/cgroup")
+    try:
+        limit = (group / "memory.max").read_text().strip()
+        if limit != "max":
+            free = min(free, int(limit) - int((group / "memory.current").read_text()))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 limit readable: the machine's figure
+    return max(free, 0)
 
 
 def model_bytes(model) -> int:
@@ -63,7 +88,8 @@ def count(opened, n_tasks: int) -> int:
     if jobs < 2:
         return 1
     room = available_memory() // 2  # the rest for the data, the pages and everything else
-    return int(max(1, min(jobs, 1 + room // max(model_bytes(backend.model), 1))))
+    per_copy = 2 * max(model_bytes(backend.model), 1)  # weights, then activations and caches
+    return int(max(1, min(jobs, 1 + room // per_copy)))
 
 
 @contextlib.contextmanager
@@ -83,18 +109,16 @@ def one_thread(active: bool) -> Iterator[None]:
 
 
 class Workers:
-    """Worker processes answering images taken from the back of the queue this process works
-    through from the front, a few images per task, so every copy stays busy to the end. A
-    worker gets images only once its copy of the model is loaded (a fresh worker first
-    imports torch: seconds in which this process answers on)."""
+    """Worker processes answering tasks taken from the back of the queue this process works
+    through from the front, a few tasks per call, so every copy stays busy to the end. Calls
+    are handed out only as copies finish loading (one loading call per worker is submitted
+    first; a fresh worker imports torch: seconds in which this process answers on)."""
 
     TASKS_PER_CALL = 2  # tasks (`asking.answer_task`) per call of a worker
     CALLS_AHEAD = 2  # per worker: the next call is ready when one finishes
 
     def __init__(self, opened, n_workers: int, cache_path: Path, variant: str, answer):
-        from joblib.externals.loky import get_reusable_executor
-
-        self.executor = get_reusable_executor(max_workers=n_workers)
+        self.executor = pool(n_workers)
         self.args = (opened.recipe, str(cache_path), variant, answer)
         self.loading = [self.executor.submit(_prepare, opened.recipe) for _ in range(n_workers)]
         self.running: dict[Future, int] = {}  # a worker's call -> the questions it asks
