@@ -127,6 +127,12 @@ def test_every_bootstrap_sample_scored_at_once_equals_scoring_each_sample():
     with pytest.raises(ValueError, match="no per-sample form of 'top2'"):
         codes.on_samples("top2", weights)
     assert metrics.sample_weights([], 5).shape == (0, 5)
+    recalls = codes.class_recalls_on_samples(weights)  # per class, nan where a class is absent
+    for row, i in zip(recalls, samples, strict=True):
+        for k, c in enumerate(codes.classes):
+            mine = y_true[i] == c
+            expected = np.mean(y_pred[i][mine] == c) if mine.any() else np.nan
+            np.testing.assert_equal(row[k], expected)
 
 
 def test_top_k_ties_go_to_the_lower_index_on_wide_rows():

@@ -18,10 +18,11 @@ from tests.vlm_data import make_dataset
 
 def _opened(device: str = "cpu", recipe=("hf", "tiny", ())):
     model = torch.nn.Linear(100, 100)  # 40,400 bytes of float32 weights
-    return SimpleNamespace(recipe=recipe, backend=SimpleNamespace(device=device, model=model))
+    backend = SimpleNamespace(device=device, model=model)
+    return SimpleNamespace(label="tiny", recipe=recipe, backend=backend)
 
 
-def test_copies_only_where_cores_and_memory_allow_them(monkeypatch):
+def test_copies_only_where_cores_and_memory_allow_them(monkeypatch, caplog):
     monkeypatch.setattr(copies, "available_memory", lambda: 10**9)
     monkeypatch.setenv("MICROQA_JOBS", "4")
     assert copies.count(_opened(), n_tasks=50) == 4
@@ -32,8 +33,10 @@ def test_copies_only_where_cores_and_memory_allow_them(monkeypatch):
     monkeypatch.setattr(copies, "available_memory", lambda: 4 * 2 * 40_400)
     assert copies.count(_opened(), n_tasks=50) == 3  # half the memory holds two more copies
     # (each counted twice its weights: activations and caches)
+    assert not caplog.records
     monkeypatch.setattr(copies, "available_memory", lambda: 40_000)
     assert copies.count(_opened(), n_tasks=50) == 1  # no room for a second copy
+    assert "tiny answers in one process" in caplog.text  # and it says so
     monkeypatch.setenv("MICROQA_JOBS", "1")
     monkeypatch.setattr(copies, "available_memory", lambda: 10**9)
     assert copies.count(_opened(), n_tasks=50) == 1

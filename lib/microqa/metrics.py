@@ -75,6 +75,7 @@ class LabelCodes:
 
     def __init__(self, y_true: np.ndarray, y_pred: np.ndarray):
         labels = {c: i for i, c in enumerate(sorted(set(y_true) | set(y_pred), key=str))}
+        self.classes = list(labels)  # code i is classes[i]
         self.k = len(labels)
         self.t = np.array([labels[c] for c in y_true], dtype=np.int64)
         self.p = np.array([labels[c] for c in y_pred], dtype=np.int64)
@@ -107,23 +108,33 @@ class LabelCodes:
         f1 = 2 * correct[present] / (support[present] + predicted[present])
         return float(np.mean(f1))
 
+    def _sample_counts(self, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(support, correct) per class in every bootstrap sample: one matrix product each
+        (exact: whole numbers)."""
+        truth = np.eye(self.k)[self.t]
+        return weights @ truth, weights @ (truth * (self.t == self.p)[:, None])
+
+    def class_recalls_on_samples(self, weights: np.ndarray) -> np.ndarray:
+        """(samples, classes) recall of each class (`classes`) in every bootstrap sample of
+        `weights` (`sample_weights`); nan where a sample holds none of the class."""
+        support, correct = self._sample_counts(weights)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return correct / support
+
     def on_samples(self, name: str, weights: np.ndarray) -> np.ndarray:
         """Metric `name` (accuracy, balanced_accuracy, macro_f1) of every bootstrap sample at
         once: `weights[b, j]` is how often image j is in sample b (`sample_weights`). The
         class counts of all samples are one matrix product (exact: whole numbers); each value
         equals the per-sample method's up to the order of a float sum (last digit)."""
-        onehot = np.eye(self.k)
-        truth = onehot[self.t]
-        support = weights @ truth
         if name == "accuracy":
-            return (weights @ (self.t == self.p).astype(float)) / support.sum(axis=1)
-        correct = weights @ (truth * (self.t == self.p)[:, None])
+            return (weights @ (self.t == self.p).astype(float)) / weights.sum(axis=1)
+        support, correct = self._sample_counts(weights)
         present = support > 0
         with np.errstate(invalid="ignore", divide="ignore"):
             if name == "balanced_accuracy":
                 per_class = correct / support
             elif name == "macro_f1":
-                per_class = 2 * correct / (support + weights @ onehot[self.p])
+                per_class = 2 * correct / (support + weights @ np.eye(self.k)[self.p])
             else:
                 raise ValueError(f"no per-sample form of {name!r}")
         return np.where(present, per_class, 0.0).sum(axis=1) / present.sum(axis=1)

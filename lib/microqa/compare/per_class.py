@@ -8,7 +8,6 @@ column like any method, and each row states chance's expected recall, 1/k.
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
 from microqa import metrics, stats
@@ -25,18 +24,18 @@ def recall_rows(
     """One row per class of the task present among the method's images."""
     ids = truth.index.intersection(method.predictions.index)
     y = truth.loc[ids].to_numpy()
-    right = y == metrics.clean_predictions(list(method.predictions.loc[ids]))
+    predicted = metrics.clean_predictions(list(method.predictions.loc[ids]))
+    right = y == predicted
     g = groups.loc[ids].to_numpy()
     weights = metrics.sample_weights(stats.resamples(y, g, n_boot=n_boot, seed=seed), len(y))
     classes = [c for c in taxonomy.TASKS[method.task][1] if c in set(y)]
-    # every class's recall in every resample: its hits and images counted for all resamples in
-    # one matrix product each (whole numbers: exact); strata keep every class in every resample
-    member = (pd.Index(classes).get_indexer(y)[:, None] == np.arange(len(classes))).astype(float)
-    boot = (weights @ (member * right[:, None])) / (weights @ member)
+    # every class's recall in every resample at once; strata keep every class in every resample
+    codes = metrics.LabelCodes(y, predicted)
+    boot = codes.class_recalls_on_samples(weights)
     rows = []
-    for k, c in enumerate(classes):
+    for c in classes:
         mine = y == c
-        low, high = stats.interval(list(boot[:, k]))
+        low, high = stats.interval(list(boot[:, codes.classes.index(c)]))
         rows.append(
             {
                 "task": method.task,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import logging
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -89,7 +90,16 @@ def count(opened, n_tasks: int) -> int:
         return 1
     room = available_memory() // 2  # the rest for the data, the pages and everything else
     per_copy = 2 * max(model_bytes(backend.model), 1)  # weights, then activations and caches
-    return int(max(1, min(jobs, 1 + room // per_copy)))
+    n = int(max(1, min(jobs, 1 + room // per_copy)))
+    if n == 1:  # said, so a user who set MICROQA_JOBS knows why one core answers
+        logging.getLogger(__name__).warning(
+            "%s answers in one process: %d MB of free memory (half of what is available) "
+            "leave no room for a copy of %d MB",
+            opened.label,
+            room >> 20,
+            per_copy >> 20,
+        )
+    return n
 
 
 @contextlib.contextmanager
